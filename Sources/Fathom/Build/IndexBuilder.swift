@@ -1,0 +1,522 @@
+import FathomCore
+import FathomMath
+import FathomStorage
+import Foundation
+
+/// Options of `fathom build` / ``IndexBuilder``. Every field has a working default.
+public struct BuildOptions: Sendable, Equatable {
+    /// Distance the index answers queries with.
+    public var metric: Metric = .l2
+    /// Peak resident memory the build must stay within, in bytes.
+    public var memoryBudget: UInt64 = 2 << 30
+    /// Heads per vector (e.g. 0.1 = one head per 10 vectors). `nil`: 0.1, lowered if the
+    /// memory budget requires it.
+    public var headRatio: Double? = nil
+    /// Postings each vector may join (RNG closure), 1...8.
+    public var replicas: Int = 8
+    /// 4 KiB pages per posting (its size cap). `nil`: enough for 48 records, at least 3.
+    public var postingPages: Int? = nil
+    /// Degree of the head graph.
+    public var graphDegree: Int = 32
+    /// Nearest heads considered for each vector's closure assignment.
+    public var candidateHeads: Int = 64
+    /// RNG rule factor (SPTAG's RNGFactor).
+    public var rngFactor: Float = 1.0
+    /// Seed for sampling, k-means and graph order: same seed and input, same index.
+    public var seed: UInt64 = 42
+    /// Training sample size (vectors). `nil`: max(4 × heads, 50,000), within the budget.
+    public var sampleSize: Int? = nil
+    /// Worker threads (the machine's two vCPUs give about one core: 1 is the default).
+    public var threads: Int = 1
+    /// Test hook: stop with `.cancelled` right after this stage finishes (simulates a kill).
+    var stopAfterStage: String? = nil
+
+    public init() {}
+}
+
+/// What the build will do and how much memory each stage needs, computed before it starts.
+public struct BuildPlan: Sendable, CustomStringConvertible {
+    public var count: Int
+    public var dimension: Int
+    public var inputType: ElementType
+    public var storedType: ElementType
+    public var heads: Int
+    public var headRatio: Double
+    public var sampleSize: Int
+    public var postingPages: Int
+    public var postingCapacity: Int
+    public var recordBytes: Int
+    public var chunkRows: Int
+    public var stageBytes: [(stage: String, bytes: UInt64)]
+    public var budget: UInt64
+
+    public var peakBytes: UInt64 { stageBytes.map(\.bytes).max() ?? 0 }
+
+    public var description: String {
+        var s = "plan: \(count) × \(dimension) \(inputType.rawValue) → \(heads) heads (ratio \(String(format: "%.4f", headRatio))), "
+        s += "postings ≤ \(postingPages) pages = \(postingCapacity) records of \(recordBytes) B, training sample \(sampleSize)\n"
+        for (st, b) in stageBytes { s += "plan:   \(st.padding(toLength: 7, withPad: " ", startingAt: 0)) needs ≈ \(formatBytes(b))\n" }
+        s += "plan: peak ≈ \(formatBytes(peakBytes)) of the \(formatBytes(budget)) budget"
+        return s
+    }
+}
+
+/// Builds a Fathom index out of core: `train` (sample → balanced k-means heads → head graph),
+/// `assign` (stream the input; RNG closure over the 64 nearest heads; bounded postings),
+/// `pack` (page-aligned postings + posting table), then atomic publish.
+///
+/// Each stage records its completion with the build fingerprint in the build directory
+/// (`OUTPUT.fathom-build`), so a killed build rerun with the same arguments resumes after
+/// its last finished stage.
+public final class IndexBuilder {
+    public let inputPath: String
+    public let outputPath: String
+    public let options: BuildOptions
+    let progress: ProgressReporter
+    let header: VectorFileHeader
+
+    static let processOverhead: UInt64 = 80 << 20
+
+    public init(input: String, output: String, options: BuildOptions = BuildOptions(),
+                progress: ProgressReporter = .silent) throws {
+        self.inputPath = input
+        self.outputPath = output
+        self.options = options
+        self.progress = progress
+        try Self.validate(options)
+        self.header = try VectorFileHeader.inspect(path: input, format: nil)
+        guard header.count > 0 else {
+            throw FathomError(.malformedFile, "the input holds no vectors", path: input)
+        }
+        guard header.count < Int(UInt32.max) else {
+            throw FathomError(.invalidArgument, "\(header.count) vectors exceed the 2^32 − 1 ids of one index; split the input into shards", path: input)
+        }
+    }
+
+    static func validate(_ o: BuildOptions) throws {
+        if let r = o.headRatio, !(r > 0 && r <= 1) {
+            throw FathomError(.invalidArgument, "head ratio \(r) must be in (0, 1]")
+        }
+        guard (1...8).contains(o.replicas) else { throw FathomError(.invalidArgument, "replicas \(o.replicas) must be between 1 and 8") }
+        if let p = o.postingPages, !(1...4096).contains(p) {
+            throw FathomError(.invalidArgument, "posting pages \(p) must be between 1 and 4096")
+        }
+        guard (4...256).contains(o.graphDegree) else { throw FathomError(.invalidArgument, "graph degree \(o.graphDegree) must be between 4 and 256") }
+        guard (1...1024).contains(o.candidateHeads) else { throw FathomError(.invalidArgument, "candidate heads \(o.candidateHeads) must be between 1 and 1024") }
+        guard o.threads >= 1 else { throw FathomError(.invalidArgument, "threads must be ≥ 1") }
+    }
+
+    var storedType: ElementType { options.metric == .cosine ? .float32 : header.elementType }
+    var buildDirectory: String { outputPath + ".fathom-build" }
+
+    // MARK: planning
+
+    /// Plans every stage from n, d and the budget. Throws `memoryBudget` with the numbers when
+    /// the budget cannot be met.
+    public func plan() throws -> BuildPlan {
+        let n = header.count, d = header.dimension
+        let recordBytes = 4 + d * storedType.size
+        let pages = options.postingPages ?? max(3, (48 * recordBytes + 4095) / 4096)
+        let cap = pages * 4096 / recordBytes
+        guard cap >= 1 else {
+            throw FathomError(.invalidArgument, "a posting of \(pages) page(s) cannot hold one \(recordBytes)-byte record; use --posting-pages \((recordBytes + 4095) / 4096) or more")
+        }
+        let chunkRows = max(1, min(65536, (32 << 20) / (d * 4)))
+        let budget = options.memoryBudget
+        let R = options.graphDegree
+        let L = options.candidateHeads + 32
+
+        func estimate(heads H: Int, sample S: Int) -> [(String, UInt64)] {
+            let headBytes = UInt64(H) * UInt64(d * 4 + R * 4 + 4 + 8)
+            let chunk = UInt64(chunkRows) * UInt64(d * (header.elementType.size + 4 + 4))
+            let train = Self.processOverhead + UInt64(S) * UInt64(d * 4 + 16) + headBytes
+                + UInt64(2048 * d * 4 * 2) + chunk + UInt64(H) * 48 /* graph build pools */
+            let table = UInt64(PostingAssignment.memoryBytes(heads: H, cap: cap, vectors: n))
+            let assign = Self.processOverhead + headBytes + table + chunk + (8 << 20) + UInt64(L * 16)
+            let pack = Self.processOverhead + table + UInt64(H) * 24 + UInt64(cap * recordBytes) * 2 + (8 << 20)
+            return [("train", train), ("assign", assign), ("pack", pack)]
+        }
+
+        let ratio = options.headRatio ?? 0.1
+        var H = max(1, min(n, Int((Double(n) * ratio).rounded())))
+        func sampleFor(_ H: Int) -> Int { min(n, options.sampleSize ?? max(4 * H, 50_000)) }
+        var stages = estimate(heads: H, sample: sampleFor(H))
+        var peak = stages.map(\.1).max()!
+        if peak > budget && options.headRatio == nil {
+            // Lower the head count until the plan fits (not below 1 head per 1,000 vectors).
+            while peak > budget && H > max(1, n / 1000) {
+                H = max(max(1, n / 1000), H * 9 / 10)
+                stages = estimate(heads: H, sample: sampleFor(H))
+                peak = stages.map(\.1).max()!
+            }
+        }
+        guard peak <= budget else {
+            let detail = stages.map { "\($0.0) \(formatBytes($0.1))" }.joined(separator: ", ")
+            throw FathomError(.memoryBudget, "the build needs about \(formatBytes(peak)) (\(detail)) for \(n) × \(d) vectors with \(H) heads, over the \(formatBytes(budget)) budget; raise --memory-budget to at least \(formatBytes(peak + (peak >> 4))) or lower --head-ratio")
+        }
+        return BuildPlan(count: n, dimension: d, inputType: header.elementType, storedType: storedType,
+                         heads: H, headRatio: Double(H) / Double(n), sampleSize: sampleFor(H),
+                         postingPages: pages, postingCapacity: cap, recordBytes: recordBytes,
+                         chunkRows: chunkRows, stageBytes: stages, budget: budget)
+    }
+
+    // MARK: fingerprint / resume
+
+    func fingerprint(plan: BuildPlan) throws -> String {
+        let attrs = try FileManager.default.attributesOfItem(atPath: inputPath)
+        let mtime = (attrs[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+        let f = try RandomAccessFile(path: inputPath)
+        // Hash the first and last MiB (cheap, and catches rewritten files of equal size).
+        var crc: UInt32 = 0
+        let span = Int(min(f.size, 1 << 20))
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: max(span, 1), alignment: 64)
+        defer { buf.deallocate() }
+        try f.read(into: buf, count: span, at: 0); crc = crc32c(buf, span, crc)
+        try f.read(into: buf, count: span, at: f.size - UInt64(span)); crc = crc32c(buf, span, crc)
+        var o = options
+        o.memoryBudget = 0   // the budget changes the plan only through the fields below
+        o.threads = 1
+        o.stopAfterStage = nil
+        let text = "\(f.size)|\(mtime)|\(crc)|\(header.count)x\(header.dimension)|\(o)|H=\(plan.heads)|S=\(plan.sampleSize)|cap=\(plan.postingCapacity)|pages=\(plan.postingPages)"
+        return String(format: "%08x", crc32c(text, seed: 0)) + String(format: "%08x", crc32c(String(text.reversed()), seed: 0x5bd1e995))
+    }
+
+    func stageDone(_ stage: String, fingerprint: String) -> Bool {
+        guard let data = FileManager.default.contents(atPath: buildDirectory + "/stage-\(stage).json"),
+              let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return false }
+        return obj["fingerprint"] as? String == fingerprint
+    }
+
+    func markDone(_ stage: String, fingerprint: String, seconds: Double) throws {
+        let path = buildDirectory + "/stage-\(stage).json"
+        let obj: [String: Any] = ["stage": stage, "fingerprint": fingerprint, "seconds": seconds]
+        let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+        let w = try SequentialFileWriter(path: path + ".tmp", bufferBytes: 4096)
+        try w.write([UInt8](data)); try w.finish()
+        guard rename(path + ".tmp", path) == 0 else { throw FathomError.system("rename", path: path, errno: errno) }
+        try fsyncDirectory(buildDirectory)
+    }
+
+    func stageSeconds(_ stage: String) -> Double {
+        guard let data = FileManager.default.contents(atPath: buildDirectory + "/stage-\(stage).json"),
+              let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return 0 }
+        return obj["seconds"] as? Double ?? 0
+    }
+
+    // MARK: build
+
+    /// Runs (or resumes) the build and publishes the index atomically at `outputPath`.
+    @discardableResult
+    public func build() throws -> Manifest {
+        let plan = try plan()
+        progress.note(plan.description)
+        BLAS.setThreads(1)
+        let fp = try fingerprint(plan: plan)
+        let fm = FileManager.default
+        // Resume only a build directory made with the same fingerprint.
+        let fpPath = buildDirectory + "/fingerprint"
+        if fm.fileExists(atPath: buildDirectory) {
+            let old = fm.contents(atPath: fpPath).map { String(decoding: $0, as: UTF8.self) }
+            if old != fp {
+                progress.note("build: discarding \(buildDirectory) (made with other input or parameters)")
+                try? fm.removeItem(atPath: buildDirectory)
+            }
+        }
+        if !fm.fileExists(atPath: buildDirectory) {
+            do { try fm.createDirectory(atPath: buildDirectory, withIntermediateDirectories: true) }
+            catch { throw FathomError(.io, "cannot create the build directory (\(error.localizedDescription)); is the destination's parent writable?", path: buildDirectory) }
+            let w = try SequentialFileWriter(path: fpPath, bufferBytes: 4096)
+            try w.write([UInt8](fp.utf8)); try w.finish()
+            try fsyncDirectory(buildDirectory)
+        }
+
+        var seconds: [String: Double] = [:]
+        // train
+        if stageDone("train", fingerprint: fp) {
+            progress.note("train: already done (resumed)")
+            seconds["train"] = stageSeconds("train")
+        } else {
+            let t0 = Date()
+            try trainStage(plan: plan)
+            seconds["train"] = Date().timeIntervalSince(t0)
+            try markDone("train", fingerprint: fp, seconds: seconds["train"]!)
+            try stopIfAsked("train")
+        }
+        // assign
+        let layout = IndexLayout(directory: buildDirectory)
+        if stageDone("assign", fingerprint: fp) {
+            progress.note("assign: already done (resumed)")
+            seconds["assign"] = stageSeconds("assign")
+        } else {
+            let t0 = Date()
+            try assignStage(plan: plan, layout: layout)
+            seconds["assign"] = Date().timeIntervalSince(t0)
+            try markDone("assign", fingerprint: fp, seconds: seconds["assign"]!)
+            try stopIfAsked("assign")
+        }
+        // pack
+        var stats: Manifest.Stats
+        if stageDone("pack", fingerprint: fp), let s = try? layout.readStats() {
+            progress.note("pack: already done (resumed)")
+            seconds["pack"] = stageSeconds("pack")
+            stats = s
+        } else {
+            let t0 = Date()
+            stats = try packStage(plan: plan, layout: layout)
+            try layout.writeStats(stats)
+            seconds["pack"] = Date().timeIntervalSince(t0)
+            try markDone("pack", fingerprint: fp, seconds: seconds["pack"]!)
+            try stopIfAsked("pack")
+        }
+        // publish
+        let manifest = try publish(plan: plan, stats: stats, seconds: seconds, fingerprint: fp)
+        return manifest
+    }
+
+    func stopIfAsked(_ stage: String) throws {
+        if options.stopAfterStage == stage {
+            throw FathomError(.cancelled, "stopped after stage \(stage) (test hook)")
+        }
+    }
+
+    // MARK: stage: train
+
+    func trainStage(plan: BuildPlan) throws {
+        let n = plan.count, d = plan.dimension
+        let S = plan.sampleSize
+        var rng = SeededRandom(seed: options.seed)
+        let sampleIds = rng.sample(S, from: n)
+        let sample = Matrix(rows: S, cols: d)
+        // One sequential pass picks the sample rows (cheaper than S random reads).
+        let reader = try VectorFileReader(path: inputPath)
+        let chunk = Matrix(rows: plan.chunkRows, cols: d)
+        var row = 0, next = 0
+        progress.begin("train: sampling \(S) of \(n) vectors", total: UInt64(n))
+        while next < S {
+            let got = try reader.readFloats(maxRows: plan.chunkRows, into: chunk.data)
+            if got == 0 { break }
+            while next < S && sampleIds[next] < row + got {
+                let r = sampleIds[next] - row
+                let src = chunk.row(r)
+                try checkFinite(src, d: d, row: sampleIds[next])
+                sample.row(next).update(from: src, count: d)
+                if options.metric == .cosine { try normalizeOrThrow(sample.row(next), d: d, row: sampleIds[next]) }
+                next += 1
+            }
+            row += got
+            progress.advance(UInt64(got))
+        }
+        progress.end()
+        guard next == S else {
+            throw FathomError(.malformedFile, "input ended after \(row) of \(n) vectors while sampling", path: inputPath)
+        }
+        var km = BalancedKMeans()
+        km.seed = options.seed
+        let headRows = km.selectHeads(points: sample, targetHeads: plan.heads, progress: progress)
+        let H = headRows.count
+        let heads = Matrix(rows: H, cols: d)
+        var headIds = [UInt32](repeating: 0, count: H)
+        for (i, r) in headRows.enumerated() {
+            heads.row(i).update(from: sample.row(r), count: d)
+            headIds[i] = UInt32(sampleIds[r])
+        }
+        let graph = HeadGraph.build(vectors: heads, degree: options.graphDegree, buildList: max(64, options.graphDegree * 2),
+                                    seed: options.seed, progress: progress)
+        let layout = IndexLayout(directory: buildDirectory)
+        try layout.writeHeads(heads, ids: headIds)
+        try layout.writeGraph(graph)
+    }
+
+    @inline(__always)
+    func checkFinite(_ v: UnsafePointer<Float>, d: Int, row: Int) throws {
+        for j in 0..<d where !v[j].isFinite {
+            throw FathomError(.nonFiniteValue, "vector \(row) has \(v[j]) at component \(j); remove or fix non-finite vectors before building", path: inputPath,
+                              offset: UInt64(header.dataOffset) + UInt64(row) * UInt64(header.recordStride) + UInt64(header.recordPrefix + j * header.elementType.size))
+        }
+    }
+
+    func normalizeOrThrow(_ v: UnsafeMutablePointer<Float>, d: Int, row: Int) throws {
+        guard Distance.normalize(v, d) else {
+            throw FathomError(.invalidArgument, "vector \(row) is all zeros: it has no direction under the cosine metric; remove it or use --metric l2", path: inputPath)
+        }
+    }
+
+    // MARK: stage: assign
+
+    func assignStage(plan: BuildPlan, layout: IndexLayout) throws {
+        let n = plan.count, d = plan.dimension
+        let (heads, _) = try layout.readHeads()
+        let graph = try layout.readGraph(heads: heads)
+        let H = heads.rows
+        let table = PostingAssignment(heads: H, cap: plan.postingCapacity, vectors: n)
+        let vectorsOut = try layout.createVectors(count: n, dimension: d, type: storedType)
+        let reader = try VectorFileReader(path: inputPath)
+        let rowBytes = d * header.elementType.size
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: plan.chunkRows * rowBytes, alignment: 64)
+        defer { raw.deallocate() }
+        let floats = Matrix(rows: plan.chunkRows, cols: d)
+        let K = min(options.candidateHeads, H)
+        let scratch = HeadGraph.Scratch(graphSize: H, beam: K + 32)
+        let candIds = UnsafeMutablePointer<UInt32>.allocate(capacity: K + 32)
+        let candDist = UnsafeMutablePointer<Float>.allocate(capacity: K + 32)
+        let chosen = UnsafeMutablePointer<Int>.allocate(capacity: 8)
+        defer { candIds.deallocate(); candDist.deallocate(); chosen.deallocate() }
+        var row = 0
+        progress.begin("assign: closure assignment (≤ \(options.replicas) of \(K) nearest heads)", total: UInt64(n))
+        while true {
+            let got = try reader.read(maxRows: plan.chunkRows, into: raw)
+            if got == 0 { break }
+            ElementConversion.toFloat(UnsafeRawPointer(raw), header.elementType, count: got * d, into: floats.data)
+            for i in 0..<got {
+                let v = floats.row(i)
+                try checkFinite(v, d: d, row: row + i)
+                if options.metric == .cosine { try normalizeOrThrow(v, d: d, row: row + i) }
+            }
+            if options.metric == .cosine { try vectorsOut.write(UnsafeRawPointer(floats.data), count: got * d * 4) }
+            else { try vectorsOut.write(UnsafeRawPointer(raw), count: got * rowBytes) }
+            for i in 0..<got {
+                let found = graph.search(floats.row(i), k: K, listSize: K + 32, scratch: scratch, outIds: candIds, outDist: candDist)
+                let m = rngSelect(candidates: candIds, distances: candDist, count: found, replicas: options.replicas,
+                                  rngFactor: options.rngFactor, heads: heads, out: chosen)
+                for c in 0..<m { table.offer(head: Int(candIds[chosen[c]]), id: UInt32(row + i), distance: candDist[chosen[c]]) }
+            }
+            row += got
+            progress.advance(UInt64(got))
+        }
+        guard row == n else { throw FathomError(.malformedFile, "input ended after \(row) of \(n) vectors", path: inputPath) }
+        try layout.finishVectors(vectorsOut, count: n, dimension: d, type: storedType)
+        progress.end()
+
+        // Orphans: vectors whose every posting was cut. Put each back into its nearest
+        // candidate head with room, else evict there a member that has another replica.
+        var orphans = [Int]()
+        for i in 0..<n where table.replicas[i] == 0 { orphans.append(i) }
+        if !orphans.isEmpty {
+            let store = try RandomAccessFile(path: layout.vectorsPath)
+            let buf = UnsafeMutableRawPointer.allocate(byteCount: d * storedType.size, alignment: 64)
+            defer { buf.deallocate() }
+            let q = Matrix(rows: 1, cols: d)
+            for id in orphans {
+                try store.read(into: buf, count: d * storedType.size, at: 4096 + UInt64(id) * UInt64(d * storedType.size))
+                ElementConversion.toFloat(UnsafeRawPointer(buf), storedType, count: d, into: q.data)
+                let found = graph.search(q.data, k: K, listSize: K + 32, scratch: scratch, outIds: candIds, outDist: candDist)
+                var placed = false
+                for c in 0..<found where table.sizes[Int(candIds[c])] < Int32(table.cap) {
+                    placed = table.offer(head: Int(candIds[c]), id: UInt32(id), distance: candDist[c]); if placed { break }
+                }
+                if !placed {
+                    for c in 0..<found {
+                        if table.forceInsert(head: Int(candIds[c]), id: UInt32(id), distance: candDist[c]) { placed = true; break }
+                    }
+                }
+                guard placed else {
+                    throw FathomError(.invalidArgument, "vector \(id) fits in no posting: all \(found) nearest postings are full of vectors with a single replica; raise --posting-pages or --head-ratio")
+                }
+            }
+            progress.note("assign: \(orphans.count) vectors lost every posting to the size cap and were placed back")
+        }
+        try layout.writeAssignment(table, orphansFixed: orphans.count)
+    }
+
+    // MARK: stage: pack
+
+    func packStage(plan: BuildPlan, layout: IndexLayout) throws -> Manifest.Stats {
+        let d = plan.dimension
+        let (table, orphansFixed) = try layout.readAssignment()
+        let H = table.heads
+        let recordBytes = plan.recordBytes
+        let vecBytes = d * storedType.size
+        let store = try RandomAccessFile(path: layout.vectorsPath)
+        let out = try SequentialFileWriter(path: layout.postingsPath)
+        try out.pad(to: 4096)
+        var entries = [PostingEntry](repeating: PostingEntry(offset: 0, count: 0, pages: 0, crc: 0), count: H)
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: max(plan.postingCapacity, 1) * recordBytes, alignment: 4096)
+        defer { buf.deallocate() }
+        var cursor: UInt64 = 4096
+        var records = 0, empty = 0, maxRecords = 0
+        progress.begin("pack: writing \(H) postings", total: UInt64(H))
+        for h in 0..<H {
+            let members = table.members(h)
+            let c = members.count
+            if c == 0 { empty += 1; entries[h] = PostingEntry(offset: cursor, count: 0, pages: 0, crc: 0); progress.advance(); continue }
+            let bytes = UInt64(c * recordBytes)
+            let rem = bytes % 4096
+            let inPage = cursor % 4096
+            if rem == 0 || inPage + rem > 4096 { if inPage != 0 { cursor += 4096 - inPage } }
+            for (j, m) in members.enumerated() {
+                let rec = buf + j * recordBytes
+                rec.storeBytes(of: m.1.littleEndian, as: UInt32.self)
+                try store.read(into: rec + 4, count: vecBytes, at: 4096 + UInt64(m.1) * UInt64(vecBytes))
+            }
+            try out.pad(to: cursor)
+            try out.write(UnsafeRawPointer(buf), count: Int(bytes))
+            let pages = UInt32((cursor % 4096 + bytes + 4095) / 4096)
+            entries[h] = PostingEntry(offset: cursor, count: UInt32(c), pages: pages, crc: crc32c(buf, Int(bytes), 0))
+            cursor += bytes
+            records += c
+            maxRecords = max(maxRecords, c)
+            progress.advance()
+        }
+        // Pad to whole pages so every posting read stays inside the file.
+        let end = (cursor + 4095) / 4096 * 4096
+        try out.pad(to: end)
+        let hdr = IndexFileHeader(magic: IndexLayout.postingsMagic, count: UInt64(records), dimension: UInt32(d),
+                                  elementType: IndexFileHeader.code(storedType), payloadOffset: 4096,
+                                  payloadBytes: end - 4096, recordBytes: UInt32(recordBytes), aux: 4096)
+        try out.patch(hdr.encode(), at: 0)
+        try out.finish()
+        try layout.writePostingTable(entries)
+        progress.end("\(records) records, \(empty) empty postings")
+        return Manifest.Stats(records: records, mean_replicas: Double(records) / Double(plan.count),
+                              cut_records: table.cutRecords, orphans_fixed: orphansFixed, empty_postings: empty,
+                              max_posting_records: maxRecords, posting_bytes: end)
+    }
+
+    // MARK: publish
+
+    func publish(plan: BuildPlan, stats: Manifest.Stats, seconds: [String: Double], fingerprint: String) throws -> Manifest {
+        let layout = IndexLayout(directory: buildDirectory)
+        var files = [Manifest.FileEntry]()
+        for name in IndexLayout.dataFiles {
+            let (bytes, crc) = try fileCRC32C(buildDirectory + "/" + name)
+            files.append(.init(name: name, bytes: bytes, crc32c: String(format: "%08x", crc)))
+        }
+        let heads = try layout.headCount()
+        let absInput = URL(fileURLWithPath: inputPath).standardizedFileURL.path
+        let size = (try? FileManager.default.attributesOfItem(atPath: inputPath)[.size] as? UInt64) ?? 0
+        let manifest = Manifest(
+            metric: options.metric, element_type: storedType, dimension: plan.dimension, count: plan.count,
+            heads: heads, record_bytes: plan.recordBytes,
+            parameters: .init(head_ratio: Double(heads) / Double(plan.count), replicas: options.replicas,
+                              posting_pages: plan.postingPages, posting_capacity: plan.postingCapacity,
+                              graph_degree: options.graphDegree, candidate_heads: options.candidateHeads,
+                              rng_factor: Double(options.rngFactor), seed: options.seed, sample_size: plan.sampleSize),
+            stats: stats,
+            input: .init(path: absInput, bytes: size, format: header.format.rawValue, fingerprint: fingerprint),
+            build: .init(seconds: seconds, peak_rss_bytes: peakRSSBytes(), fathom_version: "0.1.0"),
+            files: files)
+        let mpath = buildDirectory + "/manifest.json"
+        let w = try SequentialFileWriter(path: mpath, bufferBytes: 1 << 16)
+        try w.write([UInt8](try manifest.encoded()))
+        try w.finish()
+        try fsyncDirectory(buildDirectory)
+        try Publisher.publish(buildDirectory: buildDirectory, destination: outputPath)
+        // Scratch files of the build are not part of the index (not in the manifest).
+        let fm = FileManager.default
+        for name in (try? fm.contentsOfDirectory(atPath: outputPath)) ?? [] where IndexLayout.isScratch(name) {
+            try? fm.removeItem(atPath: outputPath + "/" + name)
+        }
+        progress.note("published \(outputPath)")
+        return manifest
+    }
+}
+
+/// Peak resident set size of this process so far (VmHWM), in bytes.
+public func peakRSSBytes() -> UInt64 {
+    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in text.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+        if parts.count >= 2, let kb = UInt64(parts[1]) { return kb * 1024 }
+    }
+    return 0
+}

@@ -1,0 +1,241 @@
+import FathomCore
+import FathomMath
+
+/// The in-RAM navigation graph over the heads: fixed degree, built Vamana-style
+/// (incremental greedy search + robust prune with α), searched with a best-first beam.
+///
+/// Distances are squared L2 on float32 head vectors (for cosine the heads are unit
+/// vectors, so L2 order equals cosine order; for ip the partition geometry is Euclidean).
+public final class HeadGraph: @unchecked Sendable {
+    // Invariant: immutable after `build`/`init(loading:)` returns; safe to share across threads.
+    public let count: Int
+    public let degree: Int
+    public let dimension: Int
+    /// Heads, count × dimension, row-major.
+    public let vectors: Matrix
+    /// count × degree neighbour ids, `UInt32.max` = empty slot.
+    public let neighbors: UnsafeMutablePointer<UInt32>
+    public private(set) var entry: UInt32
+
+    public static let empty = UInt32.max
+
+    public init(vectors: Matrix, degree: Int, neighbors: [UInt32]? = nil, entry: UInt32 = 0) {
+        self.vectors = vectors
+        self.count = vectors.rows
+        self.degree = degree
+        self.dimension = vectors.cols
+        let total = vectors.rows * degree
+        let storage = UnsafeMutablePointer<UInt32>.allocate(capacity: max(1, total))
+        if let nb = neighbors {
+            precondition(nb.count == total)
+            nb.withUnsafeBufferPointer { storage.initialize(from: $0.baseAddress!, count: total) }
+        } else {
+            storage.initialize(repeating: HeadGraph.empty, count: max(1, total))
+        }
+        self.neighbors = storage
+        self.entry = entry
+    }
+
+    deinit { neighbors.deallocate() }
+
+    /// Bytes of RAM the graph and head vectors take.
+    public var memoryBytes: Int { count * degree * 4 + vectors.byteCount }
+
+    // MARK: search
+
+    /// Per-thread scratch for searches: visited marks (epoch-stamped, so clearing is O(1))
+    /// and the beam. Reuse one per thread; never share between threads.
+    public final class Scratch {
+        var visited: [UInt32]
+        var epoch: UInt32 = 0
+        var beamDist: [Float]
+        var beamId: [UInt32]
+        var beamDone: [Bool]
+        var beamCount = 0
+        /// Every node whose distance was computed in the last search (for graph building).
+        var evaluated: [(Float, UInt32)] = []
+        var trackEvaluated = false
+
+        public init(graphSize: Int, beam: Int) {
+            visited = [UInt32](repeating: 0, count: graphSize)
+            beamDist = [Float](repeating: 0, count: beam + 1)
+            beamId = [UInt32](repeating: 0, count: beam + 1)
+            beamDone = [Bool](repeating: false, count: beam + 1)
+        }
+
+        func ensure(beam: Int, graphSize: Int) {
+            if beamDist.count < beam + 1 {
+                beamDist = [Float](repeating: 0, count: beam + 1)
+                beamId = [UInt32](repeating: 0, count: beam + 1)
+                beamDone = [Bool](repeating: false, count: beam + 1)
+            }
+            if visited.count < graphSize { visited += [UInt32](repeating: 0, count: graphSize - visited.count) }
+        }
+    }
+
+    /// Best-first beam search for the `k` heads nearest to `query` (squared L2).
+    /// - Parameters:
+    ///   - listSize: beam width L (≥ k); larger is more accurate and slower.
+    ///   - limit: only nodes with id < limit are considered (used while building).
+    /// - Returns: the number of results written to `outIds`/`outDist` (nearest first).
+    @discardableResult
+    public func search(_ query: UnsafePointer<Float>, k: Int, listSize: Int, scratch s: Scratch,
+                       outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>,
+                       limit: Int? = nil) -> Int {
+        let n = limit ?? count
+        if n == 0 { return 0 }
+        let L = max(listSize, k)
+        s.ensure(beam: L, graphSize: count)
+        s.epoch &+= 1
+        if s.epoch == 0 { for i in 0..<s.visited.count { s.visited[i] = 0 }; s.epoch = 1 }
+        let epoch = s.epoch
+        let d = dimension
+        s.evaluated.removeAll(keepingCapacity: true)
+        return s.visited.withUnsafeMutableBufferPointer { vis -> Int in
+            s.beamDist.withUnsafeMutableBufferPointer { bd -> Int in
+                s.beamId.withUnsafeMutableBufferPointer { bi -> Int in
+                    s.beamDone.withUnsafeMutableBufferPointer { bdone -> Int in
+                        let vis = vis.baseAddress!, bd = bd.baseAddress!, bi = bi.baseAddress!, bdone = bdone.baseAddress!
+                        var cnt = 0
+                        let e = Int(entry) < n ? entry : 0
+                        vis[Int(e)] = epoch
+                        let d0 = Distance.l2sq(query, vectors.row(Int(e)), d)
+                        bd[0] = d0; bi[0] = e; bdone[0] = false; cnt = 1
+                        if s.trackEvaluated { s.evaluated.append((d0, e)) }
+                        var cursor = 0
+                        while cursor < cnt {
+                            // nearest unexpanded
+                            bdone[cursor] = true
+                            let node = Int(bi[cursor])
+                            let nb = neighbors + node * degree
+                            var nextCursor = cnt
+                            for j in 0..<degree {
+                                let v = nb[j]
+                                if v == HeadGraph.empty { break }
+                                let vi = Int(v)
+                                if vi >= n || vis[vi] == epoch { continue }
+                                vis[vi] = epoch
+                                let dv = Distance.l2sq(query, vectors.row(vi), d)
+                                if s.trackEvaluated { s.evaluated.append((dv, v)) }
+                                if cnt == L && dv >= bd[L - 1] { continue }
+                                // insert sorted
+                                var pos = cnt < L ? cnt : L - 1
+                                while pos > 0 && bd[pos - 1] > dv {
+                                    bd[pos] = bd[pos - 1]; bi[pos] = bi[pos - 1]; bdone[pos] = bdone[pos - 1]
+                                    pos -= 1
+                                }
+                                bd[pos] = dv; bi[pos] = v; bdone[pos] = false
+                                if cnt < L { cnt += 1 }
+                                if pos < nextCursor { nextCursor = pos }
+                            }
+                            // advance to the nearest unexpanded entry
+                            var c = min(nextCursor, cursor + 1)
+                            while c < cnt && bdone[c] { c += 1 }
+                            cursor = c
+                        }
+                        let r = min(k, cnt)
+                        for i in 0..<r { outIds[i] = bi[i]; outDist[i] = bd[i] }
+                        return r
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: build
+
+    /// Builds the graph over `vectors` (Vamana: insert in random order; each node's
+    /// candidates are the nodes its search evaluated; robust prune with α keeps
+    /// diverse neighbours; reverse edges are added and pruned on overflow).
+    public static func build(vectors: Matrix, degree: Int = 32, buildList: Int = 64, alpha: Float = 1.2,
+                             seed: UInt64 = 42, progress: ProgressReporter = .silent) -> HeadGraph {
+        let g = HeadGraph(vectors: vectors, degree: degree)
+        let n = vectors.rows
+        guard n > 1 else { return g }
+        let d = vectors.cols
+        // Entry: the node nearest the mean.
+        let mean = [Float](unsafeUninitializedCapacity: d) { b, c in
+            b.initialize(repeating: 0); c = d
+            for i in 0..<n { let r = vectors.row(i); for j in 0..<d { b[j] += r[j] } }
+            for j in 0..<d { b[j] /= Float(n) }
+        }
+        var best = 0, bestD = Float.infinity
+        mean.withUnsafeBufferPointer { m in
+            for i in 0..<n { let dd = Distance.l2sq(m.baseAddress!, vectors.row(i), d); if dd < bestD { bestD = dd; best = i } }
+        }
+        // Insertion order: random, entry first. Nodes are relabelled so that inserted
+        // nodes are exactly 0..<t; instead we keep ids and track insertion via `inserted`.
+        var rng = SeededRandom(seed: seed)
+        var order = Array(0..<n)
+        order.swapAt(0, best)
+        for i in stride(from: n - 1, to: 1, by: -1) { order.swapAt(i, 1 + rng.below(i)) }
+        g.entry = UInt32(best)
+        let scratch = Scratch(graphSize: n, beam: buildList)
+        scratch.trackEvaluated = true
+        let outIds = UnsafeMutablePointer<UInt32>.allocate(capacity: buildList)
+        let outDist = UnsafeMutablePointer<Float>.allocate(capacity: buildList)
+        defer { outIds.deallocate(); outDist.deallocate() }
+        let alpha2 = alpha * alpha
+        var pool = [(Float, UInt32)]()
+        progress.begin("train: head graph (\(n) heads, degree \(degree))", total: UInt64(n))
+        for t in 1..<n {
+            let p = order[t]
+            // The search only walks edges, and only inserted nodes have edges (plus the entry).
+            g.search(vectors.row(p), k: buildList, listSize: buildList, scratch: scratch, outIds: outIds, outDist: outDist)
+            pool = scratch.evaluated.filter { Int($0.1) != p }
+            g.robustPrune(node: p, candidates: &pool, alpha2: alpha2)
+            let nb = g.neighbors + p * degree
+            for j in 0..<degree {
+                let v = nb[j]
+                if v == empty { break }
+                g.addReverse(from: Int(v), to: UInt32(p), alpha2: alpha2, pool: &pool)
+            }
+            if t & 1023 == 0 { progress.advance(1024) }
+        }
+        progress.end()
+        return g
+    }
+
+    /// Keeps at most `degree` candidates, nearest first, dropping a candidate v when an
+    /// already kept u has α²·d(u,v) ≤ d(p,v) (squared distances).
+    func robustPrune(node p: Int, candidates: inout [(Float, UInt32)], alpha2: Float) {
+        let d = dimension
+        candidates.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
+        // dedupe
+        var uniq = [(Float, UInt32)]()
+        uniq.reserveCapacity(candidates.count)
+        var last = UInt32.max
+        var seen = Set<UInt32>()
+        for c in candidates where c.1 != last && !seen.contains(c.1) { uniq.append(c); last = c.1; seen.insert(c.1) }
+        let nb = neighbors + p * degree
+        var kept = 0
+        var alive = [Bool](repeating: true, count: uniq.count)
+        for i in 0..<uniq.count where alive[i] {
+            let (_, u) = uniq[i]
+            nb[kept] = u; kept += 1
+            if kept == degree { break }
+            let ur = vectors.row(Int(u))
+            for j in (i + 1)..<uniq.count where alive[j] {
+                let (dpv, v) = uniq[j]
+                if alpha2 * Distance.l2sq(ur, vectors.row(Int(v)), d) <= dpv { alive[j] = false }
+            }
+        }
+        for j in kept..<degree { nb[j] = HeadGraph.empty }
+    }
+
+    func addReverse(from v: Int, to p: UInt32, alpha2: Float, pool: inout [(Float, UInt32)]) {
+        let nb = neighbors + v * degree
+        var c = 0
+        while c < degree && nb[c] != HeadGraph.empty {
+            if nb[c] == p { return }
+            c += 1
+        }
+        if c < degree { nb[c] = p; return }
+        let d = dimension
+        let vr = vectors.row(v)
+        pool.removeAll(keepingCapacity: true)
+        for j in 0..<degree { pool.append((Distance.l2sq(vr, vectors.row(Int(nb[j])), d), nb[j])) }
+        pool.append((Distance.l2sq(vr, vectors.row(Int(p)), d), p))
+        robustPrune(node: v, candidates: &pool, alpha2: alpha2)
+    }
+}

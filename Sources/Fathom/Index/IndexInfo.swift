@@ -1,0 +1,60 @@
+import FathomCore
+import FathomStorage
+import Foundation
+
+/// `fathom info INDEX`: what an index holds and what serving it costs.
+public enum IndexInfo {
+    public static func describe(directory: String, json: Bool) throws -> String {
+        let m = try Manifest.load(directory: directory)
+        try m.checkFileSizes(directory: directory)
+        let layout = IndexLayout(directory: directory)
+        let postingsBytes = m.files.first { $0.name == "postings.dat" }?.bytes ?? 0
+        let table = try layout.readPostingTable(postingsBytes: postingsBytes, recordBytes: m.record_bytes)
+        let disk = m.files.reduce(UInt64(0)) { $0 + $1.bytes }
+        // RAM to serve: heads (float32) + graph + posting table + per-thread buffers (≈ 64 slots of postings).
+        let ramHeads = UInt64(m.heads) * UInt64(m.dimension * 4)
+        let ramGraph = UInt64(m.heads) * UInt64(m.parameters.graph_degree * 4)
+        let ramTable = UInt64(m.heads) * 24
+        let ram = ramHeads + ramGraph + ramTable
+        // Histogram of posting lengths in 8 buckets up to the cap.
+        let cap = max(1, m.parameters.posting_capacity)
+        let buckets = 8
+        var hist = [Int](repeating: 0, count: buckets + 1)
+        for e in table {
+            if e.count == 0 { hist[0] += 1; continue }
+            hist[1 + min(buckets - 1, (Int(e.count) - 1) * buckets / cap)] += 1
+        }
+        var labels = ["empty"]
+        for b in 0..<buckets { labels.append("\(b * cap / buckets + 1)-\((b + 1) * cap / buckets)") }
+        if json {
+            let obj: [String: Any] = [
+                "path": directory, "count": m.count, "heads": m.heads, "dimension": m.dimension,
+                "metric": m.metric.rawValue, "element_type": m.element_type.rawValue,
+                "ram_to_serve_bytes": ram, "ram_per_vector_bytes": Double(ram) / Double(max(m.count, 1)),
+                "disk_bytes": disk, "mean_replicas": m.stats.mean_replicas,
+                "posting_histogram": Dictionary(uniqueKeysWithValues: zip(labels, hist)),
+                "tiers": ["heads+graph+posting table": "RAM", "postings (full-precision records)": "SSD (O_DIRECT)", "vectors by id": "SSD"],
+            ]
+            let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
+            let manifest = String(decoding: try m.encoded(), as: UTF8.self)
+            return "{\"summary\": " + String(decoding: data, as: UTF8.self) + ",\n\"manifest\": " + manifest + "}"
+        }
+        var s = """
+        index:            \(directory)
+        vectors:          \(m.count) × \(m.dimension) \(m.element_type.rawValue), metric \(m.metric.rawValue)
+        heads:            \(m.heads) (ratio \(String(format: "%.4f", m.parameters.head_ratio)))
+        RAM to serve:     \(formatBytes(ram)) (heads \(formatBytes(ramHeads)), graph \(formatBytes(ramGraph)), table \(formatBytes(ramTable))) = \(String(format: "%.1f", Double(ram) / Double(max(m.count, 1)))) B/vector
+        tiers:            heads + graph + posting table in RAM; postings and vectors on SSD
+        disk:             \(formatBytes(disk))
+        replicas/vector:  \(String(format: "%.2f", m.stats.mean_replicas)) (cap \(m.parameters.replicas); \(m.stats.cut_records) records cut by the posting cap, \(m.stats.orphans_fixed) orphans placed back)
+        postings:         cap \(cap) records (\(m.parameters.posting_pages) pages of 4 KiB, \(m.record_bytes) B/record), longest \(m.stats.max_posting_records), empty \(m.stats.empty_postings)
+        build:            seed \(m.parameters.seed), degree \(m.parameters.graph_degree), candidates \(m.parameters.candidate_heads), RNG factor \(m.parameters.rng_factor), sample \(m.parameters.sample_size); \(m.build.seconds.sorted { $0.key < $1.key }.map { "\($0.key) \(String(format: "%.1f", $0.value)) s" }.joined(separator: ", ")); peak RSS \(formatBytes(m.build.peak_rss_bytes))
+        posting lengths:
+        """
+        let maxCount = max(1, hist.max() ?? 1)
+        for (l, c) in zip(labels, hist) {
+            s += "\n  \(l.padding(toLength: 10, withPad: " ", startingAt: 0)) \(String(c).padding(toLength: 8, withPad: " ", startingAt: 0)) " + String(repeating: "#", count: c * 40 / maxCount)
+        }
+        return s
+    }
+}

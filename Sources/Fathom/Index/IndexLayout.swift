@@ -1,0 +1,208 @@
+import FathomCore
+import FathomMath
+import FathomStorage
+import Foundation
+
+/// One entry of the posting table (docs/format.md, postings.idx).
+public struct PostingEntry: Sendable, Equatable {
+    /// Byte offset of the posting in postings.dat.
+    public var offset: UInt64
+    public var count: UInt32
+    public var pages: UInt32
+    public var crc: UInt32
+}
+
+/// File names of an index directory and the code that reads and writes each file
+/// (formats: docs/format.md).
+struct IndexLayout {
+    let directory: String
+
+    static let headsMagic = "FTHMHEAD", graphMagic = "FTHMGRPH", tableMagic = "FTHMPIDX"
+    static let postingsMagic = "FTHMPDAT", vectorsMagic = "FTHMVECS", assignMagic = "FTHMASGN"
+    /// The files an index consists of (listed in the manifest).
+    static let dataFiles = ["heads.bin", "graph.bin", "postings.idx", "postings.dat", "vectors.dat"]
+
+    /// Build-time files that are not part of a published index.
+    static func isScratch(_ name: String) -> Bool {
+        name == "assign.bin" || name == "stats.json" || name == "fingerprint" || name.hasPrefix("stage-")
+    }
+
+    var headsPath: String { directory + "/heads.bin" }
+    var graphPath: String { directory + "/graph.bin" }
+    var tablePath: String { directory + "/postings.idx" }
+    var postingsPath: String { directory + "/postings.dat" }
+    var vectorsPath: String { directory + "/vectors.dat" }
+    var assignPath: String { directory + "/assign.bin" }
+    var statsPath: String { directory + "/stats.json" }
+
+    // heads.bin
+    func writeHeads(_ heads: Matrix, ids: [UInt32]) throws {
+        let H = heads.rows, d = heads.cols
+        let w = try SequentialFileWriter(path: headsPath)
+        let h = IndexFileHeader(magic: Self.headsMagic, count: UInt64(H), dimension: UInt32(d), elementType: 0,
+                                payloadBytes: UInt64(H * d * 4 + H * 4), recordBytes: UInt32(d * 4))
+        try w.write(h.encode())
+        try w.write(UnsafeRawPointer(heads.data), count: H * d * 4)
+        try w.write(array: ids)
+        try w.finish()
+    }
+
+    func readHeads() throws -> (Matrix, [UInt32]) {
+        let f = try RandomAccessFile(path: headsPath)
+        let h = try f.readHeader(magic: Self.headsMagic)
+        let H = Int(h.count), d = Int(h.dimension)
+        guard h.payloadBytes == UInt64(H) * UInt64(d * 4 + 4) else {
+            throw FathomError(.corruptIndex, "header says \(H) heads of dimension \(d) but the payload has \(h.payloadBytes) bytes", path: headsPath, offset: 40)
+        }
+        let m = Matrix(rows: H, cols: d)
+        try f.read(into: m.data, count: H * d * 4, at: 64)
+        var ids = [UInt32](repeating: 0, count: H)
+        try ids.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: H * 4, at: 64 + UInt64(H * d * 4)) }
+        return (m, ids)
+    }
+
+    func headCount() throws -> Int {
+        Int(try RandomAccessFile(path: headsPath).readHeader(magic: Self.headsMagic).count)
+    }
+
+    // graph.bin
+    func writeGraph(_ g: HeadGraph) throws {
+        let w = try SequentialFileWriter(path: graphPath)
+        let h = IndexFileHeader(magic: Self.graphMagic, count: UInt64(g.count), dimension: UInt32(g.degree),
+                                payloadBytes: UInt64(g.count * g.degree * 4), recordBytes: UInt32(g.degree * 4),
+                                aux: UInt64(g.entry))
+        try w.write(h.encode())
+        try w.write(UnsafeRawPointer(g.neighbors), count: g.count * g.degree * 4)
+        try w.finish()
+    }
+
+    func readGraph(heads: Matrix) throws -> HeadGraph {
+        let f = try RandomAccessFile(path: graphPath)
+        let h = try f.readHeader(magic: Self.graphMagic)
+        let H = Int(h.count), R = Int(h.dimension)
+        guard H == heads.rows, h.payloadBytes == UInt64(H * R * 4), R > 0 else {
+            throw FathomError(.corruptIndex, "graph of \(H) nodes × degree \(R) does not match \(heads.rows) heads / its payload of \(h.payloadBytes) bytes", path: graphPath, offset: 16)
+        }
+        guard h.aux < UInt64(max(H, 1)) else {
+            throw FathomError(.corruptIndex, "entry point \(h.aux) is not a head id (< \(H))", path: graphPath, offset: 52)
+        }
+        var nb = [UInt32](repeating: 0, count: H * R)
+        try nb.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: H * R * 4, at: 64) }
+        for (i, v) in nb.enumerated() where v != HeadGraph.empty && Int(v) >= H {
+            throw FathomError(.corruptIndex, "neighbour id \(v) is out of range (\(H) heads)", path: graphPath, offset: 64 + UInt64(i * 4))
+        }
+        return HeadGraph(vectors: heads, degree: R, neighbors: nb, entry: UInt32(h.aux))
+    }
+
+    // vectors.dat
+    func createVectors(count: Int, dimension: Int, type: ElementType) throws -> SequentialFileWriter {
+        let w = try SequentialFileWriter(path: vectorsPath)
+        try w.pad(to: 4096)
+        return w
+    }
+
+    func finishVectors(_ w: SequentialFileWriter, count: Int, dimension: Int, type: ElementType) throws {
+        let rb = dimension * type.size
+        let h = IndexFileHeader(magic: Self.vectorsMagic, count: UInt64(count), dimension: UInt32(dimension),
+                                elementType: IndexFileHeader.code(type), payloadOffset: 4096,
+                                payloadBytes: UInt64(count) * UInt64(rb), recordBytes: UInt32(rb))
+        precondition(w.offset == 4096 + h.payloadBytes)
+        try w.patch(h.encode(), at: 0)
+        try w.finish()
+    }
+
+    // postings.idx
+    func writePostingTable(_ entries: [PostingEntry]) throws {
+        let w = try SequentialFileWriter(path: tablePath)
+        let h = IndexFileHeader(magic: Self.tableMagic, count: UInt64(entries.count), dimension: 0,
+                                payloadBytes: UInt64(entries.count * 24), recordBytes: 24, aux: 4096)
+        try w.write(h.encode())
+        var raw = [UInt8](repeating: 0, count: entries.count * 24)
+        raw.withUnsafeMutableBytes { b in
+            for (i, e) in entries.enumerated() {
+                let p = b.baseAddress! + i * 24
+                p.storeBytes(of: e.offset.littleEndian, toByteOffset: 0, as: UInt64.self)
+                p.storeBytes(of: e.count.littleEndian, toByteOffset: 8, as: UInt32.self)
+                p.storeBytes(of: e.pages.littleEndian, toByteOffset: 12, as: UInt32.self)
+                p.storeBytes(of: e.crc.littleEndian, toByteOffset: 16, as: UInt32.self)
+            }
+        }
+        try w.write(raw)
+        try w.finish()
+    }
+
+    /// Reads the posting table and checks every entry against the postings file's size.
+    func readPostingTable(postingsBytes: UInt64, recordBytes: Int) throws -> [PostingEntry] {
+        let f = try RandomAccessFile(path: tablePath)
+        let h = try f.readHeader(magic: Self.tableMagic)
+        let H = Int(h.count)
+        guard h.recordBytes == 24, h.payloadBytes == UInt64(H) * 24 else {
+            throw FathomError(.corruptIndex, "posting table header is inconsistent (\(H) entries, \(h.payloadBytes) bytes)", path: tablePath, offset: 16)
+        }
+        var raw = [UInt8](repeating: 0, count: H * 24)
+        try raw.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: H * 24, at: 64) }
+        var out = [PostingEntry]()
+        out.reserveCapacity(H)
+        try raw.withUnsafeBytes { b in
+            for i in 0..<H {
+                let p = b.baseAddress! + i * 24
+                let e = PostingEntry(offset: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+                                     count: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
+                                     pages: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt32.self)),
+                                     crc: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt32.self)))
+                let bytes = UInt64(e.count) * UInt64(recordBytes)
+                let expectPages = e.count == 0 ? 0 : (e.offset % 4096 + bytes + 4095) / 4096
+                let end = e.offset - e.offset % 4096 + UInt64(e.pages) * 4096
+                guard e.offset >= 4096 || e.count == 0, UInt64(e.pages) == expectPages, end <= postingsBytes || e.count == 0 else {
+                    throw FathomError(.corruptIndex, "posting \(i) (offset \(e.offset), \(e.count) records, \(e.pages) pages) does not fit postings.dat of \(postingsBytes) bytes", path: tablePath, offset: 64 + UInt64(i * 24))
+                }
+                out.append(e)
+            }
+        }
+        return out
+    }
+
+    // assign.bin (build scratch: the posting membership between the assign and pack stages)
+    func writeAssignment(_ t: PostingAssignment, orphansFixed: Int) throws {
+        let w = try SequentialFileWriter(path: assignPath)
+        let payload = UInt64(t.heads * 4 + t.heads * t.cap * 8 + t.replicas.count + 16)
+        let h = IndexFileHeader(magic: Self.assignMagic, count: UInt64(t.heads), dimension: UInt32(t.cap),
+                                payloadBytes: payload, recordBytes: 8, aux: UInt64(t.replicas.count))
+        try w.write(h.encode())
+        try w.write(array: t.sizes)
+        try w.write(array: t.dist)
+        try w.write(array: t.ids)
+        try w.write(array: t.replicas)
+        try w.write(array: [UInt64(t.cutRecords), UInt64(orphansFixed)])
+        try w.finish()
+    }
+
+    func readAssignment() throws -> (PostingAssignment, Int) {
+        let f = try RandomAccessFile(path: assignPath)
+        let h = try f.readHeader(magic: Self.assignMagic)
+        let H = Int(h.count), cap = Int(h.dimension), n = Int(h.aux)
+        let t = PostingAssignment(heads: H, cap: cap, vectors: n)
+        var off: UInt64 = 64
+        try t.sizes.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: $0.count, at: off); off += UInt64($0.count) }
+        try t.dist.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: $0.count, at: off); off += UInt64($0.count) }
+        try t.ids.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: $0.count, at: off); off += UInt64($0.count) }
+        try t.replicas.withUnsafeMutableBytes { if $0.count > 0 { try f.read(into: $0.baseAddress!, count: $0.count, at: off) }; off += UInt64($0.count) }
+        var tail = [UInt64](repeating: 0, count: 2)
+        try tail.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: 16, at: off) }
+        t.cutRecords = Int(tail[0])
+        return (t, Int(tail[1]))
+    }
+
+    func writeStats(_ s: Manifest.Stats) throws {
+        let data = try JSONEncoder().encode(s)
+        let w = try SequentialFileWriter(path: statsPath, bufferBytes: 1 << 16)
+        try w.write([UInt8](data)); try w.finish()
+    }
+
+    func readStats() throws -> Manifest.Stats {
+        guard let d = FileManager.default.contents(atPath: statsPath) else {
+            throw FathomError(.fileNotFound, "no stats", path: statsPath)
+        }
+        return try JSONDecoder().decode(Manifest.Stats.self, from: d)
+    }
+}

@@ -1,0 +1,128 @@
+import FathomCore
+import FathomMath
+import FathomStorage
+import Foundation
+
+/// One row of `fathom search`: the figures of one probes setting over a query set.
+public struct SearchReportRow: Sendable, Codable {
+    public var probes: Int
+    public var qps: Double
+    public var recall: Double?
+    public var mean_us: Double
+    public var p50_us: Double
+    public var p99_us: Double
+    public var p999_us: Double
+    public var mean_ios: Double
+    public var mean_kib: Double
+    public var threads: Int
+    public var failed_queries: Int
+}
+
+/// Runs a query set against an index at several settings and measures it the way
+/// DiskANN's search tool does (QPS over the whole batch, per-query latency percentiles,
+/// IOs and KiB read per query, recall@k).
+public enum SearchBenchmark {
+    /// - Returns: one row per entry of `probes`, plus the ids of the last run (for `--output`).
+    public static func run(index: VectorIndex, queries: Matrix, k: Int, probes: [Int], threads: Int,
+                           gt: GroundTruth?, base: SearchParameters = SearchParameters(),
+                           progress: ProgressReporter = .silent) throws -> (rows: [SearchReportRow], ids: [[UInt32]], dists: [[Float]]) {
+        let nq = queries.rows
+        guard queries.cols == index.dimension else {
+            throw FathomError(.dimensionMismatch, "queries have dimension \(queries.cols) but the index has \(index.dimension)")
+        }
+        if let gt {
+            guard gt.count >= nq else {
+                throw FathomError(.invalidArgument, "ground truth covers \(gt.count) queries but there are \(nq)")
+            }
+            guard gt.k >= k else {
+                throw FathomError(.invalidArgument, "ground truth has \(gt.k) neighbours per query, fewer than k = \(k)")
+            }
+        }
+        var rows = [SearchReportRow]()
+        var lastIds = [[UInt32]](), lastDists = [[Float]]()
+        for p in probes {
+            var tuned = base
+            tuned.probes = p
+            let params = tuned
+            let t = max(1, min(threads, nq))
+            var lat = [Double](repeating: 0, count: nq)
+            var ios = [Int](repeating: 0, count: nq)
+            var bytes = [Int](repeating: 0, count: nq)
+            var ids = [[UInt32]](repeating: [], count: nq)
+            var dists = [[Float]](repeating: [], count: nq)
+            var failures = [FathomError?](repeating: nil, count: nq)
+            let next = Counter()
+            let start = DispatchTime.now().uptimeNanoseconds
+            lat.withUnsafeMutableBufferPointer { latB in
+            ios.withUnsafeMutableBufferPointer { iosB in
+            bytes.withUnsafeMutableBufferPointer { bytesB in
+            ids.withUnsafeMutableBufferPointer { idsB in
+            dists.withUnsafeMutableBufferPointer { distsB in
+            failures.withUnsafeMutableBufferPointer { failB in
+                let latP = SendablePointer(latB.baseAddress!), iosP = SendablePointer(iosB.baseAddress!)
+                let bytesP = SendablePointer(bytesB.baseAddress!), idsP = SendablePointer(idsB.baseAddress!)
+                let distsP = SendablePointer(distsB.baseAddress!), failP = SendablePointer(failB.baseAddress!)
+                let work: @Sendable (Int) -> Void = { _ in
+                    do {
+                        try index.withSearcher { s in
+                            let out = UnsafeMutablePointer<Neighbor>.allocate(capacity: k)
+                            defer { out.deallocate() }
+                            while true {
+                                let i = next.next()
+                                if i >= nq { break }
+                                let q = UnsafeBufferPointer(start: queries.row(i), count: queries.cols)
+                                let t0 = DispatchTime.now().uptimeNanoseconds
+                                do {
+                                    let n = try s.search(q, k: k, parameters: params, into: out)
+                                    latP.p[i] = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000
+                                    iosP.p[i] = s.stats.postingsRead
+                                    bytesP.p[i] = s.stats.bytesRead
+                                    idsP.p[i] = (0..<n).map { out[$0].id }
+                                    distsP.p[i] = (0..<n).map { out[$0].distance }
+                                } catch let e as FathomError {
+                                    failP.p[i] = e
+                                }
+                            }
+                        }
+                    } catch {
+                        let e = error as? FathomError ?? FathomError(.io, "\(error)")
+                        while true { let i = next.next(); if i >= nq { break }; failP.p[i] = e }
+                    }
+                }
+                if t == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: t, execute: work) }
+            }}}}}}
+            let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            let failed = failures.compactMap { $0 }
+            if failed.count == nq, let e = failed.first { throw e }
+            let okLat = zip(lat, failures).filter { $0.1 == nil }.map(\.0).sorted()
+            func pct(_ p: Double) -> Double { okLat.isEmpty ? 0 : okLat[min(okLat.count - 1, Int(Double(okLat.count) * p))] }
+            var recall: Double? = nil
+            if let gt { recall = Recall.compute(results: ids, gt: gt, k: k) }
+            let okCount = Double(max(okLat.count, 1))
+            rows.append(SearchReportRow(probes: p, qps: Double(nq) / wall, recall: recall,
+                                        mean_us: okLat.reduce(0, +) / okCount, p50_us: pct(0.5), p99_us: pct(0.99),
+                                        p999_us: pct(0.999), mean_ios: Double(ios.reduce(0, +)) / okCount,
+                                        mean_kib: Double(bytes.reduce(0, +)) / 1024 / okCount, threads: t,
+                                        failed_queries: failed.count))
+            if !failed.isEmpty { progress.note("probes \(p): \(failed.count) queries failed; first: \(failed[0])") }
+            lastIds = ids; lastDists = dists
+        }
+        return (rows, lastIds, lastDists)
+    }
+
+    /// The rows as a DiskANN-style table.
+    public static func table(_ rows: [SearchReportRow], k: Int) -> String {
+        func col(_ text: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - text.count)) + text }
+        let heads = ["probes", "QPS", "mean_us", "p50_us", "p99_us", "p99.9_us", "mean_IOs", "mean_KiB", "recall@\(k)"]
+        let widths = [7, 10, 10, 10, 10, 10, 9, 9, 10]
+        var s = zip(heads, widths).map { col($0, $1) }.joined(separator: " ") + "\n"
+        for r in rows {
+            let cells = [String(r.probes), String(format: "%.1f", r.qps), String(format: "%.1f", r.mean_us),
+                         String(format: "%.1f", r.p50_us), String(format: "%.1f", r.p99_us), String(format: "%.1f", r.p999_us),
+                         String(format: "%.1f", r.mean_ios), String(format: "%.1f", r.mean_kib),
+                         r.recall.map { String(format: "%.4f", $0) } ?? "-"]
+            s += zip(cells, widths).map { col($0, $1) }.joined(separator: " ") + "\n"
+        }
+        return s
+    }
+}

@@ -1,0 +1,263 @@
+import FathomCore
+import FathomMath
+import FathomStorage
+import Foundation
+
+/// A search result: the vector's id (its row in the input file) and its distance.
+///
+/// `distance` is always "smaller is nearer": squared L2 for `.l2`, `−⟨q,x⟩` for `.ip`,
+/// and `1 − cos(q,x)` for `.cosine`.
+public struct Neighbor: Sendable, Hashable, Codable {
+    public var id: UInt32
+    public var distance: Float
+    public init(id: UInt32, distance: Float) { self.id = id; self.distance = distance }
+}
+
+/// Per-call search settings (like FAISS's `SearchParametersIVF`): they never change the index.
+public struct SearchParameters: Sendable, Hashable, Codable {
+    /// Most postings read per query (SPANN's SearchInternalResultNum after pruning).
+    public var probes: Int = 32
+    /// Query-aware pruning: read posting i only if d(q,hᵢ) ≤ `maxDistRatio` · d(q,h₁)
+    /// (squared distances; SPTAG's MaxDistRatio, 8 in the paper's configs).
+    public var maxDistRatio: Float = 8
+    /// Beam width of the head-graph search (≥ probes; `nil`: max(2·probes, 64)).
+    public var headListSize: Int? = nil
+    /// Check each posting's CRC32C after it is read (a corrupt posting then fails the query
+    /// instead of returning wrong neighbours).
+    public var verifyChecksums: Bool = true
+
+    public init(probes: Int = 32, maxDistRatio: Float = 8, headListSize: Int? = nil, verifyChecksums: Bool = true) {
+        self.probes = probes; self.maxDistRatio = maxDistRatio
+        self.headListSize = headListSize; self.verifyChecksums = verifyChecksums
+    }
+}
+
+/// Counters of one query, for reports.
+public struct QueryStats: Sendable {
+    public var postingsRead = 0
+    public var bytesRead = 0
+    public var candidatesScored = 0
+}
+
+/// How ``VectorIndex`` reads postings from disk.
+public enum IOMode: Sendable, Equatable {
+    /// libaio with O_DIRECT; falls back to `.pread` with a warning where O_DIRECT is refused.
+    case auto
+    /// libaio with O_DIRECT, failing if unavailable.
+    case aio
+    /// Synchronous preads through the page cache.
+    case pread
+}
+
+/// An open Fathom index: heads, head graph and posting table in RAM; postings and vectors
+/// read from disk with O_DIRECT.
+///
+/// Immutable after `open` and safe to share across threads: each call borrows a
+/// ``Searcher`` (its own IO context and scratch) from an internal pool.
+///
+/// ```swift
+/// let index = try VectorIndex.open(at: "myindex")
+/// let hits = try index.search(query, k: 10)                 // [Neighbor]
+/// let all = index.search(batch: queries, count: nq, k: 10, threads: 2)
+/// ```
+public final class VectorIndex: @unchecked Sendable {
+    // Invariant: every stored property is immutable after init except `pool`, which is
+    // guarded by `poolLock`.
+    public let path: String
+    public let manifest: Manifest
+    public let metric: Metric
+    public let dimension: Int
+    public let elementType: ElementType
+    let graph: HeadGraph
+    let table: [PostingEntry]
+    let maxPostingPages: Int
+    let postingsFile: RandomAccessFile
+    let postingsPath: String
+    public let ioMode: IOMode
+    /// The engine actually used ("libaio" or "pread").
+    public let ioEngineName: String
+    let engineFactory: @Sendable () throws -> IOEngine
+    private let poolLock = NSLock()
+    private var pool: [Searcher] = []
+
+    /// Number of vectors indexed.
+    public var count: Int { manifest.count }
+    /// Number of heads (postings).
+    public var headCount: Int { graph.count }
+
+    /// Opens the index directory at `path`: checks the manifest (format version, metric,
+    /// element type, file sizes), loads heads, graph and posting table into RAM and opens
+    /// postings.dat for direct reads.
+    ///
+    /// - Parameters:
+    ///   - io: how postings are read (default: libaio + O_DIRECT, pread where refused).
+    ///   - engine: a custom engine factory (tests inject faults with it); overrides `io`.
+    public static func open(at path: String, io: IOMode = .auto,
+                            engine: (@Sendable () throws -> IOEngine)? = nil,
+                            warn: (String) -> Void = { FileHandle.standardError.write(("warning: " + $0 + "\n").data(using: .utf8)!) }) throws -> VectorIndex {
+        try VectorIndex(path: path, io: io, engine: engine, warn: warn)
+    }
+
+    init(path: String, io: IOMode, engine: (@Sendable () throws -> IOEngine)?, warn: (String) -> Void) throws {
+        self.path = path
+        let m = try Manifest.load(directory: path)
+        try m.checkFileSizes(directory: path)
+        manifest = m
+        metric = m.metric
+        dimension = m.dimension
+        elementType = m.element_type
+        let layout = IndexLayout(directory: path)
+        let (heads, _) = try layout.readHeads()
+        guard heads.cols == m.dimension, heads.rows == m.heads else {
+            throw FathomError(.corruptIndex, "heads.bin holds \(heads.rows) × \(heads.cols), manifest says \(m.heads) × \(m.dimension)", path: layout.headsPath)
+        }
+        graph = try layout.readGraph(heads: heads)
+        postingsPath = layout.postingsPath
+        // Postings header: check it agrees with the manifest.
+        let plain = try RandomAccessFile(path: layout.postingsPath)
+        let ph = try plain.readHeader(magic: IndexLayout.postingsMagic)
+        guard Int(ph.dimension) == m.dimension, Int(ph.recordBytes) == m.record_bytes,
+              IndexFileHeader.elementType(code: ph.elementType) == m.element_type else {
+            throw FathomError(.incompatibleIndex, "postings.dat holds \(ph.dimension)-d records of \(ph.recordBytes) B, manifest says \(m.dimension)-d \(m.element_type.rawValue) records of \(m.record_bytes) B", path: layout.postingsPath, offset: 24)
+        }
+        table = try layout.readPostingTable(postingsBytes: plain.size, recordBytes: m.record_bytes)
+        guard table.count == m.heads else {
+            throw FathomError(.corruptIndex, "posting table has \(table.count) entries for \(m.heads) heads", path: layout.tablePath)
+        }
+        maxPostingPages = Int(table.map(\.pages).max() ?? 1)
+        // Choose the IO path.
+        var file = plain
+        var mode = io
+        if let engine {
+            engineFactory = engine
+            ioMode = io
+            ioEngineName = try engine().name
+        } else {
+            if io != .pread {
+                do {
+                    file = try RandomAccessFile(path: layout.postingsPath, direct: true)
+                    _ = try AIOEngine(depth: 1)
+                    mode = .aio
+                } catch let e as FathomError {
+                    if io == .aio { throw e }
+                    warn("O_DIRECT/libaio unavailable for \(layout.postingsPath) (\(e.message)); reading through the page cache with pread")
+                    mode = .pread
+                    file = plain
+                }
+            }
+            ioMode = mode
+            let depth = 64
+            if mode == .aio {
+                engineFactory = { try AIOEngine(depth: depth) }
+                ioEngineName = "libaio"
+            } else {
+                engineFactory = { PreadEngine() }
+                ioEngineName = "pread"
+            }
+        }
+        postingsFile = file
+    }
+
+    /// RAM the index holds while open (heads, graph, posting table), in bytes.
+    public var memoryBytes: Int { graph.memoryBytes + table.count * MemoryLayout<PostingEntry>.stride }
+
+    // MARK: searcher pool
+
+    func borrowSearcher() throws -> Searcher {
+        poolLock.lock()
+        if let s = pool.popLast() { poolLock.unlock(); return s }
+        poolLock.unlock()
+        return try Searcher(index: self, engine: engineFactory())
+    }
+
+    func returnSearcher(_ s: Searcher) {
+        poolLock.lock(); pool.append(s); poolLock.unlock()
+    }
+
+    /// Runs `body` with a searcher of its own (one per thread; reused across calls).
+    public func withSearcher<T>(_ body: (Searcher) throws -> T) throws -> T {
+        let s = try borrowSearcher()
+        defer { returnSearcher(s) }
+        return try body(s)
+    }
+
+    // MARK: search API
+
+    /// The `k` nearest neighbours of one query (a contiguous buffer of `dimension` values).
+    public func search(_ query: UnsafeBufferPointer<Float>, k: Int,
+                       parameters: SearchParameters = SearchParameters()) throws -> [Neighbor] {
+        try withSearcher { try $0.search(query, k: k, parameters: parameters) }
+    }
+
+    /// The `k` nearest neighbours of `query`.
+    public func search(_ query: [Float], k: Int, parameters: SearchParameters = SearchParameters()) throws -> [Neighbor] {
+        try query.withUnsafeBufferPointer { try search($0, k: k, parameters: parameters) }
+    }
+
+    /// Integer queries (uint8 / int8 data sets): converted to float once.
+    public func search(_ query: [UInt8], k: Int, parameters: SearchParameters = SearchParameters()) throws -> [Neighbor] {
+        try search(query.map { Float($0) }, k: k, parameters: parameters)
+    }
+
+    public func search(_ query: [Int8], k: Int, parameters: SearchParameters = SearchParameters()) throws -> [Neighbor] {
+        try search(query.map { Float($0) }, k: k, parameters: parameters)
+    }
+
+    /// Searches `count` queries stored row-major in `queries` (`count × dimension` floats)
+    /// over `threads` threads. Each query's failure (an IO error, a bad value) is reported
+    /// in its own slot; the other queries are unaffected.
+    public func search(batch queries: UnsafeBufferPointer<Float>, count: Int, k: Int,
+                       parameters: SearchParameters = SearchParameters(),
+                       threads: Int = ProcessInfo.processInfo.activeProcessorCount) -> [Result<[Neighbor], FathomError>] {
+        precondition(queries.count >= count * dimension, "the query buffer holds fewer than count × dimension values")
+        var results = [Result<[Neighbor], FathomError>](repeating: .success([]), count: count)
+        let d = dimension
+        let t = max(1, min(threads, count))
+        let next = Counter()
+        results.withUnsafeMutableBufferPointer { out in
+            let outPtr = SendablePointer(out.baseAddress!)
+            let qPtr = SendablePointer(UnsafeMutablePointer(mutating: queries.baseAddress!))
+            DispatchQueue.concurrentPerform(iterations: t) { _ in
+                let searcher: Searcher
+                do { searcher = try borrowSearcher() } catch {
+                    let e = error as? FathomError ?? FathomError(.io, "\(error)")
+                    while true { let i = next.next(); if i >= count { break }; outPtr.p[i] = .failure(e) }
+                    return
+                }
+                defer { returnSearcher(searcher) }
+                while true {
+                    let i = next.next()
+                    if i >= count { break }
+                    let q = UnsafeBufferPointer(start: qPtr.p + i * d, count: d)
+                    do { outPtr.p[i] = .success(try searcher.search(q, k: k, parameters: parameters)) }
+                    catch let e as FathomError { outPtr.p[i] = .failure(e) }
+                    catch { outPtr.p[i] = .failure(FathomError(.io, "\(error)")) }
+                }
+            }
+        }
+        return results
+    }
+
+    /// Async variant of the single-query search, for use from Swift concurrency.
+    public func search(_ query: [Float], k: Int, parameters: SearchParameters = SearchParameters()) async throws -> [Neighbor] {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<[Neighbor], Error>) in
+            DispatchQueue.global().async {
+                do { c.resume(returning: try self.search(query, k: k, parameters: parameters)) }
+                catch { c.resume(throwing: error) }
+            }
+        }
+    }
+}
+
+/// A pointer that may cross threads; the code using it guarantees disjoint access.
+struct SendablePointer<T>: @unchecked Sendable {
+    let p: UnsafeMutablePointer<T>
+    init(_ p: UnsafeMutablePointer<T>) { self.p = p }
+}
+
+/// A shared atomic-ish counter handing out work items (lock-based; uncontended here).
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func next() -> Int { lock.lock(); defer { lock.unlock() }; let v = value; value += 1; return v }
+}

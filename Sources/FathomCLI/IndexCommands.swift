@@ -1,0 +1,127 @@
+import ArgumentParser
+import Fathom
+import FathomCore
+import Foundation
+
+struct BuildCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build",
+        abstract: "Build a SPANN index directory from a vector file, out of core, within a memory budget.",
+        discussion: """
+        Stages: train (sample → balanced k-means heads → head graph), assign (stream the input;
+        each vector joins ≤ --replicas postings by the RNG closure rule over its nearest heads),
+        pack (page-aligned postings). The plan (heads, posting size, memory per stage) is printed
+        first; a budget that cannot be met is refused with the numbers. A build killed midway and
+        rerun with the same arguments resumes after its last finished stage. The index is
+        published atomically: DIR holds the previous complete index or the new one, never a mix.
+        Format: docs/format.md.
+        """
+    )
+
+    @Option(help: ArgumentHelp("Input vectors (.fbin/.u8bin/.i8bin, .fvecs/.bvecs, .npy).", valueName: "path")) var input: String
+    @Option(help: ArgumentHelp("Index directory to create or replace.", valueName: "dir")) var output: String
+    @Option(help: "Distance: l2 (squared Euclidean), ip (inner product) or cosine.") var metric: Metric = .l2
+    @Option(name: .customLong("memory-budget"), help: "Peak memory (RSS) the build stays within, e.g. 512MiB, 2GiB.")
+    var memoryBudget: ByteSize = ByteSize(bytes: 2 << 30)
+    @Option(name: .customLong("head-ratio"), help: "Heads per vector, in (0, 1] (default: 0.1, lowered if the budget requires).")
+    var headRatio: Double?
+    @Option(help: "Postings each vector may join (RNG closure), 1-8.") var replicas: Int = 8
+    @Option(name: .customLong("posting-pages"), help: "Size cap of a posting in 4 KiB pages (default: room for 48 records, at least 3).")
+    var postingPages: Int?
+    @Option(name: .customLong("graph-degree"), help: "Neighbours per head in the head graph.") var graphDegree: Int = 32
+    @Option(name: .customLong("candidate-heads"), help: "Nearest heads examined per vector for the closure rule.") var candidateHeads: Int = 64
+    @Option(name: .customLong("sample-size"), help: "Training sample in vectors (default: max(4 × heads, 50000)).") var sampleSize: Int?
+    @Option(help: "Random seed (same seed and input: same index).") var seed: UInt64 = 42
+    @Option(help: "Worker threads (two vCPUs give about one core; 1 is fastest here).") var threads: Int = 1
+    @Flag(help: "Do not print progress on stderr.") var quiet = false
+    @Flag(help: "Print the manifest as JSON on stdout when done.") var json = false
+
+    func run() throws {
+        try runReportingErrors {
+            var o = BuildOptions()
+            o.metric = metric; o.memoryBudget = memoryBudget.bytes; o.headRatio = headRatio; o.replicas = replicas
+            o.postingPages = postingPages; o.graphDegree = graphDegree; o.candidateHeads = candidateHeads
+            o.sampleSize = sampleSize; o.seed = seed; o.threads = threads
+            let progress = ProgressReporter(enabled: !quiet)
+            let builder = try IndexBuilder(input: input, output: output, options: o, progress: progress)
+            let m = try builder.build()
+            if json {
+                print(String(decoding: try m.encoded(), as: UTF8.self))
+            } else {
+                let secs = m.build.seconds
+                print("built \(output): \(m.count) vectors, \(m.heads) heads, \(String(format: "%.2f", m.stats.mean_replicas)) replicas/vector, " +
+                      "train \(String(format: "%.1f", secs["train"] ?? 0)) s, assign \(String(format: "%.1f", secs["assign"] ?? 0)) s, pack \(String(format: "%.1f", secs["pack"] ?? 0)) s, " +
+                      "peak RSS \(formatBytes(m.build.peak_rss_bytes))")
+            }
+        }
+    }
+}
+
+struct SearchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "search",
+        abstract: "Search an index with a query file; one row per --probes setting.",
+        discussion: """
+        Columns: probes, QPS (queries / wall second over the whole set), mean / p50 / p99 / p99.9
+        latency in microseconds, mean posting reads and KiB read per query, and recall@k (with --gt;
+        big-ann definition, ties at the k-th distance count). --json prints
+        {"rows":[{"probes":…,"qps":…,"recall":…,"mean_us":…,"p50_us":…,"p99_us":…,"p999_us":…,"mean_ios":…,"mean_kib":…}]}.
+        """
+    )
+
+    @Option(help: ArgumentHelp("Index directory (from `fathom build`).", valueName: "dir")) var index: String
+    @Option(help: ArgumentHelp("Query vectors (any supported format).", valueName: "path")) var queries: String
+    @Option(help: ArgumentHelp("Ground truth (.ibin or .ivecs) for recall.", valueName: "path")) var gt: String?
+    @Option(name: .short, help: "Neighbours per query.") var k: Int = 10
+    @Option(help: "Comma-separated postings-per-query settings to sweep.") var probes: String = "8,16,32,64"
+    @Option(name: .customLong("max-dist-ratio"), help: "Prune postings whose head is farther than this × the nearest head (squared distances).")
+    var maxDistRatio: Float = 8
+    @Option(help: "Search threads (default: the number of CPUs).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Use at most this many queries (default: all).") var limit: Int?
+    @Option(help: "IO engine: aio (libaio + O_DIRECT), pread, or auto (aio, pread where O_DIRECT is refused).") var io: String = "auto"
+    @Flag(name: .customLong("no-checksums"), help: "Skip the CRC32C check of each posting read.") var noChecksums = false
+    @Option(help: ArgumentHelp("Write the last setting's results as big-ann .ibin.", valueName: "path")) var output: String?
+    @Flag(help: "Print JSON on stdout instead of the table.") var json = false
+    @Flag(help: "Do not print progress on stderr.") var quiet = false
+
+    func validate() throws {
+        guard k >= 1 else { throw ValidationError("-k must be at least 1") }
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        guard !probeList.isEmpty, probeList.allSatisfy({ $0 >= 1 }) else {
+            throw ValidationError("--probes must be a comma-separated list of positive integers, e.g. 8,16,32")
+        }
+        guard ["auto", "aio", "pread"].contains(io) else { throw ValidationError("--io must be auto, aio or pread") }
+    }
+
+    var probeList: [Int] { probes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+    func run() throws {
+        try runReportingErrors {
+            let progress = ProgressReporter(enabled: !quiet)
+            let mode: IOMode = io == "aio" ? .aio : (io == "pread" ? .pread : .auto)
+            let idx = try VectorIndex.open(at: index, io: mode)
+            let q = try DatasetTools.loadFloats(queries, maxRows: limit)
+            let truth = try gt.map { try GroundTruth.read(path: $0) }
+            var base = SearchParameters()
+            base.maxDistRatio = maxDistRatio
+            base.verifyChecksums = !noChecksums
+            progress.note("search: \(q.rows) queries, k = \(k), \(threads) thread(s), IO \(idx.ioEngineName), index \(idx.count) vectors / \(idx.headCount) heads")
+            let (rows, ids, dists) = try SearchBenchmark.run(index: idx, queries: q, k: k, probes: probeList, threads: threads,
+                                                             gt: truth, base: base, progress: progress)
+            if json {
+                struct Out: Codable { var rows: [SearchReportRow] }
+                let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
+                print(String(decoding: try enc.encode(Out(rows: rows)), as: UTF8.self))
+            } else {
+                print(SearchBenchmark.table(rows, k: k), terminator: "")
+            }
+            if let output {
+                var flatIds = [Int32](), flatD = [Float]()
+                for i in 0..<ids.count {
+                    for j in 0..<k { flatIds.append(j < ids[i].count ? Int32(bitPattern: ids[i][j]) : -1); flatD.append(j < dists[i].count ? dists[i][j] : .infinity) }
+                }
+                try GroundTruth(count: ids.count, k: k, ids: flatIds, distances: flatD).write(path: output)
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+import FathomCore
+
+/// Hierarchical balanced k-means (SPTAG's recipe, simplified) that splits a point set into
+/// many small clusters of even size and returns one real point per cluster: the heads.
+///
+/// Each tree node of `s` points is split into `k = min(branching, s / leafSize)` children by
+/// k-means whose assignment cost is `‖x − c‖² + λ·|C|` (|C| = the cluster's size in the
+/// previous iteration), which keeps children even. λ is set per node from the data:
+/// `λ = balance · mean(‖x − c‖²) / mean(|C|)`, so a cluster twice the average size pays
+/// `balance` times the mean distortion. Nodes larger than a batch train on a random
+/// mini-batch; all points are then assigned once. A node at most `1.5 × leafSize` is a
+/// leaf, and its head is the member nearest the leaf's mean ("snapped" to a real vector).
+public struct BalancedKMeans {
+    public var branching = 32
+    public var maxIterations = 16
+    public var batchSize = 8192
+    public var balance: Float = 1.0
+    public var seed: UInt64 = 42
+
+    public init() {}
+
+    /// Picks about `targetHeads` heads from `points` (rows of a float matrix, squared L2).
+    /// - Returns: row indices into `points`, one per leaf, in tree order.
+    public func selectHeads(points: Matrix, targetHeads: Int, progress: ProgressReporter = .silent) -> [Int] {
+        let m = points.rows
+        guard m > 0 else { return [] }
+        let target = max(1, min(targetHeads, m))
+        let leaf = Double(m) / Double(target)
+        var perm = [Int32](unsafeUninitializedCapacity: m) { b, c in for i in 0..<m { b[i] = Int32(i) }; c = m }
+        var heads = [Int]()
+        heads.reserveCapacity(target + target / 4)
+        var rng = SeededRandom(seed: seed)
+        var stack: [(lo: Int, hi: Int)] = [(0, m)]
+        let scratch = Scratch(d: points.cols, k: branching, block: 2048)
+        progress.begin("train: balanced k-means (\(target) heads from \(m) points)", total: UInt64(m))
+        while let node = stack.popLast() {
+            let s = node.hi - node.lo
+            if Double(s) <= leaf * 1.5 || s <= 2 {
+                heads.append(Int(leafHead(points: points, perm: perm, lo: node.lo, hi: node.hi, scratch: scratch)))
+                progress.advance(UInt64(s))
+                continue
+            }
+            let k = max(2, min(branching, Int((Double(s) / leaf).rounded())))
+            let assign = perm.withUnsafeMutableBufferPointer { p in
+                splitNode(points: points, idx: p.baseAddress! + node.lo, s: s, k: k, rng: &rng, scratch: scratch)
+            }
+            // Counting sort of the node's range by child.
+            var counts = [Int](repeating: 0, count: k)
+            for a in assign { counts[Int(a)] += 1 }
+            var starts = [Int](repeating: 0, count: k)
+            for c in 1..<k { starts[c] = starts[c - 1] + counts[c - 1] }
+            let old = Array(perm[node.lo..<node.hi])
+            var pos = starts
+            for i in 0..<s { let c = Int(assign[i]); perm[node.lo + pos[c]] = old[i]; pos[c] += 1 }
+            for c in (0..<k).reversed() where counts[c] > 0 {
+                let lo = node.lo + starts[c]
+                if counts[c] == s {
+                    // k-means could not split (duplicates): cut the range in equal parts.
+                    let parts = k
+                    for p in (0..<parts).reversed() {
+                        let a = lo + s * p / parts, b = lo + s * (p + 1) / parts
+                        if b > a { stack.append((a, b)) }
+                    }
+                    break
+                }
+                stack.append((lo, lo + counts[c]))
+            }
+        }
+        progress.end("\(heads.count) heads")
+        return heads
+    }
+
+    final class Scratch {
+        let block: Int
+        let k: Int
+        let x: Matrix        // gathered points
+        let dots: Matrix     // block × k
+        let centroids: Matrix
+        var cnorm: [Float]
+        init(d: Int, k: Int, block: Int) {
+            self.block = block; self.k = k
+            x = Matrix(rows: block, cols: d)
+            dots = Matrix(rows: block, cols: k)
+            centroids = Matrix(rows: k, cols: d)
+            cnorm = [Float](repeating: 0, count: k)
+        }
+    }
+
+    /// Member of the range nearest to the range's mean.
+    func leafHead(points: Matrix, perm: [Int32], lo: Int, hi: Int, scratch: Scratch) -> Int32 {
+        let d = points.cols
+        let mean = scratch.centroids.row(0)
+        mean.initialize(repeating: 0, count: d)
+        for i in lo..<hi { let r = points.row(Int(perm[i])); for j in 0..<d { mean[j] += r[j] } }
+        let inv = 1 / Float(hi - lo)
+        for j in 0..<d { mean[j] *= inv }
+        var best = perm[lo], bestD = Float.infinity
+        for i in lo..<hi {
+            let dd = Distance.l2sq(mean, points.row(Int(perm[i])), d)
+            if dd < bestD { bestD = dd; best = perm[i] }
+        }
+        return best
+    }
+
+    /// Balanced k-means on the `s` points `idx[0..<s]`; returns each point's child in 0..<k.
+    func splitNode(points: Matrix, idx: UnsafeMutablePointer<Int32>, s: Int, k: Int,
+                   rng: inout SeededRandom, scratch: Scratch) -> [Int32] {
+        let d = points.cols
+        let c = scratch.centroids
+        // Training set: all points, or a random mini-batch.
+        let batch: [Int32]
+        if s <= batchSize { batch = Array(UnsafeBufferPointer(start: idx, count: s)) }
+        else { batch = rng.sample(batchSize, from: s).map { idx[$0] } }
+        let b = batch.count
+        // Best of 3 random seedings (lowest plain distortion on the batch).
+        var bestSeed = [Int](), bestCost = Float.infinity
+        var assign = [Int32](repeating: 0, count: b)
+        var sizes = [Float](repeating: 0, count: k)
+        for _ in 0..<3 {
+            let seeds = rng.sample(k, from: b)
+            for (ci, si) in seeds.enumerated() { c.row(ci).update(from: points.row(Int(batch[si])), count: d) }
+            let cost = assignBlockwise(points: points, ids: batch, k: k, lambda: 0, sizes: sizes, out: &assign, scratch: scratch)
+            if cost < bestCost { bestCost = cost; bestSeed = seeds }
+        }
+        for (ci, si) in bestSeed.enumerated() { c.row(ci).update(from: points.row(Int(batch[si])), count: d) }
+        var lambda: Float = 0
+        var prevCost = Float.infinity
+        for _ in 0..<maxIterations {
+            let cost = assignBlockwise(points: points, ids: batch, k: k, lambda: lambda, sizes: sizes, out: &assign, scratch: scratch)
+            // Update centroids.
+            for ci in 0..<k { c.row(ci).initialize(repeating: 0, count: d) }
+            for ci in 0..<k { sizes[ci] = 0 }
+            for i in 0..<b {
+                let a = Int(assign[i]); sizes[a] += 1
+                let r = points.row(Int(batch[i])); let cr = c.row(a)
+                for j in 0..<d { cr[j] += r[j] }
+            }
+            for ci in 0..<k {
+                if sizes[ci] > 0 {
+                    let inv = 1 / sizes[ci]; let cr = c.row(ci)
+                    for j in 0..<d { cr[j] *= inv }
+                } else {
+                    c.row(ci).update(from: points.row(Int(batch[rng.below(b)])), count: d)
+                }
+            }
+            // λ from the data: a cluster twice the mean size pays `balance` × mean distortion.
+            let meanDist = cost / Float(b)
+            lambda = balance * meanDist / (Float(b) / Float(k))
+            if prevCost.isFinite && abs(prevCost - cost) <= 1e-3 * prevCost { break }
+            prevCost = cost
+        }
+        // Final assignment of all points, with sizes scaled to the whole node.
+        let scale = Float(s) / Float(b)
+        let scaled = sizes.map { $0 * scale }
+        var all = [Int32](repeating: 0, count: s)
+        let ids = Array(UnsafeBufferPointer(start: idx, count: s))
+        _ = assignBlockwise(points: points, ids: ids, k: k, lambda: lambda / scale, sizes: scaled, out: &all, scratch: scratch)
+        return all
+    }
+
+    /// Assigns each point to argmin ‖x − c‖² + λ·size, in blocks through sgemm. Returns the
+    /// summed plain distortion.
+    func assignBlockwise(points: Matrix, ids: [Int32], k: Int, lambda: Float, sizes: [Float],
+                         out: inout [Int32], scratch: Scratch) -> Float {
+        let d = points.cols
+        let c = scratch.centroids
+        for ci in 0..<k { scratch.cnorm[ci] = Distance.dot(c.row(ci), c.row(ci), d) }
+        var total: Float = 0
+        var start = 0
+        while start < ids.count {
+            let rows = min(scratch.block, ids.count - start)
+            for i in 0..<rows { scratch.x.row(i).update(from: points.row(Int(ids[start + i])), count: d) }
+            BLAS.gemmABt(m: rows, n: k, k: d, a: scratch.x.data, b: c.data, c: scratch.dots.data, ldc: scratch.k)
+            for i in 0..<rows {
+                let xr = scratch.x.row(i)
+                let xn = Distance.dot(xr, xr, d)
+                let dr = scratch.dots.row(i)
+                var best = 0, bestScore = Float.infinity, bestDist: Float = 0
+                for ci in 0..<k {
+                    let dist = max(0, xn + scratch.cnorm[ci] - 2 * dr[ci])
+                    let score = dist + lambda * sizes[ci]
+                    if score < bestScore { bestScore = score; best = ci; bestDist = dist }
+                }
+                out[start + i] = Int32(best)
+                total += bestDist
+            }
+            start += rows
+        }
+        return total
+    }
+}

@@ -1,0 +1,147 @@
+import FathomCore
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// Thin typed wrappers over open/pread/pwrite/fstat/fsync/close, modelled on swift-system's
+// `FileDescriptor`: every failure becomes a `FathomError.system(...)` that carries the path
+// (ENOSPC/EDQUOT -> `.diskFull`, ENOENT/EISDIR -> `.fileNotFound`, the rest -> `.io`),
+// EINTR is retried, and short reads/writes are looped. Used by the vector-file readers and
+// writers; internal to FathomStorage.
+
+// File-scope shims: inside `SystemFile` the names `close`, `stat`, ... are its own members.
+private func sysOpen(_ path: String, _ flags: Int32, _ mode: mode_t) -> Int32 { open(path, flags, mode) }
+private func sysClose(_ fd: Int32) -> Int32 { close(fd) }
+private func sysFsync(_ fd: Int32) -> Int32 { fsync(fd) }
+private func sysFstat(_ fd: Int32, _ st: inout stat) -> Int32 { fstat(fd, &st) }
+private func sysPread(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int, _ off: off_t) -> Int { pread(fd, p, n, off) }
+private func sysPwrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int, _ off: off_t) -> Int { pwrite(fd, p, n, off) }
+
+/// An open file descriptor plus the path it was opened from (for error messages).
+///
+/// A value type with no ownership semantics, like swift-system's `FileDescriptor`: whoever
+/// opens it must `close()` it exactly once. Reads and writes take explicit offsets
+/// (`pread`/`pwrite`), so a `SystemFile` carries no cursor.
+struct SystemFile {
+    /// The raw descriptor.
+    let rawValue: Int32
+    /// The path the descriptor was opened from.
+    let path: String
+
+    /// How a file is opened.
+    enum AccessMode {
+        case readOnly, writeOnly, readWrite
+        var flags: Int32 {
+            switch self {
+            case .readOnly: return O_RDONLY
+            case .writeOnly: return O_WRONLY
+            case .readWrite: return O_RDWR
+            }
+        }
+    }
+
+    /// Creation options (`O_CREAT`, `O_TRUNC`, `O_EXCL`).
+    struct OpenOptions: OptionSet {
+        let rawValue: Int32
+        static let create = OpenOptions(rawValue: O_CREAT)
+        static let truncate = OpenOptions(rawValue: O_TRUNC)
+        static let exclusiveCreate = OpenOptions(rawValue: O_EXCL)
+    }
+
+    /// What `fstat` says about the file.
+    struct Status {
+        /// Size in bytes.
+        var size: Int
+        /// `S_IFMT` bits of `st_mode`.
+        var type: mode_t
+        var isRegularFile: Bool { type == S_IFREG }
+        var isDirectory: Bool { type == S_IFDIR }
+    }
+
+    /// Opens `path` (always with `O_CLOEXEC`); `permissions` apply when the file is created.
+    static func open(_ path: String, _ mode: AccessMode, options: OpenOptions = [],
+                     permissions: mode_t = 0o644) throws -> SystemFile {
+        while true {
+            let fd = sysOpen(path, mode.flags | options.rawValue | O_CLOEXEC, permissions)
+            if fd >= 0 { return SystemFile(rawValue: fd, path: path) }
+            let e = errno
+            if e == EINTR { continue }
+            throw FathomError.system(options.contains(.create) ? "create" : "open", path: path, errno: e)
+        }
+    }
+
+    /// `fstat`.
+    func status() throws -> Status {
+        var st = stat()
+        guard sysFstat(rawValue, &st) == 0 else { throw FathomError.system("fstat", path: path, errno: errno) }
+        return Status(size: Int(st.st_size), type: st.st_mode & S_IFMT)
+    }
+
+    /// Reads up to `count` bytes at `offset`, looping over short reads and EINTR; returns the
+    /// number of bytes read, which is less than `count` only at the end of the file.
+    func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: Int) throws -> Int {
+        var done = 0
+        while done < count {
+            let r = sysPread(rawValue, buffer + done, count - done, off_t(offset + done))
+            if r < 0 {
+                let e = errno
+                if e == EINTR { continue }
+                throw FathomError.system("read", path: path, errno: e, offset: UInt64(offset + done))
+            }
+            if r == 0 { break }
+            done += r
+        }
+        return done
+    }
+
+    /// Writes all `count` bytes at `offset`, looping over short writes and EINTR.
+    /// ENOSPC/EDQUOT surface as `FathomError.Code.diskFull`.
+    func write(_ buffer: UnsafeRawPointer, count: Int, at offset: Int) throws {
+        var done = 0
+        while done < count {
+            let r = sysPwrite(rawValue, buffer + done, count - done, off_t(offset + done))
+            if r < 0 {
+                let e = errno
+                if e == EINTR { continue }
+                throw FathomError.system("write", path: path, errno: e, offset: UInt64(offset + done))
+            }
+            if r == 0 {  // should not happen for regular files; avoid spinning forever
+                throw FathomError.system("write", path: path, errno: EIO, offset: UInt64(offset + done))
+            }
+            done += r
+        }
+    }
+
+    /// `fsync`: data and metadata reach the device.
+    func sync() throws {
+        while sysFsync(rawValue) != 0 {
+            let e = errno
+            if e == EINTR { continue }
+            throw FathomError.system("fsync", path: path, errno: e)
+        }
+    }
+
+    /// `close`. Not retried on EINTR (on Linux the descriptor is released regardless).
+    func close() throws {
+        guard sysClose(rawValue) == 0 else { throw FathomError.system("close", path: path, errno: errno) }
+    }
+
+    /// `close`, ignoring errors (for deinit and error paths).
+    func closeIgnoringErrors() { _ = sysClose(rawValue) }
+}
+
+// Little-endian integer loads/stores at arbitrary alignment.
+extension UnsafeRawPointer {
+    @inline(__always) func loadLE<T: FixedWidthInteger>(fromByteOffset off: Int = 0, as: T.Type) -> T {
+        T(littleEndian: loadUnaligned(fromByteOffset: off, as: T.self))
+    }
+}
+
+extension UnsafeMutableRawPointer {
+    @inline(__always) func storeLE<T: FixedWidthInteger>(_ value: T, toByteOffset off: Int = 0) {
+        storeBytes(of: value.littleEndian, toByteOffset: off, as: T.self)
+    }
+}

@@ -1,0 +1,212 @@
+import CAIO
+import FathomCore
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One read of a batch: `length` bytes at `offset` of `fd` into `buffer`.
+/// For O_DIRECT files, offset, length and buffer must be 4096-aligned.
+public struct ReadRequest: Sendable {
+    public var fd: Int32
+    public var offset: UInt64
+    public var length: Int
+    public var buffer: UnsafeMutableRawPointer
+    public init(fd: Int32, offset: UInt64, length: Int, buffer: UnsafeMutableRawPointer) {
+        self.fd = fd; self.offset = offset; self.length = length; self.buffer = buffer
+    }
+}
+
+extension UnsafeMutableRawPointer: @retroactive @unchecked Sendable {}
+
+/// Reads batches of blocks. One engine belongs to one thread at a time (each search
+/// thread owns its own, as SPTAG gives each thread its own aio context).
+///
+/// `read` submits every request of the batch at once and calls `completed(i, result)` as
+/// each read `i` finishes, in completion order, so the caller can score a posting while
+/// the others are still in flight. `result` is the number of bytes read or a
+/// `FathomError`; a failed read is reported to `completed` and does not stop the others.
+public protocol IOEngine: AnyObject {
+    /// A short name for reports ("libaio", "pread", ...).
+    var name: String { get }
+    /// Whether the engine reads with O_DIRECT (bypassing the page cache).
+    var direct: Bool { get }
+    func read(_ requests: UnsafeBufferPointer<ReadRequest>, path: String,
+              completed: (Int, Result<Int, FathomError>) throws -> Void) throws
+}
+
+/// Linux native async IO (libaio): one `io_submit` for the batch, completions reaped with
+/// `io_getevents`. Handles partial submission, `EAGAIN` and `EINTR`; a context the
+/// system's `aio-max-nr` cannot grant raises a `resourceLimit` error that says how to fix it.
+public final class AIOEngine: IOEngine {
+    public let name = "libaio"
+    public let direct = true
+    let depth: Int
+    var ctx: io_context_t?
+    let iocbs: UnsafeMutablePointer<iocb>
+    let iocbPtrs: UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>
+    let events: UnsafeMutablePointer<io_event>
+
+    /// - Parameter depth: the most reads one batch may hold (the context's queue depth).
+    public init(depth: Int) throws {
+        self.depth = max(1, depth)
+        var c: io_context_t? = nil
+        var r = io_setup(Int32(self.depth), &c)
+        var tries = 0
+        while r == -EAGAIN && tries < 3 { usleep(1000); r = io_setup(Int32(self.depth), &c); tries += 1 }
+        if r < 0 {
+            if r == -EAGAIN {
+                let maxNr = caio_read_proc_long("/proc/sys/fs/aio-max-nr")
+                let nr = caio_read_proc_long("/proc/sys/fs/aio-nr")
+                throw FathomError(.resourceLimit, "io_setup(\(self.depth)) refused: the system's async-IO limit is reached (aio-nr \(nr) of aio-max-nr \(maxNr)). Use fewer search threads, or raise it: sysctl -w fs.aio-max-nr=\(max(1048576, Int(maxNr) * 2))", errno: EAGAIN)
+            }
+            throw FathomError.system("io_setup", path: nil, errno: -r)
+        }
+        ctx = c
+        iocbs = .allocate(capacity: self.depth)
+        iocbPtrs = .allocate(capacity: self.depth)
+        events = .allocate(capacity: self.depth)
+    }
+
+    deinit {
+        if let c = ctx { io_destroy(c) }
+        iocbs.deallocate(); iocbPtrs.deallocate(); events.deallocate()
+    }
+
+    public func read(_ requests: UnsafeBufferPointer<ReadRequest>, path: String,
+                     completed: (Int, Result<Int, FathomError>) throws -> Void) throws {
+        var start = 0
+        while start < requests.count {
+            let n = min(depth, requests.count - start)
+            try readWindow(requests, start: start, count: n, path: path, completed: completed)
+            start += n
+        }
+    }
+
+    private func readWindow(_ requests: UnsafeBufferPointer<ReadRequest>, start: Int, count n: Int, path: String,
+                            completed: (Int, Result<Int, FathomError>) throws -> Void) throws {
+        for i in 0..<n {
+            let rq = requests[start + i]
+            io_prep_pread(iocbs + i, rq.fd, rq.buffer, rq.length, Int64(rq.offset))
+            iocbs[i].data = UnsafeMutableRawPointer(bitPattern: i + 1)
+            iocbPtrs[i] = iocbs + i
+        }
+        var submitted = 0
+        var pending = 0
+        var retries = 0
+        // Submit everything; io_submit may take fewer than asked.
+        while submitted < n {
+            let r = io_submit(ctx, n - submitted, iocbPtrs + submitted)
+            if r > 0 { submitted += Int(r); pending += Int(r); retries = 0; continue }
+            if r == -EINTR { continue }
+            if r == -EAGAIN && pending > 0 {
+                // Queue full: reap some completions, then retry.
+                pending -= try reap(min: 1, requests: requests, start: start, path: path, completed: completed)
+                continue
+            }
+            if r == -EAGAIN && retries < 100 { retries += 1; usleep(100); continue }
+            let e = r < 0 ? -Int32(r) : EIO
+            // Report every unsubmitted request as failed; still reap those in flight.
+            for i in submitted..<n {
+                try completed(start + i, .failure(FathomError.system("io_submit", path: path, errno: e, offset: requests[start + i].offset)))
+            }
+            break
+        }
+        while pending > 0 {
+            pending -= try reap(min: 1, requests: requests, start: start, path: path, completed: completed)
+        }
+    }
+
+    private func reap(min: Int, requests: UnsafeBufferPointer<ReadRequest>, start: Int, path: String,
+                      completed: (Int, Result<Int, FathomError>) throws -> Void) throws -> Int {
+        while true {
+            let got = io_getevents(ctx, min, depth, events, nil)
+            if got == -EINTR { continue }
+            if got < 0 { throw FathomError.system("io_getevents", path: path, errno: -got) }
+            for e in 0..<Int(got) {
+                let i = Int(bitPattern: events[e].data) - 1
+                let res = Int(bitPattern: UInt(events[e].res))
+                let rq = requests[start + i]
+                if res < 0 {
+                    try completed(start + i, .failure(FathomError.system("read", path: path, errno: Int32(-res), offset: rq.offset)))
+                } else if res < rq.length {
+                    // A short read: finish it synchronously (end of file is an error).
+                    var done = res
+                    var failure: FathomError? = nil
+                    while done < rq.length {
+                        let r = pread(rq.fd, rq.buffer + done, rq.length - done, off_t(rq.offset) + off_t(done))
+                        if r < 0 { if errno == EINTR { continue }; failure = FathomError.system("read", path: path, errno: errno, offset: rq.offset + UInt64(done)); break }
+                        if r == 0 { failure = FathomError(.corruptIndex, "short read: the file ends inside a posting; it is truncated — rebuild the index", path: path, offset: rq.offset + UInt64(done)); break }
+                        done += r
+                    }
+                    try completed(start + i, failure.map { .failure($0) } ?? .success(done))
+                } else {
+                    try completed(start + i, .success(res))
+                }
+            }
+            return Int(got)
+        }
+    }
+}
+
+/// Synchronous `pread`s: the fallback where O_DIRECT or libaio is unavailable (tmpfs, some
+/// network filesystems). Reads go through the page cache.
+public final class PreadEngine: IOEngine {
+    public let name = "pread"
+    public let direct: Bool
+    public init(direct: Bool = false) { self.direct = direct }
+
+    public func read(_ requests: UnsafeBufferPointer<ReadRequest>, path: String,
+                     completed: (Int, Result<Int, FathomError>) throws -> Void) throws {
+        for (i, rq) in requests.enumerated() {
+            var done = 0
+            var failure: FathomError? = nil
+            while done < rq.length {
+                let r = pread(rq.fd, rq.buffer + done, rq.length - done, off_t(rq.offset) + off_t(done))
+                if r < 0 { if errno == EINTR { continue }; failure = FathomError.system("read", path: path, errno: errno, offset: rq.offset + UInt64(done)); break }
+                if r == 0 { failure = FathomError(.corruptIndex, "unexpected end of file inside a read; the file is truncated — rebuild the index", path: path, offset: rq.offset + UInt64(done)); break }
+                done += r
+            }
+            try completed(i, failure.map { .failure($0) } ?? .success(done))
+        }
+    }
+}
+
+/// Wraps another engine and injects faults, for tests: reads whose offset is in
+/// `failOffsets`, or a random fraction `failRate`, fail with `errno` (EIO by default);
+/// with `shortReads`, successful reads report half their length.
+public final class FaultInjectingEngine: IOEngine {
+    public var name: String { "faulty(\(inner.name))" }
+    public var direct: Bool { inner.direct }
+    let inner: IOEngine
+    public var failOffsets: Set<UInt64>
+    public var failRate: Double
+    public var errno: Int32
+    public var shortReads: Bool
+    var rng: UInt64
+    /// Number of faults injected so far.
+    public private(set) var injected = 0
+
+    public init(wrapping inner: IOEngine, failOffsets: Set<UInt64> = [], failRate: Double = 0,
+                errno: Int32 = EIO, shortReads: Bool = false, seed: UInt64 = 1) {
+        self.inner = inner; self.failOffsets = failOffsets; self.failRate = failRate
+        self.errno = errno; self.shortReads = shortReads; self.rng = seed | 1
+    }
+
+    public func read(_ requests: UnsafeBufferPointer<ReadRequest>, path: String,
+                     completed: (Int, Result<Int, FathomError>) throws -> Void) throws {
+        try inner.read(requests, path: path) { i, result in
+            rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17
+            let roll = Double(rng >> 11) * 0x1.0p-53
+            if failOffsets.contains(requests[i].offset) || roll < failRate {
+                injected += 1
+                try completed(i, .failure(FathomError.system("read (injected fault)", path: path, errno: errno, offset: requests[i].offset)))
+            } else if shortReads, case .success(let n) = result {
+                injected += 1
+                try completed(i, .failure(FathomError(.io, "short read: \(n / 2) of \(n) bytes (injected)", path: path, offset: requests[i].offset)))
+            } else {
+                try completed(i, result)
+            }
+        }
+    }
+}
