@@ -25,7 +25,10 @@ public struct BalancedKMeans {
         let m = points.rows
         guard m > 0 else { return [] }
         let target = max(1, min(targetHeads, m))
-        let leaf = Double(m) / Double(target)
+        // Splits into k = round(s / leaf) children and leaves of ≤ 1.5 × leaf end up about
+        // 2/3 of the nominal size on average (measured: fashion-mnist, 60K points, target 6000
+        // → 8978 leaves), so the nominal size is set 1.5× above the mean we want.
+        let leaf = 1.5 * Double(m) / Double(target)
         var perm = [Int32](unsafeUninitializedCapacity: m) { b, c in for i in 0..<m { b[i] = Int32(i) }; c = m }
         var heads = [Int]()
         heads.reserveCapacity(target + target / 4)

@@ -139,7 +139,7 @@ public struct VectorFileHeader: Sendable, Equatable {
         let path = file.path
         let st = try file.status()
         if st.isDirectory {
-            throw FathomError(.fileNotFound, "is a directory, not a vector file; give the path of a vector file inside it", path: path)
+            throw FathomError(.fileNotFound, "is a directory, not a vector file: give the path of a file", path: path)
         }
         guard st.isRegularFile else {
             throw FathomError(.fileNotFound, "is not a regular file (a device, FIFO or socket); vector files must be regular files", path: path)
@@ -186,7 +186,7 @@ public struct VectorFileHeader: Sendable, Equatable {
         let (expected, o3) = dataBytes.addingReportingOverflow(8)
         if o1 || o2 || o3 {
             throw FathomError(.malformedFile,
-                              "the header says n = \(n), d = \(d): n·d·\(et.size) overflows a 64-bit byte count, so the header is corrupt or this is not a \(format.rawValue) file (\(size) bytes)",
+                              "the header says n = \(n), d = \(d): n·d·\(et.size) overflows a 64-bit byte count, so the header is corrupt or the file is not in \(format.rawValue) format (it has \(size) bytes)",
                               path: path, offset: 0)
         }
         guard expected == size else {
@@ -285,7 +285,8 @@ enum NpyHeader {
             let seen = pre[0..<6].map { b -> String in
                 (0x20...0x7e).contains(b) ? String(UnicodeScalar(b)) : String(format: "\\x%02x", b)
             }.joined()
-            throw FathomError(.malformedFile, "not an .npy file: it starts with \"\(seen)\" instead of the magic \"\\x93NUMPY\"",
+            let zipHint = pre[0] == 0x50 && pre[1] == 0x4B ? " (a zip archive: an .npz? extract one array with np.load(...)[name] and np.save it)" : ""
+            throw FathomError(.malformedFile, "not an .npy file: it starts with \"\(seen)\" instead of the magic \"\\x93NUMPY\"\(zipHint)",
                               path: path, offset: 0)
         }
         let major = pre[6], minor = pre[7]

@@ -70,15 +70,10 @@ public final class VectorFileWriter {
         capacity = max(bufferBytes, 4096)
         buffer = .allocate(byteCount: capacity, alignment: 4096)
         bufferFileOffset = 0
-        do {
-            let header = makeHeader(rows: 0)
-            try header.withUnsafeBytes { if $0.count > 0 { try file.write($0.baseAddress!, count: $0.count, at: 0) } }
-            bufferFileOffset = header.count
-        } catch {
-            file.closeIgnoringErrors()
-            buffer.deallocate()
-            throw error
-        }
+        // Every stored property is set: if this throws, deinit closes the file and frees the buffer.
+        let header = makeHeader(rows: 0)
+        try header.withUnsafeBytes { if $0.count > 0 { try file.write($0.baseAddress!, count: $0.count, at: 0) } }
+        bufferFileOffset = header.count
     }
 
     deinit {

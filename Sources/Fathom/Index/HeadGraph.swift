@@ -183,6 +183,10 @@ public final class HeadGraph: @unchecked Sendable {
             // The search only walks edges, and only inserted nodes have edges (plus the entry).
             g.search(vectors.row(p), k: buildList, listSize: buildList, scratch: scratch, outIds: outIds, outDist: outDist)
             pool = scratch.evaluated.filter { Int($0.1) != p }
+            if pool.count > 3 * degree {
+                pool.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
+                pool.removeLast(pool.count - 3 * degree)
+            }
             g.robustPrune(node: p, candidates: &pool, alpha2: alpha2)
             let nb = g.neighbors + p * degree
             for j in 0..<degree {
@@ -223,19 +227,28 @@ public final class HeadGraph: @unchecked Sendable {
         for j in kept..<degree { nb[j] = HeadGraph.empty }
     }
 
+    /// Adds the reverse edge v → p unless p is occluded by one of v's neighbours (the RNG
+    /// test against p only: O(degree) distances instead of a full re-prune); a full list
+    /// then drops its farthest neighbour.
     func addReverse(from v: Int, to p: UInt32, alpha2: Float, pool: inout [(Float, UInt32)]) {
         let nb = neighbors + v * degree
+        let d = dimension
+        let vr = vectors.row(v)
+        let pr = vectors.row(Int(p))
+        let dvp = Distance.l2sq(vr, pr, d)
         var c = 0
+        var farthest = -1
+        var farthestD = -Float.infinity
         while c < degree && nb[c] != HeadGraph.empty {
-            if nb[c] == p { return }
+            let u = nb[c]
+            if u == p { return }
+            let ur = vectors.row(Int(u))
+            if alpha2 * Distance.l2sq(ur, pr, d) <= dvp { return }      // occluded
+            let dvu = Distance.l2sq(vr, ur, d)
+            if dvu > farthestD { farthestD = dvu; farthest = c }
             c += 1
         }
         if c < degree { nb[c] = p; return }
-        let d = dimension
-        let vr = vectors.row(v)
-        pool.removeAll(keepingCapacity: true)
-        for j in 0..<degree { pool.append((Distance.l2sq(vr, vectors.row(Int(nb[j])), d), nb[j])) }
-        pool.append((Distance.l2sq(vr, vectors.row(Int(p)), d), p))
-        robustPrune(node: v, candidates: &pool, alpha2: alpha2)
+        if dvp < farthestD { nb[farthest] = p }
     }
 }
