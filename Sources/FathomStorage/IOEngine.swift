@@ -7,7 +7,7 @@ import Glibc
 
 /// One read of a batch: `length` bytes at `offset` of `fd` into `buffer`.
 /// For O_DIRECT files, offset, length and buffer must be 4096-aligned.
-public struct ReadRequest: Sendable {
+public struct ReadRequest {
     public var fd: Int32
     public var offset: UInt64
     public var length: Int
@@ -17,7 +17,6 @@ public struct ReadRequest: Sendable {
     }
 }
 
-extension UnsafeMutableRawPointer: @retroactive @unchecked Sendable {}
 
 /// Reads batches of blocks. One engine belongs to one thread at a time (each search
 /// thread owns its own, as SPTAG gives each thread its own aio context).

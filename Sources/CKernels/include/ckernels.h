@@ -10,7 +10,8 @@
  *
  * Conventions
  *  - `l2sq` is the squared Euclidean distance, `dot` the inner product.
- *  - Pointers need no alignment.
+ *  - Pointers need no SIMD alignment: float pointers (and float batch strides) only their
+ *    natural 4-byte alignment, byte pointers none.
  *  - Integer kernels (u8, i8) accumulate exactly in 32-bit lanes: exact for d <= 65535.
  *  - Mixed kernels (`f32_u8`, `f32_i8`) score a float query against integer vectors.
  *  - Batch kernels score one query against `n` vectors that start `stride` BYTES apart
@@ -64,7 +65,20 @@ void fk_dot_f32_u8_batch(const float *q, const void *base, size_t n, size_t d, s
 void fk_l2sq_f32_i8_batch(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
 void fk_dot_f32_i8_batch(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
 
-/* ---- benchmark reference: a plain AVX2 C loop (one accumulator, no unrolling) ---- */
+/* ---- added: the batch loops over the portable scalar bodies (tests, benchmarks) ---- */
+void fk_l2sq_f32_batch_scalar(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+void fk_dot_f32_batch_scalar(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+void fk_l2sq_u8_batch_scalar(const uint8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+void fk_dot_u8_batch_scalar(const uint8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+void fk_l2sq_i8_batch_scalar(const int8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+void fk_dot_i8_batch_scalar(const int8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+void fk_l2sq_f32_u8_batch_scalar(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+void fk_dot_f32_u8_batch_scalar(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+void fk_l2sq_f32_i8_batch_scalar(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+void fk_dot_f32_i8_batch_scalar(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+
+/* ---- benchmark reference: a plain AVX2 C loop (one accumulator, no unrolling); runs the
+ *      scalar body on CPUs without AVX2 ---- */
 float fk_l2sq_f32_plain_avx2(const float *a, const float *b, size_t d);
 
 #ifdef __cplusplus

@@ -1,0 +1,2 @@
+import CKernels
+print(String(cString: fk_simd_name()))
