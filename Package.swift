@@ -28,7 +28,7 @@ let package = Package(
                 path: "Sources/FathomMath"),
         .target(name: "FathomStorage", dependencies: ["FathomCore", "FathomMath", "CAIO", "CLZ4"],
                 path: "Sources/FathomStorage"),
-        .target(name: "FathomCodecs", dependencies: ["FathomCore", "FathomMath"],
+        .target(name: "FathomCodecs", dependencies: ["FathomCore", "FathomMath", "CKernels", "CBLAS"],
                 path: "Sources/FathomCodecs"),
         .target(name: "Fathom", dependencies: ["FathomCore", "FathomMath", "FathomStorage", "FathomCodecs"],
                 path: "Sources/Fathom"),
@@ -44,6 +44,7 @@ let package = Package(
         // Tests: one target per layer
         .testTarget(name: "FathomMathTests", dependencies: ["FathomMath", "CKernels"]),
         .testTarget(name: "FathomStorageTests", dependencies: ["FathomStorage"]),
+        .testTarget(name: "FathomCodecsTests", dependencies: ["FathomCodecs", "CKernels"]),
         .testTarget(name: "FathomTests", dependencies: ["Fathom"]),
     ]
 )

@@ -113,7 +113,10 @@ def cmd_search(a):
     with common.StdoutToStderr():
         t0 = time.perf_counter()
         # num_nodes_to_cache 0 and cache_mechanism 0: nothing but the PQ codes (and pivots) in RAM.
-        index = diskannpy.StaticDiskIndex(index_directory=a.dir, num_threads=a.threads,
+        # num_threads >= 2 at load: with 1, diskannpy 0.7.0 deadlocks in the constructor (the medoid read in
+        # use_medoids_data_as_centroids waits forever for a second per-thread scratch). It only sizes the
+        # scratch/IO-context pool; searches below run on this one thread (batch_search with --threads).
+        index = diskannpy.StaticDiskIndex(index_directory=a.dir, num_threads=max(2, a.threads),
                                           num_nodes_to_cache=a.cache_nodes,
                                           cache_mechanism=1 if a.cache_nodes > 0 else 0, index_prefix="ann")
         load_secs = time.perf_counter() - t0
