@@ -131,9 +131,25 @@ class StdoutToStderr:
         return False
 
 
+_RESULT_OUT = None
+
+
+def claim_stdout():
+    """From now on fd 1 (and sys.stdout) go to stderr, for good: native libraries print progress on stdout,
+    even from destructors at exit. emit_json() writes to the original stdout."""
+    global _RESULT_OUT
+    if _RESULT_OUT is None:
+        sys.stdout.flush()
+        _RESULT_OUT = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+    return _RESULT_OUT
+
+
 def emit_json(obj):
-    sys.stdout.write(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    sys.stdout.flush()
+    out = _RESULT_OUT or sys.stdout
+    out.write(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    out.flush()
 
 
 def parse_int_list(s):

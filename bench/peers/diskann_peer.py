@@ -201,6 +201,7 @@ def main():
     s.add_argument("--limit", type=int, help="use the first N queries only")
     s.add_argument("--no-batch", action="store_true", help="skip the batch_search pass (qps_batch null)")
     a = p.parse_args()
+    common.claim_stdout()
     cmd_build(a) if a.cmd == "build" else cmd_search(a)
 
 

@@ -71,6 +71,7 @@ def main():
     r.add_argument("--limit", type=int, help="use the first N queries only")
     r.add_argument("--no-batch", action="store_true")
     a = p.parse_args()
+    common.claim_stdout()
 
     common.set_single_thread_env(a.threads)
     import numpy as np
