@@ -319,7 +319,7 @@ def print_summary(result):
     s = result["summary"]
     print(f"\n== {result['dataset']}: recall@{result['k']} target {TARGET:.2f}, {result['threads']} thread(s), "
           f"load {result['machine'].get('loadavg')} ==")
-    for name, sysd in result["systems"].items():
+    for name, sysd in sorted(result["systems"].items(), key=lambda t: SYSTEMS.index(t[0])):
         b = sysd.get("build") or {}
         for bb in ([b] if b else []) + [x.get("build", {}) for x in sysd.get("indexes", [])]:
             if bb.get("build_seconds") is not None:
@@ -338,7 +338,8 @@ def print_summary(result):
         print(f"{c:<44} {fmt(v['best_qps']):>16} {fmt(v['best_recall'], '{:.4f}'):>9} "
               f"{fmt(v['qps_at_target']):>10} {fmt(v['kib_at_target']):>9} {fmt(v['ios_at_target']):>9}")
     if s.get("fathom_over_diskann"):
-        print("Fathom / DiskANN: " + ", ".join(f"{k} {v}" for k, v in s["fathom_over_diskann"].items()))
+        print("Fathom / DiskANN (best config of each): " +
+              ", ".join(f"{k} {v}" for k, v in s["fathom_over_diskann"].items()))
 
 
 def plot(result, path):
@@ -347,8 +348,9 @@ def plot(result, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 6))
-    styles = {"fathom": dict(color="tab:red", lw=2.2), "diskann": dict(color="tab:blue"),
-              "faiss": dict(color="tab:green")}
+    palette = {"fathom": ["tab:red", "darkred", "salmon"], "diskann": ["tab:blue", "navy", "tab:cyan", "tab:purple"],
+               "faiss": ["tab:green", "olive", "darkgreen", "tab:brown"]}
+    used = {}
     markers = iter("osD^v<>ph*" * 3)
     configs = {}
     for r in result["rows"]:
@@ -356,15 +358,18 @@ def plot(result, path):
             configs.setdefault(r["config"], []).append(r)
     for c, rs in sorted(configs.items(), key=lambda t: (SYSTEMS.index(t[1][0]["system"]), t[0])):
         sysname = rs[0]["system"]
-        st = dict(styles.get(sysname, {}))
-        ls = "--" if sysname == "faiss" else "-"
+        i = used.get(sysname, 0)
+        used[sysname] = i + 1
+        colors = palette.get(sysname, ["black"])
+        in_ram = sysname == "faiss"
         rs = sorted(rs, key=lambda r: r["recall"])
-        ax.plot([r["recall"] for r in rs], [r["qps"] for r in rs], ls, marker=next(markers), ms=5,
-                label=c + (" (RAM)" if sysname == "faiss" else ""), alpha=0.9 if sysname != "faiss" else 0.6, **st)
-    ax.axvline(TARGET, color="gray", ls=":", lw=1.2)
-    ax.text(TARGET, ax.get_ylim()[0] if ax.get_ylim()[0] > 0 else 1, f" recall {TARGET:.2f}", color="gray",
-            va="bottom", fontsize=8)
+        ax.plot([r["recall"] for r in rs], [r["qps"] for r in rs], "--" if in_ram else "-", marker=next(markers),
+                ms=5, color=colors[i % len(colors)], lw=2.2 if sysname == "fathom" else 1.5,
+                alpha=0.65 if in_ram else 0.95, label=c + (" (all in RAM)" if in_ram else ""))
     ax.set_yscale("log")
+    ax.axvline(TARGET, color="gray", ls=":", lw=1.2)
+    ax.text(TARGET, 0.01, f" recall {TARGET:.2f}", color="gray", va="bottom", fontsize=8,
+            transform=ax.get_xaxis_transform())
     ax.set_xlabel(f"recall@{result['k']}")
     ax.set_ylabel("queries per second (single query at a time, log scale)")
     m = result["machine"]

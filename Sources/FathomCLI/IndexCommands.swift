@@ -76,6 +76,8 @@ struct SearchCommand: ParsableCommand {
     @Option(help: "Comma-separated postings-per-query settings to sweep.") var probes: String = "8,16,32,64"
     @Option(name: .customLong("max-dist-ratio"), help: "Prune postings whose head is farther than this × the nearest head (squared distances).")
     var maxDistRatio: Float = 8
+    @Option(name: .customLong("head-list"), help: "Beam width of the head-graph search (default: max(2 × probes, 64)).")
+    var headList: Int?
     @Option(help: "Search threads (default: the number of CPUs).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Use at most this many queries (default: all).") var limit: Int?
     @Option(help: "IO engine: aio (libaio + O_DIRECT), pread, or auto (aio, pread where O_DIRECT is refused).") var io: String = "auto"
@@ -104,6 +106,7 @@ struct SearchCommand: ParsableCommand {
             let truth = try gt.map { try GroundTruth.read(path: $0) }
             var base = SearchParameters()
             base.maxDistRatio = maxDistRatio
+            base.headListSize = headList
             base.verifyChecksums = !noChecksums
             progress.note("search: \(q.rows) queries, k = \(k), \(threads) thread(s), IO \(idx.ioEngineName), index \(idx.count) vectors / \(idx.headCount) heads")
             let (rows, ids, dists) = try SearchBenchmark.run(index: idx, queries: q, k: k, probes: probeList, threads: threads,
@@ -123,5 +126,23 @@ struct SearchCommand: ParsableCommand {
                 try GroundTruth(count: ids.count, k: k, ids: flatIds, distances: flatD).write(path: output)
             }
         }
+    }
+}
+
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check every file of an index against its checksums and structure; list each problem with file and offset.",
+        discussion: "Exit status 0 when the index is sound, 8 (corruptIndex) when any problem is found."
+    )
+    @Argument(help: ArgumentHelp("Index directory.", valueName: "dir")) var index: String
+    @Flag(help: "Do not print progress on stderr.") var quiet = false
+
+    func run() throws {
+        let problems = IndexVerifier.verify(directory: index, progress: ProgressReporter(enabled: !quiet))
+        if problems.isEmpty { print("ok: \(index) verified"); return }
+        for p in problems { print("problem: \(p)") }
+        print("\(problems.count) problem(s) found: rebuild the index")
+        throw ExitCode(FathomError.Code.corruptIndex.exitCode)
     }
 }

@@ -114,23 +114,6 @@ def set_single_thread_env(threads):
         os.environ[var] = str(threads)
 
 
-class StdoutToStderr:
-    """Routes fd 1 to stderr while active (native libraries print progress to stdout) and gives back
-    a file object on the real stdout for the JSON result."""
-
-    def __enter__(self):
-        sys.stdout.flush()
-        self.saved = os.dup(1)
-        os.dup2(2, 1)
-        return self
-
-    def __exit__(self, *exc):
-        sys.stdout.flush()
-        os.dup2(self.saved, 1)
-        os.close(self.saved)
-        return False
-
-
 _RESULT_OUT = None
 
 

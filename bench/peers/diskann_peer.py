@@ -80,14 +80,13 @@ def cmd_build(a):
             os.remove(os.path.join(a.dir, name))
     print(f"diskann build: {n} x {d} {np.dtype(dtype).name}, metric {a.metric}, R {a.R}, L {a.L}, "
           f"{bpv} B/vector -> search_memory_maximum {gb} GB, {a.threads} thread(s)", file=sys.stderr)
-    with common.StdoutToStderr():
-        t0 = time.perf_counter()
-        diskannpy.build_disk_index(
-            data=os.path.abspath(a.data), distance_metric=a.metric, index_directory=a.dir,
-            complexity=a.L, graph_degree=a.R, search_memory_maximum=gb,
-            build_memory_maximum=a.build_memory_gb, num_threads=a.threads,
-            vector_dtype=dtype, index_prefix="ann")
-        secs = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    diskannpy.build_disk_index(
+        data=os.path.abspath(a.data), distance_metric=a.metric, index_directory=a.dir,
+        complexity=a.L, graph_degree=a.R, search_memory_maximum=gb,
+        build_memory_maximum=a.build_memory_gb, num_threads=a.threads,
+        vector_dtype=dtype, index_prefix="ann")
+    secs = time.perf_counter() - t0
     files, index_bytes = index_files(a.dir)
     common.emit_json({
         "system": "diskann", "n": n, "d": d, "dtype": np.dtype(dtype).name, "metric": a.metric,
@@ -110,16 +109,15 @@ def cmd_search(a):
     queries = np.ascontiguousarray(qfile)
     nq = queries.shape[0]
     gt_ids, gt_dist = common.read_ibin(a.gt) if a.gt else (None, None)
-    with common.StdoutToStderr():
-        t0 = time.perf_counter()
-        # num_nodes_to_cache 0 and cache_mechanism 0: nothing but the PQ codes (and pivots) in RAM.
-        # num_threads >= 2 at load: with 1, diskannpy 0.7.0 deadlocks in the constructor (the medoid read in
-        # use_medoids_data_as_centroids waits forever for a second per-thread scratch). It only sizes the
-        # scratch/IO-context pool; searches below run on this one thread (batch_search with --threads).
-        index = diskannpy.StaticDiskIndex(index_directory=a.dir, num_threads=max(2, a.threads),
-                                          num_nodes_to_cache=a.cache_nodes,
-                                          cache_mechanism=1 if a.cache_nodes > 0 else 0, index_prefix="ann")
-        load_secs = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # num_nodes_to_cache 0 and cache_mechanism 0: nothing but the PQ codes (and pivots) in RAM.
+    # num_threads >= 2 at load: with 1, diskannpy 0.7.0 deadlocks in the constructor (the medoid read in
+    # use_medoids_data_as_centroids waits forever for a second per-thread scratch). It only sizes the
+    # scratch/IO-context pool; searches below run on this one thread (batch_search with --threads).
+    index = diskannpy.StaticDiskIndex(index_directory=a.dir, num_threads=max(2, a.threads),
+                                      num_nodes_to_cache=a.cache_nodes,
+                                      cache_mechanism=1 if a.cache_nodes > 0 else 0, index_prefix="ann")
+    load_secs = time.perf_counter() - t0
     rss_after_load = common.peak_rss_bytes()
     rows = []
     for beam in common.parse_int_list(a.beam):
@@ -130,23 +128,21 @@ def cmd_search(a):
             ids = np.empty((nq, a.k), dtype=np.int64)
             lat = np.empty(nq, dtype=np.int64)
             io0 = common.proc_io()
-            with common.StdoutToStderr():
-                wall0 = time.perf_counter()
-                for i in range(nq):
-                    t = time.perf_counter_ns()
-                    res = index.search(queries[i], k_neighbors=a.k, complexity=L_eff, beam_width=beam)
-                    lat[i] = time.perf_counter_ns() - t
-                    ids[i] = res.identifiers
-                wall = time.perf_counter() - wall0
+            wall0 = time.perf_counter()
+            for i in range(nq):
+                t = time.perf_counter_ns()
+                res = index.search(queries[i], k_neighbors=a.k, complexity=L_eff, beam_width=beam)
+                lat[i] = time.perf_counter_ns() - t
+                ids[i] = res.identifiers
+            wall = time.perf_counter() - wall0
             io1 = common.proc_io()
             read_bytes = io1.get("read_bytes", 0) - io0.get("read_bytes", 0)
             qps_batch = None
             if not a.no_batch:
-                with common.StdoutToStderr():
-                    b0 = time.perf_counter()
-                    bres = index.batch_search(queries, k_neighbors=a.k, complexity=L_eff,
-                                              num_threads=a.threads, beam_width=beam)
-                    bwall = time.perf_counter() - b0
+                b0 = time.perf_counter()
+                bres = index.batch_search(queries, k_neighbors=a.k, complexity=L_eff,
+                                          num_threads=a.threads, beam_width=beam)
+                bwall = time.perf_counter() - b0
                 qps_batch = round(nq / bwall, 1)
             row = {"L": L_eff, "beam": beam, "qps": round(nq / wall, 1), "qps_batch": qps_batch}
             row.update(common.latency_stats(lat))

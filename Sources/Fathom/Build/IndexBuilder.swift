@@ -484,7 +484,7 @@ public final class IndexBuilder {
         let heads = try layout.headCount()
         let absInput = URL(fileURLWithPath: inputPath).standardizedFileURL.path
         let size = (try? FileManager.default.attributesOfItem(atPath: inputPath)[.size] as? UInt64) ?? 0
-        let manifest = Manifest(
+        let manifest = try Manifest(
             metric: options.metric, element_type: storedType, dimension: plan.dimension, count: plan.count,
             heads: heads, record_bytes: plan.recordBytes,
             parameters: .init(head_ratio: Double(heads) / Double(plan.count), replicas: options.replicas,
@@ -494,10 +494,10 @@ public final class IndexBuilder {
             stats: stats,
             input: .init(path: absInput, bytes: size, format: header.format.rawValue, fingerprint: fingerprint),
             build: .init(seconds: seconds, peak_rss_bytes: peakRSSBytes(), fathom_version: "0.1.0"),
-            files: files)
+            files: files).sealed()
         let mpath = buildDirectory + "/manifest.json"
         let w = try SequentialFileWriter(path: mpath, bufferBytes: 1 << 16)
-        try w.write([UInt8](try manifest.encoded()))
+        try w.write([UInt8](try manifest.sealedData()))
         try w.finish()
         try fsyncDirectory(buildDirectory)
         try Publisher.publish(buildDirectory: buildDirectory, destination: outputPath)

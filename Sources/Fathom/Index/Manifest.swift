@@ -57,6 +57,9 @@ public struct Manifest: Codable, Sendable, Equatable {
     public var input: Input
     public var build: BuildInfo
     public var files: [FileEntry]
+    /// CRC32C of this manifest's own JSON encoding with this field absent (detects edits and
+    /// corruption of the manifest itself).
+    public var manifest_crc32c: String? = nil
 
     public static func load(directory: String) throws -> Manifest {
         let path = directory + "/manifest.json"
@@ -81,7 +84,58 @@ public struct Manifest: Codable, Sendable, Equatable {
         guard m.format_version == currentVersion else {
             throw FathomError(.incompatibleIndex, "index format version \(m.format_version); this Fathom reads version \(currentVersion) — rebuild the index", path: path)
         }
+        guard let stored = m.manifest_crc32c, let expected = Manifest.rawChecksum(data) else {
+            throw FathomError(.corruptIndex, "manifest.json has no checksum: corrupt or not written by Fathom — rebuild the index", path: path)
+        }
+        guard stored == expected else {
+            throw FathomError(.corruptIndex, "manifest checksum \(stored) differs from its bytes (\(expected)): manifest.json was corrupted or edited — rebuild the index", path: path)
+        }
         return m
+    }
+
+    static let checksumPlaceholder = "00000000"
+
+    /// CRC32C of the manifest's raw bytes with its own checksum value replaced by zeros, so
+    /// that any change to any byte of the file is detected.
+    static func rawChecksum(_ data: Data) -> String? {
+        var bytes = [UInt8](data)
+        let key = Array("\"manifest_crc32c\"".utf8)
+        guard let k = bytes.firstRange(of: key) else { return nil }
+        // The value: the first 8 bytes after the next quote following the key.
+        var i = k.upperBound
+        while i < bytes.count && bytes[i] != UInt8(ascii: "\"") { i += 1 }
+        guard i + 9 < bytes.count, bytes[i + 9] == UInt8(ascii: "\"") else { return nil }
+        for j in 0..<8 { bytes[i + 1 + j] = UInt8(ascii: "0") }
+        return String(format: "%08x", bytes.withUnsafeBytes { crc32c($0.baseAddress!, $0.count, 0) })
+    }
+
+    /// The bytes of manifest.json, with the self-checksum filled in (what the builder writes).
+    public func sealedData() throws -> Data {
+        var copy = self
+        copy.manifest_crc32c = Manifest.checksumPlaceholder
+        let data = try copy.encoded()
+        guard let crc = Manifest.rawChecksum(data) else {
+            throw FathomError(.io, "cannot seal the manifest")
+        }
+        copy.manifest_crc32c = crc
+        return try copy.encoded()
+    }
+
+    /// The manifest as `sealedData()` writes it.
+    public func sealed() throws -> Manifest {
+        try JSONDecoder().decode(Manifest.self, from: sealedData())
+    }
+
+    /// Checks the checksum of the files an open index keeps in RAM (heads, graph, posting
+    /// table); postings are checked per read and vectors by `fathom verify`.
+    func checkResidentFiles(directory: String) throws {
+        for f in files where ["heads.bin", "graph.bin", "postings.idx"].contains(f.name) {
+            let p = directory + "/" + f.name
+            let (_, crc) = try fileCRC32C(p)
+            guard String(format: "%08x", crc) == f.crc32c else {
+                throw FathomError(.corruptIndex, "CRC32C \(String(format: "%08x", crc)) differs from \(f.crc32c) in manifest.json: the file is corrupt — rebuild the index", path: p)
+            }
+        }
     }
 
     public func encoded() throws -> Data {

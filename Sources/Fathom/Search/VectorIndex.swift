@@ -102,6 +102,7 @@ public final class VectorIndex: @unchecked Sendable {
         self.path = path
         let m = try Manifest.load(directory: path)
         try m.checkFileSizes(directory: path)
+        try m.checkResidentFiles(directory: path)
         manifest = m
         metric = m.metric
         dimension = m.dimension

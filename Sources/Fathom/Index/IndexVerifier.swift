@@ -1,0 +1,92 @@
+import FathomCore
+import FathomStorage
+import Foundation
+
+/// `fathom verify INDEX`: checks every byte of an index against its checksums and every
+/// structure against the manifest, and lists each problem with its file and offset.
+public enum IndexVerifier {
+    /// One problem found.
+    public struct Problem: Sendable, CustomStringConvertible {
+        public var file: String
+        public var offset: UInt64?
+        public var message: String
+        public var description: String { "\(file)\(offset.map { " at byte \($0)" } ?? ""): \(message)" }
+    }
+
+    /// Verifies the index at `directory`; returns the problems (empty: the index is sound).
+    public static func verify(directory: String, progress: ProgressReporter = .silent) -> [Problem] {
+        var problems = [Problem]()
+        func add(_ e: Error, _ file: String) {
+            if let f = e as? FathomError { problems.append(Problem(file: f.path ?? file, offset: f.offset, message: f.message)) }
+            else { problems.append(Problem(file: file, offset: nil, message: "\(e)")) }
+        }
+        let m: Manifest
+        do { m = try Manifest.load(directory: directory) } catch { add(error, directory + "/manifest.json"); return problems }
+        // 1. Whole-file sizes and checksums.
+        progress.begin("verify: file checksums", total: UInt64(m.files.count))
+        for f in m.files {
+            let path = directory + "/" + f.name
+            do {
+                let (bytes, crc) = try fileCRC32C(path)
+                if bytes != f.bytes {
+                    problems.append(Problem(file: path, offset: min(bytes, f.bytes), message: "size \(bytes) differs from the \(f.bytes) bytes in the manifest"))
+                } else if String(format: "%08x", crc) != f.crc32c {
+                    problems.append(Problem(file: path, offset: nil, message: "CRC32C \(String(format: "%08x", crc)) differs from \(f.crc32c) in the manifest: the file is corrupt"))
+                }
+            } catch { add(error, path) }
+            progress.advance()
+        }
+        progress.end()
+        // 2. Structures: headers, graph ids, posting table, every posting's checksum and ids.
+        let layout = IndexLayout(directory: directory)
+        do {
+            let (heads, _) = try layout.readHeads()
+            if heads.rows != m.heads || heads.cols != m.dimension {
+                problems.append(Problem(file: layout.headsPath, offset: 16, message: "\(heads.rows) × \(heads.cols) heads, manifest says \(m.heads) × \(m.dimension)"))
+            }
+            _ = try layout.readGraph(heads: heads)
+        } catch { add(error, layout.headsPath) }
+        do {
+            let vf = try RandomAccessFile(path: layout.vectorsPath)
+            let vh = try vf.readHeader(magic: IndexLayout.vectorsMagic)
+            if Int(vh.count) != m.count || Int(vh.dimension) != m.dimension {
+                problems.append(Problem(file: layout.vectorsPath, offset: 16, message: "holds \(vh.count) × \(vh.dimension), manifest says \(m.count) × \(m.dimension)"))
+            }
+        } catch { add(error, layout.vectorsPath) }
+        do {
+            let pf = try RandomAccessFile(path: layout.postingsPath)
+            let ph = try pf.readHeader(magic: IndexLayout.postingsMagic)
+            if Int(ph.recordBytes) != m.record_bytes {
+                problems.append(Problem(file: layout.postingsPath, offset: 48, message: "record size \(ph.recordBytes), manifest says \(m.record_bytes)"))
+            }
+            let table = try layout.readPostingTable(postingsBytes: pf.size, recordBytes: m.record_bytes)
+            let buf = UnsafeMutableRawPointer.allocate(byteCount: max(1, (table.map { Int($0.count) }.max() ?? 1) * m.record_bytes), alignment: 64)
+            defer { buf.deallocate() }
+            var covered = [Bool](repeating: false, count: m.count)
+            progress.begin("verify: \(table.count) postings", total: UInt64(table.count))
+            for (h, e) in table.enumerated() {
+                defer { progress.advance() }
+                guard e.count > 0 else { continue }
+                let bytes = Int(e.count) * m.record_bytes
+                try pf.read(into: buf, count: bytes, at: e.offset)
+                let c = crc32c(buf, bytes, 0)
+                if c != e.crc {
+                    problems.append(Problem(file: layout.postingsPath, offset: e.offset, message: String(format: "posting %d fails its checksum (stored %08x, computed %08x)", h, e.crc, c)))
+                    continue
+                }
+                for r in 0..<Int(e.count) {
+                    let id = Int(buf.loadUnaligned(fromByteOffset: r * m.record_bytes, as: UInt32.self))
+                    if id >= m.count {
+                        problems.append(Problem(file: layout.postingsPath, offset: e.offset + UInt64(r * m.record_bytes), message: "posting \(h) holds id \(id) ≥ \(m.count) vectors"))
+                    } else { covered[id] = true }
+                }
+            }
+            progress.end()
+            if let missing = covered.firstIndex(of: false) {
+                let count = covered.filter { !$0 }.count
+                problems.append(Problem(file: layout.postingsPath, offset: nil, message: "\(count) vectors are in no posting (first: \(missing))"))
+            }
+        } catch { add(error, layout.postingsPath) }
+        return problems
+    }
+}
