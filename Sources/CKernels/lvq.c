@@ -1,0 +1,506 @@
+/*
+ * LVQ codes: fp16 helpers, encode / decode, and the kernels that score a float query against
+ * codes without decoding them. The contract is include/fk_lvq.h; docs/codecs.md has the
+ * formats and formulas.
+ *
+ *  - Like kernels.c: no global -mavx2/-mfma; the AVX2 bodies carry target attributes and the
+ *    public entry points pick a body from fk_simd_level() (CPUID + XGETBV, decided once).
+ *  - Every kernel produces Σq_j·c_j in float (FMA over converted codes) and, when the norm is
+ *    wanted, the exact integer sums Σc_j and Σc_j² (32-bit lanes, flushed to 64 bits where
+ *    they could overflow). The per-code constants are applied once, in double:
+ *        <q, x̂>  = s·Σq·c + b·Σq
+ *        ||x̂||² = s²·Σc² + 2·s·b·Σc + d·b²
+ *  - No read outside [q, q + d) or outside the code; tails go through small zero-padded
+ *    stack copies. Nothing allocates.
+ */
+#include "fk_lvq.h"
+#include "ckernels.h"
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define FK_LVQ_X86 1
+#include <immintrin.h>
+#else
+#define FK_LVQ_X86 0
+#endif
+
+/* ======================================================================================
+ * fp16
+ * ====================================================================================== */
+static inline uint32_t f32_bits(float f) { uint32_t x; memcpy(&x, &f, 4); return x; }
+static inline float bits_f32(uint32_t x) { float f; memcpy(&f, &x, 4); return f; }
+
+uint16_t fk_f32_to_f16(float f) {
+    uint32_t x = f32_bits(f);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7FFFFFFFu;
+    if (ax >= 0x7F800000u) /* inf or NaN (NaN keeps a quiet bit and the top payload bits) */
+        return (uint16_t)(sign | 0x7C00u | (ax > 0x7F800000u ? (0x200u | ((ax >> 13) & 0x3FFu)) : 0u));
+    if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); /* >= 65520: rounds to infinity */
+    if (ax < 0x38800000u) {                                   /* below 2^-14: subnormal or 0 */
+        if (ax <= 0x33000000u) return sign;                   /* <= 2^-25 rounds to 0 */
+        uint32_t e = ax >> 23;                                /* 102...112 */
+        uint32_t mant = (ax & 0x7FFFFFu) | 0x800000u;
+        uint32_t shift = 126u - e;                            /* 14...24 */
+        uint32_t m = mant >> shift, rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+        if (rem > half || (rem == half && (m & 1u))) m++;     /* may become the smallest normal */
+        return (uint16_t)(sign | m);
+    }
+    uint32_t h = (ax - 0x38000000u) >> 13;                    /* rebias 127 -> 15 */
+    uint32_t rem = ax & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;   /* a carry moves into the exponent */
+    return (uint16_t)(sign | h);
+}
+
+static float f16_to_f32_slow(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+    uint32_t x;
+    if (e == 0) {
+        if (m == 0) x = sign;
+        else {                                   /* subnormal m·2^-24: normalise */
+            uint32_t sh = 0;
+            while (!(m & 0x400u)) { m <<= 1; sh++; }
+            x = sign | ((113u - sh) << 23) | ((m & 0x3FFu) << 13);
+        }
+    } else if (e == 31) x = sign | 0x7F800000u | (m << 13);
+    else x = sign | ((e + 112u) << 23) | (m << 13);
+    return bits_f32(x);
+}
+
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t e = h & 0x7C00u;
+    if (e != 0 && e != 0x7C00u)
+        return bits_f32(((uint32_t)(h & 0x8000u) << 16) | (((uint32_t)(h & 0x7FFFu) << 13) + (112u << 23)));
+    return f16_to_f32_slow(h);
+}
+
+float fk_f16_to_f32(uint16_t h) { return f16_to_f32(h); }
+
+/* Neighbours of a finite fp16 value toward -inf / +inf. */
+static uint16_t f16_next_down(uint16_t h) {
+    if (h == 0x0000u) return 0x8001u;
+    if (h & 0x8000u) return (uint16_t)(h + 1u);
+    return (uint16_t)(h - 1u);
+}
+static uint16_t f16_next_up(uint16_t h) {
+    if (h == 0x8000u) return 0x0001u;
+    if (h & 0x8000u) return (uint16_t)(h - 1u);
+    return (uint16_t)(h + 1u);
+}
+/* Largest fp16 <= f, clamped to the finite range. */
+static uint16_t f16_round_down(float f) {
+    if (!(f > -65504.0f)) return 0xFBFFu;            /* -65504 (also NaN) */
+    uint16_t h = fk_f32_to_f16(f);
+    if (f16_to_f32(h) > f) h = f16_next_down(h);     /* +inf -> 65504 too */
+    return h;
+}
+/* Smallest fp16 >= f (f >= 0), clamped to the finite range. */
+static uint16_t f16_round_up(float f) {
+    if (!(f < 65504.0f)) return 0x7BFFu;             /* 65504 (also NaN) */
+    uint16_t h = fk_f32_to_f16(f);
+    if (f16_to_f32(h) < f) h = f16_next_up(h);
+    return h;
+}
+
+static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | ((uint16_t)p[1] << 8)); }
+static inline void wr16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v & 0xFFu); p[1] = (uint8_t)(v >> 8); }
+
+/* ======================================================================================
+ * Encode / decode
+ * ====================================================================================== */
+size_t fk_lvq_code_size(int kind, size_t d) {
+    switch (kind) {
+    case FK_LVQ8: return d + 4;
+    case FK_LVQ4: return (d + 1) / 2 + 4;
+    case FK_LVQ4X8: return (d + 1) / 2 + d + 4;
+    default: return 0;
+    }
+}
+
+/* round((x - b) / s) clamped to [0, maxv]; s == 0 gives 0. */
+static inline unsigned lvq_quant(float x, float b, float s, unsigned maxv) {
+    if (!(s > 0)) return 0;
+    float t = (x - b) / s;
+    if (!(t > 0)) return 0;
+    if (t >= (float)maxv) return maxv;
+    return (unsigned)(t + 0.5f);
+}
+
+void fk_lvq_encode(int kind, const float *x, size_t d, void *code) {
+    uint8_t *p = (uint8_t *)code;
+    if (d == 0) { wr16(p, 0); wr16(p + 2, 0); return; }
+    float lo = x[0], hi = x[0];
+    for (size_t j = 1; j < d; j++) { if (x[j] < lo) lo = x[j]; if (x[j] > hi) hi = x[j]; }
+    const unsigned maxv = kind == FK_LVQ8 ? 255u : 15u;
+    uint16_t bh = f16_round_down(lo);
+    float b = f16_to_f32(bh);
+    float delta = (hi - b) / (float)maxv;
+    uint16_t sh = f16_round_up(delta > 0 ? delta : 0.0f);
+    float s = f16_to_f32(sh);
+    wr16(p, sh);
+    wr16(p + 2, bh);
+    uint8_t *c = p + 4;
+    if (kind == FK_LVQ8) {
+        for (size_t j = 0; j < d; j++) c[j] = (uint8_t)lvq_quant(x[j], b, s, 255u);
+        return;
+    }
+    const size_t nb = (d + 1) / 2;
+    memset(c, 0, nb);
+    for (size_t j = 0; j < d; j++) c[j >> 1] |= (uint8_t)(lvq_quant(x[j], b, s, 15u) << ((j & 1) * 4));
+    if (kind != FK_LVQ4X8) return;
+    /* residual level: x ≈ s'·(255·c + r) + b', s' = s/255, b' = b − s/2 */
+    uint8_t *r = c + nb;
+    const float s2 = s / 255.0f, b2 = b - 0.5f * s;
+    for (size_t j = 0; j < d; j++) {
+        float cj = (float)((c[j >> 1] >> ((j & 1) * 4)) & 0x0F);
+        unsigned rv = 0;
+        if (s2 > 0) {
+            float t = (x[j] - b2) / s2 - 255.0f * cj;
+            rv = !(t > 0) ? 0u : (t >= 255.0f ? 255u : (unsigned)(t + 0.5f));
+        }
+        r[j] = (uint8_t)rv;
+    }
+}
+
+void fk_lvq_decode(int kind, const void *code, size_t d, float *out) {
+    const uint8_t *p = (const uint8_t *)code;
+    const float s = f16_to_f32(rd16(p)), b = f16_to_f32(rd16(p + 2));
+    const uint8_t *c = p + 4;
+    switch (kind) {
+    case FK_LVQ8:
+        for (size_t j = 0; j < d; j++) out[j] = s * (float)c[j] + b;
+        break;
+    case FK_LVQ4:
+        for (size_t j = 0; j < d; j++) out[j] = s * (float)((c[j >> 1] >> ((j & 1) * 4)) & 0x0F) + b;
+        break;
+    case FK_LVQ4X8: {
+        const uint8_t *r = c + (d + 1) / 2;
+        const float s2 = s / 255.0f, b2 = b - 0.5f * s;
+        for (size_t j = 0; j < d; j++) {
+            unsigned cc = 255u * ((c[j >> 1] >> ((j & 1) * 4)) & 0x0Fu) + r[j];
+            out[j] = s2 * (float)cc + b2;
+        }
+        break;
+    }
+    default: break;
+    }
+}
+
+/* ======================================================================================
+ * Shared: the per-code constants and the final combination.
+ * ====================================================================================== */
+typedef struct { float qc; uint64_t cs, css; } lvq_sums;
+
+static inline float lvq_finish(float s, float b, lvq_sums t, float qsum, size_t d, float *norm) {
+    if (norm) {
+        double sd = s, bd = b;
+        double n = sd * sd * (double)t.css + 2.0 * sd * bd * (double)t.cs + (double)d * bd * bd;
+        *norm = (float)(n > 0 ? n : 0);
+    }
+    return (float)((double)s * (double)t.qc + (double)b * (double)qsum);
+}
+
+/* The constants of a code: (s, b) of the level the kind scores. */
+static inline void lvq_consts(int kind, const uint8_t *p, float *s, float *b) {
+    float s0 = f16_to_f32(rd16(p)), b0 = f16_to_f32(rd16(p + 2));
+    if (kind == FK_LVQ4X8) { *s = s0 / 255.0f; *b = b0 - 0.5f * s0; }
+    else { *s = s0; *b = b0; }
+}
+
+static inline float lvq_metric(int metric, float dot, float norm, float qnorm) {
+    if (metric == FK_LVQ_METRIC_L2) {
+        float v = qnorm - 2.0f * dot + norm;
+        return v > 0 ? v : 0.0f;
+    }
+    return -dot;
+}
+
+/* ======================================================================================
+ * Scalar bodies
+ * ====================================================================================== */
+static inline lvq_sums lvq8_sums_scalar(const float *q, const uint8_t *c, size_t d) {
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    uint64_t cs = 0, css = 0;
+    size_t i = 0;
+    for (; i + 4 <= d; i += 4) {
+        uint32_t c0 = c[i], c1 = c[i + 1], c2 = c[i + 2], c3 = c[i + 3];
+        a0 += q[i] * (float)c0; a1 += q[i + 1] * (float)c1;
+        a2 += q[i + 2] * (float)c2; a3 += q[i + 3] * (float)c3;
+        cs += c0 + c1 + c2 + c3;
+        css += c0 * c0 + c1 * c1 + c2 * c2 + c3 * c3;
+    }
+    for (; i < d; i++) { uint32_t cv = c[i]; a0 += q[i] * (float)cv; cs += cv; css += cv * cv; }
+    lvq_sums t = {(a0 + a1) + (a2 + a3), cs, css};
+    return t;
+}
+
+static inline lvq_sums lvq4_sums_scalar(const float *q, const uint8_t *c, size_t d) {
+    float a0 = 0, a1 = 0;
+    uint64_t cs = 0, css = 0;
+    size_t i = 0;
+    for (; i + 2 <= d; i += 2) {
+        uint32_t byte = c[i >> 1], c0 = byte & 0x0Fu, c1 = byte >> 4;
+        a0 += q[i] * (float)c0; a1 += q[i + 1] * (float)c1;
+        cs += c0 + c1; css += c0 * c0 + c1 * c1;
+    }
+    if (i < d) { uint32_t c0 = c[i >> 1] & 0x0Fu; a0 += q[i] * (float)c0; cs += c0; css += c0 * c0; }
+    lvq_sums t = {a0 + a1, cs, css};
+    return t;
+}
+
+static inline lvq_sums lvq4x8_sums_scalar(const float *q, const uint8_t *c, size_t d) {
+    const uint8_t *r = c + (d + 1) / 2;
+    float a0 = 0, a1 = 0;
+    uint64_t cs = 0, css = 0;
+    for (size_t i = 0; i < d; i++) {
+        uint32_t cc = 255u * ((c[i >> 1] >> ((i & 1) * 4)) & 0x0Fu) + r[i];
+        if (i & 1) a1 += q[i] * (float)cc; else a0 += q[i] * (float)cc;
+        cs += cc; css += (uint64_t)cc * cc;
+    }
+    lvq_sums t = {a0 + a1, cs, css};
+    return t;
+}
+
+#define LVQ_DEFINE_SCALAR(NAME, KIND)                                                        \
+    float fk_##NAME##_dot_scalar(const float *q, float qsum, const void *code, size_t d, float *norm) { \
+        const uint8_t *p = (const uint8_t *)code;                                            \
+        float s, b;                                                                          \
+        lvq_consts(KIND, p, &s, &b);                                                         \
+        return lvq_finish(s, b, NAME##_sums_scalar(q, p + 4, d), qsum, d, norm);             \
+    }                                                                                        \
+    static void NAME##_batch_scalar(int metric, const float *q, float qsum, float qnorm,     \
+                                    const void *base, size_t n, size_t d, size_t stride, float *out) { \
+        const uint8_t *p = (const uint8_t *)base;                                            \
+        for (size_t j = 0; j < n; j++, p += stride) {                                        \
+            float s, b, norm = 0;                                                            \
+            lvq_consts(KIND, p, &s, &b);                                                     \
+            float dot = lvq_finish(s, b, NAME##_sums_scalar(q, p + 4, d), qsum, d,           \
+                                   metric == FK_LVQ_METRIC_L2 ? &norm : NULL);               \
+            out[j] = lvq_metric(metric, dot, norm, qnorm);                                   \
+        }                                                                                    \
+    }
+LVQ_DEFINE_SCALAR(lvq8, FK_LVQ8)
+LVQ_DEFINE_SCALAR(lvq4, FK_LVQ4)
+LVQ_DEFINE_SCALAR(lvq4x8, FK_LVQ4X8)
+
+void fk_lvq_batch_scalar(int kind, int metric, const float *q, float qsum, float qnorm,
+                         const void *base, size_t n, size_t d, size_t stride, float *out) {
+    switch (kind) {
+    case FK_LVQ8: lvq8_batch_scalar(metric, q, qsum, qnorm, base, n, d, stride, out); break;
+    case FK_LVQ4: lvq4_batch_scalar(metric, q, qsum, qnorm, base, n, d, stride, out); break;
+    case FK_LVQ4X8: lvq4x8_batch_scalar(metric, q, qsum, qnorm, base, n, d, stride, out); break;
+    default: break;
+    }
+}
+
+/* ======================================================================================
+ * AVX2 + FMA bodies
+ * ====================================================================================== */
+#if FK_LVQ_X86
+#define LVQ_AVX2 __attribute__((target("avx2,fma")))
+#define LVQ_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
+
+LVQ_AVX2_INLINE float lvq_hsum_ps(__m256 v) {
+    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    __m128 sh = _mm_movehdup_ps(lo);
+    __m128 s = _mm_add_ps(lo, sh);
+    sh = _mm_movehl_ps(sh, s);
+    s = _mm_add_ss(s, sh);
+    return _mm_cvtss_f32(s);
+}
+
+/* Sum of 8 uint32 lanes into 64 bits. */
+LVQ_AVX2_INLINE uint64_t lvq_hsum_u32(__m256i v) {
+    const __m256i z = _mm256_setzero_si256();
+    __m256i w = _mm256_add_epi64(_mm256_unpacklo_epi32(v, z), _mm256_unpackhi_epi32(v, z));
+    __m128i x = _mm_add_epi64(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    return (uint64_t)_mm_cvtsi128_si64(x) + (uint64_t)_mm_extract_epi64(x, 1);
+}
+
+/* 8 bytes -> 8 int32 lanes */
+LVQ_AVX2_INLINE __m256i lvq_load8(const uint8_t *p) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p));
+}
+
+/* 16 packed bytes (32 nibbles, low nibble first) -> 4 × 8 int32 lanes in dimension order */
+LVQ_AVX2_INLINE void lvq_nib32(const uint8_t *p, __m256i *c0, __m256i *c1, __m256i *c2, __m256i *c3) {
+    const __m128i m = _mm_set1_epi8(0x0F);
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    __m128i v0 = _mm_unpacklo_epi8(lo, hi), v1 = _mm_unpackhi_epi8(lo, hi);
+    *c0 = _mm256_cvtepu8_epi32(v0);
+    *c1 = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v0, v0));
+    *c2 = _mm256_cvtepu8_epi32(v1);
+    *c3 = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v1, v1));
+}
+
+/* acc += q·c; if NORM: ns += c, nss += c² (c < 2^15, so vpmaddwd of the lane with itself is
+ * c·c + 0·0) */
+#define LVQ_STEP(ACC, QV, CI)                                                                \
+    do {                                                                                     \
+        ACC = _mm256_fmadd_ps((QV), _mm256_cvtepi32_ps(CI), ACC);                            \
+        if (NORM) {                                                                          \
+            ns = _mm256_add_epi32(ns, (CI));                                                 \
+            nss = _mm256_add_epi32(nss, _mm256_madd_epi16((CI), (CI)));                      \
+        }                                                                                    \
+    } while (0)
+
+LVQ_AVX2_INLINE lvq_sums lvq8_sums_avx2(const float *q, const uint8_t *c, size_t d, const int NORM) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256i ns = _mm256_setzero_si256(), nss = ns;
+    size_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        __m256i c0 = lvq_load8(c + i), c1 = lvq_load8(c + i + 8);
+        __m256i c2 = lvq_load8(c + i + 16), c3 = lvq_load8(c + i + 24);
+        LVQ_STEP(a0, _mm256_loadu_ps(q + i), c0);
+        LVQ_STEP(a1, _mm256_loadu_ps(q + i + 8), c1);
+        LVQ_STEP(a2, _mm256_loadu_ps(q + i + 16), c2);
+        LVQ_STEP(a3, _mm256_loadu_ps(q + i + 24), c3);
+    }
+    for (; i + 8 <= d; i += 8) LVQ_STEP(a0, _mm256_loadu_ps(q + i), lvq_load8(c + i));
+    lvq_sums t;
+    t.qc = lvq_hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    t.cs = NORM ? lvq_hsum_u32(ns) : 0;
+    t.css = NORM ? lvq_hsum_u32(nss) : 0;
+    for (; i < d; i++) { uint32_t cv = c[i]; t.qc += q[i] * (float)cv; t.cs += cv; t.css += cv * cv; }
+    return t;
+}
+
+/* One 32-dimension block of 4-bit codes (and, for 4x8, the 32 residual bytes at r). */
+#define LVQ4_BLOCK(QP, CP, RP, TWO)                                                          \
+    do {                                                                                     \
+        __m256i c0, c1, c2, c3;                                                              \
+        lvq_nib32((CP), &c0, &c1, &c2, &c3);                                                 \
+        if (TWO) {                                                                           \
+            /* C = 255·c + r = (c << 8) − c + r */                                           \
+            c0 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(c0, 8), c0), lvq_load8((RP)));      \
+            c1 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(c1, 8), c1), lvq_load8((RP) + 8));  \
+            c2 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(c2, 8), c2), lvq_load8((RP) + 16)); \
+            c3 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(c3, 8), c3), lvq_load8((RP) + 24)); \
+        }                                                                                    \
+        LVQ_STEP(a0, _mm256_loadu_ps((QP)), c0);                                             \
+        LVQ_STEP(a1, _mm256_loadu_ps((QP) + 8), c1);                                         \
+        LVQ_STEP(a2, _mm256_loadu_ps((QP) + 16), c2);                                        \
+        LVQ_STEP(a3, _mm256_loadu_ps((QP) + 24), c3);                                        \
+    } while (0)
+
+/* 4-bit codes (TWO = 0) or the two-level 4x8 codes (TWO = 1). For 4x8, C² reaches 4080² and
+ * a lane gains up to 4·4080² per block, so the squares are flushed to 64 bits every 32
+ * blocks (1024 dimensions). */
+LVQ_AVX2_INLINE lvq_sums lvq4_sums_generic_avx2(const float *q, const uint8_t *c, size_t d,
+                                                 const int NORM, const int TWO) {
+    const uint8_t *r = c + (d + 1) / 2;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256i ns = _mm256_setzero_si256(), nss = ns;
+    uint64_t css = 0;
+    unsigned blocks = 0;
+    size_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        LVQ4_BLOCK(q + i, c + i / 2, r + i, TWO);
+        if (NORM && TWO && ++blocks == 32) { css += lvq_hsum_u32(nss); nss = _mm256_setzero_si256(); blocks = 0; }
+    }
+    if (i < d) {
+        /* tail of 1..31 dimensions through zero-padded copies (the pad nibble of an odd d
+         * is masked off, so the padding adds nothing to any sum) */
+        const size_t rem = d - i, nb = (rem + 1) / 2;
+        float qb[32] = {0};
+        uint8_t cb[16] = {0}, rb[32] = {0};
+        memcpy(qb, q + i, rem * sizeof(float));
+        memcpy(cb, c + i / 2, nb);
+        if (rem & 1) cb[nb - 1] &= 0x0F;
+        if (TWO) memcpy(rb, r + i, rem);
+        LVQ4_BLOCK(qb, cb, rb, TWO);
+    }
+    lvq_sums t;
+    t.qc = lvq_hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    t.cs = NORM ? lvq_hsum_u32(ns) : 0;
+    t.css = NORM ? css + lvq_hsum_u32(nss) : 0;
+    return t;
+}
+
+LVQ_AVX2_INLINE lvq_sums lvq4_sums_avx2(const float *q, const uint8_t *c, size_t d, const int NORM) {
+    return lvq4_sums_generic_avx2(q, c, d, NORM, 0);
+}
+LVQ_AVX2_INLINE lvq_sums lvq4x8_sums_avx2(const float *q, const uint8_t *c, size_t d, const int NORM) {
+    return lvq4_sums_generic_avx2(q, c, d, NORM, 1);
+}
+
+/* Single-code entry points and batch loops. The batch loop prefetches the code two ahead
+ * (every cache line of it). */
+#define LVQ_DEFINE_AVX2(NAME, KIND)                                                          \
+    LVQ_AVX2 static float NAME##_dot_avx2(const float *q, float qsum, const void *code, size_t d, float *norm) { \
+        const uint8_t *p = (const uint8_t *)code;                                            \
+        float s, b;                                                                          \
+        lvq_consts(KIND, p, &s, &b);                                                         \
+        lvq_sums t = norm ? NAME##_sums_avx2(q, p + 4, d, 1) : NAME##_sums_avx2(q, p + 4, d, 0); \
+        return lvq_finish(s, b, t, qsum, d, norm);                                           \
+    }                                                                                        \
+    LVQ_AVX2 static void NAME##_batch_avx2(int metric, const float *q, float qsum, float qnorm, \
+                                           const void *base, size_t n, size_t d, size_t stride, float *out) { \
+        const uint8_t *p = (const uint8_t *)base;                                            \
+        const size_t lines = (fk_lvq_code_size(KIND, d) + 63) / 64;                          \
+        if (metric == FK_LVQ_METRIC_L2) {                                                    \
+            for (size_t j = 0; j < n; j++, p += stride) {                                    \
+                if (j + 2 < n)                                                               \
+                    for (size_t l = 0; l < lines; l++) _mm_prefetch((const char *)p + 2 * stride + 64 * l, _MM_HINT_T0); \
+                float s, b, norm;                                                            \
+                lvq_consts(KIND, p, &s, &b);                                                 \
+                float dot = lvq_finish(s, b, NAME##_sums_avx2(q, p + 4, d, 1), qsum, d, &norm); \
+                out[j] = lvq_metric(FK_LVQ_METRIC_L2, dot, norm, qnorm);                     \
+            }                                                                                \
+        } else {                                                                             \
+            for (size_t j = 0; j < n; j++, p += stride) {                                    \
+                if (j + 2 < n)                                                               \
+                    for (size_t l = 0; l < lines; l++) _mm_prefetch((const char *)p + 2 * stride + 64 * l, _MM_HINT_T0); \
+                float s, b;                                                                  \
+                lvq_consts(KIND, p, &s, &b);                                                 \
+                out[j] = -lvq_finish(s, b, NAME##_sums_avx2(q, p + 4, d, 0), qsum, d, NULL); \
+            }                                                                                \
+        }                                                                                    \
+    }
+LVQ_DEFINE_AVX2(lvq8, FK_LVQ8)
+LVQ_DEFINE_AVX2(lvq4, FK_LVQ4)
+LVQ_DEFINE_AVX2(lvq4x8, FK_LVQ4X8)
+#endif /* FK_LVQ_X86 */
+
+/* ======================================================================================
+ * Dispatch (the level comes from kernels.c, decided once; cached here)
+ * ====================================================================================== */
+static int lvq_level = -1;
+static inline int lvq_simd(void) {
+    int l = __atomic_load_n(&lvq_level, __ATOMIC_RELAXED);
+    if (l < 0) { l = fk_simd_level(); __atomic_store_n(&lvq_level, l, __ATOMIC_RELAXED); }
+    return l;
+}
+
+#if FK_LVQ_X86
+#define LVQ_DISPATCH(NAME)                                                                   \
+    float fk_##NAME##_dot(const float *q, float qsum, const void *code, size_t d, float *norm) { \
+        if (lvq_simd()) return NAME##_dot_avx2(q, qsum, code, d, norm);                      \
+        return fk_##NAME##_dot_scalar(q, qsum, code, d, norm);                               \
+    }
+#else
+#define LVQ_DISPATCH(NAME)                                                                   \
+    float fk_##NAME##_dot(const float *q, float qsum, const void *code, size_t d, float *norm) { \
+        return fk_##NAME##_dot_scalar(q, qsum, code, d, norm);                               \
+    }
+#endif
+LVQ_DISPATCH(lvq8)
+LVQ_DISPATCH(lvq4)
+LVQ_DISPATCH(lvq4x8)
+
+void fk_lvq_batch(int kind, int metric, const float *q, float qsum, float qnorm,
+                  const void *base, size_t n, size_t d, size_t stride, float *out) {
+#if FK_LVQ_X86
+    if (lvq_simd()) {
+        switch (kind) {
+        case FK_LVQ8: lvq8_batch_avx2(metric, q, qsum, qnorm, base, n, d, stride, out); return;
+        case FK_LVQ4: lvq4_batch_avx2(metric, q, qsum, qnorm, base, n, d, stride, out); return;
+        case FK_LVQ4X8: lvq4x8_batch_avx2(metric, q, qsum, qnorm, base, n, d, stride, out); return;
+        default: return;
+        }
+    }
+#endif
+    fk_lvq_batch_scalar(kind, metric, q, qsum, qnorm, base, n, d, stride, out);
+}
