@@ -148,26 +148,56 @@ public final class AIOEngine: IOEngine {
     }
 }
 
-/// Synchronous `pread`s: the fallback where O_DIRECT or libaio is unavailable (tmpfs, some
-/// network filesystems). Reads go through the page cache.
+/// A pool of `pread`s: the fallback where O_DIRECT or libaio is unavailable (tmpfs, some
+/// network filesystems). The reads of a batch run on up to `width` threads at once (so a
+/// batch still overlaps its IO), then complete in request order on the calling thread.
+/// Reads go through the page cache.
 public final class PreadEngine: IOEngine {
     public let name = "pread"
     public let direct: Bool
-    public init(direct: Bool = false) { self.direct = direct }
+    let width: Int
+    public init(direct: Bool = false, width: Int = 8) { self.direct = direct; self.width = max(1, width) }
+
+    static func readFully(_ rq: ReadRequest, path: String) -> Result<Int, FathomError> {
+        var done = 0
+        while done < rq.length {
+            let r = pread(rq.fd, rq.buffer + done, rq.length - done, off_t(rq.offset) + off_t(done))
+            if r < 0 {
+                if errno == EINTR { continue }
+                return .failure(FathomError.system("read", path: path, errno: errno, offset: rq.offset + UInt64(done)))
+            }
+            if r == 0 {
+                return .failure(FathomError(.corruptIndex, "unexpected end of file inside a read; the file is truncated — rebuild the index", path: path, offset: rq.offset + UInt64(done)))
+            }
+            done += r
+        }
+        return .success(done)
+    }
 
     public func read(_ requests: UnsafeBufferPointer<ReadRequest>, path: String,
                      completed: (Int, Result<Int, FathomError>) throws -> Void) throws {
-        for (i, rq) in requests.enumerated() {
-            var done = 0
-            var failure: FathomError? = nil
-            while done < rq.length {
-                let r = pread(rq.fd, rq.buffer + done, rq.length - done, off_t(rq.offset) + off_t(done))
-                if r < 0 { if errno == EINTR { continue }; failure = FathomError.system("read", path: path, errno: errno, offset: rq.offset + UInt64(done)); break }
-                if r == 0 { failure = FathomError(.corruptIndex, "unexpected end of file inside a read; the file is truncated — rebuild the index", path: path, offset: rq.offset + UInt64(done)); break }
-                done += r
-            }
-            try completed(i, failure.map { .failure($0) } ?? .success(done))
+        let n = requests.count
+        if n <= 1 || width == 1 {
+            for i in 0..<n { try completed(i, Self.readFully(requests[i], path: path)) }
+            return
         }
+        let results = UnsafeMutablePointer<Result<Int, FathomError>>.allocate(capacity: n)
+        results.initialize(repeating: .success(0), count: n)
+        defer { results.deinitialize(count: n); results.deallocate() }
+        struct Shared: @unchecked Sendable {   // disjoint slots per iteration
+            let requests: UnsafeBufferPointer<ReadRequest>
+            let results: UnsafeMutablePointer<Result<Int, FathomError>>
+        }
+        let shared = Shared(requests: requests, results: results)
+        let lanes = min(width, n)
+        DispatchQueue.concurrentPerform(iterations: lanes) { lane in
+            var i = lane
+            while i < n {
+                shared.results[i] = PreadEngine.readFully(shared.requests[i], path: path)
+                i += lanes
+            }
+        }
+        for i in 0..<n { try completed(i, results[i]) }
     }
 }
 

@@ -67,6 +67,19 @@ import FathomStorage
         #expect(again.count == 5 || again.count > 0)
     }
 
+    @Test func preadPoolGivesTheSameResultsAsLibaio() throws {
+        let dir = TempDir()
+        let (_, q) = try Self.buildSmall(dir)
+        let aio = try VectorIndex.open(at: dir.file("idx"), io: .aio)
+        let pool = try VectorIndex.open(at: dir.file("idx"), io: .pread)
+        #expect(aio.ioEngineName == "libaio" && pool.ioEngineName == "pread")
+        for i in 0..<q.rows {
+            let query = Array(UnsafeBufferPointer(start: q.row(i), count: q.cols))
+            #expect(try aio.search(query, k: 10, parameters: SearchParameters(probes: 16)) ==
+                    pool.search(query, k: 10, parameters: SearchParameters(probes: 16)))
+        }
+    }
+
     @Test func badQueriesGiveClearErrors() throws {
         let dir = TempDir()
         _ = try Self.buildSmall(dir)
