@@ -17,6 +17,8 @@
 #include "ckernels.h"
 #include <string.h>
 
+#define LVQ_INLINE static inline __attribute__((always_inline))
+
 #if defined(__x86_64__) || defined(__i386__)
 #define FK_LVQ_X86 1
 #include <immintrin.h>
@@ -68,7 +70,7 @@ static float f16_to_f32_slow(uint16_t h) {
     return bits_f32(x);
 }
 
-static inline float f16_to_f32(uint16_t h) {
+LVQ_INLINE float f16_to_f32(uint16_t h) {
     uint32_t e = h & 0x7C00u;
     if (e != 0 && e != 0x7C00u)
         return bits_f32(((uint32_t)(h & 0x8000u) << 16) | (((uint32_t)(h & 0x7FFFu) << 13) + (112u << 23)));
@@ -103,7 +105,7 @@ static uint16_t f16_round_up(float f) {
     return h;
 }
 
-static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | ((uint16_t)p[1] << 8)); }
+LVQ_INLINE uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | ((uint16_t)p[1] << 8)); }
 static inline void wr16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v & 0xFFu); p[1] = (uint8_t)(v >> 8); }
 
 /* ======================================================================================
@@ -192,23 +194,24 @@ void fk_lvq_decode(int kind, const void *code, size_t d, float *out) {
  * ====================================================================================== */
 typedef struct { float qc; uint64_t cs, css; } lvq_sums;
 
-static inline float lvq_finish(float s, float b, lvq_sums t, float qsum, size_t d, float *norm) {
+LVQ_INLINE float lvq_finish(float s, float b, lvq_sums t, float qsum, size_t d, float *norm) {
     if (norm) {
         double sd = s, bd = b;
-        double n = sd * sd * (double)t.css + 2.0 * sd * bd * (double)t.cs + (double)d * bd * bd;
+        double n = sd * sd * (double)(int64_t)t.css + 2.0 * sd * bd * (double)(int64_t)t.cs
+                 + (double)(int64_t)d * bd * bd;
         *norm = (float)(n > 0 ? n : 0);
     }
     return (float)((double)s * (double)t.qc + (double)b * (double)qsum);
 }
 
 /* The constants of a code: (s, b) of the level the kind scores. */
-static inline void lvq_consts(int kind, const uint8_t *p, float *s, float *b) {
+LVQ_INLINE void lvq_consts(int kind, const uint8_t *p, float *s, float *b) {
     float s0 = f16_to_f32(rd16(p)), b0 = f16_to_f32(rd16(p + 2));
     if (kind == FK_LVQ4X8) { *s = s0 / 255.0f; *b = b0 - 0.5f * s0; }
     else { *s = s0; *b = b0; }
 }
 
-static inline float lvq_metric(int metric, float dot, float norm, float qnorm) {
+LVQ_INLINE float lvq_metric(int metric, float dot, float norm, float qnorm) {
     if (metric == FK_LVQ_METRIC_L2) {
         float v = qnorm - 2.0f * dot + norm;
         return v > 0 ? v : 0.0f;
@@ -323,11 +326,15 @@ LVQ_AVX2_INLINE __m256i lvq_load8(const uint8_t *p) {
     return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p));
 }
 
-/* 16 packed bytes (32 nibbles, low nibble first) -> 4 × 8 int32 lanes in dimension order */
-LVQ_AVX2_INLINE void lvq_nib32(const uint8_t *p, __m256i *c0, __m256i *c1, __m256i *c2, __m256i *c3) {
+/* 16 packed bytes (32 nibbles, low nibble first) -> the nibbles as bytes: lo holds dims
+ * 0, 2, ..., 30 and hi dims 1, 3, ..., 31; then 4 × 8 int32 lanes in dimension order. */
+LVQ_AVX2_INLINE void lvq_nibbles(const uint8_t *p, __m128i *lo, __m128i *hi) {
     const __m128i m = _mm_set1_epi8(0x0F);
     __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
-    __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    *lo = _mm_and_si128(v, m);
+    *hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+}
+LVQ_AVX2_INLINE void lvq_widen32(__m128i lo, __m128i hi, __m256i *c0, __m256i *c1, __m256i *c2, __m256i *c3) {
     __m128i v0 = _mm_unpacklo_epi8(lo, hi), v1 = _mm_unpackhi_epi8(lo, hi);
     *c0 = _mm256_cvtepu8_epi32(v0);
     *c1 = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v0, v0));
@@ -335,54 +342,83 @@ LVQ_AVX2_INLINE void lvq_nib32(const uint8_t *p, __m256i *c0, __m256i *c1, __m25
     *c3 = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v1, v1));
 }
 
-/* acc += q·c; if NORM: ns += c, nss += c² (c < 2^15, so vpmaddwd of the lane with itself is
- * c·c + 0·0) */
-#define LVQ_STEP(ACC, QV, CI)                                                                \
+/* acc += q·c; if WITH_NORM: ns += c, nss += c² (c < 2^15, so vpmaddwd of the lane with
+ * itself is c·c + 0·0) */
+#define LVQ_STEP(ACC, QV, CI, WITH_NORM)                                                     \
     do {                                                                                     \
         ACC = _mm256_fmadd_ps((QV), _mm256_cvtepi32_ps(CI), ACC);                            \
-        if (NORM) {                                                                          \
+        if (WITH_NORM) {                                                                     \
             ns = _mm256_add_epi32(ns, (CI));                                                 \
             nss = _mm256_add_epi32(nss, _mm256_madd_epi16((CI), (CI)));                      \
         }                                                                                    \
     } while (0)
 
+/* 8-bit: the dot through 4 × (8 bytes -> 8 int32 -> 8 floats, FMA) per 32 dimensions; the
+ * norm sums on the 32 bytes at once: Σc by vpsadbw, Σc² by in-lane unpacking to 16 bits and
+ * vpmaddwd (order does not matter for sums). */
 LVQ_AVX2_INLINE lvq_sums lvq8_sums_avx2(const float *q, const uint8_t *c, size_t d, const int NORM) {
+    const __m256i z = _mm256_setzero_si256();
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    __m256i ns = _mm256_setzero_si256(), nss = ns;
+    __m256i ns = z, nss = z;   /* ns: 4 × u64 (vpsadbw); nss: 8 × u32 */
     size_t i = 0;
     for (; i + 32 <= d; i += 32) {
-        __m256i c0 = lvq_load8(c + i), c1 = lvq_load8(c + i + 8);
-        __m256i c2 = lvq_load8(c + i + 16), c3 = lvq_load8(c + i + 24);
-        LVQ_STEP(a0, _mm256_loadu_ps(q + i), c0);
-        LVQ_STEP(a1, _mm256_loadu_ps(q + i + 8), c1);
-        LVQ_STEP(a2, _mm256_loadu_ps(q + i + 16), c2);
-        LVQ_STEP(a3, _mm256_loadu_ps(q + i + 24), c3);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtepi32_ps(lvq_load8(c + i)), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_cvtepi32_ps(lvq_load8(c + i + 8)), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 16), _mm256_cvtepi32_ps(lvq_load8(c + i + 16)), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 24), _mm256_cvtepi32_ps(lvq_load8(c + i + 24)), a3);
+        if (NORM) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(c + i));
+            ns = _mm256_add_epi64(ns, _mm256_sad_epu8(v, z));
+            __m256i lo = _mm256_unpacklo_epi8(v, z), hi = _mm256_unpackhi_epi8(v, z);
+            nss = _mm256_add_epi32(nss, _mm256_add_epi32(_mm256_madd_epi16(lo, lo), _mm256_madd_epi16(hi, hi)));
+        }
     }
-    for (; i + 8 <= d; i += 8) LVQ_STEP(a0, _mm256_loadu_ps(q + i), lvq_load8(c + i));
+    for (; i + 8 <= d; i += 8) {
+        __m256i ci = lvq_load8(c + i);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtepi32_ps(ci), a0);
+        if (NORM) {
+            ns = _mm256_add_epi64(ns, _mm256_unpacklo_epi32(ci, z));   /* 4 of the 8 lanes ... */
+            ns = _mm256_add_epi64(ns, _mm256_unpackhi_epi32(ci, z));   /* ... and the other 4 */
+            nss = _mm256_add_epi32(nss, _mm256_madd_epi16(ci, ci));
+        }
+    }
     lvq_sums t;
     t.qc = lvq_hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    t.cs = NORM ? lvq_hsum_u32(ns) : 0;
-    t.css = NORM ? lvq_hsum_u32(nss) : 0;
+    t.cs = 0; t.css = 0;
+    if (NORM) {
+        __m128i x = _mm_add_epi64(_mm256_castsi256_si128(ns), _mm256_extracti128_si256(ns, 1));
+        t.cs = (uint64_t)_mm_cvtsi128_si64(x) + (uint64_t)_mm_extract_epi64(x, 1);
+        t.css = lvq_hsum_u32(nss);
+    }
     for (; i < d; i++) { uint32_t cv = c[i]; t.qc += q[i] * (float)cv; t.cs += cv; t.css += cv * cv; }
     return t;
 }
 
-/* One 32-dimension block of 4-bit codes (and, for 4x8, the 32 residual bytes at r). */
+/* One 32-dimension block of 4-bit codes (and, for 4x8, the 32 residual bytes at RP).
+ * Norm sums: for 4x8 per int32 lane of C (LVQ_STEP with NORM4X8); for 4-bit on the nibble
+ * bytes: Σc by vpsadbw of lo + hi, Σc² by vpmaddubsw (c <= 15, so c·c pairs fit in 16 bits)
+ * then vpmaddwd with ones. */
 #define LVQ4_BLOCK(QP, CP, RP, TWO)                                                          \
     do {                                                                                     \
+        __m128i lo, hi;                                                                      \
         __m256i c0, c1, c2, c3;                                                              \
-        lvq_nib32((CP), &c0, &c1, &c2, &c3);                                                 \
+        lvq_nibbles((CP), &lo, &hi);                                                         \
+        lvq_widen32(lo, hi, &c0, &c1, &c2, &c3);                                             \
         if (TWO) {                                                                           \
             /* C = 255·c + r = (c << 8) − c + r */                                           \
             c0 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(c0, 8), c0), lvq_load8((RP)));      \
             c1 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(c1, 8), c1), lvq_load8((RP) + 8));  \
             c2 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(c2, 8), c2), lvq_load8((RP) + 16)); \
             c3 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(c3, 8), c3), lvq_load8((RP) + 24)); \
+        } else if (NORM) {                                                                   \
+            ns4 = _mm_add_epi64(ns4, _mm_sad_epu8(_mm_add_epi8(lo, hi), _mm_setzero_si128())); \
+            __m128i sq = _mm_add_epi16(_mm_maddubs_epi16(lo, lo), _mm_maddubs_epi16(hi, hi)); \
+            nss4 = _mm_add_epi32(nss4, _mm_madd_epi16(sq, _mm_set1_epi16(1)));               \
         }                                                                                    \
-        LVQ_STEP(a0, _mm256_loadu_ps((QP)), c0);                                             \
-        LVQ_STEP(a1, _mm256_loadu_ps((QP) + 8), c1);                                         \
-        LVQ_STEP(a2, _mm256_loadu_ps((QP) + 16), c2);                                        \
-        LVQ_STEP(a3, _mm256_loadu_ps((QP) + 24), c3);                                        \
+        LVQ_STEP(a0, _mm256_loadu_ps((QP)), c0, NORM4X8);                                    \
+        LVQ_STEP(a1, _mm256_loadu_ps((QP) + 8), c1, NORM4X8);                                \
+        LVQ_STEP(a2, _mm256_loadu_ps((QP) + 16), c2, NORM4X8);                               \
+        LVQ_STEP(a3, _mm256_loadu_ps((QP) + 24), c3, NORM4X8);                               \
     } while (0)
 
 /* 4-bit codes (TWO = 0) or the two-level 4x8 codes (TWO = 1). For 4x8, C² reaches 4080² and
@@ -390,15 +426,17 @@ LVQ_AVX2_INLINE lvq_sums lvq8_sums_avx2(const float *q, const uint8_t *c, size_t
  * blocks (1024 dimensions). */
 LVQ_AVX2_INLINE lvq_sums lvq4_sums_generic_avx2(const float *q, const uint8_t *c, size_t d,
                                                  const int NORM, const int TWO) {
+    const int NORM4X8 = NORM && TWO;
     const uint8_t *r = c + (d + 1) / 2;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m256i ns = _mm256_setzero_si256(), nss = ns;
+    __m128i ns4 = _mm_setzero_si128(), nss4 = ns4;
     uint64_t css = 0;
     unsigned blocks = 0;
     size_t i = 0;
     for (; i + 32 <= d; i += 32) {
         LVQ4_BLOCK(q + i, c + i / 2, r + i, TWO);
-        if (NORM && TWO && ++blocks == 32) { css += lvq_hsum_u32(nss); nss = _mm256_setzero_si256(); blocks = 0; }
+        if (NORM4X8 && ++blocks == 32) { css += lvq_hsum_u32(nss); nss = _mm256_setzero_si256(); blocks = 0; }
     }
     if (i < d) {
         /* tail of 1..31 dimensions through zero-padded copies (the pad nibble of an odd d
@@ -414,8 +452,14 @@ LVQ_AVX2_INLINE lvq_sums lvq4_sums_generic_avx2(const float *q, const uint8_t *c
     }
     lvq_sums t;
     t.qc = lvq_hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    t.cs = NORM ? lvq_hsum_u32(ns) : 0;
-    t.css = NORM ? css + lvq_hsum_u32(nss) : 0;
+    t.cs = 0; t.css = 0;
+    if (NORM && TWO) {
+        t.cs = lvq_hsum_u32(ns);
+        t.css = css + lvq_hsum_u32(nss);
+    } else if (NORM) {
+        t.cs = (uint64_t)_mm_cvtsi128_si64(ns4) + (uint64_t)_mm_extract_epi64(ns4, 1);
+        t.css = lvq_hsum_u32(_mm256_zextsi128_si256(nss4));
+    }
     return t;
 }
 

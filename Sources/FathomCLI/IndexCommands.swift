@@ -31,6 +31,12 @@ struct BuildCommand: ParsableCommand {
     @Option(name: .customLong("graph-degree"), help: "Neighbours per head in the head graph.") var graphDegree: Int = 32
     @Option(name: .customLong("candidate-heads"), help: "Nearest heads examined per vector for the closure rule.") var candidateHeads: Int = 64
     @Option(name: .customLong("sample-size"), help: "Training sample in vectors (default: max(4 × heads, 50000)).") var sampleSize: Int?
+    @Option(help: "What postings store: none (full vectors), lvq8, lvq4 or lvq4x8 (LeanVec-reduced LVQ codes; full vectors stay on disk for re-ranking).")
+    var codec: PostingCodec = .none
+    @Option(name: .customLong("reduce-dims"), help: "LeanVec target dimension for a compressing codec (default: D/2 rounded up to a multiple of 8).")
+    var reduceDims: Int?
+    @Option(name: .customLong("train-queries"), help: ArgumentHelp("A sample of real queries: learn the query-aware LeanVec-OOD projection (default: PCA on the data).", valueName: "path"))
+    var trainQueries: String?
     @Option(help: "Random seed (same seed and input: same index).") var seed: UInt64 = 42
     @Option(help: "Worker threads (two vCPUs give about one core; 1 is fastest here).") var threads: Int = 1
     @Flag(help: "Do not print progress on stderr.") var quiet = false
@@ -42,6 +48,7 @@ struct BuildCommand: ParsableCommand {
             o.metric = metric; o.memoryBudget = memoryBudget.bytes; o.headRatio = headRatio; o.replicas = replicas
             o.postingPages = postingPages; o.graphDegree = graphDegree; o.candidateHeads = candidateHeads
             o.sampleSize = sampleSize; o.seed = seed; o.threads = threads
+            o.codec = codec; o.reduceDims = reduceDims; o.trainQueries = trainQueries
             let progress = ProgressReporter(enabled: !quiet)
             let builder = try IndexBuilder(input: input, output: output, options: o, progress: progress)
             let m = try builder.build()
@@ -76,6 +83,8 @@ struct SearchCommand: ParsableCommand {
     @Option(help: "Comma-separated postings-per-query settings to sweep.") var probes: String = "8,16,32,64"
     @Option(name: .customLong("max-dist-ratio"), help: "Prune postings whose head is farther than this × the nearest head (squared distances).")
     var maxDistRatio: Float = 8
+    @Option(help: "Compressed indexes: candidates re-ranked with full vectors from disk (default: 10 × k; 20 × k for lvq4).")
+    var rerank: Int?
     @Option(name: .customLong("head-list"), help: "Beam width of the head-graph search (default: max(2 × probes, 64)).")
     var headList: Int?
     @Option(help: "Search threads (default: the number of CPUs).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
@@ -107,6 +116,7 @@ struct SearchCommand: ParsableCommand {
             var base = SearchParameters()
             base.maxDistRatio = maxDistRatio
             base.headListSize = headList
+            base.rerank = rerank
             base.verifyChecksums = !noChecksums
             progress.note("search: \(q.rows) queries, k = \(k), \(threads) thread(s), IO \(idx.ioEngineName), index \(idx.count) vectors / \(idx.headCount) heads")
             let (rows, ids, dists) = try SearchBenchmark.run(index: idx, queries: q, k: k, probes: probeList, threads: threads,
@@ -146,3 +156,5 @@ struct VerifyCommand: ParsableCommand {
         throw ExitCode(FathomError.Code.corruptIndex.exitCode)
     }
 }
+
+extension PostingCodec: ExpressibleByArgument {}

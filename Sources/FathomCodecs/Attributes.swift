@@ -173,14 +173,18 @@ public final class AttributeTable: Sendable {
     /// Builds a table from columns; the schema's names are kept, types and dictionaries are
     /// taken from the columns. Throws `.invalidArgument` if the counts differ or tags are
     /// malformed (offsets not monotone, ids out of range).
-    public init(names: [String], columns: [AttributeColumn]) throws {
+    /// `rows` gives the row count of a table without columns (otherwise it must match them).
+    public init(names: [String], columns: [AttributeColumn], rows: Int? = nil) throws {
         guard names.count == columns.count else {
             throw FathomError(.invalidArgument, "\(names.count) column names for \(columns.count) columns")
         }
         guard Set(names).count == names.count else {
             throw FathomError(.invalidArgument, "duplicate column names in \(names)")
         }
-        let n = columns.first?.count ?? 0
+        let n = columns.first?.count ?? rows ?? 0
+        if let rows, rows != n {
+            throw FathomError(.invalidArgument, "\(rows) rows requested but the columns have \(n)")
+        }
         var counts = [[UInt32]]()
         var normalized = [AttributeColumn]()
         for (name, col) in zip(names, columns) {
@@ -298,7 +302,7 @@ public final class AttributeTable: Sendable {
             case .category(_, let d):
                 let top = codeCounts[i].enumerated().max { $0.element < $1.element }
                 detail = "\(d.count) distinct"
-                if let top, count > 0 {
+                if let top, top.element > 1 {
                     detail += ", most common '\(d[UInt32(top.offset)])' (\(top.element) rows)"
                 }
             case .tags(_, let ids, let d):
@@ -555,7 +559,7 @@ final class RowLoader {
             throw FathomError(.malformedFile, "the file has \(rows) rows but \(expectedRows) were expected (one row per vector, in vector order)", path: path)
         }
         let keep = builders!.indices.filter { $0 != idColumn }
-        return try AttributeTable(names: keep.map { names[$0] }, columns: keep.map { builders![$0].build() })
+        return try AttributeTable(names: keep.map { names[$0] }, columns: keep.map { builders![$0].build() }, rows: rows)
     }
 }
 
@@ -980,6 +984,12 @@ struct AttributeBinaryReader {
     mutating func u64() throws -> UInt64 { try need(8); defer { pos += 8 }; return UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: pos, as: UInt64.self)) }
     mutating func i64() throws -> Int64 { Int64(bitPattern: try u64()) }
     mutating func f64() throws -> Double { Double(bitPattern: try u64()) }
+    /// A u64 count or size that must fit the remaining bytes' order of magnitude.
+    mutating func size() throws -> Int {
+        let v = try u64()
+        guard v <= UInt64(Int32.max) * 64 else { throw fail("size \(v) is implausible") }
+        return Int(v)
+    }
     mutating func count(_ limitPerItem: Int) throws -> Int {
         let c = Int(try u64())
         guard c >= 0, c <= (bytes.count - pos) / max(1, limitPerItem) + 1 else { throw fail("count \(c) exceeds the data") }
@@ -1069,8 +1079,8 @@ extension AttributeTable {
             throw FathomError(.incompatibleIndex, "\(what): format version \(version); this Fathom reads version 1")
         }
         let nc = Int(try r.u32())
-        let n = Int(try r.u64())
-        guard n <= body.count else { throw r.fail("row count \(n) exceeds the data") }
+        let n = try r.size()
+        guard n >= 0, nc == 0 || n <= body.count else { throw r.fail("row count \(n) exceeds the data") }
         var names = [String](), cols = [AttributeColumn]()
         for _ in 0..<nc {
             names.append(try r.string())
@@ -1083,13 +1093,13 @@ extension AttributeTable {
             case 3:
                 let d = try r.dictionary()
                 let o = try r.u32s(n + 1)
-                let k = Int(try r.u64())
+                let k = try r.size()
                 cols.append(.tags(offsets: o, ids: try r.u32s(k), dictionary: d))
             case let t: throw r.fail("unknown column type \(t)")
             }
         }
         guard r.pos == body.count else { throw r.fail("\(body.count - r.pos) trailing bytes") }
-        do { return try AttributeTable(names: names, columns: cols) }
+        do { return try AttributeTable(names: names, columns: cols, rows: n) }
         catch let e as FathomError { throw FathomError(.corruptIndex, "\(what): \(e.message)") }
     }
 }

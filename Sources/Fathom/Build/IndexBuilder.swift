@@ -1,3 +1,4 @@
+import FathomCodecs
 import FathomCore
 import FathomMath
 import FathomStorage
@@ -28,6 +29,12 @@ public struct BuildOptions: Sendable, Equatable {
     public var sampleSize: Int? = nil
     /// Worker threads (the machine's two vCPUs give about one core: 1 is the default).
     public var threads: Int = 1
+    /// What postings store: full vectors (`.none`) or LeanVec + LVQ codes.
+    public var codec: PostingCodec = .none
+    /// LeanVec target dimension (`nil`: D/2 rounded up to a multiple of 8).
+    public var reduceDims: Int? = nil
+    /// A sample of real queries: learn the query-aware LeanVec-OOD projection from it.
+    public var trainQueries: String? = nil
     /// Test hook: stop with `.cancelled` right after this stage finishes (simulates a kill).
     var stopAfterStage: String? = nil
 
@@ -38,6 +45,8 @@ public struct BuildOptions: Sendable, Equatable {
 public struct BuildPlan: Sendable, CustomStringConvertible {
     public var count: Int
     public var dimension: Int
+    public var reducedDimension: Int
+    public var codec: PostingCodec
     public var inputType: ElementType
     public var storedType: ElementType
     public var heads: Int
@@ -54,7 +63,9 @@ public struct BuildPlan: Sendable, CustomStringConvertible {
 
     public var description: String {
         var s = "plan: \(count) × \(dimension) \(inputType.rawValue) → \(heads) heads (ratio \(String(format: "%.4f", headRatio))), "
-        s += "postings ≤ \(postingPages) pages = \(postingCapacity) records of \(recordBytes) B, training sample \(sampleSize)\n"
+        s += "postings ≤ \(postingPages) pages = \(postingCapacity) records of \(recordBytes) B"
+        if codec != .none { s += " (LeanVec \(dimension) → \(reducedDimension) dims + \(codec.rawValue))" }
+        s += ", training sample \(sampleSize)\n"
         for (st, b) in stageBytes { s += "plan:   \(st.padding(toLength: 7, withPad: " ", startingAt: 0)) needs ≈ \(formatBytes(b))\n" }
         s += "plan: peak ≈ \(formatBytes(peakBytes)) of the \(formatBytes(budget)) budget"
         return s
@@ -104,6 +115,9 @@ public final class IndexBuilder {
         guard (4...256).contains(o.graphDegree) else { throw FathomError(.invalidArgument, "graph degree \(o.graphDegree) must be between 4 and 256") }
         guard (1...1024).contains(o.candidateHeads) else { throw FathomError(.invalidArgument, "candidate heads \(o.candidateHeads) must be between 1 and 1024") }
         guard o.threads >= 1 else { throw FathomError(.invalidArgument, "threads must be ≥ 1") }
+        if o.trainQueries != nil && o.codec == .none {
+            throw FathomError(.invalidArgument, "--train-queries trains a LeanVec projection, which needs a compressing --codec (lvq8, lvq4, lvq4x8)")
+        }
     }
 
     var storedType: ElementType { options.metric == .cosine ? .float32 : header.elementType }
@@ -115,7 +129,13 @@ public final class IndexBuilder {
     /// the budget cannot be met.
     public func plan() throws -> BuildPlan {
         let n = header.count, d = header.dimension
-        let recordBytes = 4 + d * storedType.size
+        let reduced = options.reduceDims ?? LeanVecProjection.defaultDim(d)
+        if options.codec != .none {
+            guard reduced >= 1 && reduced <= d else {
+                throw FathomError(.invalidArgument, "--reduce-dims \(reduced) must be between 1 and the dimension \(d)")
+            }
+        }
+        let recordBytes = 4 + (options.codec.lvqKind.map { LVQCodec.bytesPerVector(kind: $0, dim: reduced) } ?? d * storedType.size)
         let pages = options.postingPages ?? max(3, (48 * recordBytes + 4095) / 4096)
         let cap = pages * 4096 / recordBytes
         guard cap >= 1 else {
@@ -154,7 +174,8 @@ public final class IndexBuilder {
             let detail = stages.map { "\($0.0) \(formatBytes($0.1))" }.joined(separator: ", ")
             throw FathomError(.memoryBudget, "the build needs about \(formatBytes(peak)) (\(detail)) for \(n) × \(d) vectors with \(H) heads, over the \(formatBytes(budget)) budget; raise --memory-budget to at least \(formatBytes(peak + (peak >> 4))) or lower --head-ratio")
         }
-        return BuildPlan(count: n, dimension: d, inputType: header.elementType, storedType: storedType,
+        return BuildPlan(count: n, dimension: d, reducedDimension: options.codec == .none ? d : reduced,
+                         codec: options.codec, inputType: header.elementType, storedType: storedType,
                          heads: H, headRatio: Double(H) / Double(n), sampleSize: sampleFor(H),
                          postingPages: pages, postingCapacity: cap, recordBytes: recordBytes,
                          chunkRows: chunkRows, stageBytes: stages, budget: budget)
@@ -325,6 +346,40 @@ public final class IndexBuilder {
         let layout = IndexLayout(directory: buildDirectory)
         try layout.writeHeads(heads, ids: headIds)
         try layout.writeGraph(graph)
+        if let kind = options.codec.lvqKind {
+            let codec = try trainCodec(sample: sample, kind: kind, plan: plan)
+            try codec.write(to: layout.codecPath)
+        }
+    }
+
+    /// LeanVec on at most 100,000 sample rows: PCA, or LeanVec-OOD with `--train-queries`.
+    func trainCodec(sample: Matrix, kind: LVQKind, plan: BuildPlan) throws -> CompactCodec {
+        let d = plan.dimension
+        let rows = min(sample.rows, 100_000)
+        let train = Matrix(rows: rows, cols: d)
+        let step = Double(sample.rows) / Double(rows)
+        for i in 0..<rows { train.row(i).update(from: sample.row(Int(Double(i) * step)), count: d) }
+        let projection: LeanVecProjection
+        if options.trainQueries != nil && options.metric == .l2 {
+            progress.note("train: LeanVec-OOD models inner products; with --metric l2 the projection is PCA (the training queries are not used)")
+        }
+        if let qpath = options.trainQueries, options.metric != .l2 {
+            let q = try DatasetTools.loadFloats(qpath, maxRows: 100_000)
+            guard q.cols == d else {
+                throw FathomError(.dimensionMismatch, "training queries have dimension \(q.cols), the vectors \(d)", path: qpath)
+            }
+            for i in 0..<q.rows {
+                try checkFinite(q.row(i), d: d, row: i)
+                if options.metric == .cosine { Distance.normalize(q.row(i), d) }
+            }
+            progress.note("train: LeanVec-OOD \(d) → \(plan.reducedDimension) dims from \(rows) vectors and \(q.rows) queries")
+            projection = try LeanVecProjection.trainOOD(data: train, queries: q, targetDim: plan.reducedDimension)
+            progress.note("train: LeanVec-OOD loss \(projection.loss)")
+        } else {
+            projection = try LeanVecProjection.trainPCA(sample: train, targetDim: plan.reducedDimension)
+            progress.note("train: LeanVec PCA \(d) → \(plan.reducedDimension) dims keeps \(String(format: "%.1f", 100 * projection.explainedVariance))% of the variance")
+        }
+        return CompactCodec(projection: projection, lvq: LVQCodec(kind: kind, dim: plan.reducedDimension))
     }
 
     @inline(__always)
@@ -350,6 +405,7 @@ public final class IndexBuilder {
         let H = heads.rows
         let table = PostingAssignment(heads: H, cap: plan.postingCapacity, vectors: n)
         let vectorsOut = try layout.createVectors(count: n, dimension: d, type: storedType)
+        let placement = IndexLayout.VectorPlacement(rowBytes: d * storedType.size)
         let reader = try VectorFileReader(path: inputPath)
         let rowBytes = d * header.elementType.size
         let raw = UnsafeMutableRawPointer.allocate(byteCount: plan.chunkRows * rowBytes, alignment: 64)
@@ -372,8 +428,8 @@ public final class IndexBuilder {
                 try checkFinite(v, d: d, row: row + i)
                 if options.metric == .cosine { try normalizeOrThrow(v, d: d, row: row + i) }
             }
-            if options.metric == .cosine { try vectorsOut.write(UnsafeRawPointer(floats.data), count: got * d * 4) }
-            else { try vectorsOut.write(UnsafeRawPointer(raw), count: got * rowBytes) }
+            try layout.appendVectors(vectorsOut, options.metric == .cosine ? UnsafeRawPointer(floats.data) : UnsafeRawPointer(raw),
+                                     first: row, count: got, placement: placement)
             for i in 0..<got {
                 let found = graph.search(floats.row(i), k: K, listSize: K + 32, scratch: scratch, outIds: candIds, outDist: candDist)
                 let m = rngSelect(candidates: candIds, distances: candDist, count: found, replicas: options.replicas,
@@ -397,7 +453,7 @@ public final class IndexBuilder {
             defer { buf.deallocate() }
             let q = Matrix(rows: 1, cols: d)
             for id in orphans {
-                try store.read(into: buf, count: d * storedType.size, at: 4096 + UInt64(id) * UInt64(d * storedType.size))
+                try store.read(into: buf, count: d * storedType.size, at: placement.offset(id))
                 ElementConversion.toFloat(UnsafeRawPointer(buf), storedType, count: d, into: q.data)
                 let found = graph.search(q.data, k: K, listSize: K + 32, scratch: scratch, outIds: candIds, outDist: candDist)
                 var placed = false
@@ -427,6 +483,12 @@ public final class IndexBuilder {
         let recordBytes = plan.recordBytes
         let vecBytes = d * storedType.size
         let store = try RandomAccessFile(path: layout.vectorsPath)
+        let placement = IndexLayout.VectorPlacement(rowBytes: vecBytes)
+        let codec = options.codec == .none ? nil : try CompactCodec.read(from: layout.codecPath)
+        let full = Matrix(rows: 1, cols: d)
+        let reducedScratch = Matrix(rows: 1, cols: max(plan.reducedDimension, 1))
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: vecBytes, alignment: 64)
+        defer { raw.deallocate() }
         let out = try SequentialFileWriter(path: layout.postingsPath)
         try out.pad(to: 4096)
         var entries = [PostingEntry](repeating: PostingEntry(offset: 0, count: 0, pages: 0, crc: 0), count: H)
@@ -446,7 +508,13 @@ public final class IndexBuilder {
             for (j, m) in members.enumerated() {
                 let rec = buf + j * recordBytes
                 rec.storeBytes(of: m.1.littleEndian, as: UInt32.self)
-                try store.read(into: rec + 4, count: vecBytes, at: 4096 + UInt64(m.1) * UInt64(vecBytes))
+                if let codec {
+                    try store.read(into: raw, count: vecBytes, at: placement.offset(Int(m.1)))
+                    ElementConversion.toFloat(UnsafeRawPointer(raw), storedType, count: d, into: full.data)
+                    codec.encode(full.data, scratch: reducedScratch.data, into: rec + 4)
+                } else {
+                    try store.read(into: rec + 4, count: vecBytes, at: placement.offset(Int(m.1)))
+                }
             }
             try out.pad(to: cursor)
             try out.write(UnsafeRawPointer(buf), count: Int(bytes))
@@ -460,8 +528,8 @@ public final class IndexBuilder {
         // Pad to whole pages so every posting read stays inside the file.
         let end = (cursor + 4095) / 4096 * 4096
         try out.pad(to: end)
-        let hdr = IndexFileHeader(magic: IndexLayout.postingsMagic, count: UInt64(records), dimension: UInt32(d),
-                                  elementType: IndexFileHeader.code(storedType), payloadOffset: 4096,
+        let hdr = IndexFileHeader(magic: IndexLayout.postingsMagic, count: UInt64(records), dimension: UInt32(plan.reducedDimension),
+                                  elementType: codec == nil ? IndexFileHeader.code(storedType) : 100 + (codec!.lvq.kind == .lvq8 ? 0 : (codec!.lvq.kind == .lvq4 ? 1 : 2)), payloadOffset: 4096,
                                   payloadBytes: end - 4096, recordBytes: UInt32(recordBytes), aux: 4096)
         try out.patch(hdr.encode(), at: 0)
         try out.finish()
@@ -474,10 +542,18 @@ public final class IndexBuilder {
 
     // MARK: publish
 
+    func leanVecInfo(layout: IndexLayout) throws -> Manifest.LeanVecInfo? {
+        guard options.codec != .none else { return nil }
+        let c = try CompactCodec.read(from: layout.codecPath)
+        return Manifest.LeanVecInfo(kind: c.projection.kind == .ood ? "ood" : "pca",
+                                    loss: c.projection.loss.isFinite ? Double(c.projection.loss) : nil,
+                                    explained_variance: c.projection.explainedVariance.isFinite ? Double(c.projection.explainedVariance) : nil)
+    }
+
     func publish(plan: BuildPlan, stats: Manifest.Stats, seconds: [String: Double], fingerprint: String) throws -> Manifest {
         let layout = IndexLayout(directory: buildDirectory)
         var files = [Manifest.FileEntry]()
-        for name in IndexLayout.dataFiles {
+        for name in IndexLayout.dataFiles + (options.codec == .none ? [] : [IndexLayout.codecFile]) {
             let (bytes, crc) = try fileCRC32C(buildDirectory + "/" + name)
             files.append(.init(name: name, bytes: bytes, crc32c: String(format: "%08x", crc)))
         }
@@ -494,7 +570,10 @@ public final class IndexBuilder {
             stats: stats,
             input: .init(path: absInput, bytes: size, format: header.format.rawValue, fingerprint: fingerprint),
             build: .init(seconds: seconds, peak_rss_bytes: peakRSSBytes(), fathom_version: "0.1.0"),
-            files: files).sealed()
+            files: files,
+            codec: options.codec.rawValue,
+            reduced_dimension: options.codec == .none ? nil : plan.reducedDimension,
+            leanvec: try leanVecInfo(layout: layout)).sealed()
         let mpath = buildDirectory + "/manifest.json"
         let w = try SequentialFileWriter(path: mpath, bufferBytes: 1 << 16)
         try w.write([UInt8](try manifest.sealedData()))

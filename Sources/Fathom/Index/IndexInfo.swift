@@ -15,7 +15,14 @@ public enum IndexInfo {
         let ramHeads = UInt64(m.heads) * UInt64(m.dimension * 4)
         let ramGraph = UInt64(m.heads) * UInt64(m.parameters.graph_degree * 4)
         let ramTable = UInt64(m.heads) * 24
-        let ram = ramHeads + ramGraph + ramTable
+        let ramCodec = UInt64(m.reduced_dimension.map { $0 * m.dimension * 4 * 2 + m.dimension * 4 } ?? 0)
+        let ram = ramHeads + ramGraph + ramTable + ramCodec
+        let compressed = (m.codec ?? "none") != "none"
+        let tierText = compressed
+            ? "heads + graph + posting table + LeanVec matrices in RAM; postings of \(m.codec!) codes (\(m.dimension) → \(m.reduced_dimension ?? 0) dims) on SSD; full-precision vectors on SSD for re-ranking"
+            : "heads + graph + posting table in RAM; postings of full-precision vectors on SSD"
+        let recordVectorBytes = m.record_bytes - 4
+        let fullBytes = m.dimension * 4
         // Histogram of posting lengths in 8 buckets up to the cap.
         let cap = max(1, m.parameters.posting_capacity)
         let buckets = 8
@@ -33,7 +40,8 @@ public enum IndexInfo {
                 "ram_to_serve_bytes": ram, "ram_per_vector_bytes": Double(ram) / Double(max(m.count, 1)),
                 "disk_bytes": disk, "mean_replicas": m.stats.mean_replicas,
                 "posting_histogram": Dictionary(uniqueKeysWithValues: zip(labels, hist)),
-                "tiers": ["heads+graph+posting table": "RAM", "postings (full-precision records)": "SSD (O_DIRECT)", "vectors by id": "SSD"],
+                "tiers": tierText, "codec": m.codec ?? "none",
+                "posting_bytes_per_vector": recordVectorBytes, "float32_bytes_per_vector": fullBytes,
             ]
             let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
             let manifest = String(decoding: try m.encoded(), as: UTF8.self)
@@ -44,7 +52,8 @@ public enum IndexInfo {
         vectors:          \(m.count) × \(m.dimension) \(m.element_type.rawValue), metric \(m.metric.rawValue)
         heads:            \(m.heads) (ratio \(String(format: "%.4f", m.parameters.head_ratio)))
         RAM to serve:     \(formatBytes(ram)) (heads \(formatBytes(ramHeads)), graph \(formatBytes(ramGraph)), table \(formatBytes(ramTable))) = \(String(format: "%.1f", Double(ram) / Double(max(m.count, 1)))) B/vector
-        tiers:            heads + graph + posting table in RAM; postings and vectors on SSD
+        tiers:            \(tierText)
+        record:           \(recordVectorBytes) B per vector in postings (float32 would be \(fullBytes) B: \(String(format: "%.1f", Double(fullBytes) / Double(max(recordVectorBytes, 1))))× smaller)\(m.leanvec.map { " — LeanVec \($0.kind)" + ($0.explained_variance.map { String(format: ", %.1f%% variance kept", 100 * $0) } ?? "") + ($0.loss.map { String(format: ", loss %.4g", $0) } ?? "") } ?? "")
         disk:             \(formatBytes(disk))
         replicas/vector:  \(String(format: "%.2f", m.stats.mean_replicas)) (cap \(m.parameters.replicas); \(m.stats.cut_records) records cut by the posting cap, \(m.stats.orphans_fixed) orphans placed back)
         postings:         cap \(cap) records (\(m.parameters.posting_pages) pages of 4 KiB, \(m.record_bytes) B/record), longest \(m.stats.max_posting_records), empty \(m.stats.empty_postings)

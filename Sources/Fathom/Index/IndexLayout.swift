@@ -33,6 +33,8 @@ struct IndexLayout {
     var postingsPath: String { directory + "/postings.dat" }
     var vectorsPath: String { directory + "/vectors.dat" }
     var assignPath: String { directory + "/assign.bin" }
+    static let codecFile = "codec.bin"
+    var codecPath: String { directory + "/" + Self.codecFile }
     var statsPath: String { directory + "/stats.json" }
 
     // heads.bin
@@ -94,19 +96,46 @@ struct IndexLayout {
         return HeadGraph(vectors: heads, degree: R, neighbors: nb, entry: UInt32(h.aux))
     }
 
-    // vectors.dat
+    // vectors.dat: rows never straddle a 4 KiB page when a row fits in one, so re-ranking
+    // reads exactly one page per vector (docs/format.md).
+    struct VectorPlacement {
+        let rowBytes: Int
+        /// Rows per page (0: rows larger than a page, stored back to back).
+        let rowsPerPage: Int
+        init(rowBytes: Int) { self.rowBytes = rowBytes; rowsPerPage = rowBytes <= 4096 ? 4096 / rowBytes : 0 }
+        @inline(__always) func offset(_ id: Int) -> UInt64 {
+            rowsPerPage > 0
+                ? 4096 + UInt64(id / rowsPerPage) * 4096 + UInt64((id % rowsPerPage) * rowBytes)
+                : 4096 + UInt64(id) * UInt64(rowBytes)
+        }
+        func payloadBytes(count: Int) -> UInt64 {
+            count == 0 ? 0 : offset(count - 1) + UInt64(rowBytes) - 4096
+        }
+    }
+
     func createVectors(count: Int, dimension: Int, type: ElementType) throws -> SequentialFileWriter {
         let w = try SequentialFileWriter(path: vectorsPath)
         try w.pad(to: 4096)
         return w
     }
 
+    /// Appends rows `first ..< first + count` (dense, `rowBytes` each) at their placed offsets.
+    func appendVectors(_ w: SequentialFileWriter, _ rows: UnsafeRawPointer, first: Int, count: Int, placement: VectorPlacement) throws {
+        for i in 0..<count {
+            try w.pad(to: placement.offset(first + i))
+            try w.write(rows + i * placement.rowBytes, count: placement.rowBytes)
+        }
+    }
+
     func finishVectors(_ w: SequentialFileWriter, count: Int, dimension: Int, type: ElementType) throws {
-        let rb = dimension * type.size
+        let placement = VectorPlacement(rowBytes: dimension * type.size)
         let h = IndexFileHeader(magic: Self.vectorsMagic, count: UInt64(count), dimension: UInt32(dimension),
                                 elementType: IndexFileHeader.code(type), payloadOffset: 4096,
-                                payloadBytes: UInt64(count) * UInt64(rb), recordBytes: UInt32(rb))
+                                payloadBytes: placement.payloadBytes(count: count), recordBytes: UInt32(placement.rowBytes),
+                                aux: UInt64(placement.rowsPerPage))
         precondition(w.offset == 4096 + h.payloadBytes)
+        // Whole pages, so every one-page read stays inside the file.
+        try w.pad(to: (w.offset + 4095) / 4096 * 4096)
         try w.patch(h.encode(), at: 0)
         try w.finish()
     }

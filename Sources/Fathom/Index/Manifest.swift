@@ -44,6 +44,13 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var fathom_version: String
     }
 
+    public struct LeanVecInfo: Codable, Sendable, Equatable {
+        /// "pca" (LeanVec-ID) or "ood" (LeanVec-OOD, trained with queries).
+        public var kind: String
+        public var loss: Double?
+        public var explained_variance: Double?
+    }
+
     public var format: String = Manifest.formatName
     public var format_version: Int = Manifest.currentVersion
     public var metric: Metric
@@ -57,6 +64,11 @@ public struct Manifest: Codable, Sendable, Equatable {
     public var input: Input
     public var build: BuildInfo
     public var files: [FileEntry]
+    /// What postings store: "none" (full vectors) or "lvq8" / "lvq4" / "lvq4x8" codes of a
+    /// LeanVec projection to `reduced_dimension` dimensions (codec.bin).
+    public var codec: String? = nil
+    public var reduced_dimension: Int? = nil
+    public var leanvec: LeanVecInfo? = nil
     /// CRC32C of this manifest's own JSON encoding with this field absent (detects edits and
     /// corruption of the manifest itself).
     public var manifest_crc32c: String? = nil

@@ -1,3 +1,4 @@
+import FathomCodecs
 import FathomCore
 import FathomMath
 import FathomStorage
@@ -33,6 +34,17 @@ public final class Searcher {
     var seenMask = 0
     /// Counters of the last query.
     public private(set) var stats = QueryStats()
+    // Compressed indexes: the projected query, its prepared form, the candidate heap and
+    // the re-rank read buffers.
+    var projected: UnsafeMutablePointer<Float>
+    var prepared: LVQCodec.PreparedQuery
+    var candidates: TopK
+    var rerankSlots = 0
+    var rerankSlotBytes = 0
+    var rerankBuffer: UnsafeMutableRawPointer
+    var rerankRequests: UnsafeMutablePointer<ReadRequest>
+    var rerankIds: UnsafeMutablePointer<UInt32>
+    var rerankDist: UnsafeMutablePointer<Float>
 
     init(index: VectorIndex, engine: IOEngine) throws {
         self.index = index
@@ -51,6 +63,15 @@ public final class Searcher {
         scoreCapacity = cap
         scores = .allocate(capacity: cap)
         heap = TopK(capacity: 10)
+        let reduced = index.codec?.reducedDim ?? 1
+        projected = .allocate(capacity: reduced)
+        prepared = LVQCodec.PreparedQuery(dim: reduced)
+        candidates = TopK(capacity: 100)
+        rerankSlotBytes = ((index.manifest.dimension * index.storedType.size + 4095) / 4096 + 1) * 4096
+        rerankBuffer = .allocate(byteCount: 4096, alignment: 4096)
+        rerankRequests = .allocate(capacity: 1)
+        rerankIds = .allocate(capacity: 1)
+        rerankDist = .allocate(capacity: 1)
         outDist = .allocate(capacity: 10)
         outIds = .allocate(capacity: 10)
     }
@@ -59,6 +80,18 @@ public final class Searcher {
         candIds.deallocate(); candDist.deallocate(); pageBuffer.deallocate()
         requests.deallocate(); postingOf.deallocate(); query.deallocate(); scores.deallocate()
         outDist.deallocate(); outIds.deallocate()
+        projected.deallocate(); rerankBuffer.deallocate(); rerankRequests.deallocate()
+        rerankIds.deallocate(); rerankDist.deallocate()
+    }
+
+    func ensureRerank(_ r: Int) {
+        guard r > rerankSlots else { return }
+        rerankBuffer.deallocate(); rerankRequests.deallocate(); rerankIds.deallocate(); rerankDist.deallocate()
+        rerankSlots = r
+        rerankBuffer = .allocate(byteCount: r * rerankSlotBytes, alignment: 4096)
+        rerankRequests = .allocate(capacity: r)
+        rerankIds = .allocate(capacity: r)
+        rerankDist = .allocate(capacity: r)
     }
 
     func ensureCapacity(probes: Int, list: Int) {
@@ -141,6 +174,14 @@ public final class Searcher {
             nreq += 1
         }
         heap.reset()
+        let codec = index.codec
+        if let codec {
+            let r = max(k, p.rerank ?? max(20, k * (codec.lvq.kind == .lvq4 ? 4 : 2)))
+            if candidates.capacity != r { candidates = TopK(capacity: r) }
+            candidates.reset()
+            codec.projection.projectQuery(query, into: projected, metric: index.metric)
+            prepared.update(projected)
+        }
         resetSeen(expected: nreq * max(index.manifest.parameters.posting_capacity, 1))
         var firstError: FathomError? = nil
         let recordBytes = index.manifest.record_bytes
@@ -167,12 +208,71 @@ public final class Searcher {
                 }
                 stats.postingsRead += 1
                 stats.bytesRead += requests[i].length
-                scorePosting(base, count: Int(e.count), recordBytes: recordBytes, d: d, metric: metric, type: et)
+                if let codec {
+                    scoreCodes(base, count: Int(e.count), recordBytes: recordBytes, codec: codec, metric: metric)
+                } else {
+                    scorePosting(base, count: Int(e.count), recordBytes: recordBytes, d: d, metric: metric, type: et)
+                }
             }
         }
         if let e = firstError { throw e }
+        if codec != nil { try rerank() }
         return finish(k: k, into: out)
     }
+
+    /// Scores LVQ codes of the projected vectors; the best `rerank` go to the candidate heap.
+    @inline(__always)
+    func scoreCodes(_ base: UnsafeRawPointer, count: Int, recordBytes: Int, codec: CompactCodec, metric: Metric) {
+        if count > scoreCapacity {
+            scores.deallocate(); scoreCapacity = count; scores = .allocate(capacity: count)
+        }
+        codec.lvq.distances(prepared, codes: base + 4, count: count, stride: recordBytes,
+                            metric: metric == .l2 ? .l2 : .ip, out: scores)
+        stats.candidatesScored += count
+        var bound = candidates.bound
+        for j in 0..<count {
+            let dist = scores[j]
+            if dist > bound { continue }
+            let id = UInt32(littleEndian: base.loadUnaligned(fromByteOffset: j * recordBytes, as: UInt32.self))
+            if !insertSeen(id) { continue }
+            if candidates.push(dist, id) { bound = candidates.bound }
+        }
+    }
+
+    /// Bi-granular second stage: reads the candidates' full vectors from vectors.dat in one
+    /// batch and ranks them by exact distance.
+    func rerank() throws {
+        let n = candidates.drainSorted(distances: rerankDistScratch(), ids: rerankIdsScratch())
+        ensureRerank(n)
+        let vecBytes = index.manifest.dimension * index.storedType.size
+        let placement = index.vectorPlacement
+        let fd = index.vectorsFile.fd
+        for i in 0..<n {
+            let off = placement.offset(Int(rerankIds[i]))
+            let start = off & ~4095
+            let len = Int((off + UInt64(vecBytes) - start + 4095) / 4096 * 4096)
+            rerankRequests[i] = ReadRequest(fd: fd, offset: start, length: len, buffer: rerankBuffer + i * rerankSlotBytes)
+        }
+        var firstError: FathomError? = nil
+        let d = index.dimension, metric = index.metric, type = index.storedType
+        try engine.read(UnsafeBufferPointer(start: rerankRequests, count: n), path: index.vectorsPath) { i, result in
+            switch result {
+            case .failure(let e):
+                if firstError == nil { firstError = e }
+            case .success:
+                let off = placement.offset(Int(rerankIds[i]))
+                let v = UnsafeRawPointer(rerankRequests[i].buffer) + Int(off - rerankRequests[i].offset)
+                stats.bytesRead += rerankRequests[i].length
+                stats.vectorsReranked += 1
+                heap.push(Distance.one(metric, type, query: query, vector: v, d: d), rerankIds[i])
+            }
+        }
+        if let e = firstError { throw e }
+    }
+
+    // The candidate heap drains into these (sized to its capacity).
+    func rerankDistScratch() -> UnsafeMutablePointer<Float> { ensureRerank(candidates.capacity); return rerankDist }
+    func rerankIdsScratch() -> UnsafeMutablePointer<UInt32> { ensureRerank(candidates.capacity); return rerankIds }
 
     @inline(__always)
     func scorePosting(_ base: UnsafeRawPointer, count: Int, recordBytes: Int, d: Int, metric: Metric, type: ElementType) {

@@ -25,10 +25,14 @@ public struct SearchParameters: Sendable, Hashable, Codable {
     /// Check each posting's CRC32C after it is read (a corrupt posting then fails the query
     /// instead of returning wrong neighbours).
     public var verifyChecksums: Bool = true
+    /// Compressed indexes: candidates kept from the compact codes and re-ranked with their
+    /// full-precision vectors read from disk (`nil`: 10 × k for lvq8 and lvq4x8, 20 × k for lvq4).
+    public var rerank: Int? = nil
 
-    public init(probes: Int = 32, maxDistRatio: Float = 8, headListSize: Int? = nil, verifyChecksums: Bool = true) {
+    public init(probes: Int = 32, maxDistRatio: Float = 8, headListSize: Int? = nil, verifyChecksums: Bool = true,
+                rerank: Int? = nil) {
         self.probes = probes; self.maxDistRatio = maxDistRatio
-        self.headListSize = headListSize; self.verifyChecksums = verifyChecksums
+        self.headListSize = headListSize; self.verifyChecksums = verifyChecksums; self.rerank = rerank
     }
 }
 
@@ -37,6 +41,8 @@ public struct QueryStats: Sendable {
     public var postingsRead = 0
     public var bytesRead = 0
     public var candidatesScored = 0
+    /// Full-precision vectors read for re-ranking (compressed indexes).
+    public var vectorsReranked = 0
 }
 
 /// How ``VectorIndex`` reads postings from disk.
@@ -73,6 +79,14 @@ public final class VectorIndex: @unchecked Sendable {
     let maxPostingPages: Int
     let postingsFile: RandomAccessFile
     let postingsPath: String
+    /// The compact tier's codec (compressed indexes), else nil.
+    let codec: CompactCodec?
+    /// Full-precision vectors by id (the re-rank tier), opened like postings.dat.
+    let vectorsFile: RandomAccessFile
+    let vectorsPath: String
+    /// Element type of vectors.dat.
+    let storedType: ElementType
+    let vectorPlacement: IndexLayout.VectorPlacement
     public let ioMode: IOMode
     /// The engine actually used ("libaio" or "pread").
     public let ioEngineName: String
@@ -117,9 +131,31 @@ public final class VectorIndex: @unchecked Sendable {
         // Postings header: check it agrees with the manifest.
         let plain = try RandomAccessFile(path: layout.postingsPath)
         let ph = try plain.readHeader(magic: IndexLayout.postingsMagic)
-        guard Int(ph.dimension) == m.dimension, Int(ph.recordBytes) == m.record_bytes,
-              IndexFileHeader.elementType(code: ph.elementType) == m.element_type else {
-            throw FathomError(.incompatibleIndex, "postings.dat holds \(ph.dimension)-d records of \(ph.recordBytes) B, manifest says \(m.dimension)-d \(m.element_type.rawValue) records of \(m.record_bytes) B", path: layout.postingsPath, offset: 24)
+        let codecName = m.codec ?? "none"
+        guard let postingCodec = PostingCodec(rawValue: codecName) else {
+            throw FathomError(.incompatibleIndex, "unknown posting codec '\(codecName)' in manifest.json; this Fathom knows \(PostingCodec.allCases.map(\.rawValue))", path: path + "/manifest.json")
+        }
+        codec = postingCodec == .none ? nil : try CompactCodec.read(from: layout.codecPath)
+        if let codec {
+            guard codec.lvq.kind == postingCodec.lvqKind, codec.projection.inputDim == m.dimension,
+                  Int(ph.dimension) == codec.reducedDim, Int(ph.recordBytes) == 4 + codec.codeBytes,
+                  m.record_bytes == 4 + codec.codeBytes else {
+                throw FathomError(.incompatibleIndex, "codec.bin (\(codec.lvq.kind.rawValue), \(codec.projection.inputDim) → \(codec.reducedDim) dims) disagrees with postings.dat (\(ph.dimension)-d records of \(ph.recordBytes) B) or the manifest", path: layout.codecPath)
+            }
+        } else {
+            guard Int(ph.dimension) == m.dimension, Int(ph.recordBytes) == m.record_bytes,
+                  IndexFileHeader.elementType(code: ph.elementType) == m.element_type else {
+                throw FathomError(.incompatibleIndex, "postings.dat holds \(ph.dimension)-d records of \(ph.recordBytes) B, manifest says \(m.dimension)-d \(m.element_type.rawValue) records of \(m.record_bytes) B", path: layout.postingsPath, offset: 24)
+            }
+        }
+        storedType = m.element_type
+        vectorsPath = layout.vectorsPath
+        let plainVectors = try RandomAccessFile(path: layout.vectorsPath)
+        let vh = try plainVectors.readHeader(magic: IndexLayout.vectorsMagic)
+        vectorPlacement = IndexLayout.VectorPlacement(rowBytes: m.dimension * m.element_type.size)
+        guard Int(vh.count) == m.count, Int(vh.dimension) == m.dimension, vh.payloadOffset == 4096,
+              vh.aux == UInt64(vectorPlacement.rowsPerPage), vh.payloadBytes == vectorPlacement.payloadBytes(count: m.count) else {
+            throw FathomError(.corruptIndex, "vectors.dat holds \(vh.count) × \(vh.dimension) (\(vh.aux) rows per page, \(vh.payloadBytes) bytes), manifest says \(m.count) × \(m.dimension)", path: layout.vectorsPath, offset: 16)
         }
         table = try layout.readPostingTable(postingsBytes: plain.size, recordBytes: m.record_bytes)
         guard table.count == m.heads else {
@@ -128,6 +164,7 @@ public final class VectorIndex: @unchecked Sendable {
         maxPostingPages = Int(table.map(\.pages).max() ?? 1)
         // Choose the IO path.
         var file = plain
+        var vfile = plainVectors
         var mode = io
         if let engine {
             engineFactory = engine
@@ -137,6 +174,7 @@ public final class VectorIndex: @unchecked Sendable {
             if io != .pread {
                 do {
                     file = try RandomAccessFile(path: layout.postingsPath, direct: true)
+                    vfile = try RandomAccessFile(path: layout.vectorsPath, direct: true)
                     _ = try AIOEngine(depth: 1)
                     mode = .aio
                 } catch let e as FathomError {
@@ -144,6 +182,7 @@ public final class VectorIndex: @unchecked Sendable {
                     warn("O_DIRECT/libaio unavailable for \(layout.postingsPath) (\(e.message)); reading through the page cache with pread")
                     mode = .pread
                     file = plain
+                    vfile = plainVectors
                 }
             }
             ioMode = mode
@@ -157,6 +196,7 @@ public final class VectorIndex: @unchecked Sendable {
             }
         }
         postingsFile = file
+        vectorsFile = engine == nil ? vfile : plainVectors
     }
 
     /// RAM the index holds while open (heads, graph, posting table), in bytes.

@@ -1,0 +1,52 @@
+import Foundation
+import Testing
+@testable import Fathom
+
+@Suite struct CompressedIndexTests {
+    func build(_ dir: TempDir, codec: PostingCodec, metric: Metric = .l2, trainQueries: String? = nil) throws -> (Matrix, Matrix, Manifest) {
+        let (b, q) = try writeSynthetic(dir: dir, n: 2000, d: 32, nq: 40)
+        var o = BuildOptions()
+        o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.metric = metric; o.codec = codec
+        o.trainQueries = trainQueries
+        let m = try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx-\(codec)"), options: o).build()
+        return (b, q, m)
+    }
+
+    @Test(arguments: [PostingCodec.lvq8, .lvq4, .lvq4x8])
+    func rerankingEverythingEqualsExactScan(codec: PostingCodec) throws {
+        let dir = TempDir()
+        let (base, q, m) = try build(dir, codec: codec)
+        #expect(m.codec == codec.rawValue && m.reduced_dimension == 16)
+        let index = try VectorIndex.open(at: dir.file("idx-\(codec)"))
+        let all = SearchParameters(probes: index.headCount, maxDistRatio: .infinity, headListSize: index.headCount, rerank: 2000)
+        for i in 0..<q.rows {
+            let got = try index.search(Array(UnsafeBufferPointer(start: q.row(i), count: q.cols)), k: 10, parameters: all)
+            #expect(got.map(\.id) == bruteForce(base, q.row(i), k: 10, metric: .l2), "query \(i)")
+        }
+    }
+
+    @Test func defaultsKeepHighRecallAndPostingsShrink() throws {
+        let dir = TempDir()
+        let (base, q, m) = try build(dir, codec: .lvq8)
+        #expect(m.record_bytes == 4 + 16 + 4, "id + 16 one-byte codes + fp16 scale and bias")
+        let index = try VectorIndex.open(at: dir.file("idx-lvq8"))
+        var hits = 0
+        for i in 0..<q.rows {
+            let got = Set(try index.search(Array(UnsafeBufferPointer(start: q.row(i), count: q.cols)), k: 10).map(\.id))
+            hits += bruteForce(base, q.row(i), k: 10, metric: .l2).filter { got.contains($0) }.count
+        }
+        #expect(Double(hits) / Double(q.rows * 10) >= 0.9)
+    }
+
+    @Test func oodProjectionIsRecordedForInnerProduct() throws {
+        let dir = TempDir()
+        let (_, q, m) = try build(dir, codec: .lvq8, metric: .ip, trainQueries: nil)
+        #expect(m.leanvec?.kind == "pca")
+        let dir2 = TempDir()
+        try writeSynthetic(dir: dir2, n: 2000, d: 32, nq: 300, queries: "train.fbin")
+        let (_, _, m2) = try build(dir2, codec: .lvq8, metric: .ip, trainQueries: dir2.file("train.fbin"))
+        #expect(m2.leanvec?.kind == "ood" && m2.leanvec?.loss != nil)
+        let index = try VectorIndex.open(at: dir2.file("idx-lvq8"))
+        #expect(try index.search(Array(UnsafeBufferPointer(start: q.row(0), count: q.cols)), k: 5).count == 5)
+    }
+}
