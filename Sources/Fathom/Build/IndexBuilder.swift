@@ -452,21 +452,33 @@ public final class IndexBuilder {
             let buf = UnsafeMutableRawPointer.allocate(byteCount: d * storedType.size, alignment: 64)
             defer { buf.deallocate() }
             let q = Matrix(rows: 1, cols: d)
+            // Widen the search (64, 256, 1024, ... heads) until a posting can take the orphan:
+            // there is always room somewhere, since the plan gives heads × cap ≥ n slots.
+            let widest = min(H, 16384)
+            let wideIds = UnsafeMutablePointer<UInt32>.allocate(capacity: widest + 32)
+            let wideDist = UnsafeMutablePointer<Float>.allocate(capacity: widest + 32)
+            defer { wideIds.deallocate(); wideDist.deallocate() }
             for id in orphans {
                 try store.read(into: buf, count: d * storedType.size, at: placement.offset(id))
                 ElementConversion.toFloat(UnsafeRawPointer(buf), storedType, count: d, into: q.data)
-                let found = graph.search(q.data, k: K, listSize: K + 32, scratch: scratch, outIds: candIds, outDist: candDist)
+                var width = K
                 var placed = false
-                for c in 0..<found where table.sizes[Int(candIds[c])] < Int32(table.cap) {
-                    placed = table.offer(head: Int(candIds[c]), id: UInt32(id), distance: candDist[c]); if placed { break }
-                }
-                if !placed {
-                    for c in 0..<found {
-                        if table.forceInsert(head: Int(candIds[c]), id: UInt32(id), distance: candDist[c]) { placed = true; break }
+                var found = 0
+                while !placed {
+                    found = graph.search(q.data, k: width, listSize: width + 32, scratch: scratch, outIds: wideIds, outDist: wideDist)
+                    for c in 0..<found where table.sizes[Int(wideIds[c])] < Int32(table.cap) {
+                        placed = table.offer(head: Int(wideIds[c]), id: UInt32(id), distance: wideDist[c]); if placed { break }
                     }
+                    if !placed {
+                        for c in 0..<found {
+                            if table.forceInsert(head: Int(wideIds[c]), id: UInt32(id), distance: wideDist[c]) { placed = true; break }
+                        }
+                    }
+                    if placed || width >= widest { break }
+                    width = min(widest, width * 4)
                 }
                 guard placed else {
-                    throw FathomError(.invalidArgument, "vector \(id) fits in no posting: all \(found) nearest postings are full of vectors with a single replica; raise --posting-pages or --head-ratio")
+                    throw FathomError(.invalidArgument, "vector \(id) fits in no posting: its \(found) nearest postings are full of vectors with a single replica; raise --posting-pages or --head-ratio")
                 }
             }
             progress.note("assign: \(orphans.count) vectors lost every posting to the size cap and were placed back")
