@@ -73,6 +73,8 @@ struct GroundTruthCommand: ParsableCommand {
     @Option(name: .customLong("memory-budget"), help: "Peak memory to stay within (e.g. 512MiB, 4GiB).")
     var memoryBudget: ByteSize = ByteSize(bytes: 4 << 30)
     @Option(help: "OpenBLAS threads (default: 1, which is fastest on two vCPUs).") var threads: Int = 1
+    @Option(help: ArgumentHelp("Attributes of the base vectors (CSV or .jsonl), for --filter.", valueName: "path")) var attributes: String?
+    @Option(help: "Only vectors matching this filter are neighbours (ground truth for filtered search).") var filter: String?
     @Flag(help: "Do not print progress on stderr.") var quiet = false
 
     func validate() throws {
@@ -85,7 +87,8 @@ struct GroundTruthCommand: ParsableCommand {
             let progress = ProgressReporter(enabled: !quiet)
             let started = Date()
             try DatasetTools.groundTruth(base: base, queries: queries, k: k, metric: metric, output: output,
-                                         memoryBudget: memoryBudget.bytes, threads: threads, progress: progress)
+                                         memoryBudget: memoryBudget.bytes, threads: threads,
+                                         attributes: attributes, filter: filter, progress: progress)
             progress.note(String(format: "wrote %@ in %.2f s", output, Date().timeIntervalSince(started)))
         }
     }

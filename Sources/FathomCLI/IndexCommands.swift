@@ -37,6 +37,8 @@ struct BuildCommand: ParsableCommand {
     var reduceDims: Int?
     @Option(name: .customLong("train-queries"), help: ArgumentHelp("A sample of real queries: learn the query-aware LeanVec-OOD projection (default: PCA on the data).", valueName: "path"))
     var trainQueries: String?
+    @Option(help: ArgumentHelp("Attributes per vector for filtered search: CSV with a header (types as name:int|float|category|tags or inferred) or JSON lines (.jsonl).", valueName: "path"))
+    var attributes: String?
     @Option(help: "Random seed (same seed and input: same index).") var seed: UInt64 = 42
     @Option(help: "Worker threads (two vCPUs give about one core; 1 is fastest here).") var threads: Int = 1
     @Flag(help: "Do not print progress on stderr.") var quiet = false
@@ -49,6 +51,7 @@ struct BuildCommand: ParsableCommand {
             o.postingPages = postingPages; o.graphDegree = graphDegree; o.candidateHeads = candidateHeads
             o.sampleSize = sampleSize; o.seed = seed; o.threads = threads
             o.codec = codec; o.reduceDims = reduceDims; o.trainQueries = trainQueries
+            o.attributes = attributes
             let progress = ProgressReporter(enabled: !quiet)
             let builder = try IndexBuilder(input: input, output: output, options: o, progress: progress)
             let m = try builder.build()
@@ -83,6 +86,8 @@ struct SearchCommand: ParsableCommand {
     @Option(help: "Comma-separated postings-per-query settings to sweep.") var probes: String = "8,16,32,64"
     @Option(name: .customLong("max-dist-ratio"), help: "Prune postings whose head is farther than this × the nearest head (squared distances).")
     var maxDistRatio: Float = 8
+    @Option(help: "A filter for every query, e.g. \"price < 100 AND tags HAS 'cat'\" (docs/filters.md).") var filter: String?
+    @Option(help: ArgumentHelp("One filter per query, a line each (an empty line: no filter).", valueName: "path")) var filters: String?
     @Option(help: "Compressed indexes: candidates re-ranked with full vectors from disk (default: 10 × k; 20 × k for lvq4).")
     var rerank: Int?
     @Option(name: .customLong("head-list"), help: "Beam width of the head-graph search (default: max(2 × probes, 64)).")
@@ -118,9 +123,28 @@ struct SearchCommand: ParsableCommand {
             base.headListSize = headList
             base.rerank = rerank
             base.verifyChecksums = !noChecksums
+            var prepared: [PreparedFilter?]? = nil
+            if let f = filter {
+                let pf = try idx.prepareFilter(f)
+                progress.note(String(format: "search: filter estimated selectivity %.4f (%d exact matches)", pf.selectivity, idx.matchingIds(pf).count))
+                prepared = [PreparedFilter?](repeating: pf, count: q.rows)
+            } else if let path = filters {
+                let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+                guard lines.count >= q.rows else {
+                    throw FathomError(.invalidArgument, "\(lines.count) filter lines for \(q.rows) queries", path: path)
+                }
+                var cache = [String: PreparedFilter]()
+                prepared = try (0..<q.rows).map { i in
+                    let t = lines[i].trimmingCharacters(in: .whitespaces)
+                    if t.isEmpty { return nil }
+                    if let c = cache[t] { return c }
+                    do { let pf = try idx.prepareFilter(t); cache[t] = pf; return pf }
+                    catch var e as FathomError { e.path = path; e.message = "line \(i + 1): " + e.message; throw e }
+                }
+            }
             progress.note("search: \(q.rows) queries, k = \(k), \(threads) thread(s), IO \(idx.ioEngineName), index \(idx.count) vectors / \(idx.headCount) heads")
             let (rows, ids, dists) = try SearchBenchmark.run(index: idx, queries: q, k: k, probes: probeList, threads: threads,
-                                                             gt: truth, base: base, progress: progress)
+                                                             gt: truth, base: base, filters: prepared, progress: progress)
             if json {
                 struct Out: Codable { var rows: [SearchReportRow] }
                 let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]

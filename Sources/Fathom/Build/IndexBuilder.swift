@@ -35,6 +35,8 @@ public struct BuildOptions: Sendable, Equatable {
     public var reduceDims: Int? = nil
     /// A sample of real queries: learn the query-aware LeanVec-OOD projection from it.
     public var trainQueries: String? = nil
+    /// Attributes per vector (CSV with a header, or JSON lines `.jsonl`) for filtered search.
+    public var attributes: String? = nil
     /// Test hook: stop with `.cancelled` right after this stage finishes (simulates a kill).
     var stopAfterStage: String? = nil
 
@@ -304,6 +306,16 @@ public final class IndexBuilder {
 
     func trainStage(plan: BuildPlan) throws {
         let n = plan.count, d = plan.dimension
+        if let apath = options.attributes {
+            let t0 = Date()
+            let table = apath.hasSuffix(".jsonl") || apath.hasSuffix(".json")
+                ? try AttributeTable.loadJSONLines(path: apath, expectedRows: n)
+                : try AttributeTable.loadCSV(path: apath, expectedRows: n)
+            progress.note("train: attributes \(table.describeSchema())")
+            let quantized = try QuantizedAttributes(table: table)
+            try AttributeStore.writeAttributes(table: table, quantized: quantized, path: buildDirectory + "/" + AttributeStore.attrsFile)
+            progress.note(String(format: "train: attributes quantized to %d bytes per vector in %.1f s", quantized.bytesPerVector, Date().timeIntervalSince(t0)))
+        }
         let S = plan.sampleSize
         var rng = SeededRandom(seed: options.seed)
         let sampleIds = rng.sample(S, from: n)
@@ -508,10 +520,13 @@ public final class IndexBuilder {
         defer { buf.deallocate() }
         var cursor: UInt64 = 4096
         var records = 0, empty = 0, maxRecords = 0
+        let attrs = options.attributes == nil ? nil : try AttributeStore.readAttributes(path: buildDirectory + "/" + AttributeStore.attrsFile)
+        var summaries = [AttributeSummary]()
         progress.begin("pack: writing \(H) postings", total: UInt64(H))
         for h in 0..<H {
             let members = table.members(h)
             let c = members.count
+            if let attrs { summaries.append(AttributeSummary.summarize(ids: members.map(\.1), table: attrs.0, quantized: attrs.1)) }
             if c == 0 { empty += 1; entries[h] = PostingEntry(offset: cursor, count: 0, pages: 0, crc: 0); progress.advance(); continue }
             let bytes = UInt64(c * recordBytes)
             let rem = bytes % 4096
@@ -546,6 +561,7 @@ public final class IndexBuilder {
         try out.patch(hdr.encode(), at: 0)
         try out.finish()
         try layout.writePostingTable(entries)
+        if attrs != nil { try AttributeStore.writeSummaries(summaries, path: buildDirectory + "/" + AttributeStore.summariesFile) }
         progress.end("\(records) records, \(empty) empty postings")
         return Manifest.Stats(records: records, mean_replicas: Double(records) / Double(plan.count),
                               cut_records: table.cutRecords, orphans_fixed: orphansFixed, empty_postings: empty,
@@ -553,6 +569,12 @@ public final class IndexBuilder {
     }
 
     // MARK: publish
+
+    func attributeInfo() throws -> Manifest.AttributeInfo? {
+        guard options.attributes != nil else { return nil }
+        let (t, q) = try AttributeStore.readAttributes(path: buildDirectory + "/" + AttributeStore.attrsFile)
+        return Manifest.AttributeInfo(columns: t.schema.columns.map { "\($0.name):\($0.type.rawValue)" }, code_bytes: q.bytesPerVector)
+    }
 
     func leanVecInfo(layout: IndexLayout) throws -> Manifest.LeanVecInfo? {
         guard options.codec != .none else { return nil }
@@ -565,7 +587,8 @@ public final class IndexBuilder {
     func publish(plan: BuildPlan, stats: Manifest.Stats, seconds: [String: Double], fingerprint: String) throws -> Manifest {
         let layout = IndexLayout(directory: buildDirectory)
         var files = [Manifest.FileEntry]()
-        for name in IndexLayout.dataFiles + (options.codec == .none ? [] : [IndexLayout.codecFile]) {
+        for name in IndexLayout.dataFiles + (options.codec == .none ? [] : [IndexLayout.codecFile])
+            + (options.attributes == nil ? [] : [AttributeStore.attrsFile, AttributeStore.summariesFile]) {
             let (bytes, crc) = try fileCRC32C(buildDirectory + "/" + name)
             files.append(.init(name: name, bytes: bytes, crc32c: String(format: "%08x", crc)))
         }
@@ -585,7 +608,8 @@ public final class IndexBuilder {
             files: files,
             codec: options.codec.rawValue,
             reduced_dimension: options.codec == .none ? nil : plan.reducedDimension,
-            leanvec: try leanVecInfo(layout: layout)).sealed()
+            leanvec: try leanVecInfo(layout: layout),
+            attributes: try attributeInfo()).sealed()
         let mpath = buildDirectory + "/manifest.json"
         let w = try SequentialFileWriter(path: mpath, bufferBytes: 1 << 16)
         try w.write([UInt8](try manifest.sealedData()))

@@ -1,3 +1,4 @@
+import FathomCodecs
 import FathomCore
 import FathomMath
 import FathomStorage
@@ -67,11 +68,24 @@ public enum DatasetTools {
 
     /// `fathom gt`: exact ground truth written as big-ann `.ibin`.
     public static func groundTruth(base: String, queries: String, k: Int, metric: Metric, output: String,
-                                   memoryBudget: UInt64, threads: Int, progress: ProgressReporter) throws {
+                                   memoryBudget: UInt64, threads: Int, attributes: String? = nil, filter: String? = nil,
+                                   progress: ProgressReporter) throws {
         BLAS.setThreads(threads)
         let q = try loadFloats(queries)
+        var allowed: [Bool]? = nil
+        if let filter {
+            guard let attributes else { throw FathomError(.invalidArgument, "--filter needs --attributes FILE") }
+            let n = try VectorFileHeader.inspect(path: base).count
+            let table = attributes.hasSuffix(".jsonl") ? try AttributeTable.loadJSONLines(path: attributes, expectedRows: n)
+                                                       : try AttributeTable.loadCSV(path: attributes, expectedRows: n)
+            let bound = try FilterParser.parse(filter).bind(to: table.schema)
+            var mask = [Bool](repeating: false, count: n)
+            for id in bound.matchingRows(in: table) { mask[Int(id)] = true }
+            progress.note("gt: \(mask.filter { $0 }.count) of \(n) vectors match the filter")
+            allowed = mask
+        }
         let gt = try ExactSearch.groundTruth(basePath: base, queries: q, k: k, metric: metric,
-                                             memoryBudget: memoryBudget, progress: progress)
+                                             memoryBudget: memoryBudget, allowed: allowed, progress: progress)
         try gt.write(path: output)
     }
 

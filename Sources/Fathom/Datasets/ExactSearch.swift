@@ -47,14 +47,16 @@ public enum ExactSearch {
     /// - Returns: ground truth whose `distances` hold squared L2 for `.l2`, and the inner product
     ///   (cosine similarity for `.cosine`) for the others, as the big-ann files do.
     public static func groundTruth(basePath: String, queries: Matrix, k: Int, metric: Metric,
-                                   memoryBudget: UInt64, progress: ProgressReporter = .silent) throws -> GroundTruth {
+                                   memoryBudget: UInt64, allowed: [Bool]? = nil,
+                                   progress: ProgressReporter = .silent) throws -> GroundTruth {
         let probe = try VectorFileReader(path: basePath)
         let n = probe.count, d = probe.dimension, et = probe.elementType
         guard queries.cols == d else {
             throw FathomError(.dimensionMismatch, "queries have dimension \(queries.cols) but the base vectors have \(d)", path: basePath)
         }
-        guard k >= 1, k <= n else {
-            throw FathomError(.invalidArgument, "k = \(k) must be between 1 and the number of base vectors (\(n))")
+        let eligible = allowed.map { $0.filter { $0 }.count } ?? n
+        guard k >= 1, k <= eligible else {
+            throw FathomError(.invalidArgument, "k = \(k) must be between 1 and the number of \(allowed == nil ? "base vectors" : "vectors matching the filter") (\(eligible))")
         }
         let nq = queries.rows
         let p = try plan(nq: nq, n: n, d: d, k: k, elementSize: et.size, budget: memoryBudget)
@@ -66,7 +68,7 @@ public enum ExactSearch {
         while qStart < nq {
             let qb = min(p.queryBlock, nq - qStart)
             try searchBlock(reader: VectorFileReader(path: basePath), queries: queries, qStart: qStart, qCount: qb,
-                            k: k, metric: metric, baseChunk: p.baseChunk, progress: progress,
+                            k: k, metric: metric, baseChunk: p.baseChunk, allowed: allowed, progress: progress,
                             ids: &ids, dists: &dists)
             qStart += qb
         }
@@ -75,7 +77,7 @@ public enum ExactSearch {
     }
 
     static func searchBlock(reader: VectorFileReader, queries: Matrix, qStart: Int, qCount: Int, k: Int,
-                            metric: Metric, baseChunk: Int, progress: ProgressReporter,
+                            metric: Metric, baseChunk: Int, allowed: [Bool]?, progress: ProgressReporter,
                             ids: inout [Int32], dists: inout [Float]) throws {
         let d = reader.dimension, et = reader.elementType
         let q = Matrix(rows: qCount, cols: d)
@@ -135,6 +137,7 @@ public enum ExactSearch {
                                 slack = relErr * (qn + xn[i])
                             }
                             if approx - slack > bound { continue }
+                            if let allowed, !allowed[base + i] { continue }
                             let exact = exactDistance(metric, qrow, raw + i * d * et.size, et, d, invNorm: xInvNorm[i])
                             if heap.push(exact, UInt32(base + i)) { bound = heap.bound }
                         }

@@ -51,6 +51,13 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var explained_variance: Double?
     }
 
+    public struct AttributeInfo: Codable, Sendable, Equatable {
+        /// `name:type` per column.
+        public var columns: [String]
+        /// Bytes of OSQ codes per vector.
+        public var code_bytes: Int
+    }
+
     public var format: String = Manifest.formatName
     public var format_version: Int = Manifest.currentVersion
     public var metric: Metric
@@ -69,6 +76,8 @@ public struct Manifest: Codable, Sendable, Equatable {
     public var codec: String? = nil
     public var reduced_dimension: Int? = nil
     public var leanvec: LeanVecInfo? = nil
+    /// Filterable attributes (attrs.bin, summaries.bin), when built with `--attributes`.
+    public var attributes: AttributeInfo? = nil
     /// CRC32C of this manifest's own JSON encoding with this field absent (detects edits and
     /// corruption of the manifest itself).
     public var manifest_crc32c: String? = nil

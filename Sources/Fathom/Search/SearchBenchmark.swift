@@ -16,6 +16,11 @@ public struct SearchReportRow: Sendable, Codable {
     public var mean_kib: Double
     public var threads: Int
     public var failed_queries: Int
+    /// Filtered runs: mean estimated selectivity and mean candidates scored per query.
+    public var selectivity: Double? = nil
+    public var mean_candidates: Double? = nil
+    /// Filtered runs: queries answered by the exact path.
+    public var exact_path_queries: Int? = nil
 }
 
 /// Runs a query set against an index at several settings and measures it the way
@@ -25,6 +30,7 @@ public enum SearchBenchmark {
     /// - Returns: one row per entry of `probes`, plus the ids of the last run (for `--output`).
     public static func run(index: VectorIndex, queries: Matrix, k: Int, probes: [Int], threads: Int,
                            gt: GroundTruth?, base: SearchParameters = SearchParameters(),
+                           filters: [PreparedFilter?]? = nil,
                            progress: ProgressReporter = .silent) throws -> (rows: [SearchReportRow], ids: [[UInt32]], dists: [[Float]]) {
         let nq = queries.rows
         guard queries.cols == index.dimension else {
@@ -51,6 +57,8 @@ public enum SearchBenchmark {
             var ids = [[UInt32]](repeating: [], count: nq)
             var dists = [[Float]](repeating: [], count: nq)
             var failures = [FathomError?](repeating: nil, count: nq)
+            var scored = [Int](repeating: 0, count: nq)
+            var exact = [Bool](repeating: false, count: nq)
             let next = Counter()
             let start = DispatchTime.now().uptimeNanoseconds
             lat.withUnsafeMutableBufferPointer { latB in
@@ -59,6 +67,9 @@ public enum SearchBenchmark {
             ids.withUnsafeMutableBufferPointer { idsB in
             dists.withUnsafeMutableBufferPointer { distsB in
             failures.withUnsafeMutableBufferPointer { failB in
+            scored.withUnsafeMutableBufferPointer { scoredB in
+            exact.withUnsafeMutableBufferPointer { exactB in
+                let scoredP = SendablePointer(scoredB.baseAddress!), exactP = SendablePointer(exactB.baseAddress!)
                 let latP = SendablePointer(latB.baseAddress!), iosP = SendablePointer(iosB.baseAddress!)
                 let bytesP = SendablePointer(bytesB.baseAddress!), idsP = SendablePointer(idsB.baseAddress!)
                 let distsP = SendablePointer(distsB.baseAddress!), failP = SendablePointer(failB.baseAddress!)
@@ -73,7 +84,9 @@ public enum SearchBenchmark {
                                 let q = UnsafeBufferPointer(start: queries.row(i), count: queries.cols)
                                 let t0 = DispatchTime.now().uptimeNanoseconds
                                 do {
-                                    let n = try s.search(q, k: k, parameters: params, into: out)
+                                    let n = try s.search(q, k: k, parameters: params, filter: filters?[i] ?? nil, into: out)
+                                    scoredP.p[i] = s.stats.candidatesScored
+                                    exactP.p[i] = s.stats.exactPath
                                     latP.p[i] = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000
                                     iosP.p[i] = s.stats.postingsRead + s.stats.vectorsReranked
                                     bytesP.p[i] = s.stats.bytesRead
@@ -90,7 +103,7 @@ public enum SearchBenchmark {
                     }
                 }
                 if t == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: t, execute: work) }
-            }}}}}}
+            }}}}}}}}
             let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             let failed = failures.compactMap { $0 }
             if failed.count == nq, let e = failed.first { throw e }
@@ -103,7 +116,10 @@ public enum SearchBenchmark {
                                         mean_us: okLat.reduce(0, +) / okCount, p50_us: pct(0.5), p99_us: pct(0.99),
                                         p999_us: pct(0.999), mean_ios: Double(ios.reduce(0, +)) / okCount,
                                         mean_kib: Double(bytes.reduce(0, +)) / 1024 / okCount, threads: t,
-                                        failed_queries: failed.count))
+                                        failed_queries: failed.count,
+                                        selectivity: filters.map { fs in fs.compactMap { $0?.selectivity }.reduce(0, +) / Double(max(1, fs.compactMap { $0 }.count)) },
+                                        mean_candidates: Double(scored.reduce(0, +)) / okCount,
+                                        exact_path_queries: filters == nil ? nil : exact.filter { $0 }.count))
             if !failed.isEmpty { progress.note("probes \(p): \(failed.count) queries failed; first: \(failed[0])") }
             lastIds = ids; lastDists = dists
         }
@@ -113,14 +129,17 @@ public enum SearchBenchmark {
     /// The rows as a DiskANN-style table.
     public static func table(_ rows: [SearchReportRow], k: Int) -> String {
         func col(_ text: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - text.count)) + text }
-        let heads = ["probes", "QPS", "mean_us", "p50_us", "p99_us", "p99.9_us", "mean_IOs", "mean_KiB", "recall@\(k)"]
-        let widths = [7, 10, 10, 10, 10, 10, 9, 9, 10]
+        let filtered = rows.contains { $0.selectivity != nil }
+        var heads = ["probes", "QPS", "mean_us", "p50_us", "p99_us", "p99.9_us", "mean_IOs", "mean_KiB", "recall@\(k)"]
+        var widths = [7, 10, 10, 10, 10, 10, 9, 9, 10]
+        if filtered { heads += ["selectivity", "candidates", "exact_q"]; widths += [12, 11, 8] }
         var s = zip(heads, widths).map { col($0, $1) }.joined(separator: " ") + "\n"
         for r in rows {
-            let cells = [String(r.probes), String(format: "%.1f", r.qps), String(format: "%.1f", r.mean_us),
+            let cells: [String] = [String(r.probes), String(format: "%.1f", r.qps), String(format: "%.1f", r.mean_us),
                          String(format: "%.1f", r.p50_us), String(format: "%.1f", r.p99_us), String(format: "%.1f", r.p999_us),
                          String(format: "%.1f", r.mean_ios), String(format: "%.1f", r.mean_kib),
                          r.recall.map { String(format: "%.4f", $0) } ?? "-"]
+                + (filtered ? [String(format: "%.4f", r.selectivity ?? 0), String(format: "%.1f", r.mean_candidates ?? 0), String(r.exact_path_queries ?? 0)] : [])
             s += zip(cells, widths).map { col($0, $1) }.joined(separator: " ") + "\n"
         }
         return s

@@ -32,8 +32,9 @@ public final class Searcher {
     var seenStamp: [UInt32] = []
     var seenEpoch: UInt32 = 0
     var seenMask = 0
+    var seenCount = 0
     /// Counters of the last query.
-    public private(set) var stats = QueryStats()
+    public internal(set) var stats = QueryStats()
     // Compressed indexes: the projected query, its prepared form, the candidate heap and
     // the re-rank read buffers.
     var projected: UnsafeMutablePointer<Float>
@@ -128,16 +129,17 @@ public final class Searcher {
     }
 
     /// The `k` nearest neighbours of `q`, nearest first.
-    public func search(_ q: UnsafeBufferPointer<Float>, k: Int, parameters p: SearchParameters) throws -> [Neighbor] {
+    public func search(_ q: UnsafeBufferPointer<Float>, k: Int, parameters p: SearchParameters,
+                       filter: PreparedFilter? = nil) throws -> [Neighbor] {
         let out = UnsafeMutablePointer<Neighbor>.allocate(capacity: max(k, 1))
         defer { out.deallocate() }
-        let n = try search(q, k: k, parameters: p, into: out)
+        let n = try search(q, k: k, parameters: p, filter: filter, into: out)
         return Array(UnsafeBufferPointer(start: out, count: n))
     }
 
     /// Non-allocating form: writes up to `k` neighbours to `out`, returns how many.
     public func search(_ q: UnsafeBufferPointer<Float>, k: Int, parameters p: SearchParameters,
-                       into out: UnsafeMutablePointer<Neighbor>) throws -> Int {
+                       filter: PreparedFilter? = nil, into out: UnsafeMutablePointer<Neighbor>) throws -> Int {
         guard k >= 1 else { throw FathomError(.invalidArgument, "k = \(k): k must be at least 1") }
         guard k <= index.count else {
             throw FathomError(.invalidArgument, "k = \(k) exceeds the \(index.count) vectors in the index")
@@ -150,6 +152,7 @@ public final class Searcher {
         guard p.probes >= 1 else { throw FathomError(.invalidArgument, "probes = \(p.probes) must be at least 1") }
         try load(q)
         stats = QueryStats()
+        if let filter { return try searchFiltered(k: k, parameters: p, filter: filter, into: out) }
         let g = index.graph
         let probes = min(p.probes, g.count)
         let list = max(p.headListSize ?? max(2 * probes, 64), probes)
@@ -298,6 +301,19 @@ public final class Searcher {
         return r
     }
 
+    /// Doubles the dedup table, keeping its members (rare: only when a query meets more
+    /// distinct ids than planned, e.g. filtered probing far past the usual postings).
+    func growSeen() {
+        let old = (0..<seenKeys.count).filter { seenStamp[$0] == seenEpoch }.map { seenKeys[$0] }
+        let size = seenKeys.count * 2
+        seenKeys = [UInt32](repeating: 0, count: size)
+        seenStamp = [UInt32](repeating: 0, count: size)
+        seenMask = size - 1
+        seenEpoch = 1
+        seenCount = 0
+        for id in old { _ = insertSeen(id) }
+    }
+
     // MARK: dedup set (open addressing, epoch-stamped so a reset is O(1))
 
     func resetSeen(expected: Int) {
@@ -309,6 +325,7 @@ public final class Searcher {
             seenEpoch = 0
         }
         seenMask = seenKeys.count - 1
+        seenCount = 0
         seenEpoch &+= 1
         if seenEpoch == 0 {
             for i in 0..<seenStamp.count { seenStamp[i] = 0 }
@@ -319,11 +336,12 @@ public final class Searcher {
     /// Returns true if `id` was not yet in the set (and adds it).
     @inline(__always)
     func insertSeen(_ id: UInt32) -> Bool {
+        if (seenCount + 1) * 2 > seenKeys.count { growSeen() }
         var h = Int(truncatingIfNeeded: (UInt64(id) &* 0x9E37_79B9_7F4A_7C15) >> 32) & seenMask
         return seenKeys.withUnsafeMutableBufferPointer { keys in
             seenStamp.withUnsafeMutableBufferPointer { stamp in
                 while true {
-                    if stamp[h] != seenEpoch { stamp[h] = seenEpoch; keys[h] = id; return true }
+                    if stamp[h] != seenEpoch { stamp[h] = seenEpoch; keys[h] = id; seenCount += 1; return true }
                     if keys[h] == id { return false }
                     h = (h + 1) & seenMask
                 }

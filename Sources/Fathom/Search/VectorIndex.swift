@@ -41,8 +41,14 @@ public struct QueryStats: Sendable {
     public var postingsRead = 0
     public var bytesRead = 0
     public var candidatesScored = 0
-    /// Full-precision vectors read for re-ranking (compressed indexes).
+    /// Full-precision vectors read for re-ranking (compressed indexes, exact filtered path).
     public var vectorsReranked = 0
+    /// Filtered queries: postings skipped because their attribute summary cannot match.
+    public var postingsSkipped = 0
+    /// Filtered queries: the estimated selectivity of the filter.
+    public var selectivity: Double? = nil
+    /// Filtered queries: whether the exact path (enumerate matches) answered.
+    public var exactPath = false
 }
 
 /// How ``VectorIndex`` reads postings from disk.
@@ -87,6 +93,8 @@ public final class VectorIndex: @unchecked Sendable {
     /// Element type of vectors.dat.
     let storedType: ElementType
     let vectorPlacement: IndexLayout.VectorPlacement
+    /// Attributes and per-posting summaries (indexes built with `--attributes`).
+    let attributes: AttributeStore?
     public let ioMode: IOMode
     /// The engine actually used ("libaio" or "pread").
     public let ioEngineName: String
@@ -150,6 +158,16 @@ public final class VectorIndex: @unchecked Sendable {
         }
         storedType = m.element_type
         vectorsPath = layout.vectorsPath
+        if m.attributes != nil {
+            let (t, q) = try AttributeStore.readAttributes(path: path + "/" + AttributeStore.attrsFile)
+            guard t.count == m.count else {
+                throw FathomError(.corruptIndex, "attrs.bin has \(t.count) rows for \(m.count) vectors", path: path + "/" + AttributeStore.attrsFile)
+            }
+            attributes = AttributeStore(table: t, quantized: q,
+                                        summaries: try AttributeStore.readSummaries(path: path + "/" + AttributeStore.summariesFile, heads: m.heads))
+        } else {
+            attributes = nil
+        }
         let plainVectors = try RandomAccessFile(path: layout.vectorsPath)
         let vh = try plainVectors.readHeader(magic: IndexLayout.vectorsMagic)
         vectorPlacement = IndexLayout.VectorPlacement(rowBytes: m.dimension * m.element_type.size)
@@ -202,6 +220,36 @@ public final class VectorIndex: @unchecked Sendable {
     /// RAM the index holds while open (heads, graph, posting table), in bytes.
     public var memoryBytes: Int { graph.memoryBytes + table.count * MemoryLayout<PostingEntry>.stride }
 
+    // MARK: filters
+
+    /// Parses and binds a filter expression (`price < 100 AND tags HAS 'cat'`, docs/filters.md)
+    /// against this index's attributes, ready to pass to `search(…, filter:)`.
+    public func prepareFilter(_ text: String) throws -> PreparedFilter {
+        guard let a = attributes else {
+            throw FathomError(.invalidArgument, "this index has no attributes; rebuild it with --attributes FILE to filter", path: path)
+        }
+        return prepare(try FilterParser.parse(text).bind(to: a.table.schema), text: text, store: a)
+    }
+
+    /// Binds a filter built in Swift (`.column("price") < 100 && …`).
+    public func prepareFilter(_ expression: FilterExpression) throws -> PreparedFilter {
+        guard let a = attributes else {
+            throw FathomError(.invalidArgument, "this index has no attributes; rebuild it with --attributes FILE to filter", path: path)
+        }
+        return prepare(try expression.bind(to: a.table.schema), text: "\(expression)", store: a)
+    }
+
+    func prepare(_ b: BoundFilter, text: String, store a: AttributeStore) -> PreparedFilter {
+        PreparedFilter(bound: b, codes: b.cellMask(quantized: a.quantized),
+                       selectivity: b.estimateSelectivity(quantized: a.quantized, table: a.table), text: text)
+    }
+
+    /// Number of vectors matching `filter` exactly (for reports and ground truth).
+    public func matchingIds(_ filter: PreparedFilter) -> [UInt32] {
+        guard let a = attributes else { return [] }
+        return filter.bound.matchingRows(in: a.table, quantized: a.quantized)
+    }
+
     // MARK: searcher pool
 
     func borrowSearcher() throws -> Searcher {
@@ -225,14 +273,16 @@ public final class VectorIndex: @unchecked Sendable {
     // MARK: search API
 
     /// The `k` nearest neighbours of one query (a contiguous buffer of `dimension` values).
+    /// With `filter`, only vectors matching it are returned: min(k, number of matches) of them.
     public func search(_ query: UnsafeBufferPointer<Float>, k: Int,
-                       parameters: SearchParameters = SearchParameters()) throws -> [Neighbor] {
-        try withSearcher { try $0.search(query, k: k, parameters: parameters) }
+                       parameters: SearchParameters = SearchParameters(), filter: PreparedFilter? = nil) throws -> [Neighbor] {
+        try withSearcher { try $0.search(query, k: k, parameters: parameters, filter: filter) }
     }
 
-    /// The `k` nearest neighbours of `query`.
-    public func search(_ query: [Float], k: Int, parameters: SearchParameters = SearchParameters()) throws -> [Neighbor] {
-        try query.withUnsafeBufferPointer { try search($0, k: k, parameters: parameters) }
+    /// The `k` nearest neighbours of `query` (matching `filter`, if given).
+    public func search(_ query: [Float], k: Int, parameters: SearchParameters = SearchParameters(),
+                       filter: PreparedFilter? = nil) throws -> [Neighbor] {
+        try query.withUnsafeBufferPointer { try search($0, k: k, parameters: parameters, filter: filter) }
     }
 
     /// Integer queries (uint8 / int8 data sets): converted to float once.

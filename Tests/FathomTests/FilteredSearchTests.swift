@@ -1,0 +1,58 @@
+import Foundation
+import Testing
+@testable import Fathom
+
+@Suite struct FilteredSearchTests {
+    @Test(arguments: [PostingCodec.none, .lvq8])
+    func filteredResultsMatchAndAreComplete(codec: PostingCodec) throws {
+        let dir = TempDir()
+        let n = 3000, d = 16
+        let (base, q) = try writeSynthetic(dir: dir, n: n, d: d, nq: 30)
+        var rng = SeededRandom(seed: 12)
+        var price = [Double](), color = [Int]()
+        var csv = "id,price:float,color:category,tags:tags\n"
+        for i in 0..<n {
+            let p = rng.uniform() * 100, c = rng.below(5)
+            price.append(p); color.append(c)
+            csv += "\(i),\(p),c\(c),t\(rng.below(3));t\(3 + rng.below(3))\n"
+        }
+        try csv.write(toFile: dir.file("attrs.csv"), atomically: true, encoding: .utf8)
+        var o = BuildOptions()
+        o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.codec = codec; o.attributes = dir.file("attrs.csv")
+        let m = try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
+        #expect(m.attributes?.columns.count == 3)
+        let index = try VectorIndex.open(at: dir.file("idx"))
+        let cases: [(String, (Int) -> Bool)] = [
+            ("price < 50", { price[$0] < 50 }),
+            ("price < 5", { price[$0] < 5 }),
+            ("color = 'c1' AND price < 20", { color[$0] == 1 && price[$0] < 20 }),
+            ("NOT color IN ('c0','c2') AND price BETWEEN 10 AND 60", { ![0, 2].contains(color[$0]) && price[$0] >= 10 && price[$0] <= 60 }),
+            ("price < 0.2", { price[$0] < 0.2 }),
+            ("price < -1", { _ in false }),
+        ]
+        for (text, pred) in cases {
+            let f = try index.prepareFilter(text)
+            let matching = (0..<n).filter(pred)
+            #expect(index.matchingIds(f).map { Int($0) } == matching, "\(text)")
+            var hits = 0, total = 0
+            for i in 0..<q.rows {
+                let got = try index.search(Array(UnsafeBufferPointer(start: q.row(i), count: d)), k: 10, filter: f)
+                #expect(got.count == min(10, matching.count), "\(text): \(got.count) results")
+                #expect(got.allSatisfy { pred(Int($0.id)) }, "\(text): a result fails the predicate")
+                // exact filtered top-10
+                var all = matching.map { id -> (Float, Int) in
+                    var acc: Float = 0
+                    for j in 0..<d { let t = q.row(i)[j] - base.row(id)[j]; acc += t * t }
+                    return (acc, id)
+                }
+                all.sort { $0 < $1 }
+                let truth = Set(all.prefix(10).map(\.1))
+                hits += got.filter { truth.contains(Int($0.id)) }.count
+                total += truth.count
+            }
+            if total > 0 { #expect(Double(hits) / Double(total) >= 0.9, "\(text): recall \(Double(hits) / Double(total))") }
+        }
+        #expect(throws: FathomError.self) { try index.prepareFilter("price <") }
+        #expect(throws: FathomError.self) { try index.prepareFilter("weight < 3") }
+    }
+}
