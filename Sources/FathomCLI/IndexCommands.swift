@@ -88,6 +88,8 @@ struct SearchCommand: ParsableCommand {
     var maxDistRatio: Float = 8
     @Option(help: "A filter for every query, e.g. \"price < 100 AND tags HAS 'cat'\" (docs/filters.md).") var filter: String?
     @Option(help: ArgumentHelp("One filter per query, a line each (an empty line: no filter).", valueName: "path")) var filters: String?
+    @Flag(name: .customLong("post-filter"), help: "Baseline for comparison: search without the filter for 2k/selectivity neighbours, then keep the k that match.")
+    var postFilter = false
     @Option(help: "Compressed indexes: candidates re-ranked with full vectors from disk (default: 10 × k; 20 × k for lvq4).")
     var rerank: Int?
     @Option(name: .customLong("head-list"), help: "Beam width of the head-graph search (default: max(2 × probes, 64)).")
@@ -144,7 +146,7 @@ struct SearchCommand: ParsableCommand {
             }
             progress.note("search: \(q.rows) queries, k = \(k), \(threads) thread(s), IO \(idx.ioEngineName), index \(idx.count) vectors / \(idx.headCount) heads")
             let (rows, ids, dists) = try SearchBenchmark.run(index: idx, queries: q, k: k, probes: probeList, threads: threads,
-                                                             gt: truth, base: base, filters: prepared, progress: progress)
+                                                             gt: truth, base: base, filters: prepared, postFilter: postFilter, progress: progress)
             if json {
                 struct Out: Codable { var rows: [SearchReportRow] }
                 let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]

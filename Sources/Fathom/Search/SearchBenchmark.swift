@@ -30,7 +30,7 @@ public enum SearchBenchmark {
     /// - Returns: one row per entry of `probes`, plus the ids of the last run (for `--output`).
     public static func run(index: VectorIndex, queries: Matrix, k: Int, probes: [Int], threads: Int,
                            gt: GroundTruth?, base: SearchParameters = SearchParameters(),
-                           filters: [PreparedFilter?]? = nil,
+                           filters: [PreparedFilter?]? = nil, postFilter: Bool = false,
                            progress: ProgressReporter = .silent) throws -> (rows: [SearchReportRow], ids: [[UInt32]], dists: [[Float]]) {
         let nq = queries.rows
         guard queries.cols == index.dimension else {
@@ -76,7 +76,10 @@ public enum SearchBenchmark {
                 let work: @Sendable (Int) -> Void = { _ in
                     do {
                         try index.withSearcher { s in
-                            let out = UnsafeMutablePointer<Neighbor>.allocate(capacity: k)
+                            // Post-filtering baseline: ask for k / selectivity × 2 unfiltered
+                            // neighbours, keep the first k that match.
+                            let widest = postFilter ? min(index.count, (filters ?? []).compactMap { $0 }.map { Int(Double(k) * 2 / max($0.selectivity, 1e-4)) }.max() ?? k) : k
+                            let out = UnsafeMutablePointer<Neighbor>.allocate(capacity: max(k, widest))
                             defer { out.deallocate() }
                             while true {
                                 let i = next.next()
@@ -84,7 +87,15 @@ public enum SearchBenchmark {
                                 let q = UnsafeBufferPointer(start: queries.row(i), count: queries.cols)
                                 let t0 = DispatchTime.now().uptimeNanoseconds
                                 do {
-                                    let n = try s.search(q, k: k, parameters: params, filter: filters?[i] ?? nil, into: out)
+                                    var n: Int
+                                    if postFilter, let f = filters?[i] ?? nil {
+                                        let kk = min(index.count, Int(Double(k) * 2 / max(f.selectivity, 1e-4)))
+                                        let m = try s.search(q, k: kk, parameters: params, into: out)
+                                        n = 0
+                                        for j in 0..<m where n < k && index.matches(f, id: out[j].id) { out[n] = out[j]; n += 1 }
+                                    } else {
+                                        n = try s.search(q, k: k, parameters: params, filter: filters?[i] ?? nil, into: out)
+                                    }
                                     scoredP.p[i] = s.stats.candidatesScored
                                     exactP.p[i] = s.stats.exactPath
                                     latP.p[i] = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000

@@ -244,6 +244,12 @@ public final class VectorIndex: @unchecked Sendable {
                        selectivity: b.estimateSelectivity(quantized: a.quantized, table: a.table), text: text)
     }
 
+    /// Whether vector `id` matches `filter` (exact, on its raw attributes).
+    public func matches(_ filter: PreparedFilter, id: UInt32) -> Bool {
+        guard let a = attributes else { return false }
+        return filter.bound.matches(row: Int(id), table: a.table)
+    }
+
     /// Number of vectors matching `filter` exactly (for reports and ground truth).
     public func matchingIds(_ filter: PreparedFilter) -> [UInt32] {
         guard let a = attributes else { return [] }
