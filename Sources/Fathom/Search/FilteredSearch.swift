@@ -9,8 +9,8 @@ import FathomStorage
 ///   matching ids and ranks their full vectors, read from vectors.dat in async batches.
 /// - Otherwise postings are probed nearest-first; a posting whose summary cannot match is
 ///   never read; each record's OSQ codes are tested, then its raw attributes, before its
-///   vector is scored; probing continues past the distance cutoff until `2·k` matching
-///   candidates were scored. If the probed postings still hold fewer than k matches, the
+///   vector is scored; `probes·√(1/s)` postings are read (no distance cutoff), and more
+///   until `2·k` matching candidates were scored. If the probed postings still hold fewer than k matches, the
 ///   exact path runs, so a query always returns min(k, number of matches) results, and never
 ///   a vector that fails the predicate.
 extension Searcher {
@@ -29,12 +29,14 @@ extension Searcher {
         }
         let g = index.graph
         let probes = min(p.probes, g.count)
-        let wide = min(g.count, max(4 * probes, min(8192, Int(Double(probes) / max(filter.selectivity, 1e-6)))))
+        stats.postingsSkipped = 0
+        // The filtered k nearest lie about as far as the unfiltered k/s nearest: probe
+        // probes·√(1/s) postings (those whose summaries can match), and at least until 2·k
+        // matching candidates were scored.
+        let target = min(g.count, Int((Double(probes) * (1 / max(filter.selectivity, 1e-4)).squareRoot()).rounded(.up)))
+        let wide = min(g.count, max(64, 2 * target))
         ensureCapacity(probes: probes, list: wide + 32)
         let found = g.search(query, k: wide, listSize: wide + 32, scratch: headScratch, outIds: candIds, outDist: candDist)
-        var ref = candDist[0]
-        if ref <= 0 { for i in 1..<max(found, 1) where candDist[i] > 0 { ref = candDist[i]; break } }
-        let limit = ref > 0 ? ref * p.maxDistRatio : Float.infinity
         let codec = index.codec
         if let codec {
             let r = max(k, p.rerank ?? max(20, k * (codec.lvq.kind == .lvq4 ? 4 : 2)))
@@ -50,7 +52,7 @@ extension Searcher {
         let recordBytes = index.manifest.record_bytes
         let d = index.dimension, metric = index.metric, et = index.elementType
         while cursor < found {
-            if passing >= needed && (probed >= probes || candDist[cursor] > limit) { break }
+            if passing >= needed && probed >= target { break }
             var nreq = 0
             while cursor < found && nreq < probes {
                 let h = Int(candIds[cursor]); cursor += 1

@@ -1,0 +1,23 @@
+// swift-tools-version:6.0
+// libFuzzer targets for Fathom's parsers, kept out of the main package. One executable per
+// parser; each defines LLVMFuzzerTestOneInput and goes through Fathom's public API only.
+// Build and run them with `tools/fuzz` (docs/reliability.md), which passes
+//   -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
+import PackageDescription
+
+let targets = ["FuzzVectorFiles", "FuzzGroundTruth", "FuzzManifest", "FuzzIndexFiles",
+               "FuzzAttributes", "FuzzFilter"]
+
+let package = Package(
+    name: "FathomFuzz",
+    platforms: [.macOS(.v13)],
+    dependencies: [.package(name: "Fathom", path: "..")],
+    targets: [
+        // Shared: scratch files, the reference indexes, seed-corpus writers.
+        .target(name: "FuzzSupport", dependencies: [.product(name: "Fathom", package: "Fathom")],
+                path: "Sources/FuzzSupport"),
+    ] + targets.map {
+        .executableTarget(name: $0, dependencies: ["FuzzSupport", .product(name: "Fathom", package: "Fathom")],
+                          path: "Sources/\($0)")
+    }
+)
