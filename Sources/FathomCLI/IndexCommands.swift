@@ -40,7 +40,7 @@ struct BuildCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Attributes per vector for filtered search: CSV with a header (types as name:int|float|category|tags or inferred) or JSON lines (.jsonl).", valueName: "path"))
     var attributes: String?
     @Option(help: "Random seed (same seed and input: same index).") var seed: UInt64 = 42
-    @Option(help: "Worker threads (two vCPUs give about one core; 1 is fastest here).") var threads: Int = 1
+    @Option(help: "Worker threads. Accepted for scripts; the build currently runs its stages on one thread (two vCPUs give about one core here; overlapping IO is where the second helps).") var threads: Int = 1
     @Flag(help: "Do not print progress on stderr.") var quiet = false
     @Flag(help: "Print the manifest as JSON on stdout when done.") var json = false
 

@@ -122,6 +122,9 @@ public final class VectorIndex: @unchecked Sendable {
 
     init(path: String, io: IOMode, engine: (@Sendable () throws -> IOEngine)?, warn: (String) -> Void) throws {
         self.path = path
+        // Per-query BLAS calls (the LeanVec projection) are tiny: OpenBLAS's worker threads
+        // would only spin (sched_yield) beside the search threads.
+        BLAS.setThreads(1)
         let m = try Manifest.load(directory: path)
         try m.checkFileSizes(directory: path)
         try m.checkResidentFiles(directory: path)

@@ -89,7 +89,7 @@ public func initialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutable
         var shape3 = npy
         if let r = shape3.firstRange(of: Array("(6, 5)".utf8)) { shape3.replaceSubrange(r, with: Array("(6,5,1)".utf8)) }
         writeFile(dir + "/shape3.npy", shape3)
-        writeFile(dir + "/v2.npy", Array("\u{93}NUMPY".utf8.dropFirst(0)) + [2, 0, 20, 0, 0, 0] + Array("{'shape': (1,)}    \n".utf8))
+        writeFile(dir + "/v2.npy", [0x93] + Array("NUMPY".utf8) + [2, 0, 20, 0, 0, 0] + Array("{'shape': (1,)}    \n".utf8))
     }
     return 0
 }
