@@ -49,6 +49,8 @@ struct SystemFile {
         static let create = OpenOptions(rawValue: O_CREAT)
         static let truncate = OpenOptions(rawValue: O_TRUNC)
         static let exclusiveCreate = OpenOptions(rawValue: O_EXCL)
+        /// Bypass the page cache (reads and writes must be 4 KiB-aligned).
+        static let direct = OpenOptions(rawValue: fathomODirect)
     }
 
     /// What `fstat` says about the file.

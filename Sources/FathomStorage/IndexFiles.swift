@@ -81,41 +81,32 @@ extension Array {
 /// Immutable after open; `read` is safe from several threads at once.
 public final class RandomAccessFile: @unchecked Sendable {
     public let path: String
-    public let fd: Int32
     public let size: UInt64
+    let file: SystemFile
+    /// The descriptor (for IO engines).
+    public var fd: Int32 { file.rawValue }
 
     public init(path: String, direct: Bool = false) throws {
         self.path = path
-        var flags = O_RDONLY | O_CLOEXEC
-        if direct { flags |= fathomODirect }
-        let fd = open(path, flags)
-        guard fd >= 0 else { throw FathomError.system("open", path: path, errno: errno) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { let e = errno; close(fd); throw FathomError.system("fstat", path: path, errno: e) }
-        guard (st.st_mode & S_IFMT) == S_IFREG else {
-            close(fd)
-            throw FathomError(.fileNotFound, "not a regular file", path: path)
+        let f = try SystemFile.open(path, .readOnly, options: direct ? [.direct] : [])
+        let st: SystemFile.Status
+        do { st = try f.status() } catch { f.closeIgnoringErrors(); throw error }
+        guard st.isRegularFile else {
+            f.closeIgnoringErrors()
+            throw FathomError(.fileNotFound, st.isDirectory ? "is a directory, not a file" : "not a regular file", path: path)
         }
-        self.fd = fd
-        self.size = UInt64(st.st_size)
+        file = f
+        size = UInt64(st.size)
     }
 
-    deinit { close(fd) }
+    deinit { file.closeIgnoringErrors() }
 
-    /// Reads exactly `count` bytes at `offset` (retrying short reads); a read past the end
-    /// of the file is a `corruptIndex` error naming the offset.
+    /// Reads exactly `count` bytes at `offset`; a read past the end of the file is a
+    /// `corruptIndex` error naming the offset.
     public func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws {
-        var done = 0
-        while done < count {
-            let r = pread(fd, buffer + done, count - done, off_t(offset) + off_t(done))
-            if r < 0 {
-                if errno == EINTR { continue }
-                throw FathomError.system("read", path: path, errno: errno, offset: offset + UInt64(done))
-            }
-            if r == 0 {
-                throw FathomError(.corruptIndex, "unexpected end of file: wanted \(count) bytes, the file ends at \(size); it is truncated — rebuild the index", path: path, offset: offset + UInt64(done))
-            }
-            done += r
+        let got = try file.read(into: buffer, count: count, at: Int(offset))
+        guard got == count else {
+            throw FathomError(.corruptIndex, "unexpected end of file: wanted \(count) bytes, the file ends at \(size); it is truncated — rebuild the index", path: path, offset: offset + UInt64(got))
         }
     }
 
@@ -134,10 +125,10 @@ public final class RandomAccessFile: @unchecked Sendable {
 }
 
 /// Writes a file front to back through a large buffer; can patch earlier bytes (the header)
-/// before `finish`, which flushes, fsyncs and closes.
+/// before `finish`, which flushes and fsyncs (the descriptor closes on release).
 public final class SequentialFileWriter {
     public let path: String
-    let fd: Int32
+    let file: SystemFile
     let buffer: UnsafeMutableRawPointer
     let capacity: Int
     var used = 0
@@ -146,16 +137,14 @@ public final class SequentialFileWriter {
 
     public init(path: String, bufferBytes: Int = 8 << 20) throws {
         self.path = path
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw FathomError.system("create", path: path, errno: errno) }
-        self.fd = fd
+        file = try SystemFile.open(path, .writeOnly, options: [.create, .truncate])
         capacity = bufferBytes
         buffer = .allocate(byteCount: bufferBytes, alignment: 4096)
     }
 
     deinit {
         buffer.deallocate()
-        if fd >= 0 { close(fd) }
+        file.closeIgnoringErrors()
     }
 
     public func write(_ p: UnsafeRawPointer, count: Int) throws {
@@ -170,7 +159,7 @@ public final class SequentialFileWriter {
     }
 
     public func write(_ bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { try write($0.baseAddress!, count: $0.count) }
+        try bytes.withUnsafeBytes { if $0.count > 0 { try write($0.baseAddress!, count: $0.count) } }
     }
 
     public func write<T>(array: [T]) throws {
@@ -190,36 +179,20 @@ public final class SequentialFileWriter {
     }
 
     func flush() throws {
-        var done = 0
-        let base = offset - UInt64(used)
-        while done < used {
-            let r = pwrite(fd, buffer + done, used - done, off_t(base) + off_t(done))
-            if r < 0 {
-                if errno == EINTR { continue }
-                throw FathomError.system("write", path: path, errno: errno, offset: base + UInt64(done))
-            }
-            done += r
-        }
+        try file.write(buffer, count: used, at: Int(offset) - used)
         used = 0
     }
 
     /// Overwrites bytes already written (e.g. the header) at `at`.
     public func patch(_ bytes: [UInt8], at: UInt64) throws {
         try flush()
-        try bytes.withUnsafeBytes { b in
-            var done = 0
-            while done < b.count {
-                let r = pwrite(fd, b.baseAddress! + done, b.count - done, off_t(at) + off_t(done))
-                if r < 0 { if errno == EINTR { continue }; throw FathomError.system("write", path: path, errno: errno, offset: at) }
-                done += r
-            }
-        }
+        try bytes.withUnsafeBytes { try file.write($0.baseAddress!, count: $0.count, at: Int(at)) }
     }
 
-    /// Flushes, fsyncs and closes the file.
+    /// Flushes and fsyncs the file.
     public func finish() throws {
         try flush()
-        guard fsync(fd) == 0 else { throw FathomError.system("fsync", path: path, errno: errno) }
+        try file.sync()
     }
 }
 
