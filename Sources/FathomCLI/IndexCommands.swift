@@ -90,7 +90,7 @@ struct SearchCommand: ParsableCommand {
     @Option(help: ArgumentHelp("One filter per query, a line each (an empty line: no filter).", valueName: "path")) var filters: String?
     @Flag(name: .customLong("post-filter"), help: "Baseline for comparison: search without the filter for 2k/selectivity neighbours, then keep the k that match.")
     var postFilter = false
-    @Option(help: "Compressed indexes: candidates re-ranked with full vectors from disk (default: 10 × k; 20 × k for lvq4).")
+    @Option(help: "Compressed indexes: candidates re-ranked with full vectors from disk (default: max(20, 2 × k); max(20, 4 × k) for lvq4).")
     var rerank: Int?
     @Option(name: .customLong("head-list"), help: "Beam width of the head-graph search (default: max(2 × probes, 64)).")
     var headList: Int?

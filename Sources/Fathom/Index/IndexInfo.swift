@@ -51,7 +51,7 @@ public enum IndexInfo {
         index:            \(directory)
         vectors:          \(m.count) × \(m.dimension) \(m.element_type.rawValue), metric \(m.metric.rawValue)
         heads:            \(m.heads) (ratio \(String(format: "%.4f", m.parameters.head_ratio)))
-        RAM to serve:     \(formatBytes(ram)) (heads \(formatBytes(ramHeads)), graph \(formatBytes(ramGraph)), table \(formatBytes(ramTable))) = \(String(format: "%.1f", Double(ram) / Double(max(m.count, 1)))) B/vector
+        RAM to serve:     \(formatBytes(ram)) (heads \(formatBytes(ramHeads)), graph \(formatBytes(ramGraph)), table \(formatBytes(ramTable)), LeanVec \(formatBytes(ramCodec))) = \(String(format: "%.1f", Double(ram) / Double(max(m.count, 1)))) B/vector
         tiers:            \(tierText)
         record:           \(recordVectorBytes) B per vector in postings (float32 would be \(fullBytes) B: \(String(format: "%.1f", Double(fullBytes) / Double(max(recordVectorBytes, 1))))× smaller)\(m.leanvec.map { " — LeanVec \($0.kind)" + ($0.explained_variance.map { String(format: ", %.1f%% variance kept", 100 * $0) } ?? "") + ($0.loss.map { String(format: ", loss %.4g", $0) } ?? "") } ?? "")
         disk:             \(formatBytes(disk))

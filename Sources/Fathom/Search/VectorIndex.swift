@@ -26,7 +26,7 @@ public struct SearchParameters: Sendable, Hashable, Codable {
     /// instead of returning wrong neighbours).
     public var verifyChecksums: Bool = true
     /// Compressed indexes: candidates kept from the compact codes and re-ranked with their
-    /// full-precision vectors read from disk (`nil`: 10 × k for lvq8 and lvq4x8, 20 × k for lvq4).
+    /// full-precision vectors read from disk (`nil`: max(20, 2·k) for lvq8 and lvq4x8, max(20, 4·k) for lvq4).
     public var rerank: Int? = nil
 
     public init(probes: Int = 32, maxDistRatio: Float = 8, headListSize: Int? = nil, verifyChecksums: Bool = true,
