@@ -6,15 +6,17 @@
 import PackageDescription
 
 let targets = ["FuzzVectorFiles", "FuzzGroundTruth", "FuzzManifest", "FuzzIndexFiles",
-               "FuzzAttributes", "FuzzFilter"]
+               "FuzzAttributes", "FuzzFilter", "FuzzBlobs"]
 
 let package = Package(
     name: "FathomFuzz",
     platforms: [.macOS(.v13)],
     dependencies: [.package(name: "Fathom", path: "..")],
     targets: [
+        // libFuzzer's driver entry, called from each target's (renamed) main.
+        .target(name: "CFuzz", path: "Sources/CFuzz"),
         // Shared: scratch files, the reference indexes, seed-corpus writers.
-        .target(name: "FuzzSupport", dependencies: [.product(name: "Fathom", package: "Fathom")],
+        .target(name: "FuzzSupport", dependencies: ["CFuzz", .product(name: "Fathom", package: "Fathom")],
                 path: "Sources/FuzzSupport"),
     ] + targets.map {
         .executableTarget(name: $0, dependencies: ["FuzzSupport", .product(name: "Fathom", package: "Fathom")],

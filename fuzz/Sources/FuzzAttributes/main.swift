@@ -18,7 +18,8 @@ func exercise(_ t: AttributeTable) throws {
 }
 
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    let data = data ?? emptyInput     // libFuzzer may pass NULL for an empty input
     writeFile(csvPath, data, size)
     expectingFathomErrors("AttributeTable.loadCSV") { try exercise(try AttributeTable.loadCSV(path: csvPath, expectedRows: nil)) }
     writeFile(jsonPath, data, size)
@@ -50,4 +51,9 @@ public func initialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutable
         for (name, s) in seeds { writeFile(dir + "/" + name, Array(s.utf8)) }
     }
     return 0
+}
+
+@_cdecl("FuzzAttributes_main")
+public func entryPoint(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    runLibFuzzer(argc, argv, fuzz)
 }

@@ -10,7 +10,8 @@ import Foundation
 nonisolated(unsafe) var table: AttributeTable! = nil
 
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    let data = data ?? emptyInput     // libFuzzer may pass NULL for an empty input
     let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
     let parsed: ParsedFilter
     do { parsed = try FilterParser.parse(text) } catch let e as FathomError {
@@ -56,4 +57,9 @@ public func initialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutable
         for (i, s) in seeds.enumerated() { writeFile(dir + "/seed-\(i)", Array(s.utf8)) }
     }
     return 0
+}
+
+@_cdecl("FuzzFilter_main")
+public func entryPoint(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    runLibFuzzer(argc, argv, fuzz)
 }

@@ -6,7 +6,8 @@ import Foundation
 let paths = [scratch + "/gt.ibin", scratch + "/gt.ivecs"]
 
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    let data = data ?? emptyInput     // libFuzzer may pass NULL for an empty input
     for p in paths {
         writeFile(p, data, size)
         expectingFathomErrors("GroundTruth.read") {
@@ -39,4 +40,9 @@ public func initialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutable
         writeFile(dir + "/negative-k.ivecs", [0xFE, 0xFF, 0xFF, 0xFF, 1, 0, 0, 0])
     }
     return 0
+}
+
+@_cdecl("FuzzGroundTruth_main")
+public func entryPoint(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    runLibFuzzer(argc, argv, fuzz)
 }

@@ -31,7 +31,8 @@ final class Target: @unchecked Sendable {
 nonisolated(unsafe) var target: Target! = nil
 
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    let data = data ?? emptyInput     // libFuzzer may pass NULL for an empty input
     guard size >= 1 else { return 0 }
     let pick = Int(data[0])
     let name = fileNames[pick % fileNames.count]
@@ -83,4 +84,9 @@ public func initialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutable
         }
     }
     return 0
+}
+
+@_cdecl("FuzzIndexFiles_main")
+public func entryPoint(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    runLibFuzzer(argc, argv, fuzz)
 }

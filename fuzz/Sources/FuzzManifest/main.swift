@@ -13,7 +13,8 @@ nonisolated(unsafe) var reference: ReferenceIndexes! = nil
 let plainDir = scratch + "/work-plain", fullDir = scratch + "/work-full"
 
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    let data = data ?? emptyInput     // libFuzzer may pass NULL for an empty input
     var bytes = [UInt8](UnsafeBufferPointer(start: data, count: size))
     let full = bytes.firstRange(of: Array("lvq".utf8)) != nil || bytes.firstRange(of: Array("\"attributes\"".utf8)) != nil
     let dir = full ? fullDir : plainDir
@@ -41,12 +42,17 @@ public func initialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutable
         variant("dimension-0", "\"dimension\" : 16", "\"dimension\" : 0")
         variant("dimension-huge", "\"dimension\" : 16", "\"dimension\" : 4611686018427387904")
         variant("count-negative", "\"count\" : 300", "\"count\" : -1")
-        variant("heads-0", "\"heads\" : 30", "\"heads\" : 0")
+        variant("heads-0", "\"heads\" : 24", "\"heads\" : 0")
         variant("element-uint8", "\"element_type\" : \"float32\"", "\"element_type\" : \"uint8\"")
         variant("version-2", "\"format_version\" : 1", "\"format_version\" : 2")
-        variant("codec-unknown", "\"dimension\"", "\"codec\" : \"lvq3\", \"dimension\"")
+        variant("codec-unknown", "\"codec\" : \"none\"", "\"codec\" : \"lvq3\"")
         writeFile(dir + "/truncated.json", Array(plain.prefix(plain.count / 2)))
         writeFile(dir + "/empty.json", [])
     }
     return 0
+}
+
+@_cdecl("FuzzManifest_main")
+public func entryPoint(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    runLibFuzzer(argc, argv, fuzz)
 }

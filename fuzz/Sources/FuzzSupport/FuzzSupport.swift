@@ -3,6 +3,7 @@
 //
 // Everything goes through Fathom's public API (plus FathomCodecs for attribute tables, which
 // the Fathom product builds and whose types its API exposes).
+import CFuzz
 import Fathom
 import FathomCodecs
 import Foundation
@@ -119,6 +120,7 @@ public final class ReferenceIndexes: @unchecked Sendable {
     public init(root: String) throws {
         self.root = root
         plain = root + "/plain"; full = root + "/full"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let base = root + "/base.fbin", attrs = root + "/attrs.csv"
         try writeBase(base, n: Self.n, d: Self.d)
         try attributeCSV(rows: Self.n).write(toFile: attrs, atomically: false, encoding: .utf8)
@@ -178,3 +180,16 @@ public func writeSeedsIfAsked(_ target: String, _ write: (String) throws -> Void
         exit(1)
     }
 }
+
+// MARK: - Entry point
+
+/// Runs libFuzzer's driver with `callback` (each target's LLVMFuzzerTestOneInput). SwiftPM
+/// links an executable target's `main` to `<Target>_main`; with `-parse-as-library` the
+/// targets define that symbol themselves and call this.
+public func runLibFuzzer(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>,
+                         _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt {
+    fathom_fuzz_run(argc, argv, callback)
+}
+
+/// A valid pointer for empty inputs.
+nonisolated(unsafe) public let emptyInput = UnsafePointer<UInt8>(UnsafeMutablePointer<UInt8>.allocate(capacity: 1))

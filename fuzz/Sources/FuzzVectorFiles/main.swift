@@ -17,6 +17,7 @@ func exercise(_ path: String) {
     }
     expectingFathomErrors("VectorFileReader") {
         let r = try VectorFileReader(path: path, blockBytes: 512)
+        guard r.count > 0 else { return }      // n = 0 allows any d: buffers below are rows × d
         let rows = max(1, min(r.count, 16))
         let buf = UnsafeMutablePointer<Float>.allocate(capacity: rows * r.dimension)
         defer { buf.deallocate() }
@@ -31,6 +32,7 @@ func exercise(_ path: String) {
     guard inspected else { return }
     expectingFathomErrors("MappedVectorFile") {
         let m = try MappedVectorFile(path: path)
+        guard m.count > 0 else { return }
         let row = UnsafeMutablePointer<Float>.allocate(capacity: max(1, m.dimension))
         defer { row.deallocate() }
         var sum: Float = 0
@@ -42,7 +44,8 @@ func exercise(_ path: String) {
 @inline(never) func blackHole(_ x: Float) { if x == 0x1p100 { print("") } }
 
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    let data = data ?? emptyInput     // libFuzzer may pass NULL for an empty input
     for p in paths {
         writeFile(p, data, size)
         exercise(p)
@@ -92,4 +95,9 @@ public func initialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutable
         writeFile(dir + "/v2.npy", [0x93] + Array("NUMPY".utf8) + [2, 0, 20, 0, 0, 0] + Array("{'shape': (1,)}    \n".utf8))
     }
     return 0
+}
+
+@_cdecl("FuzzVectorFiles_main")
+public func entryPoint(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    runLibFuzzer(argc, argv, fuzz)
 }
