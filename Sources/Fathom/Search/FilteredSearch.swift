@@ -38,13 +38,7 @@ extension Searcher {
         ensureCapacity(probes: probes, list: wide + 32)
         let found = g.search(query, k: wide, listSize: wide + 32, scratch: headScratch, outIds: candIds, outDist: candDist)
         let codec = index.codec
-        if let codec {
-            let r = max(k, p.rerank ?? max(20, k * (codec.lvq.kind == .lvq4 ? 4 : 2)))
-            if candidates.capacity != r { candidates = TopK(capacity: r) }
-            candidates.reset()
-            codec.projection.projectQuery(query, into: projected, metric: index.metric)
-            prepared.update(projected)
-        }
+        if let codec { prepareCompact(codec, k: k, parameters: p) }
         resetSeen(expected: 4096)
         let needed = 2 * k
         var passing = 0, probed = 0, cursor = 0

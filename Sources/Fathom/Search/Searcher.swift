@@ -178,13 +178,7 @@ public final class Searcher {
         }
         heap.reset()
         let codec = index.codec
-        if let codec {
-            let r = max(k, p.rerank ?? max(20, k * (codec.lvq.kind == .lvq4 ? 4 : 2)))
-            if candidates.capacity != r { candidates = TopK(capacity: r) }
-            candidates.reset()
-            codec.projection.projectQuery(query, into: projected, metric: index.metric)
-            prepared.update(projected)
-        }
+        if let codec { prepareCompact(codec, k: k, parameters: p) }
         resetSeen(expected: nreq * max(index.manifest.parameters.posting_capacity, 1))
         var firstError: FathomError? = nil
         let recordBytes = index.manifest.record_bytes
@@ -221,6 +215,16 @@ public final class Searcher {
         if let e = firstError { throw e }
         if codec != nil { try rerank() }
         return finish(k: k, into: out)
+    }
+
+    /// Compressed indexes: sizes the candidate heap to the re-rank depth and projects the
+    /// query once (LeanVec) for scoring codes.
+    func prepareCompact(_ codec: CompactCodec, k: Int, parameters p: SearchParameters) {
+        let r = max(k, p.rerank ?? max(20, k * (codec.lvq.kind == .lvq4 ? 4 : 2)))
+        if candidates.capacity != r { candidates = TopK(capacity: r) }
+        candidates.reset()
+        codec.projection.projectQuery(query, into: projected, metric: index.metric)
+        prepared.update(projected)
     }
 
     /// Scores LVQ codes of the projected vectors; the best `rerank` go to the candidate heap.
