@@ -32,6 +32,10 @@ import Glibc
 
     /// Inputs that still trap (each has a disabled test below).
     static let knownCrashes: Set<String> = [
+        "indexfiles-summaries-count-beyond-int.bin", "indexfiles-summaries-offset-beyond-int.bin",
+        "indexfiles-summaries-offsets-past-payload.bin", "indexfiles-postings-idx-count-beyond-int.bin",
+        "indexfiles-postings-idx-count-times-24-overflows.bin", "indexfiles-postings-idx-entry-end-overflows.bin",
+        "indexfiles-graph-count-beyond-int.bin",
     ]
 
     static var inputs: [String] {
@@ -43,6 +47,33 @@ import Glibc
     func replayFailsWithAFathomError(_ name: String) throws {
         #expect(throws: FathomError.self, "\(name)") { try Self.replay(name) }
     }
+
+    // MARK: - Inputs that still crash (found by `tools/fuzz indexfiles`)
+
+    static func expectFathomError(_ name: String) {
+        #expect(throws: FathomError.self, "\(name)") { try Self.replay(name) }
+    }
+
+    @Test(.disabled("crash found by fuzzing: summaries.bin header count >= 2^63 traps in Int(h.count) (AttributeStore.readSummaries, AttributeStore.swift:63)"))
+    func summariesCountBeyondInt() { Self.expectFathomError("indexfiles-summaries-count-beyond-int.bin") }
+
+    @Test(.disabled("crash found by fuzzing: a summaries.bin offset >= 2^63 traps in Int(UInt64) (AttributeStore.readSummaries, AttributeStore.swift:72)"))
+    func summariesOffsetBeyondInt() { Self.expectFathomError("indexfiles-summaries-offset-beyond-int.bin") }
+
+    @Test(.disabled("crash found by fuzzing: summaries.bin payload shorter than heads × 8: the offset table is read past the buffer (ASan heap-buffer-overflow, AttributeStore.swift:72)"))
+    func summariesOffsetsPastPayload() { Self.expectFathomError("indexfiles-summaries-offsets-past-payload.bin") }
+
+    @Test(.disabled("crash found by fuzzing: postings.idx header count >= 2^63 traps in Int(h.count) (IndexLayout.readPostingTable, IndexLayout.swift:167)"))
+    func postingTableCountBeyondInt() { Self.expectFathomError("indexfiles-postings-idx-count-beyond-int.bin") }
+
+    @Test(.disabled("crash found by fuzzing: postings.idx count × 24 overflows UInt64 (IndexLayout.readPostingTable, IndexLayout.swift:168)"))
+    func postingTableCountTimes24Overflows() { Self.expectFathomError("indexfiles-postings-idx-count-times-24-overflows.bin") }
+
+    @Test(.disabled("crash found by fuzzing: a posting entry's offset − offset % 4096 + pages × 4096 overflows UInt64 (IndexLayout.readPostingTable, IndexLayout.swift:184)"))
+    func postingEntryEndOverflows() { Self.expectFathomError("indexfiles-postings-idx-entry-end-overflows.bin") }
+
+    @Test(.disabled("crash found by fuzzing: graph.bin header count >= 2^63 traps in Int(h.count) (IndexLayout.readGraph, IndexLayout.swift:84)"))
+    func graphCountBeyondInt() { Self.expectFathomError("indexfiles-graph-count-beyond-int.bin") }
 
     // MARK: - Replay, as the fuzz harnesses do
 
