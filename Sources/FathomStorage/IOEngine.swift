@@ -201,8 +201,9 @@ public final class PreadEngine: IOEngine {
     }
 }
 
-/// Wraps another engine and injects faults, for tests: reads whose offset is in
-/// `failOffsets`, or a random fraction `failRate`, fail with `errno` (EIO by default);
+/// Wraps another engine and injects faults, for tests: reads that cover an offset in
+/// `failOffsets` (a bad sector; the error names that offset), or a random fraction
+/// `failRate`, fail with `errno` (EIO by default);
 /// with `shortReads`, successful reads report half their length.
 public final class FaultInjectingEngine: IOEngine {
     public var name: String { "faulty(\(inner.name))" }
@@ -227,9 +228,11 @@ public final class FaultInjectingEngine: IOEngine {
         try inner.read(requests, path: path) { i, result in
             rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17
             let roll = Double(rng >> 11) * 0x1.0p-53
-            if failOffsets.contains(requests[i].offset) || roll < failRate {
+            let rq = requests[i]
+            let bad = failOffsets.first { $0 >= rq.offset && $0 < rq.offset + UInt64(rq.length) }
+            if bad != nil || roll < failRate {
                 injected += 1
-                try completed(i, .failure(FathomError.system("read (injected fault)", path: path, errno: errno, offset: requests[i].offset)))
+                try completed(i, .failure(FathomError.system("read (injected fault)", path: path, errno: errno, offset: bad ?? rq.offset)))
             } else if shortReads, case .success(let n) = result {
                 injected += 1
                 try completed(i, .failure(FathomError(.io, "short read: \(n / 2) of \(n) bytes (injected)", path: path, offset: requests[i].offset)))

@@ -12,8 +12,15 @@ public struct SearchReportRow: Sendable, Codable {
     public var p50_us: Double
     public var p99_us: Double
     public var p999_us: Double
+    /// IO requests per query (after coalescing neighbouring pages).
     public var mean_ios: Double
     public var mean_kib: Double
+    /// 4 KiB pages read per query.
+    public var mean_pages: Double = 0
+    /// Dependent IO round trips per query.
+    public var mean_round_trips: Double = 0
+    /// Postings scored per query.
+    public var mean_postings: Double = 0
     public var threads: Int
     public var failed_queries: Int
     /// Filtered runs: mean estimated selectivity and mean candidates scored per query.
@@ -52,26 +59,19 @@ public enum SearchBenchmark {
             let params = tuned
             let t = max(1, min(threads, nq))
             var lat = [Double](repeating: 0, count: nq)
-            var ios = [Int](repeating: 0, count: nq)
-            var bytes = [Int](repeating: 0, count: nq)
+            var qstats = [QueryStats](repeating: QueryStats(), count: nq)
             var ids = [[UInt32]](repeating: [], count: nq)
             var dists = [[Float]](repeating: [], count: nq)
             var failures = [FathomError?](repeating: nil, count: nq)
-            var scored = [Int](repeating: 0, count: nq)
-            var exact = [Bool](repeating: false, count: nq)
             let next = Counter()
             let start = DispatchTime.now().uptimeNanoseconds
             lat.withUnsafeMutableBufferPointer { latB in
-            ios.withUnsafeMutableBufferPointer { iosB in
-            bytes.withUnsafeMutableBufferPointer { bytesB in
+            qstats.withUnsafeMutableBufferPointer { statsB in
             ids.withUnsafeMutableBufferPointer { idsB in
             dists.withUnsafeMutableBufferPointer { distsB in
             failures.withUnsafeMutableBufferPointer { failB in
-            scored.withUnsafeMutableBufferPointer { scoredB in
-            exact.withUnsafeMutableBufferPointer { exactB in
-                let scoredP = SendablePointer(scoredB.baseAddress!), exactP = SendablePointer(exactB.baseAddress!)
-                let latP = SendablePointer(latB.baseAddress!), iosP = SendablePointer(iosB.baseAddress!)
-                let bytesP = SendablePointer(bytesB.baseAddress!), idsP = SendablePointer(idsB.baseAddress!)
+                let statsP = SendablePointer(statsB.baseAddress!)
+                let latP = SendablePointer(latB.baseAddress!), idsP = SendablePointer(idsB.baseAddress!)
                 let distsP = SendablePointer(distsB.baseAddress!), failP = SendablePointer(failB.baseAddress!)
                 let work: @Sendable (Int) -> Void = { _ in
                     do {
@@ -96,11 +96,8 @@ public enum SearchBenchmark {
                                     } else {
                                         n = try s.search(q, k: k, parameters: params, filter: filters?[i] ?? nil, into: out)
                                     }
-                                    scoredP.p[i] = s.stats.candidatesScored
-                                    exactP.p[i] = s.stats.exactPath
                                     latP.p[i] = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000
-                                    iosP.p[i] = s.stats.postingsRead + s.stats.vectorsReranked
-                                    bytesP.p[i] = s.stats.bytesRead
+                                    statsP.p[i] = s.stats
                                     idsP.p[i] = (0..<n).map { out[$0].id }
                                     distsP.p[i] = (0..<n).map { out[$0].distance }
                                 } catch let e as FathomError {
@@ -114,7 +111,7 @@ public enum SearchBenchmark {
                     }
                 }
                 if t == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: t, execute: work) }
-            }}}}}}}}
+            }}}}}
             let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             let failed = failures.compactMap { $0 }
             if failed.count == nq, let e = failed.first { throw e }
@@ -123,14 +120,16 @@ public enum SearchBenchmark {
             var recall: Double? = nil
             if let gt { recall = Recall.compute(results: ids, gt: gt, k: k) }
             let okCount = Double(max(okLat.count, 1))
+            func mean(_ f: (QueryStats) -> Int) -> Double { Double(qstats.reduce(0) { $0 + f($1) }) / okCount }
             rows.append(SearchReportRow(probes: p, qps: Double(nq) / wall, recall: recall,
                                         mean_us: okLat.reduce(0, +) / okCount, p50_us: pct(0.5), p99_us: pct(0.99),
-                                        p999_us: pct(0.999), mean_ios: Double(ios.reduce(0, +)) / okCount,
-                                        mean_kib: Double(bytes.reduce(0, +)) / 1024 / okCount, threads: t,
+                                        p999_us: pct(0.999), mean_ios: mean(\.ioRequests),
+                                        mean_kib: mean(\.bytesRead) / 1024, mean_pages: mean(\.pagesRead),
+                                        mean_round_trips: mean(\.roundTrips), mean_postings: mean(\.postingsRead), threads: t,
                                         failed_queries: failed.count,
                                         selectivity: filters.map { fs in fs.compactMap { $0?.selectivity }.reduce(0, +) / Double(max(1, fs.compactMap { $0 }.count)) },
-                                        mean_candidates: Double(scored.reduce(0, +)) / okCount,
-                                        exact_path_queries: filters == nil ? nil : exact.filter { $0 }.count))
+                                        mean_candidates: mean(\.candidatesScored),
+                                        exact_path_queries: filters == nil ? nil : qstats.filter(\.exactPath).count))
             if !failed.isEmpty { progress.note("probes \(p): \(failed.count) queries failed; first: \(failed[0])") }
             lastIds = ids; lastDists = dists
         }
@@ -141,14 +140,15 @@ public enum SearchBenchmark {
     public static func table(_ rows: [SearchReportRow], k: Int) -> String {
         func col(_ text: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - text.count)) + text }
         let filtered = rows.contains { $0.selectivity != nil }
-        var heads = ["probes", "QPS", "mean_us", "p50_us", "p99_us", "p99.9_us", "mean_IOs", "mean_KiB", "recall@\(k)"]
-        var widths = [7, 10, 10, 10, 10, 10, 9, 9, 10]
+        var heads = ["probes", "QPS", "mean_us", "p50_us", "p99_us", "p99.9_us", "postings", "IOs", "RTs", "pages", "recall@\(k)"]
+        var widths = [7, 10, 10, 10, 10, 10, 9, 7, 5, 7, 10]
         if filtered { heads += ["selectivity", "candidates", "exact_q"]; widths += [12, 11, 8] }
         var s = zip(heads, widths).map { col($0, $1) }.joined(separator: " ") + "\n"
         for r in rows {
             let cells: [String] = [String(r.probes), String(format: "%.1f", r.qps), String(format: "%.1f", r.mean_us),
                          String(format: "%.1f", r.p50_us), String(format: "%.1f", r.p99_us), String(format: "%.1f", r.p999_us),
-                         String(format: "%.1f", r.mean_ios), String(format: "%.1f", r.mean_kib),
+                         String(format: "%.1f", r.mean_postings), String(format: "%.1f", r.mean_ios),
+                         String(format: "%.1f", r.mean_round_trips), String(format: "%.1f", r.mean_pages),
                          r.recall.map { String(format: "%.4f", $0) } ?? "-"]
                 + (filtered ? [String(format: "%.4f", r.selectivity ?? 0), String(format: "%.1f", r.mean_candidates ?? 0), String(r.exact_path_queries ?? 0)] : [])
             s += zip(cells, widths).map { col($0, $1) }.joined(separator: " ") + "\n"

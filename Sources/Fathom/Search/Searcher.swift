@@ -4,28 +4,41 @@ import FathomMath
 import FathomStorage
 import Foundation
 
-/// One thread's search machinery: its own IO engine (libaio context), aligned read
-/// buffers, head-search scratch, dedup set and result heap, all reused from query to query,
-/// so a steady-state query allocates only its result array.
+/// One thread's search machinery, reused from query to query: its IO engine, a reader of
+/// each store, the codec's scorer, head-search scratch, dedup set and heaps. A steady-state
+/// query allocates only its result array.
 ///
-/// Query path (SPANN): head-graph search → query-aware pruning → every chosen posting read
-/// in one batch → each posting scored as its read completes → replicas deduplicated → top-k.
+/// Every search, plain or filtered, is the same pipeline (docs/search.md):
+/// **route** (head graph → candidate postings and their distances) → **plan** (which
+/// postings: pruning, filter summaries, probes) → **fetch** (``PostingReader``: one round
+/// trip, postings coalesced into few requests) → **score** (``QueryScorer`` over whole
+/// postings) → **dedup** → **re-rank** (``VectorReader``: one round trip, when the scores
+/// are estimates) → top-k.
+///
+/// Thread safety: a `Searcher` belongs to one thread at a time (``VectorIndex`` hands them
+/// out from a pool).
 public final class Searcher {
     let index: VectorIndex
     let engine: IOEngine
+    let postings: PostingReader
+    let vectors: VectorReader
+    let scorer: QueryScorer
     let headScratch: HeadGraph.Scratch
     var candIds: UnsafeMutablePointer<UInt32>
     var candDist: UnsafeMutablePointer<Float>
     var candCapacity: Int
-    var pageBuffer: UnsafeMutableRawPointer
-    var slots: Int
-    let slotBytes: Int
-    var requests: UnsafeMutablePointer<ReadRequest>
-    var postingOf: UnsafeMutablePointer<Int>
+    /// Postings chosen by the plan for the current round trip.
+    var lists = [UInt32]()
     let query: UnsafeMutablePointer<Float>
     var scores: UnsafeMutablePointer<Float>
     var scoreCapacity: Int
+    /// The k best by exact distance.
     var heap: TopK
+    /// Compressed indexes: the best by code score, re-ranked into `heap`.
+    var candidates: TopK
+    var rerankIds: UnsafeMutablePointer<UInt32>
+    var rerankDist: UnsafeMutablePointer<Float>
+    var rerankCapacity = 0
     var outDist: UnsafeMutablePointer<Float>
     var outIds: UnsafeMutablePointer<UInt32>
     var seenKeys: [UInt32] = []
@@ -35,42 +48,22 @@ public final class Searcher {
     var seenCount = 0
     /// Counters of the last query.
     public internal(set) var stats = QueryStats()
-    // Compressed indexes: the projected query, its prepared form, the candidate heap and
-    // the re-rank read buffers.
-    var projected: UnsafeMutablePointer<Float>
-    var prepared: LVQCodec.PreparedQuery
-    var candidates: TopK
-    var rerankSlots = 0
-    var rerankSlotBytes = 0
-    var rerankBuffer: UnsafeMutableRawPointer
-    var rerankRequests: UnsafeMutablePointer<ReadRequest>
-    var rerankIds: UnsafeMutablePointer<UInt32>
-    var rerankDist: UnsafeMutablePointer<Float>
 
     init(index: VectorIndex, engine: IOEngine) throws {
         self.index = index
         self.engine = engine
+        postings = index.postingStore.makeReader(engine: engine)
+        vectors = index.vectorStore.makeReader(engine: engine)
+        scorer = index.makeScorer()
         headScratch = HeadGraph.Scratch(graphSize: index.graph.count, beam: 128)
         candCapacity = 128
         candIds = .allocate(capacity: candCapacity)
         candDist = .allocate(capacity: candCapacity)
-        slotBytes = (index.maxPostingPages + 1) * 4096
-        slots = 64
-        pageBuffer = .allocate(byteCount: slots * slotBytes, alignment: 4096)
-        requests = .allocate(capacity: slots)
-        postingOf = .allocate(capacity: slots)
         query = .allocate(capacity: max(index.dimension, 1))
-        let cap = max(1, index.manifest.parameters.posting_capacity)
-        scoreCapacity = cap
-        scores = .allocate(capacity: cap)
+        scoreCapacity = max(1, index.manifest.parameters.posting_capacity)
+        scores = .allocate(capacity: scoreCapacity)
         heap = TopK(capacity: 10)
-        let reduced = index.codec?.reducedDim ?? 1
-        projected = .allocate(capacity: reduced)
-        prepared = LVQCodec.PreparedQuery(dim: reduced)
         candidates = TopK(capacity: 100)
-        rerankSlotBytes = ((index.manifest.dimension * index.storedType.size + 4095) / 4096 + 1) * 4096
-        rerankBuffer = .allocate(byteCount: 4096, alignment: 4096)
-        rerankRequests = .allocate(capacity: 1)
         rerankIds = .allocate(capacity: 1)
         rerankDist = .allocate(capacity: 1)
         outDist = .allocate(capacity: 10)
@@ -78,35 +71,23 @@ public final class Searcher {
     }
 
     deinit {
-        candIds.deallocate(); candDist.deallocate(); pageBuffer.deallocate()
-        requests.deallocate(); postingOf.deallocate(); query.deallocate(); scores.deallocate()
-        outDist.deallocate(); outIds.deallocate()
-        projected.deallocate(); rerankBuffer.deallocate(); rerankRequests.deallocate()
-        rerankIds.deallocate(); rerankDist.deallocate()
+        candIds.deallocate(); candDist.deallocate(); query.deallocate(); scores.deallocate()
+        outDist.deallocate(); outIds.deallocate(); rerankIds.deallocate(); rerankDist.deallocate()
     }
 
     func ensureRerank(_ r: Int) {
-        guard r > rerankSlots else { return }
-        rerankBuffer.deallocate(); rerankRequests.deallocate(); rerankIds.deallocate(); rerankDist.deallocate()
-        rerankSlots = r
-        rerankBuffer = .allocate(byteCount: r * rerankSlotBytes, alignment: 4096)
-        rerankRequests = .allocate(capacity: r)
+        guard r > rerankCapacity else { return }
+        rerankIds.deallocate(); rerankDist.deallocate()
+        rerankCapacity = r
         rerankIds = .allocate(capacity: r)
         rerankDist = .allocate(capacity: r)
     }
 
-    func ensureCapacity(probes: Int, list: Int) {
+    func ensureRouteCapacity(_ list: Int) {
         if list > candCapacity {
             candIds.deallocate(); candDist.deallocate()
             candCapacity = list
             candIds = .allocate(capacity: list); candDist = .allocate(capacity: list)
-        }
-        if probes > slots {
-            pageBuffer.deallocate(); requests.deallocate(); postingOf.deallocate()
-            slots = probes
-            pageBuffer = .allocate(byteCount: slots * slotBytes, alignment: 4096)
-            requests = .allocate(capacity: slots)
-            postingOf = .allocate(capacity: slots)
         }
     }
 
@@ -144,162 +125,118 @@ public final class Searcher {
         guard k <= index.count else {
             throw FathomError(.invalidArgument, "k = \(k) exceeds the \(index.count) vectors in the index")
         }
+        guard p.probes >= 1 else { throw FathomError(.invalidArgument, "probes = \(p.probes) must be at least 1") }
+        if let r = p.rerank, r < 1 { throw FathomError(.invalidArgument, "rerank = \(r) must be at least 1") }
+        try load(q)
+        stats = QueryStats()
+        begin(k: k, parameters: p)
+        if let filter { return try searchFiltered(k: k, parameters: p, filter: filter, into: out) }
+
+        // route
+        let probes = min(p.probes, index.graph.count)
+        let found = route(count: probes, listSize: max(p.headListSize ?? max(2 * probes, 64), probes))
+        // plan: query-aware pruning against the nearest non-zero head distance
+        var ref = candDist[0]
+        if ref <= 0 { for i in 1..<max(found, 1) where candDist[i] > 0 { ref = candDist[i]; break } }
+        let limit = ref > 0 ? ref * p.maxDistRatio : Float.infinity
+        lists.removeAll(keepingCapacity: true)
+        for i in 0..<found {
+            if candDist[i] > limit { break }
+            lists.append(candIds[i])
+        }
+        // fetch + score + dedup
+        resetSeen(expected: lists.count * max(index.manifest.parameters.posting_capacity, 1))
+        try fetchAndScore(verify: p.verifyChecksums, filter: nil)
+        // re-rank
+        if !scorer.exact { try rerank() }
+        return finish(k: k, into: out)
+    }
+
+    /// Sizes the heaps for `k` (and the re-rank depth) and prepares the scorer for the query.
+    func begin(k: Int, parameters p: SearchParameters) {
         if heap.capacity != k {
             heap = TopK(capacity: k)
             outDist.deallocate(); outIds.deallocate()
             outDist = .allocate(capacity: k); outIds = .allocate(capacity: k)
         }
-        guard p.probes >= 1 else { throw FathomError(.invalidArgument, "probes = \(p.probes) must be at least 1") }
-        try load(q)
-        stats = QueryStats()
-        if let filter { return try searchFiltered(k: k, parameters: p, filter: filter, into: out) }
-        let g = index.graph
-        let probes = min(p.probes, g.count)
-        let list = max(p.headListSize ?? max(2 * probes, 64), probes)
-        ensureCapacity(probes: probes, list: list)
-        let found = g.search(query, k: probes, listSize: list, scratch: headScratch, outIds: candIds, outDist: candDist)
-
-        // Query-aware pruning against the nearest non-zero head distance.
-        var ref = candDist[0]
-        if ref <= 0 { for i in 1..<max(found, 1) where candDist[i] > 0 { ref = candDist[i]; break } }
-        let limit = ref > 0 ? ref * p.maxDistRatio : Float.infinity
-        let table = index.table
-        let fd = index.postingsFile.fd
-        var nreq = 0
-        for i in 0..<found {
-            if candDist[i] > limit { break }
-            let e = table[Int(candIds[i])]
-            if e.count == 0 { continue }
-            let pageStart = e.offset & ~4095
-            requests[nreq] = ReadRequest(fd: fd, offset: pageStart, length: Int(e.pages) * 4096,
-                                         buffer: pageBuffer + nreq * slotBytes)
-            postingOf[nreq] = Int(candIds[i])
-            nreq += 1
-        }
         heap.reset()
-        let codec = index.codec
-        if let codec { prepareCompact(codec, k: k, parameters: p) }
-        resetSeen(expected: nreq * max(index.manifest.parameters.posting_capacity, 1))
-        var firstError: FathomError? = nil
-        let recordBytes = index.manifest.record_bytes
-        let d = index.dimension
-        let metric = index.metric
-        let et = index.elementType
-        try engine.read(UnsafeBufferPointer(start: requests, count: nreq), path: index.postingsPath) { i, result in
-            switch result {
-            case .failure(let e):
-                if firstError == nil { firstError = e }
-            case .success:
-                let h = postingOf[i]
-                let e = table[h]
-                let base = UnsafeRawPointer(requests[i].buffer) + Int(e.offset & 4095)
-                let bytes = Int(e.count) * recordBytes
-                if p.verifyChecksums {
-                    let c = crc32c(base, bytes, 0)
-                    if c != e.crc {
-                        if firstError == nil {
-                            firstError = FathomError(.corruptIndex, String(format: "posting %d fails its checksum (stored %08x, read %08x): postings.dat is corrupt — run `fathom verify` and rebuild", h, e.crc, c), path: index.postingsPath, offset: e.offset)
-                        }
-                        return
-                    }
-                }
-                stats.postingsRead += 1
-                stats.bytesRead += requests[i].length
-                if let codec {
-                    scoreCodes(base, count: Int(e.count), recordBytes: recordBytes, codec: codec, metric: metric)
-                } else {
-                    scorePosting(base, count: Int(e.count), recordBytes: recordBytes, d: d, metric: metric, type: et)
-                }
-            }
+        if !scorer.exact {
+            let r = max(k, p.rerank ?? index.defaultRerank(k: k))
+            if candidates.capacity != r { candidates = TopK(capacity: r) }
+            candidates.reset()
         }
-        if let e = firstError { throw e }
-        if codec != nil { try rerank() }
-        return finish(k: k, into: out)
+        scorer.prepare(query)
     }
 
-    /// Compressed indexes: sizes the candidate heap to the re-rank depth and projects the
-    /// query once (LeanVec) for scoring codes.
-    func prepareCompact(_ codec: CompactCodec, k: Int, parameters p: SearchParameters) {
-        let r = max(k, p.rerank ?? max(20, k * (codec.lvq.kind == .lvq4 ? 4 : 2)))
-        if candidates.capacity != r { candidates = TopK(capacity: r) }
-        candidates.reset()
-        codec.projection.projectQuery(query, into: projected, metric: index.metric)
-        prepared.update(projected)
+    /// Head-graph search for the `count` nearest heads into `candIds` / `candDist`.
+    func route(count: Int, listSize: Int) -> Int {
+        let list = max(listSize, count)
+        ensureRouteCapacity(list)
+        return index.graph.search(query, k: count, listSize: list, scratch: headScratch, outIds: candIds, outDist: candDist)
     }
 
-    /// Scores LVQ codes of the projected vectors; the best `rerank` go to the candidate heap.
+    /// Reads the postings in `lists` (one round trip) and scores every record; with a
+    /// filter only matching records are kept. Returns how many distinct matching records
+    /// scored within the current bound.
+    @discardableResult
+    func fetchAndScore(verify: Bool, filter: FilterContext?) throws -> Int {
+        var passing = 0
+        let recordBytes = index.postingStore.recordBytes
+        try lists.withUnsafeBufferPointer { l in
+            let c = try postings.fetch(l, verify: verify) { _, records, count in
+                passing += collect(records, count: count, recordBytes: recordBytes, filter: filter)
+            }
+            stats.add(c, postings: true)
+        }
+        return passing
+    }
+
+    /// Scores one posting's records and offers them to the heap (exact scores) or to the
+    /// candidate heap (estimates). Distances are computed for the whole posting in one
+    /// kernel call; only records under the heap's bound are deduplicated and, with a
+    /// filter, tested (codes first, then raw attributes).
     @inline(__always)
-    func scoreCodes(_ base: UnsafeRawPointer, count: Int, recordBytes: Int, codec: CompactCodec, metric: Metric) {
+    func collect(_ records: UnsafeRawPointer, count: Int, recordBytes: Int, filter: FilterContext?) -> Int {
         if count > scoreCapacity {
             scores.deallocate(); scoreCapacity = count; scores = .allocate(capacity: count)
         }
-        codec.lvq.distances(prepared, codes: base + 4, count: count, stride: recordBytes,
-                            metric: metric == .l2 ? .l2 : .ip, out: scores)
+        scorer.score(records + 4, count: count, stride: recordBytes, into: scores)
         stats.candidatesScored += count
-        var bound = candidates.bound
+        let target = scorer.exact ? heap : candidates
+        var bound = target.bound
+        var passing = 0
         for j in 0..<count {
             let dist = scores[j]
             if dist > bound { continue }
-            let id = UInt32(littleEndian: base.loadUnaligned(fromByteOffset: j * recordBytes, as: UInt32.self))
+            let id = UInt32(littleEndian: records.loadUnaligned(fromByteOffset: j * recordBytes, as: UInt32.self))
+            if let filter, !filter.matches(id) { continue }
             if !insertSeen(id) { continue }
-            if candidates.push(dist, id) { bound = candidates.bound }
+            passing += 1
+            if target.push(dist, id) { bound = target.bound }
         }
+        return passing
     }
 
-    /// Bi-granular second stage: reads the candidates' full vectors from vectors.dat in one
-    /// batch and ranks them by exact distance.
+    /// Bi-granular second stage: reads the candidates' full vectors (one round trip) and
+    /// ranks them by exact distance.
     func rerank() throws {
-        let n = candidates.drainSorted(distances: rerankDistScratch(), ids: rerankIdsScratch())
-        ensureRerank(n)
-        let vecBytes = index.manifest.dimension * index.storedType.size
-        let placement = index.vectorPlacement
-        let fd = index.vectorsFile.fd
-        for i in 0..<n {
-            let off = placement.offset(Int(rerankIds[i]))
-            let start = off & ~4095
-            let len = Int((off + UInt64(vecBytes) - start + 4095) / 4096 * 4096)
-            rerankRequests[i] = ReadRequest(fd: fd, offset: start, length: len, buffer: rerankBuffer + i * rerankSlotBytes)
-        }
-        var firstError: FathomError? = nil
-        let d = index.dimension, metric = index.metric, type = index.storedType
-        try engine.read(UnsafeBufferPointer(start: rerankRequests, count: n), path: index.vectorsPath) { i, result in
-            switch result {
-            case .failure(let e):
-                if firstError == nil { firstError = e }
-            case .success:
-                let off = placement.offset(Int(rerankIds[i]))
-                let v = UnsafeRawPointer(rerankRequests[i].buffer) + Int(off - rerankRequests[i].offset)
-                stats.bytesRead += rerankRequests[i].length
-                stats.vectorsReranked += 1
-                heap.push(Distance.one(metric, type, query: query, vector: v, d: d), rerankIds[i])
-            }
-        }
-        if let e = firstError { throw e }
+        ensureRerank(candidates.capacity)
+        let n = candidates.drainSorted(distances: rerankDist, ids: rerankIds)
+        try rankExactly(UnsafeBufferPointer(start: rerankIds, count: n))
     }
 
-    // The candidate heap drains into these (sized to its capacity).
-    func rerankDistScratch() -> UnsafeMutablePointer<Float> { ensureRerank(candidates.capacity); return rerankDist }
-    func rerankIdsScratch() -> UnsafeMutablePointer<UInt32> { ensureRerank(candidates.capacity); return rerankIds }
-
-    @inline(__always)
-    func scorePosting(_ base: UnsafeRawPointer, count: Int, recordBytes: Int, d: Int, metric: Metric, type: ElementType) {
-        if count > scoreCapacity {
-            scores.deallocate(); scoreCapacity = count; scores = .allocate(capacity: count)
+    /// Reads the full vectors of `ids` and offers their exact distances to the heap.
+    func rankExactly(_ ids: UnsafeBufferPointer<UInt32>) throws {
+        let d = index.dimension, metric = index.metric, type = index.vectorStore.elementType
+        let heap = heap
+        let c = try vectors.fetch(ids) { i, v in
+            heap.push(Distance.one(metric, type, query: query, vector: v, d: d), ids[i])
         }
-        Distance.batch(metric, type, query: query, base: base + 4, n: count, d: d, stride: recordBytes, out: scores)
-        stats.candidatesScored += count
-        var bound = heap.bound
-        for j in 0..<count {
-            let dist = scores[j]
-            if dist > bound { continue }
-            let id = UInt32(littleEndian: base.loadUnaligned(fromByteOffset: j * recordBytes, as: UInt32.self))
-            if !insertSeen(id) { continue }
-            if heap.push(dist, id) { bound = heap.bound }
-        }
+        stats.add(c, postings: false)
     }
 
     func finish(k: Int, into out: UnsafeMutablePointer<Neighbor>) -> Int {
-            let r = heap.drainSorted(distances: outDist, ids: outIds)
+        let r = heap.drainSorted(distances: outDist, ids: outIds)
         let cos = index.metric == .cosine
         for i in 0..<r { out[i] = Neighbor(id: outIds[i], distance: cos ? 1 + outDist[i] : outDist[i]) }
         return r

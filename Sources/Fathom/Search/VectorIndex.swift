@@ -26,7 +26,7 @@ public struct SearchParameters: Sendable, Hashable, Codable {
     /// instead of returning wrong neighbours).
     public var verifyChecksums: Bool = true
     /// Compressed indexes: candidates kept from the compact codes and re-ranked with their
-    /// full-precision vectors read from disk (`nil`: max(20, 2·k) for lvq8 and lvq4x8, max(20, 4·k) for lvq4).
+    /// full-precision vectors read from disk (`nil`: the codec's default, ``VectorIndex/defaultRerank(k:)``).
     public var rerank: Int? = nil
 
     public init(probes: Int = 32, maxDistRatio: Float = 8, headListSize: Int? = nil, verifyChecksums: Bool = true,
@@ -38,8 +38,16 @@ public struct SearchParameters: Sendable, Hashable, Codable {
 
 /// Counters of one query, for reports.
 public struct QueryStats: Sendable {
+    /// Postings scored.
     public var postingsRead = 0
+    /// Bytes read from disk (postings and vectors), whole 4 KiB pages.
     public var bytesRead = 0
+    /// IO requests submitted (after coalescing neighbouring pages).
+    public var ioRequests = 0
+    /// Dependent IO round trips (batches handed to the IO engine; each waits for the last).
+    public var roundTrips = 0
+    /// 4 KiB pages read.
+    public var pagesRead: Int { bytesRead / 4096 }
     public var candidatesScored = 0
     /// Full-precision vectors read for re-ranking (compressed indexes, exact filtered path).
     public var vectorsReranked = 0
@@ -49,6 +57,11 @@ public struct QueryStats: Sendable {
     public var selectivity: Double? = nil
     /// Filtered queries: whether the exact path (enumerate matches) answered.
     public var exactPath = false
+
+    mutating func add(_ c: IOCounts, postings: Bool) {
+        ioRequests += c.requests; bytesRead += c.bytes; roundTrips += c.roundTrips
+        if postings { postingsRead += c.items } else { vectorsReranked += c.items }
+    }
 }
 
 /// How ``VectorIndex`` reads postings from disk.
@@ -80,19 +93,15 @@ public final class VectorIndex: @unchecked Sendable {
     public let metric: Metric
     public let dimension: Int
     public let elementType: ElementType
+    /// What is searched: the heads and their graph.
     let graph: HeadGraph
     let table: [PostingEntry]
-    let maxPostingPages: Int
-    let postingsFile: RandomAccessFile
-    let postingsPath: String
-    /// The compact tier's codec (compressed indexes), else nil.
+    /// Where posting lists live.
+    let postingStore: PostingStore
+    /// Where full-precision vectors live (the re-rank tier).
+    let vectorStore: VectorStore
+    /// How posting records are coded: the compact tier's codec (compressed indexes), else nil.
     let codec: CompactCodec?
-    /// Full-precision vectors by id (the re-rank tier), opened like postings.dat.
-    let vectorsFile: RandomAccessFile
-    let vectorsPath: String
-    /// Element type of vectors.dat.
-    let storedType: ElementType
-    let vectorPlacement: IndexLayout.VectorPlacement
     /// Attributes and per-posting summaries (indexes built with `--attributes`).
     let attributes: AttributeStore?
     public let ioMode: IOMode
@@ -138,7 +147,6 @@ public final class VectorIndex: @unchecked Sendable {
             throw FathomError(.corruptIndex, "heads.bin holds \(heads.rows) × \(heads.cols), manifest says \(m.heads) × \(m.dimension)", path: layout.headsPath)
         }
         graph = try layout.readGraph(heads: heads)
-        postingsPath = layout.postingsPath
         // Postings header: check it agrees with the manifest.
         let plain = try RandomAccessFile(path: layout.postingsPath)
         let ph = try plain.readHeader(magic: IndexLayout.postingsMagic)
@@ -159,8 +167,6 @@ public final class VectorIndex: @unchecked Sendable {
                 throw FathomError(.incompatibleIndex, "postings.dat holds \(ph.dimension)-d records of \(ph.recordBytes) B, manifest says \(m.dimension)-d \(m.element_type.rawValue) records of \(m.record_bytes) B", path: layout.postingsPath, offset: 24)
             }
         }
-        storedType = m.element_type
-        vectorsPath = layout.vectorsPath
         if m.attributes != nil {
             let (t, q) = try AttributeStore.readAttributes(path: path + "/" + AttributeStore.attrsFile)
             guard t.count == m.count else {
@@ -173,7 +179,7 @@ public final class VectorIndex: @unchecked Sendable {
         }
         let plainVectors = try RandomAccessFile(path: layout.vectorsPath)
         let vh = try plainVectors.readHeader(magic: IndexLayout.vectorsMagic)
-        vectorPlacement = IndexLayout.VectorPlacement(rowBytes: m.dimension * m.element_type.size)
+        let vectorPlacement = IndexLayout.VectorPlacement(rowBytes: m.dimension * m.element_type.size)
         guard Int(vh.count) == m.count, Int(vh.dimension) == m.dimension, vh.payloadOffset == 4096,
               vh.aux == UInt64(vectorPlacement.rowsPerPage), vh.payloadBytes == vectorPlacement.payloadBytes(count: m.count) else {
             throw FathomError(.corruptIndex, "vectors.dat holds \(vh.count) × \(vh.dimension) (\(vh.aux) rows per page, \(vh.payloadBytes) bytes), manifest says \(m.count) × \(m.dimension)", path: layout.vectorsPath, offset: 16)
@@ -182,7 +188,6 @@ public final class VectorIndex: @unchecked Sendable {
         guard table.count == m.heads else {
             throw FathomError(.corruptIndex, "posting table has \(table.count) entries for \(m.heads) heads", path: layout.tablePath)
         }
-        maxPostingPages = Int(table.map(\.pages).max() ?? 1)
         // Choose the IO path.
         var file = plain
         var vfile = plainVectors
@@ -207,7 +212,7 @@ public final class VectorIndex: @unchecked Sendable {
                 }
             }
             ioMode = mode
-            let depth = 64
+            let depth = 256
             if mode == .aio {
                 engineFactory = { try AIOEngine(depth: depth) }
                 ioEngineName = "libaio"
@@ -216,12 +221,25 @@ public final class VectorIndex: @unchecked Sendable {
                 ioEngineName = "pread"
             }
         }
-        postingsFile = file
-        vectorsFile = engine == nil ? vfile : plainVectors
+        postingStore = DiskPostingStore(table: table, file: file, path: layout.postingsPath, recordBytes: m.record_bytes)
+        vectorStore = DiskVectorStore(file: engine == nil ? vfile : plainVectors, path: layout.vectorsPath,
+                                      dimension: m.dimension, elementType: m.element_type)
     }
 
     /// RAM the index holds while open (heads, graph, posting table), in bytes.
-    public var memoryBytes: Int { graph.memoryBytes + table.count * MemoryLayout<PostingEntry>.stride }
+    public var memoryBytes: Int { graph.memoryBytes + postingStore.residentBytes }
+
+    /// A scorer for this index's posting codec (one per search thread).
+    func makeScorer() -> QueryScorer {
+        if let codec { return LVQScorer(codec: codec, metric: metric) }
+        return FlatScorer(metric: metric, type: elementType, dimension: dimension)
+    }
+
+    /// Candidates re-ranked with full vectors when ``SearchParameters/rerank`` is nil:
+    /// max(20, 2·k) for lvq8 and lvq4x8, max(20, 4·k) for lvq4.
+    public func defaultRerank(k: Int) -> Int {
+        max(20, k * (codec?.lvq.kind == .lvq4 ? 4 : 2))
+    }
 
     // MARK: filters
 

@@ -1,0 +1,224 @@
+import FathomCore
+import FathomMath
+import FathomStorage
+import Foundation
+
+/// Where posting lists live (FAISS's `InvertedLists`): the search pipeline asks a store for
+/// a set of lists and gets each list's records back as a contiguous buffer of
+/// `{UInt32 id, code}` records, `recordBytes` apart. The store knows nothing about what the
+/// codes mean (that is the ``QueryScorer``'s business) nor which lists to read (the router's).
+///
+/// Implementations: ``DiskPostingStore`` (postings.dat through an ``IOEngine``, O_DIRECT),
+/// ``ResidentPostingStore`` (the same bytes held in RAM). A delta store for updates or a
+/// composite over shards is another implementation of this protocol.
+///
+/// Thread safety: a store is immutable and shared by every search thread; each thread reads
+/// through its own ``PostingReader`` (its own buffers and IO engine).
+public protocol PostingStore: AnyObject, Sendable {
+    /// Bytes of one record (4-byte id + code).
+    var recordBytes: Int { get }
+    /// Number of lists (one per head).
+    var listCount: Int { get }
+    /// Records in list `h`.
+    func count(of h: Int) -> Int
+    /// RAM this store keeps resident for serving, in bytes (its table, or all of it).
+    var residentBytes: Int { get }
+    /// A reader for one thread, reading through `engine`.
+    func makeReader(engine: IOEngine) -> PostingReader
+}
+
+/// What one fetch cost: IO requests (after coalescing), bytes (whole 4 KiB pages), dependent
+/// round trips (0 for a resident store, else 1), and lists or rows delivered.
+public struct IOCounts: Sendable, Equatable {
+    public var requests = 0
+    public var bytes = 0
+    public var roundTrips = 0
+    public var items = 0
+    public init(requests: Int = 0, bytes: Int = 0, roundTrips: Int = 0, items: Int = 0) {
+        self.requests = requests; self.bytes = bytes; self.roundTrips = roundTrips; self.items = items
+    }
+}
+
+/// One thread's access to a ``PostingStore``. Never shared between threads.
+public protocol PostingReader: AnyObject {
+    /// Reads the lists `lists` (head ids; empty lists are skipped) in one round trip (a
+    /// single batch handed to the IO engine) and calls `visit(h, records, count)` once per
+    /// list as its bytes arrive, in completion order. `records` is valid only during the
+    /// call. With `verify`, each list's CRC32C is checked first and a mismatch throws
+    /// `corruptIndex` naming the file and offset. A failed read throws after the other
+    /// lists of the batch were visited. Returns what the fetch cost.
+    func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
+               visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts
+}
+
+/// postings.dat on SSD, read with the thread's IO engine (libaio + O_DIRECT by default).
+///
+/// Postings are laid out in head order, and heads are numbered in the order of the
+/// clustering tree (docs/format.md), so the postings one query probes tend to be
+/// neighbours on disk. The reader sorts a query's postings by offset and coalesces
+/// postings whose pages touch or lie at most ``mergeGapPages`` apart into one request of
+/// at most ``maxRequestBytes``: on this class of SSD a 16–64 KiB read costs about as much
+/// as a 4 KiB one, while every extra request costs a slot of the device's IOPS.
+public final class DiskPostingStore: PostingStore, @unchecked Sendable {
+    // Invariant: immutable after init.
+    public let recordBytes: Int
+    let table: [PostingEntry]
+    let file: RandomAccessFile
+    let path: String
+    /// Largest hole (in 4 KiB pages) between two postings that one request still spans.
+    public let mergeGapPages: Int
+    /// Largest single request, in bytes.
+    public let maxRequestBytes: Int
+
+    init(table: [PostingEntry], file: RandomAccessFile, path: String, recordBytes: Int,
+         mergeGapPages: Int = 1, maxRequestBytes: Int = 128 << 10) {
+        self.table = table; self.file = file; self.path = path; self.recordBytes = recordBytes
+        self.mergeGapPages = mergeGapPages
+        let longest = Int(table.map(\.pages).max() ?? 1) * 4096
+        self.maxRequestBytes = max(maxRequestBytes, longest)
+    }
+
+    public var listCount: Int { table.count }
+    public func count(of h: Int) -> Int { Int(table[h].count) }
+    public var residentBytes: Int { table.count * MemoryLayout<PostingEntry>.stride }
+    public func makeReader(engine: IOEngine) -> PostingReader { DiskPostingReader(store: self, engine: engine) }
+}
+
+final class DiskPostingReader: PostingReader {
+    let store: DiskPostingStore
+    let engine: IOEngine
+    /// Lists of the current fetch, sorted by offset.
+    var order = [UInt32]()
+    /// First list (index into `order`) of each request; `runFirst[r + 1]` ends it.
+    var runFirst = [Int]()
+    var requests = [ReadRequest]()
+    var arena: UnsafeMutableRawPointer
+    var arenaBytes: Int
+
+    init(store: DiskPostingStore, engine: IOEngine) {
+        self.store = store
+        self.engine = engine
+        arenaBytes = 256 << 10
+        arena = .allocate(byteCount: arenaBytes, alignment: 4096)
+    }
+
+    deinit { arena.deallocate() }
+
+    func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
+               visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts {
+        let table = store.table
+        order.removeAll(keepingCapacity: true)
+        for h in lists where table[Int(h)].count > 0 { order.append(h) }
+        if order.isEmpty { return IOCounts() }
+        order.sort { table[Int($0)].offset < table[Int($1)].offset }
+        // Coalesce into requests: [start, end) page-aligned byte ranges.
+        runFirst.removeAll(keepingCapacity: true)
+        requests.removeAll(keepingCapacity: true)
+        let gap = UInt64(store.mergeGapPages) * 4096
+        let maxBytes = UInt64(store.maxRequestBytes)
+        var total = 0
+        var runStart: UInt64 = 0, runEnd: UInt64 = 0
+        for (i, h) in order.enumerated() {
+            let e = table[Int(h)]
+            let s = e.offset & ~4095
+            let end = s + UInt64(e.pages) * 4096
+            if i > 0 && s <= runEnd + gap && max(end, runEnd) - runStart <= maxBytes {
+                runEnd = max(runEnd, end)
+                continue
+            }
+            if i > 0 { total += Int(runEnd - runStart); requests.append(ReadRequest(fd: store.file.fd, offset: runStart, length: Int(runEnd - runStart), buffer: arena)) }
+            runFirst.append(i)
+            runStart = s; runEnd = end
+        }
+        total += Int(runEnd - runStart)
+        requests.append(ReadRequest(fd: store.file.fd, offset: runStart, length: Int(runEnd - runStart), buffer: arena))
+        runFirst.append(order.count)
+        if total > arenaBytes {
+            arena.deallocate()
+            arenaBytes = max(total, arenaBytes * 2)
+            arena = .allocate(byteCount: arenaBytes, alignment: 4096)
+        }
+        var cursor = 0
+        for r in 0..<requests.count { requests[r].buffer = arena + cursor; cursor += requests[r].length }
+        var counts = IOCounts(requests: requests.count, bytes: total, roundTrips: 1, items: 0)
+        var firstError: FathomError? = nil
+        let recordBytes = store.recordBytes
+        let path = store.path
+        try requests.withUnsafeBufferPointer { rq in
+            try engine.read(rq, path: path) { r, result in
+                if case .failure(let e) = result { if firstError == nil { firstError = e }; return }
+                let req = rq[r]
+                for i in runFirst[r]..<runFirst[r + 1] {
+                    let h = order[i]
+                    let e = table[Int(h)]
+                    let base = UnsafeRawPointer(req.buffer) + Int(e.offset - req.offset)
+                    let bytes = Int(e.count) * recordBytes
+                    if verify {
+                        let c = crc32c(base, bytes, 0)
+                        if c != e.crc {
+                            if firstError == nil {
+                                firstError = FathomError(.corruptIndex, String(format: "posting %d fails its checksum (stored %08x, read %08x): postings.dat is corrupt — run `fathom verify` and rebuild", Int(h), e.crc, c), path: path, offset: e.offset)
+                            }
+                            continue
+                        }
+                    }
+                    counts.items += 1
+                    try visit(h, base, Int(e.count))
+                }
+            }
+        }
+        if let e = firstError { throw e }
+        return counts
+    }
+}
+
+/// The postings held in RAM (loaded once at open): for indexes small enough, or a serving
+/// memory budget large enough, to keep every list resident. No IO at query time.
+public final class ResidentPostingStore: PostingStore, @unchecked Sendable {
+    // Invariant: immutable after init.
+    public let recordBytes: Int
+    let table: [PostingEntry]
+    let bytes: UnsafeMutableRawPointer
+    let byteCount: Int
+    let path: String
+
+    /// Reads all of postings.dat (checking every posting's checksum once).
+    init(table: [PostingEntry], file: RandomAccessFile, path: String, recordBytes: Int) throws {
+        self.table = table; self.recordBytes = recordBytes; self.path = path
+        byteCount = Int(file.size)
+        bytes = .allocate(byteCount: max(byteCount, 1), alignment: 4096)
+        do { try file.read(into: bytes, count: byteCount, at: 0) } catch { bytes.deallocate(); throw error }
+        for (h, e) in table.enumerated() where e.count > 0 {
+            let c = crc32c(bytes + Int(e.offset), Int(e.count) * recordBytes, 0)
+            guard c == e.crc else {
+                bytes.deallocate()
+                throw FathomError(.corruptIndex, String(format: "posting %d fails its checksum (stored %08x, read %08x): postings.dat is corrupt — run `fathom verify` and rebuild", h, e.crc, c), path: path, offset: e.offset)
+            }
+        }
+    }
+
+    deinit { bytes.deallocate() }
+
+    public var listCount: Int { table.count }
+    public func count(of h: Int) -> Int { Int(table[h].count) }
+    public var residentBytes: Int { byteCount + table.count * MemoryLayout<PostingEntry>.stride }
+    public func makeReader(engine: IOEngine) -> PostingReader { ResidentPostingReader(store: self) }
+}
+
+final class ResidentPostingReader: PostingReader {
+    let store: ResidentPostingStore
+    init(store: ResidentPostingStore) { self.store = store }
+
+    func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
+               visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts {
+        // Checksums were verified when the store was loaded.
+        var counts = IOCounts()
+        for h in lists {
+            let e = store.table[Int(h)]
+            if e.count == 0 { continue }
+            counts.items += 1
+            try visit(h, UnsafeRawPointer(store.bytes) + Int(e.offset), Int(e.count))
+        }
+        return counts
+    }
+}
