@@ -41,3 +41,17 @@ struct ByteSize: ExpressibleByArgument, CustomStringConvertible {
 }
 
 extension Metric: ExpressibleByArgument {}
+
+/// `--serve-memory`: bytes per vector (`32B`, `64`) or a total for the whole index (`4GiB`,
+/// `512MiB`: any size with a K/M/G/T unit).
+enum ServeMemory {
+    static func perVector(_ text: String, vectors: Int, flag: String) throws -> Double {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        let lower = t.lowercased()
+        let total = ["k", "m", "g", "t"].contains { lower.contains($0) }
+        guard let bytes = parseByteSize(t), bytes > 0 else {
+            throw FathomError(.invalidArgument, "\(flag) '\(text)' is not a size: give bytes per vector (32B) or a total (4GiB)")
+        }
+        return total ? Double(bytes) / Double(max(vectors, 1)) : Double(bytes)
+    }
+}

@@ -177,6 +177,17 @@ public struct LVQCodec: Sendable, Hashable {
         }
     }
 
+    /// Distance from a query given as raw values (`dim` floats, their sum and squared norm,
+    /// as ``PreparedQuery`` holds them) to one code: the form for loops that score codes one
+    /// at a time (graph search), without touching an array per call.
+    @inline(__always)
+    public func distance(query q: UnsafePointer<Float>, sum: Float, normSquared: Float,
+                         code: UnsafeRawPointer, metric: Metric) -> Float {
+        var out: Float = 0
+        fk_lvq_batch(kind.cKind, LVQCodec.cMetric(metric), q, sum, normSquared, code, 1, dim, bytesPerVector, &out)
+        return out
+    }
+
     /// Distance from the query to one code (see ``distances(_:codes:count:stride:metric:out:)``).
     public func distance(_ prepared: PreparedQuery, code: UnsafeRawPointer, metric: Metric) -> Float {
         var out: Float = 0

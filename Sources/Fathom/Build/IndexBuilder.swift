@@ -10,12 +10,21 @@ public struct BuildOptions: Sendable, Equatable {
     public var metric: Metric = .l2
     /// Peak resident memory the build must stay within, in bytes.
     public var memoryBudget: UInt64 = 2 << 30
-    /// Heads per vector (e.g. 0.1 = one head per 10 vectors). `nil`: 0.1, lowered if the
+    /// Heads per vector (e.g. 0.1 = one head per 10 vectors). `nil`: the most heads (up to
+    /// 0.1) whose serving RAM fits ``serveMemoryPerVector``, lowered further if the build's
     /// memory budget requires it.
     public var headRatio: Double? = nil
+    /// RAM per vector the index should need to serve, in bytes: heads, graph, posting table,
+    /// codec and the search scratch of ``serveThreads`` threads (docs/memory.md). It decides
+    /// the head count when ``headRatio`` is nil.
+    public var serveMemoryPerVector: Double = 32
+    /// Search threads the serving RAM target assumes (`nil`: the machine's processors).
+    public var serveThreads: Int? = nil
     /// Postings each vector may join (RNG closure), 1...8.
     public var replicas: Int = 8
-    /// 4 KiB pages per posting (its size cap). `nil`: enough for 48 records, at least 3.
+    /// 4 KiB pages per posting (its size cap). `nil`: room for twice the mean posting
+    /// length the closure rule gives at most (2·n·replicas / heads records), so the cap cuts
+    /// only the tail of the posting-length distribution.
     public var postingPages: Int? = nil
     /// Degree of the head graph.
     public var graphDegree: Int = 32
@@ -29,8 +38,9 @@ public struct BuildOptions: Sendable, Equatable {
     public var sampleSize: Int? = nil
     /// Worker threads (the machine's two vCPUs give about one core: 1 is the default).
     public var threads: Int = 1
-    /// What postings store: full vectors (`.none`) or LeanVec + LVQ codes.
-    public var codec: PostingCodec = .none
+    /// What postings store: LeanVec + LVQ codes (default LVQ-4 of the D/2 principal
+    /// components, full vectors on disk for re-ranking) or full vectors (`.none`).
+    public var codec: PostingCodec = .lvq4
     /// LeanVec target dimension (`nil`: D/2 rounded up to a multiple of 8).
     public var reduceDims: Int? = nil
     /// A sample of real queries: learn the query-aware LeanVec-OOD projection from it.
@@ -60,6 +70,8 @@ public struct BuildPlan: Sendable, CustomStringConvertible {
     public var chunkRows: Int
     public var stageBytes: [(stage: String, bytes: UInt64)]
     public var budget: UInt64
+    /// What the index will need to serve (the model's estimate).
+    public var serving: ServingMemory
 
     public var peakBytes: UInt64 { stageBytes.map(\.bytes).max() ?? 0 }
 
@@ -68,6 +80,7 @@ public struct BuildPlan: Sendable, CustomStringConvertible {
         s += "postings ≤ \(postingPages) pages = \(postingCapacity) records of \(recordBytes) B"
         if codec != .none { s += " (LeanVec \(dimension) → \(reducedDimension) dims + \(codec.rawValue))" }
         s += ", training sample \(sampleSize)\n"
+        s += "plan: serving RAM ≈ \(serving.summary)\n"
         for (st, b) in stageBytes { s += "plan:   \(st.padding(toLength: 7, withPad: " ", startingAt: 0)) needs ≈ \(formatBytes(b))\n" }
         s += "plan: peak ≈ \(formatBytes(peakBytes)) of the \(formatBytes(budget)) budget"
         return s
@@ -138,10 +151,11 @@ public final class IndexBuilder {
             }
         }
         let recordBytes = 4 + (options.codec.lvqKind.map { LVQCodec.bytesPerVector(kind: $0, dim: reduced) } ?? d * storedType.size)
-        let pages = options.postingPages ?? max(3, (48 * recordBytes + 4095) / 4096)
-        let cap = pages * 4096 / recordBytes
-        guard cap >= 1 else {
-            throw FathomError(.invalidArgument, "a posting of \(pages) page(s) cannot hold one \(recordBytes)-byte record; use --posting-pages \((recordBytes + 4095) / 4096) or more")
+        // The posting cap: twice the mean posting length the closure can produce (or given).
+        func pagesFor(heads H: Int, factor: Double = 2) -> Int {
+            if let p = options.postingPages { return p }
+            let cap = Int((factor * Double(n) * Double(options.replicas) / Double(max(H, 1))).rounded(.up))
+            return max(1, (max(cap, 1) * recordBytes + 4095) / 4096)
         }
         let chunkRows = max(1, min(65536, (32 << 20) / (d * 4)))
         let budget = options.memoryBudget
@@ -149,6 +163,7 @@ public final class IndexBuilder {
         let L = options.candidateHeads + 32
 
         func estimate(heads H: Int, sample S: Int) -> [(String, UInt64)] {
+            let cap = pagesFor(heads: H) * 4096 / recordBytes
             let headBytes = UInt64(H) * UInt64(d * 4 + R * 4 + 4 + 8)
             let chunk = UInt64(chunkRows) * UInt64(d * (header.elementType.size + 4 + 4))
             let train = Self.processOverhead + UInt64(S) * UInt64(d * 4 + 16) + headBytes
@@ -159,7 +174,8 @@ public final class IndexBuilder {
             return [("train", train), ("assign", assign), ("pack", pack)]
         }
 
-        let ratio = options.headRatio ?? 0.1
+        let ratio = options.headRatio ?? servingRatio(n: n, d: d, reduced: options.codec == .none ? nil : reduced,
+                                                      recordBytes: recordBytes)
         var H = max(1, min(n, Int((Double(n) * ratio).rounded())))
         func sampleFor(_ H: Int) -> Int { min(n, options.sampleSize ?? max(4 * H, 50_000)) }
         var stages = estimate(heads: H, sample: sampleFor(H))
@@ -176,11 +192,53 @@ public final class IndexBuilder {
             let detail = stages.map { "\($0.0) \(formatBytes($0.1))" }.joined(separator: ", ")
             throw FathomError(.memoryBudget, "the build needs about \(formatBytes(peak)) (\(detail)) for \(n) × \(d) vectors with \(H) heads, over the \(formatBytes(budget)) budget; raise --memory-budget to at least \(formatBytes(peak + (peak >> 4))) or lower --head-ratio")
         }
+        let pages = pagesFor(heads: H)
+        let cap = pages * 4096 / recordBytes
+        guard cap >= 1 else {
+            throw FathomError(.invalidArgument, "a posting of \(pages) page(s) cannot hold one \(recordBytes)-byte record; use --posting-pages \((recordBytes + 4095) / 4096) or more")
+        }
+        let serving = Self.servingEstimate(n: n, heads: H, d: d, reduced: options.codec == .none ? nil : reduced,
+                                           recordBytes: recordBytes, degree: R, replicas: options.replicas,
+                                           threads: options.serveThreads ?? ProcessInfo.processInfo.activeProcessorCount)
         return BuildPlan(count: n, dimension: d, reducedDimension: options.codec == .none ? d : reduced,
                          codec: options.codec, inputType: header.elementType, storedType: storedType,
                          heads: H, headRatio: Double(H) / Double(n), sampleSize: sampleFor(H),
                          postingPages: pages, postingCapacity: cap, recordBytes: recordBytes,
-                         chunkRows: chunkRows, stageBytes: stages, budget: budget)
+                         chunkRows: chunkRows, stageBytes: stages, budget: budget, serving: serving)
+    }
+
+    /// The serving-RAM model the head ratio is chosen from: heads, graph, table and codec
+    /// (``ServingMemory``) plus each search thread's scratch at the default 32 probes (its IO
+    /// buffer holds the postings it reads: 32 × the mean posting, whose length is n·r̂/H with
+    /// r̂ = 0.85 × replicas accepted by the closure rule; its dedup table 16 B per record;
+    /// 64 KiB for re-rank reads).
+    static func servingEstimate(n: Int, heads H: Int, d: Int, reduced: Int?, recordBytes: Int, degree: Int,
+                                replicas: Int, threads: Int) -> ServingMemory {
+        let records = Double(n) * 0.85 * Double(replicas) / Double(max(H, 1))
+        let perThread = 32 * Int(records * Double(recordBytes + 16)) + 4 * H + (64 << 10)
+        return ServingMemory.estimate(vectors: n, heads: H, dimension: d, reduced: reduced, degree: degree,
+                                      scratchPerThread: perThread, threads: threads)
+    }
+
+    /// The head ratio (≤ 0.1, ≥ 1 head per 1,000 vectors) with the most heads whose serving
+    /// RAM stays within ``BuildOptions/serveMemoryPerVector``: more heads route better but
+    /// cost RAM; fewer heads make longer postings, so each thread's read buffer grows.
+    func servingRatio(n: Int, d: Int, reduced: Int?, recordBytes: Int) -> Double {
+        let threads = options.serveThreads ?? ProcessInfo.processInfo.activeProcessorCount
+        let target = options.serveMemoryPerVector * Double(n)
+        var best: Int? = nil
+        var bestTotal = Int.max, bestH = 1
+        var H = max(1, n / 10)
+        let floor = max(1, n / 1000)
+        while true {
+            let m = Self.servingEstimate(n: n, heads: H, d: d, reduced: reduced, recordBytes: recordBytes,
+                                         degree: options.graphDegree, replicas: options.replicas, threads: threads)
+            if Double(m.total) <= target { best = H; break }
+            if m.total < bestTotal { bestTotal = m.total; bestH = H }
+            if H <= floor { break }
+            H = max(floor, H * 9 / 10)
+        }
+        return Double(best ?? bestH) / Double(n)
     }
 
     // MARK: fingerprint / resume

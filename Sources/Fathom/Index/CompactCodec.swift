@@ -32,6 +32,11 @@ struct CompactCodec: Sendable {
     let lvq: LVQCodec
 
     var reducedDim: Int { projection.outputDim }
+    /// RAM needed at query time: the query matrix (scoring), the data matrix (routing over
+    /// projected heads; the same matrix for PCA) and the mean.
+    var servingBytes: Int {
+        projection.queryMatrix.byteCount + (projection.kind == .pca ? 0 : projection.dataMatrix.byteCount) + projection.inputDim * 4
+    }
     var codeBytes: Int { lvq.bytesPerVector }
 
     /// Encodes a full-precision float vector (already normalized for cosine).

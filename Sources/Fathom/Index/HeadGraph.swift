@@ -4,27 +4,36 @@ import FathomMath
 /// The in-RAM navigation graph over the heads: fixed degree, built Vamana-style
 /// (incremental greedy search + robust prune with α), searched with a best-first beam.
 ///
-/// Distances are squared L2 on float32 head vectors (for cosine the heads are unit
-/// vectors, so L2 order equals cosine order; for ip the partition geometry is Euclidean).
+/// Distances are squared L2 (for cosine the heads are unit vectors, so L2 order equals
+/// cosine order; for ip the partition geometry is Euclidean). The graph is built on float32
+/// head vectors; a serving index may drop them and search the same topology over compressed
+/// heads through ``search(_:k:listSize:scratch:outIds:outDist:limit:)`` with any
+/// ``HeadDistance``.
 public final class HeadGraph: @unchecked Sendable {
     // Invariant: immutable after `build`/`init(loading:)` returns; safe to share across threads.
     public let count: Int
     public let degree: Int
     public let dimension: Int
-    /// Heads, count × dimension, row-major.
-    public let vectors: Matrix
+    /// Heads, count × dimension, row-major (nil once a serving index dropped them for
+    /// compressed heads).
+    public let vectors: Matrix?
     /// count × degree neighbour ids, `UInt32.max` = empty slot.
     public let neighbors: UnsafeMutablePointer<UInt32>
     public private(set) var entry: UInt32
 
     public static let empty = UInt32.max
 
-    public init(vectors: Matrix, degree: Int, neighbors: [UInt32]? = nil, entry: UInt32 = 0) {
+    public convenience init(vectors: Matrix, degree: Int, neighbors: [UInt32]? = nil, entry: UInt32 = 0) {
+        self.init(count: vectors.rows, dimension: vectors.cols, vectors: vectors, degree: degree, neighbors: neighbors, entry: entry)
+    }
+
+    /// The topology alone (heads kept elsewhere, e.g. compressed).
+    public init(count: Int, dimension: Int, vectors: Matrix?, degree: Int, neighbors: [UInt32]? = nil, entry: UInt32 = 0) {
         self.vectors = vectors
-        self.count = vectors.rows
+        self.count = count
         self.degree = degree
-        self.dimension = vectors.cols
-        let total = vectors.rows * degree
+        self.dimension = dimension
+        let total = count * degree
         let storage = UnsafeMutablePointer<UInt32>.allocate(capacity: max(1, total))
         if let nb = neighbors {
             precondition(nb.count == total)
@@ -39,7 +48,14 @@ public final class HeadGraph: @unchecked Sendable {
     deinit { neighbors.deallocate() }
 
     /// Bytes of RAM the graph and head vectors take.
-    public var memoryBytes: Int { count * degree * 4 + vectors.byteCount }
+    public var memoryBytes: Int { count * degree * 4 + (vectors?.byteCount ?? 0) }
+
+    /// The same topology without the float heads (they are then scored through a
+    /// ``HeadDistance`` over another representation).
+    public func droppingVectors() -> HeadGraph {
+        let nb = [UInt32](UnsafeBufferPointer(start: neighbors, count: count * degree))
+        return HeadGraph(count: count, dimension: dimension, vectors: nil, degree: degree, neighbors: nb, entry: entry)
+    }
 
     // MARK: search
 
@@ -82,6 +98,16 @@ public final class HeadGraph: @unchecked Sendable {
     public func search(_ query: UnsafePointer<Float>, k: Int, listSize: Int, scratch s: Scratch,
                        outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>,
                        limit: Int? = nil) -> Int {
+        guard let v = vectors else { preconditionFailure("HeadGraph.search(query:) needs the float heads; use search(_: HeadDistance, …)") }
+        return search(FloatHeads(query: query, heads: v), k: k, listSize: listSize, scratch: s,
+                      outIds: outIds, outDist: outDist, limit: limit)
+    }
+
+    /// Best-first beam search for the `k` heads nearest by `metric` (see the float form).
+    @discardableResult
+    public func search<M: HeadDistance>(_ metric: M, k: Int, listSize: Int, scratch s: Scratch,
+                                        outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>,
+                                        limit: Int? = nil) -> Int {
         let n = limit ?? count
         if n == 0 { return 0 }
         let L = max(listSize, k)
@@ -89,7 +115,6 @@ public final class HeadGraph: @unchecked Sendable {
         s.epoch &+= 1
         if s.epoch == 0 { for i in 0..<s.visited.count { s.visited[i] = 0 }; s.epoch = 1 }
         let epoch = s.epoch
-        let d = dimension
         s.evaluated.removeAll(keepingCapacity: true)
         return s.visited.withUnsafeMutableBufferPointer { vis -> Int in
             s.beamDist.withUnsafeMutableBufferPointer { bd -> Int in
@@ -99,7 +124,7 @@ public final class HeadGraph: @unchecked Sendable {
                         var cnt = 0
                         let e = Int(entry) < n ? entry : 0
                         vis[Int(e)] = epoch
-                        let d0 = Distance.l2sq(query, vectors.row(Int(e)), d)
+                        let d0 = metric.distance(Int(e))
                         bd[0] = d0; bi[0] = e; bdone[0] = false; cnt = 1
                         if s.trackEvaluated { s.evaluated.append((d0, e)) }
                         var cursor = 0
@@ -115,7 +140,7 @@ public final class HeadGraph: @unchecked Sendable {
                                 let vi = Int(v)
                                 if vi >= n || vis[vi] == epoch { continue }
                                 vis[vi] = epoch
-                                let dv = Distance.l2sq(query, vectors.row(vi), d)
+                                let dv = metric.distance(vi)
                                 if s.trackEvaluated { s.evaluated.append((dv, v)) }
                                 if cnt == L && dv >= bd[L - 1] { continue }
                                 // insert sorted
@@ -181,7 +206,7 @@ public final class HeadGraph: @unchecked Sendable {
         for t in 1..<n {
             let p = order[t]
             // The search only walks edges, and only inserted nodes have edges (plus the entry).
-            g.search(vectors.row(p), k: buildList, listSize: buildList, scratch: scratch, outIds: outIds, outDist: outDist)
+            g.search(FloatHeads(query: vectors.row(p), heads: vectors), k: buildList, listSize: buildList, scratch: scratch, outIds: outIds, outDist: outDist)
             pool = scratch.evaluated.filter { Int($0.1) != p }
             if pool.count > 3 * degree {
                 pool.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
@@ -204,6 +229,7 @@ public final class HeadGraph: @unchecked Sendable {
     /// already kept u has α²·d(u,v) ≤ d(p,v) (squared distances).
     func robustPrune(node p: Int, candidates: inout [(Float, UInt32)], alpha2: Float) {
         let d = dimension
+        let vectors = self.vectors!
         candidates.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
         // dedupe
         var uniq = [(Float, UInt32)]()
@@ -233,6 +259,7 @@ public final class HeadGraph: @unchecked Sendable {
     func addReverse(from v: Int, to p: UInt32, alpha2: Float, pool: inout [(Float, UInt32)]) {
         let nb = neighbors + v * degree
         let d = dimension
+        let vectors = self.vectors!
         let vr = vectors.row(v)
         let pr = vectors.row(Int(p))
         let dvp = Distance.l2sq(vr, pr, d)
@@ -251,4 +278,19 @@ public final class HeadGraph: @unchecked Sendable {
         if c < degree { nb[c] = p; return }
         if dvp < farthestD { nb[farthest] = p }
     }
+}
+
+/// How the head graph's search measures the query against head `i` (squared L2 in some
+/// representation of the heads). A value type, so the search loop is specialized for each
+/// implementation and calls no protocol per distance.
+public protocol HeadDistance {
+    func distance(_ i: Int) -> Float
+}
+
+/// Float32 heads.
+public struct FloatHeads: HeadDistance {
+    let query: UnsafePointer<Float>
+    let heads: Matrix
+    public init(query: UnsafePointer<Float>, heads: Matrix) { self.query = query; self.heads = heads }
+    @inline(__always) public func distance(_ i: Int) -> Float { Distance.l2sq(query, heads.row(i), heads.cols) }
 }

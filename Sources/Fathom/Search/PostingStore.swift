@@ -41,6 +41,8 @@ public struct IOCounts: Sendable, Equatable {
 
 /// One thread's access to a ``PostingStore``. Never shared between threads.
 public protocol PostingReader: AnyObject {
+    /// Bytes of buffers this reader holds.
+    var scratchBytes: Int { get }
     /// Reads the lists `lists` (head ids; empty lists are skipped) in one round trip (a
     /// single batch handed to the IO engine) and calls `visit(h, records, count)` once per
     /// list as its bytes arrive, in completion order. `records` is valid only during the
@@ -103,6 +105,8 @@ final class DiskPostingReader: PostingReader {
     }
 
     deinit { arena.deallocate() }
+
+    var scratchBytes: Int { arenaBytes + order.capacity * 4 + requests.capacity * MemoryLayout<ReadRequest>.stride }
 
     func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
                visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts {
@@ -208,6 +212,7 @@ public final class ResidentPostingStore: PostingStore, @unchecked Sendable {
 final class ResidentPostingReader: PostingReader {
     let store: ResidentPostingStore
     init(store: ResidentPostingStore) { self.store = store }
+    var scratchBytes: Int { 0 }
 
     func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
                visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts {

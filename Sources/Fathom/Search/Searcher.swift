@@ -23,7 +23,7 @@ public final class Searcher {
     let postings: PostingReader
     let vectors: VectorReader
     let scorer: QueryScorer
-    let headScratch: HeadGraph.Scratch
+    let routeScratch: HeadRouter.Scratch
     var candIds: UnsafeMutablePointer<UInt32>
     var candDist: UnsafeMutablePointer<Float>
     var candCapacity: Int
@@ -55,7 +55,7 @@ public final class Searcher {
         postings = index.postingStore.makeReader(engine: engine)
         vectors = index.vectorStore.makeReader(engine: engine)
         scorer = index.makeScorer()
-        headScratch = HeadGraph.Scratch(graphSize: index.graph.count, beam: 128)
+        routeScratch = index.router.makeScratch()
         candCapacity = 128
         candIds = .allocate(capacity: candCapacity)
         candDist = .allocate(capacity: candCapacity)
@@ -140,12 +140,14 @@ public final class Searcher {
         if ref <= 0 { for i in 1..<max(found, 1) where candDist[i] > 0 { ref = candDist[i]; break } }
         let limit = ref > 0 ? ref * p.maxDistRatio : Float.infinity
         lists.removeAll(keepingCapacity: true)
+        var records = 0
         for i in 0..<found {
             if candDist[i] > limit { break }
             lists.append(candIds[i])
+            records += index.postingStore.count(of: Int(candIds[i]))
         }
         // fetch + score + dedup
-        resetSeen(expected: lists.count * max(index.manifest.parameters.posting_capacity, 1))
+        resetSeen(expected: records)
         try fetchAndScore(verify: p.verifyChecksums, filter: nil)
         // re-rank
         if !scorer.exact { try rerank() }
@@ -172,7 +174,7 @@ public final class Searcher {
     func route(count: Int, listSize: Int) -> Int {
         let list = max(listSize, count)
         ensureRouteCapacity(list)
-        return index.graph.search(query, k: count, listSize: list, scratch: headScratch, outIds: candIds, outDist: candDist)
+        return index.router.route(query, k: count, listSize: list, scratch: routeScratch, outIds: candIds, outDist: candDist)
     }
 
     /// Reads the postings in `lists` (one round trip) and scores every record; with a
@@ -233,6 +235,12 @@ public final class Searcher {
             heap.push(Distance.one(metric, type, query: query, vector: v, d: d), ids[i])
         }
         stats.add(c, postings: false)
+    }
+
+    /// Bytes of scratch this searcher holds (IO buffers, dedup table, heaps, routing state).
+    var scratchBytes: Int {
+        postings.scratchBytes + vectors.scratchBytes + routeScratch.bytes + seenKeys.count * 8
+            + scoreCapacity * 4 + candCapacity * 8 + (candidates.capacity + heap.capacity) * 8 + rerankCapacity * 8
     }
 
     func finish(k: Int, into out: UnsafeMutablePointer<Neighbor>) -> Int {

@@ -93,8 +93,9 @@ public final class VectorIndex: @unchecked Sendable {
     public let metric: Metric
     public let dimension: Int
     public let elementType: ElementType
-    /// What is searched: the heads and their graph.
-    let graph: HeadGraph
+    /// What is searched: the heads (compressed for a compressed index) and their graph.
+    let router: HeadRouter
+    var graph: HeadGraph { router.graph }
     let table: [PostingEntry]
     /// Where posting lists live.
     let postingStore: PostingStore
@@ -146,7 +147,7 @@ public final class VectorIndex: @unchecked Sendable {
         guard heads.cols == m.dimension, heads.rows == m.heads else {
             throw FathomError(.corruptIndex, "heads.bin holds \(heads.rows) × \(heads.cols), manifest says \(m.heads) × \(m.dimension)", path: layout.headsPath)
         }
-        graph = try layout.readGraph(heads: heads)
+        let graph = try layout.readGraph(heads: heads)
         // Postings header: check it agrees with the manifest.
         let plain = try RandomAccessFile(path: layout.postingsPath)
         let ph = try plain.readHeader(magic: IndexLayout.postingsMagic)
@@ -154,7 +155,9 @@ public final class VectorIndex: @unchecked Sendable {
         guard let postingCodec = PostingCodec(rawValue: codecName) else {
             throw FathomError(.incompatibleIndex, "unknown posting codec '\(codecName)' in manifest.json; this Fathom knows \(PostingCodec.allCases.map(\.rawValue))", path: path + "/manifest.json")
         }
-        codec = postingCodec == .none ? nil : try CompactCodec.read(from: layout.codecPath)
+        let codec = postingCodec == .none ? nil : try CompactCodec.read(from: layout.codecPath)
+        self.codec = codec
+        router = codec.map { HeadRouter(compressing: graph, projection: $0.projection) } ?? HeadRouter(graph: graph)
         if let codec {
             guard codec.lvq.kind == postingCodec.lvqKind, codec.projection.inputDim == m.dimension,
                   Int(ph.dimension) == codec.reducedDim, Int(ph.recordBytes) == 4 + codec.codeBytes,
@@ -226,8 +229,21 @@ public final class VectorIndex: @unchecked Sendable {
                                       dimension: m.dimension, elementType: m.element_type)
     }
 
-    /// RAM the index holds while open (heads, graph, posting table), in bytes.
-    public var memoryBytes: Int { graph.memoryBytes + postingStore.residentBytes }
+    /// RAM the index holds while open to serve (heads, graph, posting table, codec), in bytes;
+    /// per-thread search scratch is in ``scratchBytes``.
+    public var memoryBytes: Int { servingMemory.total }
+
+    /// RAM by part (docs/memory.md).
+    public var servingMemory: ServingMemory {
+        ServingMemory(heads: router.headBytes, graph: router.graphBytes, table: postingStore.residentBytes,
+                      codec: codec?.servingBytes ?? 0, scratch: scratchBytes, vectors: count)
+    }
+
+    /// Bytes of per-thread scratch the searchers made so far hold (IO buffers, dedup tables).
+    public var scratchBytes: Int {
+        poolLock.lock(); defer { poolLock.unlock() }
+        return pool.reduce(0) { $0 + $1.scratchBytes }
+    }
 
     /// A scorer for this index's posting codec (one per search thread).
     func makeScorer() -> QueryScorer {

@@ -20,6 +20,8 @@ public protocol VectorStore: AnyObject, Sendable {
 
 /// One thread's access to a ``VectorStore``. Never shared between threads.
 public protocol VectorReader: AnyObject {
+    /// Bytes of buffers this reader holds.
+    var scratchBytes: Int { get }
     /// Reads the rows `ids` in one round trip (rows on the same or adjacent pages share one
     /// request) and calls `visit(i, row)` for `ids[i]` as its page arrives; `row` is valid
     /// only during the call. A failed read throws after the other rows were visited.
@@ -62,6 +64,8 @@ final class DiskVectorReader: VectorReader {
     }
 
     deinit { arena.deallocate() }
+
+    var scratchBytes: Int { arenaBytes + order.capacity * 4 + requests.capacity * MemoryLayout<ReadRequest>.stride }
 
     func fetch(_ ids: UnsafeBufferPointer<UInt32>, 
                visit: (Int, UnsafeRawPointer) throws -> Void) throws -> IOCounts {

@@ -1,0 +1,48 @@
+import FathomCore
+import Foundation
+
+/// The RAM an open index holds to serve queries, by part (docs/memory.md). The same model
+/// plans the build (the head count that fits a per-vector target) and reports what an open
+/// index really holds (``VectorIndex/servingMemory``, `fathom info`).
+public struct ServingMemory: Sendable, Equatable, Codable {
+    /// Heads in their serving representation (LVQ-8 codes of projected heads, or float32).
+    public var heads: Int
+    /// Head graph topology.
+    public var graph: Int
+    /// Posting table (or every posting, for a resident store).
+    public var table: Int
+    /// Codec parameters needed at query time (LeanVec query matrix and mean).
+    public var codec: Int
+    /// Per-thread search scratch (IO buffers, dedup tables), summed over the search threads.
+    public var scratch: Int
+    /// Vectors served (for the per-vector figure).
+    public var vectors: Int
+
+    public init(heads: Int, graph: Int, table: Int, codec: Int, scratch: Int, vectors: Int) {
+        self.heads = heads; self.graph = graph; self.table = table; self.codec = codec
+        self.scratch = scratch; self.vectors = vectors
+    }
+
+    public var total: Int { heads + graph + table + codec + scratch }
+    public var perVector: Double { Double(total) / Double(max(vectors, 1)) }
+
+    /// Bytes of one posting-table entry in RAM.
+    static let tableEntryBytes = MemoryLayout<PostingEntry>.stride
+
+    /// The model: what an index of `vectors` vectors with `heads` heads will hold.
+    /// - Parameters:
+    ///   - dimension: D; `reduced`: the codec's d′ (nil: uncompressed, float32 heads).
+    ///   - scratchPerThread: bytes of search scratch per thread; `threads`: how many.
+    static func estimate(vectors: Int, heads: Int, dimension: Int, reduced: Int?, degree: Int,
+                         scratchPerThread: Int, threads: Int) -> ServingMemory {
+        let headBytes = reduced.map { $0 + 4 } ?? dimension * 4
+        let codec = reduced.map { dimension * $0 * 4 + dimension * 4 } ?? 0
+        return ServingMemory(heads: heads * headBytes, graph: heads * degree * 4, table: heads * tableEntryBytes,
+                             codec: codec, scratch: scratchPerThread * threads, vectors: vectors)
+    }
+
+    /// One line for reports.
+    public var summary: String {
+        "\(formatBytes(UInt64(total))) = \(String(format: "%.1f", perVector)) B/vector (heads \(formatBytes(UInt64(heads))), graph \(formatBytes(UInt64(graph))), table \(formatBytes(UInt64(table))), codec \(formatBytes(UInt64(codec))), search scratch \(formatBytes(UInt64(scratch))))"
+    }
+}

@@ -1,0 +1,102 @@
+import FathomCodecs
+import FathomCore
+import FathomMath
+import Foundation
+
+/// What is searched (FAISS's coarse quantizer): the heads and their graph, answering "which
+/// postings are nearest to this query, and how near".
+///
+/// Two representations of the heads:
+/// - **float**: the heads as built (uncompressed indexes);
+/// - **compressed**: for an index with a LeanVec codec, every head is projected with the
+///   codec's data matrix and stored as an LVQ-8 code of the projected vector, so a head costs
+///   `d′ + 4` bytes instead of `4·D` (docs/memory.md). The query is projected the same way
+///   (`Bᵀ(q − μ)`) and the graph search runs on the codes; squared L2 between projected
+///   vectors approximates the full-space distance the graph was built with.
+///
+/// Thread safety: immutable after init and shared; per-thread state lives in ``Scratch``.
+final class HeadRouter: @unchecked Sendable {
+    let graph: HeadGraph
+    /// Compressed heads: LVQ-8 codes of the projected heads, `codec.bytesPerVector` apart.
+    let codes: UnsafeMutableRawPointer?
+    let headCodec: LVQCodec?
+    let projection: LeanVecProjection?
+
+    /// Float heads (the graph keeps its vectors).
+    init(graph: HeadGraph) {
+        self.graph = graph
+        codes = nil; headCodec = nil; projection = nil
+    }
+
+    /// Compressed heads: projects and encodes `graph.vectors`, then drops them.
+    init(compressing graph: HeadGraph, projection: LeanVecProjection) {
+        let heads = graph.vectors!
+        let d = projection.outputDim
+        let codec = LVQCodec(kind: .lvq8, dim: d)
+        let stride = codec.bytesPerVector
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: max(1, heads.rows * stride), alignment: 64)
+        let y = UnsafeMutablePointer<Float>.allocate(capacity: d)
+        defer { y.deallocate() }
+        for i in 0..<heads.rows {
+            projection.projectData(heads.row(i), into: y)
+            codec.encode(UnsafePointer(y), into: buf + i * stride)
+        }
+        self.graph = graph.droppingVectors()
+        codes = buf; headCodec = codec; self.projection = projection
+    }
+
+    deinit { codes?.deallocate() }
+
+    var count: Int { graph.count }
+
+    /// RAM of the heads in their serving representation.
+    var headBytes: Int { headCodec.map { $0.bytesPerVector * count } ?? (graph.vectors?.byteCount ?? 0) }
+    /// RAM of the graph topology.
+    var graphBytes: Int { count * graph.degree * 4 }
+
+    /// Per-thread routing state.
+    final class Scratch {
+        let graph: HeadGraph.Scratch
+        let projected: UnsafeMutablePointer<Float>
+        var sum: Float = 0
+        var norm: Float = 0
+        let dim: Int
+        init(router: HeadRouter) {
+            graph = HeadGraph.Scratch(graphSize: router.count, beam: 128)
+            dim = router.projection?.outputDim ?? 0
+            projected = .allocate(capacity: max(dim, 1))
+        }
+        deinit { projected.deallocate() }
+        var bytes: Int { graph.visited.count * 4 + graph.beamDist.count * 9 + dim * 4 }
+    }
+
+    func makeScratch() -> Scratch { Scratch(router: self) }
+
+    /// The `k` heads nearest to `query` (full dimension, normalized for cosine), nearest
+    /// first, into `outIds` / `outDist` (squared L2 in the heads' representation); returns
+    /// how many.
+    func route(_ query: UnsafePointer<Float>, k: Int, listSize: Int, scratch s: Scratch,
+               outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>) -> Int {
+        guard let codes, let headCodec, let projection else {
+            return graph.search(FloatHeads(query: query, heads: graph.vectors!), k: k, listSize: listSize,
+                                scratch: s.graph, outIds: outIds, outDist: outDist)
+        }
+        projection.projectData(query, into: s.projected)
+        var sum: Float = 0, norm: Float = 0
+        for j in 0..<s.dim { let v = s.projected[j]; sum += v; norm += v * v }
+        let metric = CompressedHeads(query: s.projected, sum: sum, norm: norm, codes: codes, codec: headCodec)
+        return graph.search(metric, k: k, listSize: listSize, scratch: s.graph, outIds: outIds, outDist: outDist)
+    }
+}
+
+/// LVQ-8 codes of projected heads, scored against a projected query.
+struct CompressedHeads: HeadDistance {
+    let query: UnsafePointer<Float>
+    let sum: Float
+    let norm: Float
+    let codes: UnsafeRawPointer
+    let codec: LVQCodec
+    @inline(__always) func distance(_ i: Int) -> Float {
+        codec.distance(query: query, sum: sum, normSquared: norm, code: codes + i * codec.bytesPerVector, metric: .l2)
+    }
+}
