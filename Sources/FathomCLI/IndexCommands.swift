@@ -99,6 +99,8 @@ struct SearchCommand: ParsableCommand {
     @Option(name: .customLong("head-list"), help: "Beam width of the head-graph search (default: max(2 × probes, 64)).")
     var headList: Int?
     @Option(help: "Search threads (default: the number of CPUs).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Queries in flight per thread (libaio engine, unfiltered queries): while some wait for their reads the thread scores others. 1: one query at a time per thread, as DiskANN's search tool does.")
+    var window: Int = VectorIndex.defaultWindow
     @Option(help: "Use at most this many queries (default: all).") var limit: Int?
     @Option(help: "IO engine: aio (libaio + O_DIRECT), pread, or auto (aio, pread where O_DIRECT is refused).") var io: String = "auto"
     @Flag(name: .customLong("no-checksums"), help: "Skip the CRC32C check of each posting read.") var noChecksums = false
@@ -109,6 +111,7 @@ struct SearchCommand: ParsableCommand {
     func validate() throws {
         guard k >= 1 else { throw ValidationError("-k must be at least 1") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        guard (1...64).contains(window) else { throw ValidationError("--window must be between 1 and 64") }
         guard !probeList.isEmpty, probeList.allSatisfy({ $0 >= 1 }) else {
             throw ValidationError("--probes must be a comma-separated list of positive integers, e.g. 8,16,32")
         }
@@ -148,8 +151,8 @@ struct SearchCommand: ParsableCommand {
                     catch var e as FathomError { e.path = path; e.message = "line \(i + 1): " + e.message; throw e }
                 }
             }
-            progress.note("search: \(q.rows) queries, k = \(k), \(threads) thread(s), IO \(idx.ioEngineName), index \(idx.count) vectors / \(idx.headCount) heads")
-            let (rows, ids, dists) = try SearchBenchmark.run(index: idx, queries: q, k: k, probes: probeList, threads: threads,
+            progress.note("search: \(q.rows) queries, k = \(k), \(threads) thread(s) × \(window) in flight, IO \(idx.ioEngineName), index \(idx.count) vectors / \(idx.headCount) heads, serving RAM \(idx.servingMemory.summary)")
+            let (rows, ids, dists) = try SearchBenchmark.run(index: idx, queries: q, k: k, probes: probeList, threads: threads, window: window,
                                                              gt: truth, base: base, filters: prepared, postFilter: postFilter, progress: progress)
             if json {
                 struct Out: Codable { var rows: [SearchReportRow] }

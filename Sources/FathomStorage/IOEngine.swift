@@ -34,10 +34,28 @@ public protocol IOEngine: AnyObject {
               completed: (Int, Result<Int, FathomError>) throws -> Void) throws
 }
 
+/// An engine that keeps the reads of several independent operations in flight at once (a
+/// search thread pipelining queries): reads are submitted without waiting and reaped later,
+/// each identified by the tag it was submitted with. Never mix `read` and `submit`/`reap` on
+/// one engine while asynchronous reads are in flight.
+public protocol AsyncIOEngine: IOEngine {
+    /// Reads submitted and not yet reaped.
+    var inFlight: Int { get }
+    /// The most reads that may be in flight.
+    var capacity: Int { get }
+    /// Starts `requests` without waiting; request `i` completes with tag `tag + i`. Throws
+    /// when more than `capacity − inFlight` are given or the kernel refuses them.
+    func submit(_ requests: UnsafeBufferPointer<ReadRequest>, tag: UInt64, path: String) throws
+    /// Waits for at least `min` completions (0: only those already done) and reports each
+    /// as `(tag, bytes read or error)`; returns how many were reported.
+    @discardableResult
+    func reap(min: Int, completed: (UInt64, Result<Int, FathomError>) throws -> Void) throws -> Int
+}
+
 /// Linux native async IO (libaio): one `io_submit` for the batch, completions reaped with
 /// `io_getevents`. Handles partial submission, `EAGAIN` and `EINTR`; a context the
 /// system's `aio-max-nr` cannot grant raises a `resourceLimit` error that says how to fix it.
-public final class AIOEngine: IOEngine {
+public final class AIOEngine: AsyncIOEngine {
     public let name = "libaio"
     public let direct = true
     let depth: Int
@@ -45,6 +63,15 @@ public final class AIOEngine: IOEngine {
     let iocbs: UnsafeMutablePointer<iocb>
     let iocbPtrs: UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>
     let events: UnsafeMutablePointer<io_event>
+    // Asynchronous reads: their own control blocks, a free list, and per block the request
+    // (to finish a short read), its tag and its file's path.
+    var asyncIocbs: UnsafeMutablePointer<iocb>? = nil
+    var asyncRequests: [ReadRequest] = []
+    var asyncTags: [UInt64] = []
+    var asyncPaths: [String] = []
+    var free: [Int32] = []
+    public private(set) var inFlight = 0
+    public var capacity: Int { depth }
 
     /// - Parameter depth: the most reads one batch may hold (the context's queue depth).
     public init(depth: Int) throws {
@@ -69,7 +96,74 @@ public final class AIOEngine: IOEngine {
 
     deinit {
         if let c = ctx { io_destroy(c) }
-        iocbs.deallocate(); iocbPtrs.deallocate(); events.deallocate()
+        iocbs.deallocate(); iocbPtrs.deallocate(); events.deallocate(); asyncIocbs?.deallocate()
+    }
+
+    public func submit(_ requests: UnsafeBufferPointer<ReadRequest>, tag: UInt64, path: String) throws {
+        let n = requests.count
+        if n == 0 { return }
+        if asyncIocbs == nil {
+            asyncIocbs = .allocate(capacity: depth)
+            asyncRequests = [ReadRequest](repeating: ReadRequest(fd: -1, offset: 0, length: 0, buffer: UnsafeMutableRawPointer(bitPattern: 1)!), count: depth)
+            asyncTags = [UInt64](repeating: 0, count: depth)
+            asyncPaths = [String](repeating: "", count: depth)
+            free = (0..<Int32(depth)).reversed().map { $0 }
+        }
+        guard n <= free.count else {
+            throw FathomError(.resourceLimit, "\(n) reads asked with room for \(free.count) (queue depth \(depth))", path: path)
+        }
+        for i in 0..<n {
+            let slot = Int(free.removeLast())
+            let rq = requests[i]
+            let cb = asyncIocbs! + slot
+            io_prep_pread(cb, rq.fd, rq.buffer, rq.length, Int64(rq.offset))
+            cb.pointee.data = UnsafeMutableRawPointer(bitPattern: slot + 1)
+            asyncRequests[slot] = rq; asyncTags[slot] = tag + UInt64(i); asyncPaths[slot] = path
+            iocbPtrs[i] = cb
+        }
+        var submitted = 0, retries = 0
+        while submitted < n {
+            let r = io_submit(ctx, n - submitted, iocbPtrs + submitted)
+            if r > 0 { submitted += Int(r); inFlight += Int(r); retries = 0; continue }
+            if r == -EINTR { continue }
+            if r == -EAGAIN && retries < 1000 { retries += 1; usleep(50); continue }
+            // Give the unsubmitted blocks back and fail.
+            for i in submitted..<n { free.append(Int32(Int(bitPattern: iocbPtrs[i]!.pointee.data) - 1)) }
+            throw FathomError.system("io_submit", path: path, errno: r < 0 ? -Int32(r) : EIO, offset: requests[submitted].offset)
+        }
+    }
+
+    @discardableResult
+    public func reap(min: Int, completed: (UInt64, Result<Int, FathomError>) throws -> Void) throws -> Int {
+        if inFlight == 0 { return 0 }
+        while true {
+            let got = io_getevents(ctx, Swift.min(min, inFlight), depth, events, nil)
+            if got == -EINTR { continue }
+            if got < 0 { throw FathomError.system("io_getevents", path: nil, errno: -got) }
+            for e in 0..<Int(got) {
+                let slot = Int(bitPattern: events[e].data) - 1
+                let res = Int(bitPattern: UInt(events[e].res))
+                let rq = asyncRequests[slot], tag = asyncTags[slot], path = asyncPaths[slot]
+                free.append(Int32(slot))
+                inFlight -= 1
+                try completed(tag, Self.result(res, rq, path: path))
+            }
+            return Int(got)
+        }
+    }
+
+    /// A completion's result: bytes, an error naming the file and offset, or a short read
+    /// finished synchronously (end of file is an error).
+    static func result(_ res: Int, _ rq: ReadRequest, path: String) -> Result<Int, FathomError> {
+        if res < 0 { return .failure(FathomError.system("read", path: path, errno: Int32(-res), offset: rq.offset)) }
+        var done = res
+        while done < rq.length {
+            let r = pread(rq.fd, rq.buffer + done, rq.length - done, off_t(rq.offset) + off_t(done))
+            if r < 0 { if errno == EINTR { continue }; return .failure(FathomError.system("read", path: path, errno: errno, offset: rq.offset + UInt64(done))) }
+            if r == 0 { return .failure(FathomError(.corruptIndex, "short read: the file ends inside a read; it is truncated — rebuild the index", path: path, offset: rq.offset + UInt64(done))) }
+            done += r
+        }
+        return .success(done)
     }
 
     public func read(_ requests: UnsafeBufferPointer<ReadRequest>, path: String,
@@ -125,23 +219,7 @@ public final class AIOEngine: IOEngine {
             for e in 0..<Int(got) {
                 let i = Int(bitPattern: events[e].data) - 1
                 let res = Int(bitPattern: UInt(events[e].res))
-                let rq = requests[start + i]
-                if res < 0 {
-                    try completed(start + i, .failure(FathomError.system("read", path: path, errno: Int32(-res), offset: rq.offset)))
-                } else if res < rq.length {
-                    // A short read: finish it synchronously (end of file is an error).
-                    var done = res
-                    var failure: FathomError? = nil
-                    while done < rq.length {
-                        let r = pread(rq.fd, rq.buffer + done, rq.length - done, off_t(rq.offset) + off_t(done))
-                        if r < 0 { if errno == EINTR { continue }; failure = FathomError.system("read", path: path, errno: errno, offset: rq.offset + UInt64(done)); break }
-                        if r == 0 { failure = FathomError(.corruptIndex, "short read: the file ends inside a posting; it is truncated — rebuild the index", path: path, offset: rq.offset + UInt64(done)); break }
-                        done += r
-                    }
-                    try completed(start + i, failure.map { .failure($0) } ?? .success(done))
-                } else {
-                    try completed(start + i, .success(res))
-                }
+                try completed(start + i, Self.result(res, requests[start + i], path: path))
             }
             return Int(got)
         }

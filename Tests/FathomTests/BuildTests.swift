@@ -7,7 +7,7 @@ import FathomStorage
 
 @Suite struct BuildTests {
     func smallOptions() -> BuildOptions {
-        var o = BuildOptions()
+        var o = BuildOptions(); o.codec = .none
         o.memoryBudget = 512 << 20
         o.headRatio = 0.05
         o.postingPages = 2        // 2 × 4096 / (4 + 32·4) = 62 records
@@ -87,7 +87,7 @@ import FathomStorage
     @Test func budgetTooSmallIsRefusedWithNumbers() throws {
         let dir = TempDir()
         try writeSynthetic(dir: dir, n: 1000, d: 16)
-        var o = BuildOptions(); o.memoryBudget = 16 << 20; o.headRatio = 0.1
+        var o = BuildOptions(); o.codec = .none; o.memoryBudget = 16 << 20; o.headRatio = 0.1
         do {
             _ = try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("x"), options: o).plan()
             Issue.record("expected a memory budget error")

@@ -46,7 +46,7 @@ import FathomStorage
         let dir = TempDir("fathom-stress")
         let nq = 400, k = 10
         let (_, queries) = try writeSynthetic(dir: dir, n: 2000, d: 16, nq: nq)
-        var o = BuildOptions()
+        var o = BuildOptions(); o.codec = .none
         o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.postingPages = 2
         try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
         try writeSynthetic(dir: dir, n: 1000, d: 16, seed: 99, base: "other.fbin")

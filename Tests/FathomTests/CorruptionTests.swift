@@ -15,7 +15,7 @@ import Testing
     @Test func randomByteFlipsAreAlwaysDetected() throws {
         let dir = TempDir()
         let (_, q) = try writeSynthetic(dir: dir, n: 1200, d: 8, nq: 3)
-        var o = BuildOptions(); o.memoryBudget = 256 << 20; o.headRatio = 0.05; o.postingPages = 1
+        var o = BuildOptions(); o.codec = .none; o.memoryBudget = 256 << 20; o.headRatio = 0.05; o.postingPages = 1
         try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("clean"), options: o).build()
         let clean = try VectorIndex.open(at: dir.file("clean"))
         let all = SearchParameters(probes: clean.headCount, maxDistRatio: .infinity, headListSize: clean.headCount)
@@ -51,7 +51,7 @@ import Testing
     @Test func truncationOfEveryFileIsDetected() throws {
         let dir = TempDir()
         try writeSynthetic(dir: dir, n: 800, d: 8)
-        var o = BuildOptions(); o.memoryBudget = 256 << 20; o.headRatio = 0.05
+        var o = BuildOptions(); o.codec = .none; o.memoryBudget = 256 << 20; o.headRatio = 0.05
         try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("clean"), options: o).build()
         for name in Self.files {
             for cut in [1, 63, 4096] {
@@ -70,7 +70,7 @@ import Testing
     @Test func wrongVersionAndMetricAreTypedErrors() throws {
         let dir = TempDir()
         try writeSynthetic(dir: dir, n: 500, d: 8)
-        var o = BuildOptions(); o.memoryBudget = 256 << 20; o.headRatio = 0.05
+        var o = BuildOptions(); o.codec = .none; o.memoryBudget = 256 << 20; o.headRatio = 0.05
         let m = try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
         var v2 = m; v2.format_version = 2
         try v2.sealedData().write(to: URL(fileURLWithPath: dir.file("idx/manifest.json")))

@@ -181,7 +181,7 @@ final class FuzzReference: @unchecked Sendable {
         try w.append(UnsafeRawPointer(m.data), count: Self.n)
         try w.close(sync: false)
         try Data(Self.attributeCSV(rows: Self.n).utf8).write(to: URL(fileURLWithPath: dir.file("attrs.csv")))
-        var o = BuildOptions()
+        var o = BuildOptions(); o.codec = .none
         o.memoryBudget = 256 << 20; o.headRatio = 0.1; o.postingPages = 1; o.graphDegree = 8
         o.candidateHeads = 16; o.replicas = 4; o.seed = 3
         try IndexBuilder(input: dir.file("base.fbin"), output: plain, options: o).build()

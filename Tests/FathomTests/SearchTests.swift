@@ -8,7 +8,7 @@ import FathomStorage
 @Suite struct SearchTests {
     static func buildSmall(_ dir: TempDir, metric: Metric = .l2, n: Int = 2000, d: Int = 16) throws -> (Matrix, Matrix) {
         let (b, q) = try writeSynthetic(dir: dir, n: n, d: d, nq: 50)
-        var o = BuildOptions()
+        var o = BuildOptions(); o.codec = .none
         o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.postingPages = 2; o.metric = metric
         try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
         return (b, q)

@@ -51,6 +51,17 @@ public protocol PostingReader: AnyObject {
     /// lists of the batch were visited. Returns what the fetch cost.
     func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
                visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts
+
+    /// The asynchronous form, in two steps, for a thread that keeps several queries in
+    /// flight on one ``AsyncIOEngine``: `stage` coalesces the lists' reads into requests (into
+    /// this reader's buffers) and returns them for the caller to submit; `deliver` then takes
+    /// each request's completion and visits its lists. A store without IO stages nothing:
+    /// call `fetch` instead.
+    func stage(_ lists: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts)
+    /// Visits the lists of staged request `r` (see `fetch`); returns the error of this
+    /// request (a failed read or a checksum mismatch), if any.
+    func deliver(_ r: Int, _ result: Result<Int, FathomError>, verify: Bool,
+                 visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> FathomError?
 }
 
 /// postings.dat on SSD, read with the thread's IO engine (libaio + O_DIRECT by default).
@@ -93,7 +104,7 @@ final class DiskPostingReader: PostingReader {
     var order = [UInt32]()
     /// First list (index into `order`) of each request; `runFirst[r + 1]` ends it.
     var runFirst = [Int]()
-    var requests = [ReadRequest]()
+    let requests = RequestList()
     var arena: UnsafeMutableRawPointer
     var arenaBytes: Int
 
@@ -106,20 +117,20 @@ final class DiskPostingReader: PostingReader {
 
     deinit { arena.deallocate() }
 
-    var scratchBytes: Int { arenaBytes + order.capacity * 4 + requests.capacity * MemoryLayout<ReadRequest>.stride }
+    var scratchBytes: Int { arenaBytes + order.capacity * 4 + requests.bytes }
 
-    func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
-               visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts {
+    func stage(_ lists: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
         let table = store.table
         order.removeAll(keepingCapacity: true)
+        requests.reset()
+        runFirst.removeAll(keepingCapacity: true)
         for h in lists where table[Int(h)].count > 0 { order.append(h) }
-        if order.isEmpty { return IOCounts() }
+        if order.isEmpty { return (UnsafeBufferPointer(start: nil, count: 0), IOCounts()) }
         order.sort { table[Int($0)].offset < table[Int($1)].offset }
         // Coalesce into requests: [start, end) page-aligned byte ranges.
-        runFirst.removeAll(keepingCapacity: true)
-        requests.removeAll(keepingCapacity: true)
         let gap = UInt64(store.mergeGapPages) * 4096
         let maxBytes = UInt64(store.maxRequestBytes)
+        let fd = store.file.fd
         var total = 0
         var runStart: UInt64 = 0, runEnd: UInt64 = 0
         for (i, h) in order.enumerated() {
@@ -130,46 +141,55 @@ final class DiskPostingReader: PostingReader {
                 runEnd = max(runEnd, end)
                 continue
             }
-            if i > 0 { total += Int(runEnd - runStart); requests.append(ReadRequest(fd: store.file.fd, offset: runStart, length: Int(runEnd - runStart), buffer: arena)) }
+            if i > 0 { total += Int(runEnd - runStart); requests.append(ReadRequest(fd: fd, offset: runStart, length: Int(runEnd - runStart), buffer: arena)) }
             runFirst.append(i)
             runStart = s; runEnd = end
         }
         total += Int(runEnd - runStart)
-        requests.append(ReadRequest(fd: store.file.fd, offset: runStart, length: Int(runEnd - runStart), buffer: arena))
+        requests.append(ReadRequest(fd: fd, offset: runStart, length: Int(runEnd - runStart), buffer: arena))
         runFirst.append(order.count)
         if total > arenaBytes {
             arena.deallocate()
             arenaBytes = max(total, arenaBytes * 2)
             arena = .allocate(byteCount: arenaBytes, alignment: 4096)
         }
-        var cursor = 0
-        for r in 0..<requests.count { requests[r].buffer = arena + cursor; cursor += requests[r].length }
-        var counts = IOCounts(requests: requests.count, bytes: total, roundTrips: 1, items: 0)
-        var firstError: FathomError? = nil
+        requests.placeBuffers(in: arena)
+        let counts = IOCounts(requests: requests.count, bytes: total, roundTrips: 1, items: order.count)
+        return (requests.buffer, counts)
+    }
+
+    func deliver(_ r: Int, _ result: Result<Int, FathomError>, verify: Bool,
+                 visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> FathomError? {
+        if case .failure(let e) = result { return e }
+        let table = store.table
+        let req = requests[r]
         let recordBytes = store.recordBytes
-        let path = store.path
-        try requests.withUnsafeBufferPointer { rq in
-            try engine.read(rq, path: path) { r, result in
-                if case .failure(let e) = result { if firstError == nil { firstError = e }; return }
-                let req = rq[r]
-                for i in runFirst[r]..<runFirst[r + 1] {
-                    let h = order[i]
-                    let e = table[Int(h)]
-                    let base = UnsafeRawPointer(req.buffer) + Int(e.offset - req.offset)
-                    let bytes = Int(e.count) * recordBytes
-                    if verify {
-                        let c = crc32c(base, bytes, 0)
-                        if c != e.crc {
-                            if firstError == nil {
-                                firstError = FathomError(.corruptIndex, String(format: "posting %d fails its checksum (stored %08x, read %08x): postings.dat is corrupt — run `fathom verify` and rebuild", Int(h), e.crc, c), path: path, offset: e.offset)
-                            }
-                            continue
-                        }
+        var failure: FathomError? = nil
+        for i in runFirst[r]..<runFirst[r + 1] {
+            let h = order[i]
+            let e = table[Int(h)]
+            let base = UnsafeRawPointer(req.buffer) + Int(e.offset - req.offset)
+            if verify {
+                let c = crc32c(base, Int(e.count) * recordBytes, 0)
+                if c != e.crc {
+                    if failure == nil {
+                        failure = FathomError(.corruptIndex, String(format: "posting %d fails its checksum (stored %08x, read %08x): postings.dat is corrupt — run `fathom verify` and rebuild", Int(h), e.crc, c), path: store.path, offset: e.offset)
                     }
-                    counts.items += 1
-                    try visit(h, base, Int(e.count))
+                    continue
                 }
             }
+            try visit(h, base, Int(e.count))
+        }
+        return failure
+    }
+
+    func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
+               visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts {
+        let (staged, counts) = stage(lists)
+        if staged.isEmpty { return counts }
+        var firstError: FathomError? = nil
+        try engine.read(staged, path: store.path) { r, result in
+            if let e = try deliver(r, result, verify: verify, visit: visit), firstError == nil { firstError = e }
         }
         if let e = firstError { throw e }
         return counts
@@ -214,6 +234,13 @@ final class ResidentPostingReader: PostingReader {
     init(store: ResidentPostingStore) { self.store = store }
     var scratchBytes: Int { 0 }
 
+    func stage(_ lists: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
+        (UnsafeBufferPointer(start: nil, count: 0), IOCounts())
+    }
+
+    func deliver(_ r: Int, _ result: Result<Int, FathomError>, verify: Bool,
+                 visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> FathomError? { nil }
+
     func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
                visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts {
         // Checksums were verified when the store was loaded.
@@ -226,4 +253,40 @@ final class ResidentPostingReader: PostingReader {
         }
         return counts
     }
+}
+
+/// A reader's growable list of read requests, in storage that stays put between a stage
+/// and its deliveries (the pointers handed to the IO engine stay valid).
+final class RequestList {
+    private(set) var base: UnsafeMutablePointer<ReadRequest>
+    private(set) var count = 0
+    private var capacity = 64
+
+    init() { base = .allocate(capacity: capacity) }
+    deinit { base.deallocate() }
+
+    func reset() { count = 0 }
+
+    func append(_ r: ReadRequest) {
+        if count == capacity {
+            let bigger = UnsafeMutablePointer<ReadRequest>.allocate(capacity: capacity * 2)
+            bigger.initialize(from: base, count: count)
+            base.deallocate()
+            base = bigger
+            capacity *= 2
+        }
+        (base + count).initialize(to: r)
+        count += 1
+    }
+
+    subscript(_ i: Int) -> ReadRequest { base[i] }
+
+    /// Points the requests, in order, at consecutive ranges of `arena`.
+    func placeBuffers(in arena: UnsafeMutableRawPointer) {
+        var cursor = 0
+        for r in 0..<count { base[r].buffer = arena + cursor; cursor += base[r].length }
+    }
+
+    var buffer: UnsafeBufferPointer<ReadRequest> { UnsafeBufferPointer(start: base, count: count) }
+    var bytes: Int { capacity * MemoryLayout<ReadRequest>.stride }
 }

@@ -35,7 +35,10 @@ public struct SearchReportRow: Sendable, Codable {
 /// IOs and KiB read per query, recall@k).
 public enum SearchBenchmark {
     /// - Returns: one row per entry of `probes`, plus the ids of the last run (for `--output`).
+    /// - Parameter window: queries in flight per thread (``SearchPipeline``; plain queries on
+    ///   the libaio engine), 1: one at a time.
     public static func run(index: VectorIndex, queries: Matrix, k: Int, probes: [Int], threads: Int,
+                           window: Int = 1,
                            gt: GroundTruth?, base: SearchParameters = SearchParameters(),
                            filters: [PreparedFilter?]? = nil, postFilter: Bool = false,
                            progress: ProgressReporter = .silent) throws -> (rows: [SearchReportRow], ids: [[UInt32]], dists: [[Float]]) {
@@ -73,7 +76,30 @@ public enum SearchBenchmark {
                 let statsP = SendablePointer(statsB.baseAddress!)
                 let latP = SendablePointer(latB.baseAddress!), idsP = SendablePointer(idsB.baseAddress!)
                 let distsP = SendablePointer(distsB.baseAddress!), failP = SendablePointer(failB.baseAddress!)
+                let pipelined = window > 1 && index.canPipeline && filters == nil && !postFilter
                 let work: @Sendable (Int) -> Void = { _ in
+                    if pipelined {
+                        let begun = UnsafeMutablePointer<UInt64>.allocate(capacity: nq)
+                        defer { begun.deallocate() }
+                        do {
+                            try SearchPipeline(index: index, window: window).run(
+                                queries: queries.data, k: k, parameters: params,
+                                next: { let i = next.next(); return i < nq ? i : nil },
+                                started: { begun[$0] = DispatchTime.now().uptimeNanoseconds },
+                                out: { i, r, st in
+                                    latP.p[i] = Double(DispatchTime.now().uptimeNanoseconds - begun[i]) / 1000
+                                    statsP.p[i] = st
+                                    switch r {
+                                    case .success(let hits): idsP.p[i] = hits.map(\.id); distsP.p[i] = hits.map(\.distance)
+                                    case .failure(let e): failP.p[i] = e
+                                    }
+                                })
+                        } catch {
+                            let e = error as? FathomError ?? FathomError(.io, "\(error)")
+                            while true { let i = next.next(); if i >= nq { break }; failP.p[i] = e }
+                        }
+                        return
+                    }
                     do {
                         try index.withSearcher { s in
                             // Post-filtering baseline: ask for k / selectivity × 2 unfiltered

@@ -48,6 +48,11 @@ public final class Searcher {
     var seenCount = 0
     /// Counters of the last query.
     public internal(set) var stats = QueryStats()
+    // Pipelined queries: the phase, its requests not yet completed, the first error.
+    var phase = Phase.idle
+    var pending = 0
+    var asyncVerify = true
+    var asyncError: FathomError? = nil
 
     init(index: VectorIndex, engine: IOEngine) throws {
         self.index = index
@@ -131,11 +136,19 @@ public final class Searcher {
         stats = QueryStats()
         begin(k: k, parameters: p)
         if let filter { return try searchFiltered(k: k, parameters: p, filter: filter, into: out) }
+        routeAndPlan(parameters: p)
+        // fetch + score + dedup
+        try fetchAndScore(verify: p.verifyChecksums, filter: nil)
+        // re-rank
+        if !scorer.exact { try rerank() }
+        return finish(k: k, into: out)
+    }
 
-        // route
+    /// Route and plan of a plain query: the `probes` nearest heads, pruned to those within
+    /// `maxDistRatio` × the nearest non-zero head distance, into `lists`; sizes the dedup set.
+    func routeAndPlan(parameters p: SearchParameters) {
         let probes = min(p.probes, index.graph.count)
         let found = route(count: probes, listSize: max(p.headListSize ?? max(2 * probes, 64), probes))
-        // plan: query-aware pruning against the nearest non-zero head distance
         var ref = candDist[0]
         if ref <= 0 { for i in 1..<max(found, 1) where candDist[i] > 0 { ref = candDist[i]; break } }
         let limit = ref > 0 ? ref * p.maxDistRatio : Float.infinity
@@ -146,12 +159,76 @@ public final class Searcher {
             lists.append(candIds[i])
             records += index.postingStore.count(of: Int(candIds[i]))
         }
-        // fetch + score + dedup
         resetSeen(expected: records)
-        try fetchAndScore(verify: p.verifyChecksums, filter: nil)
-        // re-rank
-        if !scorer.exact { try rerank() }
-        return finish(k: k, into: out)
+    }
+
+    // MARK: pipelined form (several queries in flight on one thread; see SearchPipeline)
+
+    /// Where an asynchronous query stands.
+    enum Phase { case idle, postings, vectors }
+
+    /// Starts a plain query without waiting: validates and routes it, stages its posting
+    /// reads and returns them (to be submitted on the thread's ``AsyncIOEngine``). Empty
+    /// requests mean the phase needs no IO: call ``advance()`` at once.
+    func start(_ q: UnsafeBufferPointer<Float>, k: Int, parameters p: SearchParameters) throws -> UnsafeBufferPointer<ReadRequest> {
+        guard k >= 1 else { throw FathomError(.invalidArgument, "k = \(k): k must be at least 1") }
+        guard k <= index.count else {
+            throw FathomError(.invalidArgument, "k = \(k) exceeds the \(index.count) vectors in the index")
+        }
+        guard p.probes >= 1 else { throw FathomError(.invalidArgument, "probes = \(p.probes) must be at least 1") }
+        if let r = p.rerank, r < 1 { throw FathomError(.invalidArgument, "rerank = \(r) must be at least 1") }
+        try load(q)
+        stats = QueryStats()
+        begin(k: k, parameters: p)
+        routeAndPlan(parameters: p)
+        asyncVerify = p.verifyChecksums
+        asyncError = nil
+        phase = .postings
+        let (rq, c) = lists.withUnsafeBufferPointer { postings.stage($0) }
+        stats.add(c, postings: true)
+        pending = rq.count
+        if rq.isEmpty { try fetchAndScore(verify: p.verifyChecksums, filter: nil) }   // a store without IO
+        return rq
+    }
+
+    /// Takes the completion of request `r` of the current phase.
+    func complete(_ r: Int, _ result: Result<Int, FathomError>) {
+        pending -= 1
+        let e: FathomError?
+        switch phase {
+        case .postings:
+            let recordBytes = index.postingStore.recordBytes
+            e = postings.deliver(r, result, verify: asyncVerify) { _, records, count in
+                _ = collect(records, count: count, recordBytes: recordBytes, filter: nil)
+            }
+        case .vectors:
+            let d = index.dimension, metric = index.metric, type = index.vectorStore.elementType
+            let heap = heap, ids = rerankIds
+            e = vectors.deliver(r, result) { i, v in
+                heap.push(Distance.one(metric, type, query: query, vector: v, d: d), ids[i])
+            }
+        case .idle:
+            e = nil
+        }
+        if let e, asyncError == nil { asyncError = e }
+    }
+
+    /// After every request of the phase completed: stages the next phase's reads and
+    /// returns them, or returns nil when the query is answered (then ``finish(k:into:)``).
+    /// Throws the phase's first read or checksum error.
+    func advance() throws -> UnsafeBufferPointer<ReadRequest>? {
+        if let e = asyncError { phase = .idle; throw e }
+        if phase == .postings && !scorer.exact {
+            phase = .vectors
+            ensureRerank(candidates.capacity)
+            let n = candidates.drainSorted(distances: rerankDist, ids: rerankIds)
+            let (rq, c) = vectors.stage(UnsafeBufferPointer(start: rerankIds, count: n))
+            stats.add(c, postings: false)
+            pending = rq.count
+            if !rq.isEmpty { return rq }
+        }
+        phase = .idle
+        return nil
     }
 
     /// Sizes the heaps for `k` (and the re-rank depth) and prepares the scorer for the query.

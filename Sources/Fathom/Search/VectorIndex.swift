@@ -109,11 +109,18 @@ public final class VectorIndex: @unchecked Sendable {
     /// The engine actually used ("libaio" or "pread").
     public let ioEngineName: String
     let engineFactory: @Sendable () throws -> IOEngine
+    /// Whether `open` was given an engine factory (tests inject faults with one).
+    let customEngine: Bool
     private let poolLock = NSLock()
     private var pool: [Searcher] = []
 
     /// Number of vectors indexed.
     public var count: Int { manifest.count }
+    /// Queries a batch search keeps in flight per thread by default (libaio engine).
+    public static let defaultWindow = 4
+    /// Whether batch searches can keep several queries in flight per thread: the index reads
+    /// through libaio (not a custom or pread engine).
+    var canPipeline: Bool { customEngine == false && ioEngineName == "libaio" }
     /// Number of heads (postings).
     public var headCount: Int { graph.count }
 
@@ -195,6 +202,7 @@ public final class VectorIndex: @unchecked Sendable {
         var file = plain
         var vfile = plainVectors
         var mode = io
+        customEngine = engine != nil
         if let engine {
             engineFactory = engine
             ioMode = io
@@ -340,9 +348,14 @@ public final class VectorIndex: @unchecked Sendable {
     /// Searches `count` queries stored row-major in `queries` (`count × dimension` floats)
     /// over `threads` threads. Each query's failure (an IO error, a bad value) is reported
     /// in its own slot; the other queries are unaffected.
+    ///
+    /// With the libaio engine each thread keeps up to `window` queries in flight
+    /// (``SearchPipeline``): while some wait for their reads, the thread scores others.
+    /// `window: 1` answers one query at a time per thread.
     public func search(batch queries: UnsafeBufferPointer<Float>, count: Int, k: Int,
                        parameters: SearchParameters = SearchParameters(),
-                       threads: Int = ProcessInfo.processInfo.activeProcessorCount) -> [Result<[Neighbor], FathomError>] {
+                       threads: Int = ProcessInfo.processInfo.activeProcessorCount,
+                       window: Int = VectorIndex.defaultWindow) -> [Result<[Neighbor], FathomError>] {
         precondition(queries.count >= count * dimension, "the query buffer holds fewer than count × dimension values")
         var results = [Result<[Neighbor], FathomError>](repeating: .success([]), count: count)
         let d = dimension
@@ -351,6 +364,20 @@ public final class VectorIndex: @unchecked Sendable {
         results.withUnsafeMutableBufferPointer { out in
             let outPtr = SendablePointer(out.baseAddress!)
             let qPtr = SendablePointer(UnsafeMutablePointer(mutating: queries.baseAddress!))
+            if canPipeline && window > 1 {
+                DispatchQueue.concurrentPerform(iterations: t) { _ in
+                    do {
+                        try SearchPipeline(index: self, window: window).run(
+                            queries: qPtr.p, k: k, parameters: parameters,
+                            next: { let i = next.next(); return i < count ? i : nil },
+                            out: { i, r, _ in outPtr.p[i] = r })
+                    } catch {
+                        let e = error as? FathomError ?? FathomError(.io, "\(error)")
+                        while true { let i = next.next(); if i >= count { break }; outPtr.p[i] = .failure(e) }
+                    }
+                }
+                return
+            }
             DispatchQueue.concurrentPerform(iterations: t) { _ in
                 let searcher: Searcher
                 do { searcher = try borrowSearcher() } catch {

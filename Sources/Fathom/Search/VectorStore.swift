@@ -25,8 +25,15 @@ public protocol VectorReader: AnyObject {
     /// Reads the rows `ids` in one round trip (rows on the same or adjacent pages share one
     /// request) and calls `visit(i, row)` for `ids[i]` as its page arrives; `row` is valid
     /// only during the call. A failed read throws after the other rows were visited.
-    func fetch(_ ids: UnsafeBufferPointer<UInt32>, 
+    /// Returns what the fetch cost.
+    func fetch(_ ids: UnsafeBufferPointer<UInt32>,
                visit: (Int, UnsafeRawPointer) throws -> Void) throws -> IOCounts
+
+    /// The asynchronous form (see ``PostingReader/stage(_:)``): stages the rows' reads and
+    /// returns them for the caller to submit. `ids` must stay valid until the last delivery.
+    func stage(_ ids: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts)
+    /// Visits the rows of staged request `r`; returns its error, if any.
+    func deliver(_ r: Int, _ result: Result<Int, FathomError>, visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError?
 }
 
 /// vectors.dat on SSD through the thread's IO engine.
@@ -49,10 +56,12 @@ public final class DiskVectorStore: VectorStore, @unchecked Sendable {
 final class DiskVectorReader: VectorReader {
     let store: DiskVectorStore
     let engine: IOEngine
-    /// Positions into the caller's ids, sorted by row offset.
+    /// Positions into the staged ids, sorted by row offset.
     var order = [Int32]()
+    /// First position (into `order`) of each request; `runFirst[r + 1]` ends it.
     var runFirst = [Int]()
-    var requests = [ReadRequest]()
+    let requests = RequestList()
+    var staged = UnsafeBufferPointer<UInt32>(start: nil, count: 0)
     var arena: UnsafeMutableRawPointer
     var arenaBytes: Int
 
@@ -65,19 +74,19 @@ final class DiskVectorReader: VectorReader {
 
     deinit { arena.deallocate() }
 
-    var scratchBytes: Int { arenaBytes + order.capacity * 4 + requests.capacity * MemoryLayout<ReadRequest>.stride }
+    var scratchBytes: Int { arenaBytes + order.capacity * 4 + requests.bytes }
 
-    func fetch(_ ids: UnsafeBufferPointer<UInt32>, 
-               visit: (Int, UnsafeRawPointer) throws -> Void) throws -> IOCounts {
+    func stage(_ ids: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
         let n = ids.count
-        if n == 0 { return IOCounts() }
+        staged = ids
+        requests.reset()
+        runFirst.removeAll(keepingCapacity: true)
+        if n == 0 { return (requests.buffer, IOCounts()) }
         let placement = store.placement
         let rowBytes = placement.rowBytes
         order.removeAll(keepingCapacity: true)
         for i in 0..<n { order.append(Int32(i)) }
         order.sort { ids[Int($0)] < ids[Int($1)] }   // row offsets grow with the id
-        runFirst.removeAll(keepingCapacity: true)
-        requests.removeAll(keepingCapacity: true)
         var total = 0
         var runStart: UInt64 = 0, runEnd: UInt64 = 0
         let fd = store.file.fd
@@ -98,21 +107,29 @@ final class DiskVectorReader: VectorReader {
             arenaBytes = max(total, arenaBytes * 2)
             arena = .allocate(byteCount: arenaBytes, alignment: 4096)
         }
-        var cursor = 0
-        for r in 0..<requests.count { requests[r].buffer = arena + cursor; cursor += requests[r].length }
-        var counts = IOCounts(requests: requests.count, bytes: total, roundTrips: 1, items: 0)
+        requests.placeBuffers(in: arena)
+        return (requests.buffer, IOCounts(requests: requests.count, bytes: total, roundTrips: 1, items: n))
+    }
+
+    func deliver(_ r: Int, _ result: Result<Int, FathomError>, visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError? {
+        if case .failure(let e) = result { return e }
+        let req = requests[r]
+        let placement = store.placement
+        for j in runFirst[r]..<runFirst[r + 1] {
+            let i = Int(order[j])
+            let off = placement.offset(Int(staged[i]))
+            try visit(i, UnsafeRawPointer(req.buffer) + Int(off - req.offset))
+        }
+        return nil
+    }
+
+    func fetch(_ ids: UnsafeBufferPointer<UInt32>,
+               visit: (Int, UnsafeRawPointer) throws -> Void) throws -> IOCounts {
+        let (rq, counts) = stage(ids)
+        if rq.isEmpty { return counts }
         var firstError: FathomError? = nil
-        try requests.withUnsafeBufferPointer { rq in
-            try engine.read(rq, path: store.path) { r, result in
-                if case .failure(let e) = result { if firstError == nil { firstError = e }; return }
-                let req = rq[r]
-                for j in runFirst[r]..<runFirst[r + 1] {
-                    let i = Int(order[j])
-                    let off = placement.offset(Int(ids[i]))
-                    counts.items += 1
-                    try visit(i, UnsafeRawPointer(req.buffer) + Int(off - req.offset))
-                }
-            }
+        try engine.read(rq, path: store.path) { r, result in
+            if let e = try deliver(r, result, visit: visit), firstError == nil { firstError = e }
         }
         if let e = firstError { throw e }
         return counts
