@@ -72,6 +72,8 @@ public final class AIOEngine: AsyncIOEngine {
     var free: [Int32] = []
     public private(set) var inFlight = 0
     public var capacity: Int { depth }
+    /// `io_submit` calls made so far (tests prove one per round trip with it).
+    public private(set) var submits = 0
 
     /// - Parameter depth: the most reads one batch may hold (the context's queue depth).
     public init(depth: Int) throws {
@@ -124,6 +126,7 @@ public final class AIOEngine: AsyncIOEngine {
         var submitted = 0, retries = 0
         while submitted < n {
             let r = io_submit(ctx, n - submitted, iocbPtrs + submitted)
+            submits += 1
             if r > 0 { submitted += Int(r); inFlight += Int(r); retries = 0; continue }
             if r == -EINTR { continue }
             if r == -EAGAIN && retries < 1000 { retries += 1; usleep(50); continue }
@@ -190,6 +193,7 @@ public final class AIOEngine: AsyncIOEngine {
         // Submit everything; io_submit may take fewer than asked.
         while submitted < n {
             let r = io_submit(ctx, n - submitted, iocbPtrs + submitted)
+            submits += 1
             if r > 0 { submitted += Int(r); pending += Int(r); retries = 0; continue }
             if r == -EINTR { continue }
             if r == -EAGAIN && pending > 0 {

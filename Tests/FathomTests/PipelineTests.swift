@@ -1,0 +1,203 @@
+import Foundation
+import Testing
+@testable import Fathom
+import FathomCodecs
+import FathomCore
+import FathomMath
+import FathomStorage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An engine that counts what the search pipeline asks of it: every `read` call is one
+/// dependent round trip; the wrapped libaio engine counts its `io_submit` calls.
+final class CountingEngine: IOEngine {
+    let inner: AIOEngine
+    var reads = 0
+    var requests = 0
+    var name: String { "counting(\(inner.name))" }
+    var direct: Bool { inner.direct }
+    init() throws { inner = try AIOEngine(depth: 256) }
+    func read(_ requests: UnsafeBufferPointer<ReadRequest>, path: String,
+              completed: (Int, Result<Int, FathomError>) throws -> Void) throws {
+        reads += 1
+        self.requests += requests.count
+        try inner.read(requests, path: path, completed: completed)
+    }
+}
+
+/// A box the engine factory hands its engines out through (one per searcher).
+final class EngineLog: @unchecked Sendable {
+    let lock = NSLock()
+    var engines: [CountingEngine] = []
+    func make() throws -> IOEngine {
+        let e = try CountingEngine()
+        lock.lock(); engines.append(e); lock.unlock()
+        return e
+    }
+}
+
+@Suite struct PipelineTests {
+    static func build(_ dir: TempDir, codec: PostingCodec, metric: Metric = .l2) throws -> (Matrix, Matrix) {
+        let (b, q) = try writeSynthetic(dir: dir, n: 3000, d: 32, nq: 60)
+        var o = BuildOptions()
+        o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.metric = metric; o.codec = codec
+        try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
+        return (b, q)
+    }
+
+    @Test(arguments: [PostingCodec.lvq4, .none])
+    func pipelinedBatchEqualsOneQueryAtATime(codec: PostingCodec) throws {
+        let dir = TempDir()
+        let (_, q) = try Self.build(dir, codec: codec)
+        let index = try VectorIndex.open(at: dir.file("idx"), io: .aio)
+        #expect(index.canPipeline)
+        let p = SearchParameters(probes: 6)
+        let flat = Array(UnsafeBufferPointer(start: q.data, count: q.rows * q.cols))
+        for (threads, window) in [(1, 4), (2, 3), (1, 16)] {
+            let batch = flat.withUnsafeBufferPointer { index.search(batch: $0, count: q.rows, k: 10, parameters: p, threads: threads, window: window) }
+            for i in 0..<q.rows {
+                let one = try index.search(Array(UnsafeBufferPointer(start: q.row(i), count: q.cols)), k: 10, parameters: p)
+                guard case .success(let got) = batch[i] else { Issue.record("query \(i) failed: \(batch[i])"); continue }
+                #expect(got == one, "query \(i), \(threads) thread(s) × \(window)")
+            }
+        }
+    }
+
+    @Test func atMostTwoRoundTripsEachOneSubmit() throws {
+        let dir = TempDir()
+        let (_, q) = try Self.build(dir, codec: .lvq4)
+        let log = EngineLog()
+        let index = try VectorIndex.open(at: dir.file("idx"), engine: { try log.make() })
+        for probes in [1, 4, 16] {
+            for i in 0..<q.rows {
+                try index.withSearcher { s in
+                    let engine = log.engines.first { $0 === s.engine }!
+                    let (reads, submits) = (engine.reads, engine.inner.submits)
+                    _ = try s.search(UnsafeBufferPointer(start: q.row(i), count: q.cols), k: 10, parameters: SearchParameters(probes: probes))
+                    #expect(engine.reads - reads == 2, "postings, then re-rank: two round trips")
+                    #expect(s.stats.roundTrips == 2)
+                    #expect(engine.inner.submits - submits == 2, "one io_submit per round trip")
+                    #expect(s.stats.postingsRead <= probes && s.stats.ioRequests <= probes + s.stats.vectorsReranked)
+                }
+            }
+        }
+    }
+
+    @Test func libaioReadsBypassThePageCache() throws {
+        let dir = TempDir()
+        let (_, q) = try Self.build(dir, codec: .lvq4)
+        let files = ["postings.dat", "vectors.dat"].map { dir.file("idx/" + $0) }
+        func residentPages(_ path: String) throws -> Int {
+            let fd = open(path, O_RDONLY)
+            #expect(fd >= 0)
+            defer { close(fd) }
+            let size = Int(lseek(fd, 0, SEEK_END))
+            guard let map = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), map != MAP_FAILED else {
+                Issue.record("mmap \(path)"); return -1
+            }
+            defer { munmap(map, size) }
+            let pages = (size + 4095) / 4096
+            var vec = [UInt8](repeating: 0, count: pages)
+            #expect(mincore(map, size, &vec) == 0)
+            return vec.filter { $0 & 1 != 0 }.count
+        }
+        // Evict what the build left in the page cache (the files are clean after publish).
+        for f in files {
+            let fd = open(f, O_RDONLY); defer { close(fd) }
+            #expect(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0)
+        }
+        let index = try VectorIndex.open(at: dir.file("idx"), io: .aio)
+        #expect(index.ioEngineName == "libaio")
+        // open() reads each file's header through the page cache (with readahead): measure after it.
+        let before = try files.map(residentPages)
+        #expect(before.allSatisfy { $0 <= 32 }, "only the headers' readahead is resident: \(before)")
+        var read = 0
+        for i in 0..<q.rows {
+            try index.withSearcher { s in
+                _ = try s.search(UnsafeBufferPointer(start: q.row(i), count: q.cols), k: 10, parameters: SearchParameters(probes: 8))
+                read += s.stats.pagesRead
+            }
+        }
+        let after = try files.map(residentPages)
+        #expect(read > 100, "the queries read pages")
+        #expect(after == before, "search reads with O_DIRECT: no page enters the cache (before \(before), after \(after))")
+    }
+
+    @Test(arguments: [ElementType.float32, .uint8, .int8])
+    func flatScorerEqualsScalarReference(type: ElementType) {
+        let d = 37, n = 50
+        var rng = SeededRandom(seed: 5)
+        let q = (0..<d).map { _ in Float(rng.below(200)) / 10 - 10 }
+        let stride = 4 + d * type.size + 3
+        var rows = [UInt8](repeating: 0, count: n * stride)
+        var ref = [[Float]](repeating: [], count: n)
+        for i in 0..<n {
+            for j in 0..<d {
+                let v: Float
+                switch type {
+                case .float32: v = Float(rng.below(2000)) / 100 - 10
+                    withUnsafeBytes(of: v.bitPattern.littleEndian) { for b in 0..<4 { rows[i * stride + 4 + j * 4 + b] = $0[b] } }
+                case .uint8: v = Float(rng.below(256)); rows[i * stride + 4 + j] = UInt8(v)
+                case .int8: v = Float(Int(rng.below(256)) - 128); rows[i * stride + 4 + j] = UInt8(bitPattern: Int8(v))
+                }
+                ref[i].append(v)
+            }
+        }
+        for metric in [Metric.l2, .ip] {
+            let s = FlatScorer(metric: metric, type: type, dimension: d)
+            q.withUnsafeBufferPointer { s.prepare($0.baseAddress!) }
+            var out = [Float](repeating: 0, count: n)
+            rows.withUnsafeBytes { b in out.withUnsafeMutableBufferPointer { s.score(b.baseAddress! + 4, count: n, stride: stride, into: $0.baseAddress!) } }
+            for i in 0..<n {
+                var e: Double = 0
+                for j in 0..<d { if metric == .l2 { let t = Double(q[j]) - Double(ref[i][j]); e += t * t } else { e -= Double(q[j]) * Double(ref[i][j]) } }
+                #expect(abs(Double(out[i]) - e) <= 1e-4 * max(1, abs(e)), "\(type) \(metric) row \(i): \(out[i]) vs \(e)")
+            }
+        }
+    }
+
+    @Test(arguments: [LVQKind.lvq8, .lvq4, .lvq4x8])
+    func lvqScorerEqualsDecodedScalarReference(kind: LVQKind) throws {
+        let D = 48, d = 24, n = 40
+        var rng = SeededRandom(seed: 9)
+        let sample = Matrix(rows: 400, cols: D)
+        for i in 0..<(400 * D) { sample.data[i] = Float(rng.below(1000)) / 100 - 5 }
+        let projection = try LeanVecProjection.trainPCA(sample: sample, targetDim: d)
+        let codec = CompactCodec(projection: projection, lvq: LVQCodec(kind: kind, dim: d))
+        let stride = codec.codeBytes + 4
+        var codes = [UInt8](repeating: 0, count: n * stride)
+        let y = Matrix(rows: 1, cols: d)
+        codes.withUnsafeMutableBytes { b in
+            for i in 0..<n { codec.encode(sample.row(i), scratch: y.data, into: b.baseAddress! + i * stride) }
+        }
+        let query = sample.row(200)
+        for metric in [Metric.l2, .ip] {
+            let s = LVQScorer(codec: codec, metric: metric)
+            s.prepare(query)
+            var out = [Float](repeating: 0, count: n)
+            codes.withUnsafeBytes { b in out.withUnsafeMutableBufferPointer { s.score(b.baseAddress!, count: n, stride: stride, into: $0.baseAddress!) } }
+            let pq = Matrix(rows: 1, cols: d)
+            projection.projectQuery(query, into: pq.data, metric: metric)
+            let x = Matrix(rows: 1, cols: d)
+            for i in 0..<n {
+                codes.withUnsafeBytes { codec.lvq.decode($0.baseAddress! + i * stride, into: x.data) }
+                var e: Double = 0
+                for j in 0..<d { if metric == .l2 { let t = Double(pq.data[j]) - Double(x.data[j]); e += t * t } else { e -= Double(pq.data[j]) * Double(x.data[j]) } }
+                #expect(abs(Double(out[i]) - e) <= 1e-3 * max(1, abs(e)), "\(kind) \(metric) code \(i): \(out[i]) vs \(e)")
+            }
+        }
+    }
+
+    @Test func servingMemoryIsReportedByPart() throws {
+        let dir = TempDir()
+        _ = try Self.build(dir, codec: .lvq4)
+        let index = try VectorIndex.open(at: dir.file("idx"))
+        let m = index.servingMemory
+        #expect(m.heads == index.headCount * (index.codec!.reducedDim + 4), "LVQ-8 codes of the projected heads")
+        #expect(m.graph == index.headCount * index.graph.degree * 4)
+        #expect(index.graph.vectors == nil, "the float heads are dropped")
+        #expect(m.codec == 32 * 16 * 4 + 32 * 4, "PCA query matrix (= data matrix) and mean")
+        #expect(m.total == m.heads + m.graph + m.table + m.codec + m.scratch)
+    }
+}
