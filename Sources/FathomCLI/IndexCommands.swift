@@ -101,6 +101,8 @@ struct SearchCommand: ParsableCommand {
     @Option(help: "Search threads (default: the number of CPUs).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Queries in flight per thread (libaio engine, unfiltered queries): while some wait for their reads the thread scores others. 1: one query at a time per thread, as DiskANN's search tool does.")
     var window: Int = VectorIndex.defaultWindow
+    @Option(name: .customLong("serve-memory"), help: ArgumentHelp("RAM the open index may hold, per vector (e.g. 64B) or in total (e.g. 2GiB); when the postings fit they are held in RAM and only re-rank reads go to disk (default: heads, graph, table and codec only).", valueName: "size"))
+    var serveMemory: String?
     @Option(help: "Use at most this many queries (default: all).") var limit: Int?
     @Option(help: "IO engine: aio (libaio + O_DIRECT), pread, or auto (aio, pread where O_DIRECT is refused).") var io: String = "auto"
     @Flag(name: .customLong("no-checksums"), help: "Skip the CRC32C check of each posting read.") var noChecksums = false
@@ -124,7 +126,11 @@ struct SearchCommand: ParsableCommand {
         try runReportingErrors {
             let progress = ProgressReporter(enabled: !quiet)
             let mode: IOMode = io == "aio" ? .aio : (io == "pread" ? .pread : .auto)
-            let idx = try VectorIndex.open(at: index, io: mode)
+            let budget = try serveMemory.map { text -> UInt64 in
+                let m = try Manifest.load(directory: index)
+                return UInt64(try ServeMemory.perVector(text, vectors: m.count, flag: "--serve-memory") * Double(m.count))
+            }
+            let idx = try VectorIndex.open(at: index, io: mode, serveMemory: budget)
             let q = try DatasetTools.loadFloats(queries, maxRows: limit)
             let truth = try gt.map { try GroundTruth.read(path: $0) }
             var base = SearchParameters()
@@ -151,7 +157,7 @@ struct SearchCommand: ParsableCommand {
                     catch var e as FathomError { e.path = path; e.message = "line \(i + 1): " + e.message; throw e }
                 }
             }
-            progress.note("search: \(q.rows) queries, k = \(k), \(threads) thread(s) × \(window) in flight, IO \(idx.ioEngineName), index \(idx.count) vectors / \(idx.headCount) heads, serving RAM \(idx.servingMemory.summary)")
+            progress.note("search: \(q.rows) queries, k = \(k), \(threads) thread(s) × \(window) in flight, IO \(idx.ioEngineName)\(idx.postingsResident ? " (postings in RAM)" : ""), index \(idx.count) vectors / \(idx.headCount) heads, serving RAM \(idx.servingMemory.summary)")
             let (rows, ids, dists) = try SearchBenchmark.run(index: idx, queries: q, k: k, probes: probeList, threads: threads, window: window,
                                                              gt: truth, base: base, filters: prepared, postFilter: postFilter, progress: progress)
             if json {

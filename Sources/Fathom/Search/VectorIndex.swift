@@ -121,6 +121,8 @@ public final class VectorIndex: @unchecked Sendable {
     /// Whether batch searches can keep several queries in flight per thread: the index reads
     /// through libaio (not a custom or pread engine).
     var canPipeline: Bool { customEngine == false && ioEngineName == "libaio" }
+    /// Whether the postings are held in RAM (``open(at:io:engine:serveMemory:warn:)``).
+    public var postingsResident: Bool { postingStore is ResidentPostingStore }
     /// Number of heads (postings).
     public var headCount: Int { graph.count }
 
@@ -131,13 +133,18 @@ public final class VectorIndex: @unchecked Sendable {
     /// - Parameters:
     ///   - io: how postings are read (default: libaio + O_DIRECT, pread where refused).
     ///   - engine: a custom engine factory (tests inject faults with it); overrides `io`.
+    ///   - serveMemory: RAM the open index may hold, in bytes (nil: the minimum: heads, graph,
+    ///     table, codec). When the postings also fit (beside the search scratch of the
+    ///     machine's threads), they are loaded into RAM (``ResidentPostingStore``) and a query
+    ///     reads only its re-rank vectors from disk.
     public static func open(at path: String, io: IOMode = .auto,
                             engine: (@Sendable () throws -> IOEngine)? = nil,
+                            serveMemory: UInt64? = nil,
                             warn: (String) -> Void = { FileHandle.standardError.write(("warning: " + $0 + "\n").data(using: .utf8)!) }) throws -> VectorIndex {
-        try VectorIndex(path: path, io: io, engine: engine, warn: warn)
+        try VectorIndex(path: path, io: io, engine: engine, serveMemory: serveMemory, warn: warn)
     }
 
-    init(path: String, io: IOMode, engine: (@Sendable () throws -> IOEngine)?, warn: (String) -> Void) throws {
+    init(path: String, io: IOMode, engine: (@Sendable () throws -> IOEngine)?, serveMemory: UInt64?, warn: (String) -> Void) throws {
         self.path = path
         // Per-query BLAS calls (the LeanVec projection) are tiny: OpenBLAS's worker threads
         // would only spin (sched_yield) beside the search threads.
@@ -232,7 +239,17 @@ public final class VectorIndex: @unchecked Sendable {
                 ioEngineName = "pread"
             }
         }
-        postingStore = DiskPostingStore(table: table, file: file, path: layout.postingsPath, recordBytes: m.record_bytes)
+        // Where postings live: in RAM when the serving budget holds them beside everything else.
+        let minimum = router.headBytes + router.graphBytes + (codec?.servingBytes ?? 0) + table.count * ServingMemory.tableEntryBytes
+        let scratch = 2 * (4 << 20) * ProcessInfo.processInfo.activeProcessorCount   // generous: 8 MiB per thread
+        if let budget = serveMemory, UInt64(minimum) + plain.size + UInt64(scratch) <= budget {
+            postingStore = try ResidentPostingStore(table: table, file: plain, path: layout.postingsPath, recordBytes: m.record_bytes)
+        } else {
+            if let budget = serveMemory, UInt64(minimum) > budget {
+                warn("the index needs \(formatBytes(UInt64(minimum))) to serve (heads, graph, table, codec), over the \(formatBytes(budget)) asked; serving it anyway")
+            }
+            postingStore = DiskPostingStore(table: table, file: file, path: layout.postingsPath, recordBytes: m.record_bytes)
+        }
         vectorStore = DiskVectorStore(file: engine == nil ? vfile : plainVectors, path: layout.vectorsPath,
                                       dimension: m.dimension, elementType: m.element_type)
     }
