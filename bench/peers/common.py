@@ -77,16 +77,45 @@ def latency_stats(lat_ns):
     }
 
 
-def drop_caches():
-    """Drops the Linux page cache (needs root). Returns True when done."""
+LAST_DROP = {"ok": None, "reason": None}
+
+
+def drop_caches(record=None):
+    """Drops the Linux page cache (sync, then 3 > /proc/sys/vm/drop_caches; needs root). Returns True when the
+    write succeeded, False otherwise, and says why on stderr. The outcome is kept in LAST_DROP and, when
+    `record` (a dict) is given, written into it: page_cache_dropped (bool) and drop_cache_error (reason or None)."""
+    ok, reason = False, None
     try:
         os.sync()
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
-        return True
+        ok = True
     except OSError as e:
-        print(f"warning: cannot drop the page cache: {e}", file=sys.stderr)
-        return False
+        reason = f"{type(e).__name__}: {e}"
+        print(f"warning: cannot drop the page cache: {reason}", file=sys.stderr)
+    LAST_DROP.update(ok=ok, reason=reason)
+    if record is not None:
+        record["page_cache_dropped"] = ok
+        record["drop_cache_error"] = reason
+    return ok
+
+
+def loadavg():
+    """[1-, 5-, 15-minute load] from /proc/loadavg, or None."""
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def mapped_libraries(names):
+    """Which of `names` (substrings, e.g. "libaio") are mapped into this process (/proc/self/maps)."""
+    try:
+        text = open("/proc/self/maps").read()
+    except OSError:
+        return None
+    return {n: any(n in line for line in text.splitlines()) for n in names}
 
 
 def proc_io():
@@ -149,10 +178,9 @@ def machine_info():
         info["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     except OSError:
         pass
-    try:
-        info["loadavg"] = [float(x) for x in open("/proc/loadavg").read().split()[:3]]
-    except OSError:
-        pass
+    la = loadavg()
+    if la is not None:
+        info["loadavg"] = la
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):

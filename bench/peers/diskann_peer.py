@@ -119,12 +119,18 @@ def cmd_search(a):
                                       cache_mechanism=1 if a.cache_nodes > 0 else 0, index_prefix="ann")
     load_secs = time.perf_counter() - t0
     rss_after_load = common.peak_rss_bytes()
+    # diskannpy 0.7.0 reads the disk index through LinuxAlignedFileReader (libaio io_submit, O_DIRECT): check that
+    # the bundled libaio is actually mapped into this process after the load rather than assuming it.
+    maps = common.mapped_libraries(["libaio"]) or {}
+    io_engine = "libaio" if maps.get("libaio") else "unknown (libaio not mapped)"
     rows = []
     for beam in common.parse_int_list(a.beam):
         for L in common.parse_int_list(a.L):
             L_eff = max(L, a.k)
-            if a.drop_cache:
-                common.drop_caches()
+            drop = {"page_cache_dropped": False, "drop_cache_error": "not requested (no --drop-cache)"}
+            if a.drop_cache:  # before every (L, beam) setting
+                common.drop_caches(drop)
+            load0 = common.loadavg()
             ids = np.empty((nq, a.k), dtype=np.int64)
             lat = np.empty(nq, dtype=np.int64)
             io0 = common.proc_io()
@@ -144,7 +150,9 @@ def cmd_search(a):
                                           num_threads=a.threads, beam_width=beam)
                 bwall = time.perf_counter() - b0
                 qps_batch = round(nq / bwall, 1)
-            row = {"L": L_eff, "beam": beam, "qps": round(nq / wall, 1), "qps_batch": qps_batch}
+            row = {"L": L_eff, "beam": beam, "qps": round(nq / wall, 1), "qps_batch": qps_batch,
+                   "io_engine": io_engine}
+            row.update(drop)
             row.update(common.latency_stats(lat))
             row["recall"] = round(common.recall_at_k(ids, gt_ids, gt_dist, a.k), 5) if gt_ids is not None else None
             if not a.no_batch and gt_ids is not None:
@@ -152,22 +160,33 @@ def cmd_search(a):
             # diskannpy computes QueryStats but does not return them: derive IO from /proc/self/io instead
             # (read_bytes counts O_DIRECT reads submitted by this process; each node read is one IO of
             # sectors_per_node x 4 KiB). null when the kernel does not account them.
+            # mean_pages: 4 KiB pages (DiskANN sectors) read per query = read_bytes / 4096; mean_requests (= mean_ios):
+            # node reads, one io_submit request of sectors_per_node sectors each.
             if read_bytes > 0:
                 row["mean_kib"] = round(read_bytes / nq / 1024, 2)
+                row["mean_pages"] = round(read_bytes / nq / SECTOR, 2)
                 row["mean_ios"] = round(read_bytes / nq / (SECTOR * meta["sectors_per_node"]), 2)
             else:
-                row["mean_kib"] = None
-                row["mean_ios"] = None
+                row["mean_kib"] = row["mean_pages"] = row["mean_ios"] = None
+            row["mean_requests"] = row["mean_ios"]
+            row["load_before"], row["load_after"] = load0, common.loadavg()
             rows.append(row)
             print(f"diskann L {L_eff:4d} beam {beam}: recall {row['recall']}, {row['qps']} QPS "
                   f"(batch {qps_batch}), mean {row['mean_us']} us, p99 {row['p99_us']} us, "
-                  f"{row['mean_ios']} IOs, {row['mean_kib']} KiB", file=sys.stderr)
+                  f"{row['mean_ios']} IOs, {row['mean_pages']} pages, {row['mean_kib']} KiB, "
+                  f"cache dropped {row['page_cache_dropped']}", file=sys.stderr)
     files, index_bytes = index_files(a.dir)
     common.emit_json({
         "system": "diskann", "dir": a.dir, "queries": nq, "k": a.k, "threads": a.threads,
         "cache_nodes": a.cache_nodes, "drop_cache": a.drop_cache, "load_seconds": round(load_secs, 3),
         "pq_bytes_per_vector": pq_bytes_per_vector(a.dir), "index_bytes": index_bytes,
         "disk_index": meta, "peak_rss_bytes": common.peak_rss_bytes(), "rss_after_load_bytes": rss_after_load,
+        "io_engine": io_engine, "mapped_libraries": maps,
+        "io_counting": {"mean_pages": "read_bytes of /proc/self/io over the single-query pass / 4096 (4 KiB sectors) / "
+                                      "queries",
+                        "mean_requests": "read_bytes / (4096 x sectors_per_node) / queries: node reads, one libaio "
+                                         "request each (diskannpy does not expose QueryStats)",
+                        "sectors_per_node": meta["sectors_per_node"]},
         "rows": rows,
     })
 

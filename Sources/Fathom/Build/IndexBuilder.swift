@@ -214,10 +214,8 @@ public final class IndexBuilder {
     /// 64 KiB for re-rank reads).
     static func servingEstimate(n: Int, heads H: Int, d: Int, reduced: Int?, recordBytes: Int, degree: Int,
                                 replicas: Int, threads: Int) -> ServingMemory {
-        let records = Double(n) * 0.85 * Double(replicas) / Double(max(H, 1))
-        let perThread = 32 * Int(records * Double(recordBytes + 16)) + 4 * H + (64 << 10)
-        return ServingMemory.estimate(vectors: n, heads: H, dimension: d, reduced: reduced, degree: degree,
-                                      scratchPerThread: perThread, threads: threads)
+        ServingMemory.model(vectors: n, heads: H, dimension: d, reduced: reduced, degree: degree, recordBytes: recordBytes,
+                            meanRecords: Double(n) * 0.85 * Double(replicas) / Double(max(H, 1)), threads: threads)
     }
 
     /// The head ratio (≤ 0.1, ≥ 1 head per 1,000 vectors) with the most heads whose serving

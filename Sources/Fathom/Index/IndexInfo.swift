@@ -11,16 +11,18 @@ public enum IndexInfo {
         let postingsBytes = m.files.first { $0.name == "postings.dat" }?.bytes ?? 0
         let table = try layout.readPostingTable(postingsBytes: postingsBytes, recordBytes: m.record_bytes)
         let disk = m.files.reduce(UInt64(0)) { $0 + $1.bytes }
-        // RAM to serve: heads (float32) + graph + posting table + per-thread buffers (≈ 64 slots of postings).
-        let ramHeads = UInt64(m.heads) * UInt64(m.dimension * 4)
-        let ramGraph = UInt64(m.heads) * UInt64(m.parameters.graph_degree * 4)
-        let ramTable = UInt64(m.heads) * 24
-        let ramCodec = UInt64(m.reduced_dimension.map { $0 * m.dimension * 4 * 2 + m.dimension * 4 } ?? 0)
-        let ram = ramHeads + ramGraph + ramTable + ramCodec
+        // RAM to serve (docs/memory.md): the same model the build planned with, on the real
+        // posting lengths, with the search scratch of the machine's threads at 32 probes.
         let compressed = (m.codec ?? "none") != "none"
+        let serving = ServingMemory.model(vectors: m.count, heads: m.heads, dimension: m.dimension,
+                                          reduced: compressed ? m.reduced_dimension : nil,
+                                          twoMatrices: m.leanvec?.kind == "ood", degree: m.parameters.graph_degree,
+                                          recordBytes: m.record_bytes, meanRecords: Double(m.stats.records) / Double(max(m.heads, 1)),
+                                          threads: ProcessInfo.processInfo.activeProcessorCount)
+        let ram = UInt64(serving.total)
         let tierText = compressed
-            ? "heads + graph + posting table + LeanVec matrices in RAM; postings of \(m.codec!) codes (\(m.dimension) → \(m.reduced_dimension ?? 0) dims) on SSD; full-precision vectors on SSD for re-ranking"
-            : "heads + graph + posting table in RAM; postings of full-precision vectors on SSD"
+            ? "LVQ-8 codes of the projected heads + graph + posting table + LeanVec query matrix in RAM; postings of \(m.codec!) codes (\(m.dimension) → \(m.reduced_dimension ?? 0) dims) on SSD; full-precision vectors on SSD for re-ranking"
+            : "float32 heads + graph + posting table in RAM; postings of full-precision vectors on SSD"
         let recordVectorBytes = m.record_bytes - 4
         let fullBytes = m.dimension * 4
         // Histogram of posting lengths in 8 buckets up to the cap.
@@ -37,7 +39,10 @@ public enum IndexInfo {
             let obj: [String: Any] = [
                 "path": directory, "count": m.count, "heads": m.heads, "dimension": m.dimension,
                 "metric": m.metric.rawValue, "element_type": m.element_type.rawValue,
-                "ram_to_serve_bytes": ram, "ram_per_vector_bytes": Double(ram) / Double(max(m.count, 1)),
+                "ram_to_serve_bytes": ram, "ram_per_vector_bytes": serving.perVector,
+                "ram_index_per_vector_bytes": Double(serving.total - serving.scratch) / Double(max(m.count, 1)),
+                "ram_by_part": ["heads": serving.heads, "graph": serving.graph, "table": serving.table,
+                                "codec": serving.codec, "search_scratch": serving.scratch],
                 "disk_bytes": disk, "mean_replicas": m.stats.mean_replicas,
                 "posting_histogram": Dictionary(uniqueKeysWithValues: zip(labels, hist)),
                 "tiers": tierText, "codec": m.codec ?? "none",
@@ -51,7 +56,7 @@ public enum IndexInfo {
         index:            \(directory)
         vectors:          \(m.count) × \(m.dimension) \(m.element_type.rawValue), metric \(m.metric.rawValue)
         heads:            \(m.heads) (ratio \(String(format: "%.4f", m.parameters.head_ratio)))
-        RAM to serve:     \(formatBytes(ram)) (heads \(formatBytes(ramHeads)), graph \(formatBytes(ramGraph)), table \(formatBytes(ramTable)), LeanVec \(formatBytes(ramCodec))) = \(String(format: "%.1f", Double(ram) / Double(max(m.count, 1)))) B/vector
+        RAM to serve:     \(serving.summary) at \(ProcessInfo.processInfo.activeProcessorCount) search threads
         tiers:            \(tierText)
         record:           \(recordVectorBytes) B per vector in postings (float32 would be \(fullBytes) B: \(String(format: "%.1f", Double(fullBytes) / Double(max(recordVectorBytes, 1))))× smaller)\(m.leanvec.map { " — LeanVec \($0.kind)" + ($0.explained_variance.map { String(format: ", %.1f%% variance kept", 100 * $0) } ?? "") + ($0.loss.map { String(format: ", loss %.4g", $0) } ?? "") } ?? "")
         disk:             \(formatBytes(disk))

@@ -29,16 +29,20 @@ public struct ServingMemory: Sendable, Equatable, Codable {
     /// Bytes of one posting-table entry in RAM.
     static let tableEntryBytes = MemoryLayout<PostingEntry>.stride
 
-    /// The model: what an index of `vectors` vectors with `heads` heads will hold.
+    /// The model: what an index of `vectors` vectors with `heads` heads will hold, with each
+    /// of `threads` search threads reading `probes` postings of `meanRecords` records of
+    /// `recordBytes` (its IO buffer, and 16 B of dedup table per record, plus 4 B per head of
+    /// visited marks and 64 KiB for re-rank reads).
     /// - Parameters:
-    ///   - dimension: D; `reduced`: the codec's d′ (nil: uncompressed, float32 heads).
-    ///   - scratchPerThread: bytes of search scratch per thread; `threads`: how many.
-    static func estimate(vectors: Int, heads: Int, dimension: Int, reduced: Int?, degree: Int,
-                         scratchPerThread: Int, threads: Int) -> ServingMemory {
+    ///   - dimension: D; `reduced`: the codec's d′ (nil: uncompressed, float32 heads);
+    ///     `twoMatrices`: the codec keeps a query and a data matrix (LeanVec-OOD).
+    static func model(vectors: Int, heads: Int, dimension: Int, reduced: Int?, twoMatrices: Bool = false,
+                      degree: Int, recordBytes: Int, meanRecords: Double, probes: Int = 32, threads: Int) -> ServingMemory {
         let headBytes = reduced.map { $0 + 4 } ?? dimension * 4
-        let codec = reduced.map { dimension * $0 * 4 + dimension * 4 } ?? 0
+        let codec = reduced.map { dimension * $0 * 4 * (twoMatrices ? 2 : 1) + dimension * 4 } ?? 0
+        let perThread = probes * Int(meanRecords * Double(recordBytes + 16)) + 4 * heads + (64 << 10)
         return ServingMemory(heads: heads * headBytes, graph: heads * degree * 4, table: heads * tableEntryBytes,
-                             codec: codec, scratch: scratchPerThread * threads, vectors: vectors)
+                             codec: codec, scratch: perThread * threads, vectors: vectors)
     }
 
     /// One line for reports.
