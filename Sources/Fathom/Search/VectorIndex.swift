@@ -268,6 +268,9 @@ public final class VectorIndex: @unchecked Sendable {
         return try Searcher(index: self, engine: engineFactory())
     }
 
+    /// Searchers idle in the pool now (each holds its own IO context); for metrics. Thread-safe.
+    public var pooledSearcherCount: Int { poolLock.lock(); defer { poolLock.unlock() }; return pool.count }
+
     func returnSearcher(_ s: Searcher) {
         poolLock.lock(); pool.append(s); poolLock.unlock()
     }
