@@ -68,6 +68,9 @@ let package = Package(
         .testTarget(name: "FathomTests", dependencies: ["Fathom"]),
         .testTarget(name: "FathomServerTests",
                     dependencies: ["FathomServer", "Fathom",
-                                   .product(name: "AsyncHTTPClient", package: "async-http-client")]),
+                                   .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                                   .product(name: "Logging", package: "swift-log"),
+                                   .product(name: "NIOCore", package: "swift-nio"),
+                                   .product(name: "NIOHTTP1", package: "swift-nio")]),
     ]
 )

@@ -214,6 +214,7 @@ struct API: Sendable {
         do { request = try JSONDecoder().decode(SearchRequest.self, from: Data(buffer.readableBytesView)) }
         catch let e as APIError { throw e }
         catch let e as DecodingError { throw Self.decodingError(e) }
+        catch { throw APIError(400, ServeErrorCode.malformedJSON, "the body cannot be decoded: \(error)") }
         log.k = request.k; log.probes = request.probes; log.filter = request.filter
 
         // Checks that need no index.

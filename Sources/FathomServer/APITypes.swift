@@ -183,16 +183,28 @@ public struct SearchRequest: Decodable, Sendable {
         if let n = u.count { out.reserveCapacity(n) }
         while !u.isAtEnd {
             let at = "\(field)[\(out.count)]"
-            if try u.decodeNil() {
+            let isNull: Bool
+            do { isNull = try u.decodeNil() } catch {
+                // The decoder parses the number to peek at it: 1e400 fails here.
+                throw APIError(400, FathomError.Code.nonFiniteValue.rawValue, "\(at) is a number out of the float32 range", APIErrorDetail(field: at))
+            }
+            if isNull {
                 throw APIError(400, FathomError.Code.nonFiniteValue.rawValue, "\(at) is null: vectors must hold finite numbers (NaN is written as null by some encoders)",
                                APIErrorDetail(field: at))
             }
-            if let v = try? u.decode(Double.self) {
+            do {
+                let v = try u.decode(Double.self)
                 guard v.isFinite, abs(v) <= Double(Float.greatestFiniteMagnitude) else {
                     throw APIError(400, FathomError.Code.nonFiniteValue.rawValue, "\(at) = \(v) is not a finite float32", APIErrorDetail(field: at))
                 }
                 out.append(Float(v))
                 continue
+            } catch let e as DecodingError {
+                // Not a number (typeMismatch): a string or a nested value, told apart below.
+                // Anything else: a number too large for a Double (1e400).
+                guard case .typeMismatch = e else {
+                    throw APIError(400, FathomError.Code.nonFiniteValue.rawValue, "\(at) is a number out of the float32 range (\(e))", APIErrorDetail(field: at))
+                }
             }
             if let s = try? u.decode(String.self) {
                 let nonFinite = ["nan", "inf", "infinity", "-inf", "-infinity", "+inf", "+infinity", "-nan"].contains(s.lowercased())
