@@ -73,7 +73,7 @@ paths:
           description: The OpenAPI document.
           content:
             application/yaml:
-              schema: {type: string}
+              schema: {type: object, description: "The OpenAPI document (YAML text; an object once parsed)."}
   /v1/indexes:
     get:
       operationId: listIndexes
