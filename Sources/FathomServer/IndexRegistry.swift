@@ -37,19 +37,26 @@ public final class IndexGeneration: @unchecked Sendable {
     func release() {
         lock.lock()
         users -= 1
-        let close = retired && users == 0 && _index != nil
-        if close { _index = nil }
+        let closing = retired && users == 0 ? _index : nil
+        if closing != nil { _index = nil }
         lock.unlock()
-        if close { onClose(self) }
+        if let closing { close(closing) }
     }
 
     func retire() {
         lock.lock()
         retired = true
-        let close = users == 0 && _index != nil
-        if close { _index = nil }
+        let closing = users == 0 ? _index : nil
+        if closing != nil { _index = nil }
         lock.unlock()
-        if close { onClose(self) }
+        if let closing { close(closing) }
+    }
+
+    /// Last reference: free the pooled searchers (they refer back to the index), so the
+    /// index deallocates, closing its files and IO contexts, once this call returns.
+    private func close(_ index: VectorIndex) {
+        index.releasePooledSearchers()
+        onClose(self)
     }
 
     /// Whether the generation still holds its index open.

@@ -82,6 +82,11 @@ final class Gate: @unchecked Sendable {
         let index = try VectorIndex.open(at: small.path)
         let want = try small.queries.map { try index.search($0, k: 5, parameters: SearchParameters(probes: 8), filter: nil).map(\.id) }
         try await withServer([IndexSpec(name: "docs", directory: small.path)], configure: { $0.queueLimit = 256 }) { s in
+            // Generation 1's index, weakly: it must be freed once its generation closes.
+            let (_, _) = try await s.request(.POST, "/v1/indexes/docs/search", body: searchBody(small.queries[0], k: 5))
+            weak var firstIndex: VectorIndex?
+            do { let l = try s.server.registry["docs"]!.lease(); firstIndex = l.index; l.release() }
+            #expect(firstIndex != nil && firstIndex!.pooledSearcherCount >= 1)
             let reloads = 4
             let clients = 6
             let perClient = 25
@@ -121,6 +126,7 @@ final class Gate: @unchecked Sendable {
             let served = s.server.registry["docs"]!
             for _ in 0..<500 where served.openGenerationCount > 1 { try await Task.sleep(for: .milliseconds(5)) }
             #expect(served.openGenerationCount == 1)
+            #expect(firstIndex == nil, "a closed generation's index is deallocated (files, IO contexts, RAM)")
             let (_, mb) = try await s.request(.GET, "/metrics")
             #expect(mb.contains("fathom_index_generation{index=\"docs\"} \(1 + reloads)"))
             let (_, io) = try await s.json(.GET, "/v1/indexes/docs")
@@ -149,5 +155,27 @@ final class Gate: @unchecked Sendable {
             let gen = try decodeSearch(qb).generation
             #expect(qs == 200 && gen == 2)
         }
+    }
+}
+
+@Suite struct ShutdownTests {
+    @Test func gracefulShutdownFinishesTheInFlightSearch() async throws {
+        let small = try SmallIndex.build(nq: 1)
+        let vec = "[" + small.queries[0].map { "\($0)" }.joined(separator: ",") + "]"
+        let slowBatch = "{\"vectors\": [" + Array(repeating: vec, count: 300).joined(separator: ",") + "], \"k\": 10, \"probes\": 1000}"
+        var c = ServerConfiguration(indexes: [IndexSpec(name: "docs", directory: small.path)])
+        c.port = 0; c.handleSignals = false; c.maxConcurrent = 1
+        let server = try FathomServer(configuration: c, logger: quietLogger)
+        let task = Task { try await server.run() }
+        let s = RunningServer(server: server, port: await server.listeningPort())
+        for _ in 0..<500 where server.registry["docs"]!.generation == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        let slow = Task { try await s.request(.POST, "/v1/indexes/docs/search", body: slowBatch) }
+        while server.executor.inFlight == 0 { try await Task.sleep(for: .milliseconds(1)) }
+        await server.shutdown()
+        let (status, body) = try await slow.value
+        #expect(status == 200, "the in-flight search is answered during shutdown")
+        #expect(try decodeSearch(body).results.count == 300)
+        try await task.value
+        #expect(server.executor.inFlight == 0 && server.executor.queueDepth == 0)
     }
 }
