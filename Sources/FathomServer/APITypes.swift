@@ -4,6 +4,7 @@ import Foundation
 // Hand-written Codable types of the HTTP API; docs/openapi.yaml is the contract they follow.
 
 /// The one error body every failing response carries: `{code, message, detail}`.
+/// A value type, `Sendable`: safe to pass between threads.
 ///
 /// `code` is a ``FathomError/Code`` raw value where the library raised the error
 /// (`invalidArgument`, `dimensionMismatch`, `nonFiniteValue`, `parse`, `io`, …) or one of the
@@ -18,6 +19,7 @@ public struct APIErrorBody: Codable, Sendable, Equatable {
 }
 
 /// Machine-readable context of an error; absent members are omitted from the JSON.
+/// A value type, `Sendable`.
 public struct APIErrorDetail: Codable, Sendable, Equatable {
     /// The request member at fault (`k`, `vectors[3][7]`, `filter`, …).
     public var field: String?
@@ -41,7 +43,8 @@ public struct APIErrorDetail: Codable, Sendable, Equatable {
     }
 }
 
-/// Error codes the server adds to the library's ``FathomError/Code`` values.
+/// Error codes the server adds to the library's ``FathomError/Code`` values (constants;
+/// safe from any thread).
 public enum ServeErrorCode {
     /// The body is not valid JSON (truncated, wrong syntax) — 400.
     public static let malformedJSON = "malformedJSON"
@@ -67,7 +70,7 @@ public enum ServeErrorCode {
     public static let internalError = "internal"
 }
 
-/// A failure turned into an HTTP status and an ``APIErrorBody``.
+/// A failure turned into an HTTP status and an ``APIErrorBody``. A value type, `Sendable`.
 public struct APIError: Error, Sendable {
     public var status: Int
     public var body: APIErrorBody
@@ -107,7 +110,7 @@ public struct APIError: Error, Sendable {
 }
 
 /// `POST /v1/indexes/{name}/search` body. Unknown members are refused (400), so a typo such
-/// as `"prob": 8` does not silently fall back to a default.
+/// as `"prob": 8` does not silently fall back to a default. A value type, `Sendable`.
 public struct SearchRequest: Decodable, Sendable {
     public var vector: [Float]?
     public var vectors: [[Float]]?
@@ -218,7 +221,7 @@ public struct SearchRequest: Decodable, Sendable {
     }
 }
 
-/// Counters of one answered query.
+/// Counters of one answered query. A value type, `Sendable`.
 public struct QueryStatsBody: Codable, Sendable, Equatable {
     /// Reads issued: postings plus full-precision vectors re-ranked.
     public var ios: Int
@@ -230,6 +233,7 @@ public struct QueryStatsBody: Codable, Sendable, Equatable {
 }
 
 /// One query's answer: ids and distances nearest first (equal lengths), and its counters.
+/// A value type, `Sendable`.
 public struct QueryResultBody: Codable, Sendable, Equatable {
     public var ids: [UInt32]
     public var distances: [Float]
@@ -240,6 +244,7 @@ public struct QueryResultBody: Codable, Sendable, Equatable {
 }
 
 /// `POST /v1/indexes/{name}/search` answer: one result per query, in request order.
+/// A value type, `Sendable`.
 public struct SearchResponse: Codable, Sendable, Equatable {
     public var index: String
     public var generation: Int
@@ -249,7 +254,7 @@ public struct SearchResponse: Codable, Sendable, Equatable {
     }
 }
 
-/// One entry of `GET /v1/indexes`.
+/// One entry of `GET /v1/indexes`. A value type, `Sendable`.
 public struct IndexSummaryBody: Codable, Sendable, Equatable {
     public var name: String
     public var directory: String
@@ -265,12 +270,12 @@ public struct IndexSummaryBody: Codable, Sendable, Equatable {
     public var has_attributes: Bool?
 }
 
-/// `GET /v1/indexes` answer.
+/// `GET /v1/indexes` answer. A value type, `Sendable`.
 public struct IndexListBody: Codable, Sendable, Equatable {
     public var indexes: [IndexSummaryBody]
 }
 
-/// `POST /v1/indexes/{name}/reload` answer.
+/// `POST /v1/indexes/{name}/reload` answer. A value type, `Sendable`.
 public struct ReloadBody: Codable, Sendable, Equatable {
     public var name: String
     public var generation: Int

@@ -6,7 +6,7 @@ import NIOCore
 import ServiceLifecycle
 import UnixSignals
 
-/// Settings of a ``FathomServer``.
+/// Settings of a ``FathomServer``. A value type, `Sendable`; read once by ``FathomServer/init(configuration:logger:)``.
 public struct ServerConfiguration: Sendable {
     /// Served indexes: a name (the URL segment) and an index directory.
     public var indexes: [IndexSpec]
@@ -42,7 +42,7 @@ public struct ServerConfiguration: Sendable {
     public init(indexes: [IndexSpec]) { self.indexes = indexes }
 }
 
-/// A served index: its name in URLs and its directory.
+/// A served index: its name in URLs and its directory. A value type, `Sendable`.
 public struct IndexSpec: Sendable, Hashable {
     public var name: String
     public var directory: String

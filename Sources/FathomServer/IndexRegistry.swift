@@ -65,7 +65,8 @@ public final class IndexGeneration: @unchecked Sendable {
     public var activeQueries: Int { lock.lock(); defer { lock.unlock() }; return users }
 }
 
-/// A borrowed generation: the caller must call `release()` exactly once.
+/// A borrowed generation: the caller must call `release()` exactly once (from any thread).
+/// While held, the generation's index stays open even if a reload retired it.
 public struct IndexLease: Sendable {
     public let index: VectorIndex
     public let generation: IndexGeneration
@@ -73,7 +74,7 @@ public struct IndexLease: Sendable {
     public func release() { generation.release() }
 }
 
-/// Why an index cannot be used now.
+/// Why an index cannot be used now. A value type, `Sendable`.
 public enum IndexAvailability: Error, Sendable, Equatable {
     case unknown(name: String)
     case notReady(name: String, reason: String)
@@ -158,7 +159,7 @@ public final class ServedIndex: @unchecked Sendable {
     }
 }
 
-/// A reload was asked for while one of the same index is still running.
+/// A reload was asked for while one of the same index is still running. A value type, `Sendable`.
 public struct ReloadInProgress: Error, Sendable { public let name: String }
 
 /// The indexes a server serves, by name.

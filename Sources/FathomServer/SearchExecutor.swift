@@ -1,7 +1,7 @@
 import Dispatch
 import Foundation
 
-/// Why the executor did not run (or did not finish waiting for) a job.
+/// Why the executor did not run (or did not finish waiting for) a job. A value type, `Sendable`.
 public enum AdmissionError: Error, Sendable, Equatable {
     /// Every worker is busy and the queue holds `queueLimit` jobs already (HTTP 429).
     case queueFull(queueLimit: Int)
