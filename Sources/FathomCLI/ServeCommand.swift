@@ -13,7 +13,8 @@ struct ServeCommand: AsyncParsableCommand {
         Routes: POST /v1/indexes/NAME/search, GET /v1/indexes, GET /v1/indexes/NAME,
         POST /v1/indexes/NAME/reload, GET /healthz, GET /readyz, GET /metrics.
         SIGTERM/SIGINT: graceful shutdown (stop accepting, finish in-flight queries).
-        SIGHUP: reload every index (open the new generation, close the old after its last query).
+        SIGHUP: reload every index (open the new generation, close the old after its last query);
+        --watch reloads an index by itself when its directory is republished.
         One log line per request on stderr at info. Exit codes: docs/errors.md.
         """
     )
@@ -38,6 +39,10 @@ struct ServeCommand: AsyncParsableCommand {
     var io: String = "auto"
     @Flag(help: "Run the full verify check on each index (and each reloaded generation) before serving it.")
     var verify = false
+    @Flag(help: "Watch the index directories and reload each one when it is republished (e.g. by fathom build).")
+    var watch = false
+    @Option(name: .customLong("watch-interval"), help: "With --watch: seconds between checks.")
+    var watchInterval: Double = 1
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -48,6 +53,7 @@ struct ServeCommand: AsyncParsableCommand {
         guard maxK >= 1, maxBatch >= 1 else { throw ValidationError("--max-k and --max-batch must be at least 1") }
         guard maxBody.bytes >= 1024, maxBody.bytes <= 1 << 30 else { throw ValidationError("--max-body must be 1KiB to 1GiB") }
         if let t = timeoutMs { guard t >= 1 else { throw ValidationError("--timeout-ms must be at least 1") } }
+        guard watchInterval >= 0.01, watchInterval <= 3600 else { throw ValidationError("--watch-interval must be 0.01 to 3600 seconds") }
         guard ["auto", "aio", "pread"].contains(io) else { throw ValidationError("--io must be auto, aio or pread") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: trace, debug, info, notice, warning, error or critical") }
         _ = try parseListen()
@@ -79,6 +85,7 @@ struct ServeCommand: AsyncParsableCommand {
             c.defaultTimeoutMs = timeoutMs
             c.io = io == "aio" ? .aio : (io == "pread" ? .pread : .auto)
             c.verify = verify
+            if watch { c.watchIntervalMs = Int(watchInterval * 1000) }
             let level = Logger.Level(rawValue: logLevel) ?? .info
             LoggingSystem.bootstrap { label in
                 var h = StreamLogHandler.standardError(label: label)

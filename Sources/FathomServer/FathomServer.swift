@@ -36,6 +36,9 @@ public struct ServerConfiguration: Sendable {
     public var io: IOMode = .auto
     /// Run the full `fathom verify` check on every generation before serving it.
     public var verify: Bool = false
+    /// Poll every index directory this often and reload when it was republished (nil: no
+    /// watching; reload with SIGHUP or POST …/reload).
+    public var watchIntervalMs: Int? = nil
     /// Graceful shutdown on SIGTERM/SIGINT and reload on SIGHUP (off in tests).
     public var handleSignals: Bool = true
 
@@ -126,6 +129,7 @@ public final class FathomServer: Sendable {
                               logger: logger)
         var services: [any Service] = [app, IndexOpener(registry: reg, logger: logger)]
         if configuration.handleSignals { services.append(ReloadOnHangup(registry: reg, logger: logger)) }
+        if let ms = configuration.watchIntervalMs { services.append(WatchDirectories(registry: reg, intervalMs: max(10, ms), logger: logger)) }
         group = ServiceGroup(services: services,
                              gracefulShutdownSignals: configuration.handleSignals ? [.sigterm, .sigint] : [],
                              logger: logger)
@@ -217,6 +221,29 @@ struct ReloadOnHangup: Service {
                     logger.info("reload (SIGHUP)", metadata: ["index": "\(name)", "generation": "\(g.number)"])
                 } catch {
                     logger.error("reload (SIGHUP) failed; the old generation keeps serving", metadata: ["index": "\(name)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+}
+
+/// `--watch`: polls the index directories and reloads the ones republished.
+struct WatchDirectories: Service {
+    let registry: IndexRegistry
+    let intervalMs: Int
+    let logger: Logger
+    func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            try? await Task.sleep(for: .milliseconds(intervalMs))
+            for name in registry.names {
+                let s = registry[name]!
+                guard s.isRepublished else { continue }
+                do {
+                    let g = try await offloop { try s.reload() }
+                    logger.info("reload (watch: directory republished)", metadata: ["index": "\(name)", "generation": "\(g.number)"])
+                } catch is ReloadInProgress {
+                } catch {
+                    logger.error("reload (watch) failed; the old generation keeps serving", metadata: ["index": "\(name)", "error": "\(error)"])
                 }
             }
         }

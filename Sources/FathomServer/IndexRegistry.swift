@@ -94,6 +94,8 @@ public final class ServedIndex: @unchecked Sendable {
     private var lastError: String?
     private var nextNumber = 1
     private var openGenerations = 0
+    private var servedSignature: DirectorySignature?
+    private var failedSignature: DirectorySignature?
     let onChange: @Sendable () -> Void
 
     init(name: String, directory: String, open: @escaping @Sendable (String) throws -> VectorIndex,
@@ -111,6 +113,14 @@ public final class ServedIndex: @unchecked Sendable {
     public var currentGeneration: IndexGeneration? { lock.lock(); defer { lock.unlock() }; return current }
     /// Why the first open failed, if it did.
     public var failure: String? { lock.lock(); defer { lock.unlock() }; return lastError }
+
+    /// Whether the directory was republished since the serving generation was opened (and
+    /// the new one has not already failed to open): what `--watch` reloads on.
+    public var isRepublished: Bool {
+        guard let now = DirectorySignature.of(directory) else { return false }
+        lock.lock(); defer { lock.unlock() }
+        return current != nil && !reloading && now != servedSignature && now != failedSignature
+    }
 
     /// Borrows the current generation for one request.
     public func lease() throws -> IndexLease {
@@ -137,9 +147,11 @@ public final class ServedIndex: @unchecked Sendable {
         reloading = true
         lock.unlock()
         defer { lock.lock(); reloading = false; lock.unlock(); onChange() }
+        // Taken before the open: a publish during the open shows as a change next time.
+        let signature = DirectorySignature.of(directory)
         let idx: VectorIndex
         do { idx = try open(directory) } catch {
-            lock.lock(); if current == nil { lastError = "\(error)" }; lock.unlock()
+            lock.lock(); if current == nil { lastError = "\(error)" }; failedSignature = signature; lock.unlock()
             throw error
         }
         lock.lock()
@@ -153,9 +165,26 @@ public final class ServedIndex: @unchecked Sendable {
         let old = current
         current = g
         lastError = nil
+        servedSignature = signature
+        failedSignature = nil
         lock.unlock()
         old?.retire()
         return g
+    }
+}
+
+/// What identifies one published generation of an index directory: the directory's and its
+/// manifest's device, inode and modification time (symlinks followed). The build's atomic
+/// publish (rename or RENAME_EXCHANGE) changes it. A value type, `Sendable`.
+public struct DirectorySignature: Sendable, Hashable {
+    var dirDevice: UInt64, dirInode: UInt64, manifestInode: UInt64, manifestMtimeNs: Int64
+
+    /// The signature of `directory` now, or nil when it or its manifest.json cannot be read.
+    public static func of(_ directory: String) -> DirectorySignature? {
+        var d = stat(), m = stat()
+        guard stat(directory, &d) == 0, stat(directory + "/manifest.json", &m) == 0 else { return nil }
+        return DirectorySignature(dirDevice: UInt64(d.st_dev), dirInode: UInt64(d.st_ino), manifestInode: UInt64(m.st_ino),
+                                  manifestMtimeNs: Int64(m.st_mtim.tv_sec) * 1_000_000_000 + Int64(m.st_mtim.tv_nsec))
     }
 }
 

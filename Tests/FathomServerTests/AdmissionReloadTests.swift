@@ -158,6 +158,36 @@ final class Gate: @unchecked Sendable {
     }
 }
 
+@Suite struct WatchTests {
+    @Test func watchReloadsARepublishedDirectory() async throws {
+        let dir = TempDir()
+        _ = try SmallIndex.build(n: 2000, d: 16, nq: 1, seed: 7, into: dir, name: "a")
+        _ = try SmallIndex.build(n: 1500, d: 16, nq: 1, seed: 99, into: dir, name: "b")
+        try FileManager.default.createSymbolicLink(atPath: dir.file("live"), withDestinationPath: dir.file("a"))
+        try await withServer([IndexSpec(name: "live", directory: dir.file("live"))], configure: { $0.watchIntervalMs = 20 }) { s in
+            let served = s.server.registry["live"]!
+            // Nothing changed: no reload.
+            try await Task.sleep(for: .milliseconds(150))
+            #expect(served.generation == 1)
+            try FileManager.default.createSymbolicLink(atPath: dir.file("live.new"), withDestinationPath: dir.file("b"))
+            #expect(rename(dir.file("live.new"), dir.file("live")) == 0)
+            for _ in 0..<500 where served.generation < 2 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(served.generation == 2)
+            let (_, o) = try await s.json(.GET, "/v1/indexes")
+            #expect((o["indexes"] as? [[String: Any]])?.first?["count"] as? Int == 1500)
+            // A republished directory that fails to open is tried once, not in a loop.
+            try FileManager.default.createDirectory(atPath: dir.file("empty"), withIntermediateDirectories: true)
+            try "{}".write(toFile: dir.file("empty/manifest.json"), atomically: true, encoding: .utf8)
+            try FileManager.default.createSymbolicLink(atPath: dir.file("live.new"), withDestinationPath: dir.file("empty"))
+            #expect(rename(dir.file("live.new"), dir.file("live")) == 0)
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(served.generation == 2 && !served.isRepublished)
+            let (st, _) = try await s.request(.POST, "/v1/indexes/live/search", body: searchBody([Float](repeating: 0.5, count: 16), k: 3))
+            #expect(st == 200, "generation 2 keeps serving")
+        }
+    }
+}
+
 @Suite struct ShutdownTests {
     @Test func gracefulShutdownFinishesTheInFlightSearch() async throws {
         let small = try SmallIndex.build(nq: 1)
