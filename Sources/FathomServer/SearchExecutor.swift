@@ -50,7 +50,8 @@ public final class SearchExecutor: @unchecked Sendable {
         self.maxConcurrent = maxConcurrent
         self.queueLimit = queueLimit
         for i in 0..<maxConcurrent {
-            let t = Thread { [unowned self] in self.workerLoop() }
+            // Workers hold the executor until `shutdown()` lets them exit.
+            let t = Thread { self.workerLoop() }
             t.name = "fathom-search-\(i)"
             t.stackSize = 1 << 20
             threads.append(t)
