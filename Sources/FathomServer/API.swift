@@ -181,7 +181,8 @@ struct API: Sendable {
         case .dataCorrupted(let c):
             let why = (c.underlyingError.map { "\($0)" } ?? c.debugDescription)
             if c.codingPath.isEmpty {
-                return APIError(400, ServeErrorCode.malformedJSON, "the body is not valid JSON: \(why)")
+                return APIError(400, ServeErrorCode.malformedJSON,
+                                "the body is not valid JSON (\(why)): send one object such as {\"vector\": [0.1, 0.2], \"k\": 10}; numbers must fit a double")
             }
             return APIError(400, FathomError.Code.invalidArgument.rawValue, "\(path(c.codingPath)): \(c.debugDescription)", APIErrorDetail(field: path(c.codingPath)))
         case .typeMismatch(_, let c), .valueNotFound(_, let c):
