@@ -6,6 +6,9 @@
 #   bench/serve_schemathesis.sh                   # 300 examples per operation, at most 300 s
 #   bench/serve_schemathesis.sh --examples 30     # smoke run
 #
+# Checks: no 5xx, documented status codes, content types and response schemas. Not
+# positive_data_acceptance: the schema cannot say a vector's length must equal the index's
+# dimension, so most generated searches are (rightly) refused with 400 dimensionMismatch.
 # The venv lives in bench/.venv-serve (git-ignored). Writes a JUnit report under bench/work/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

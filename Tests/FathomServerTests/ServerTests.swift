@@ -133,6 +133,10 @@ import Testing
             #expect((o["detail"] as? [String: Any])?["limit"] as? Int == 300)
             let (ok, body) = try await s.request(.POST, "/v1/indexes/tiny/search", body: "{\"vector\": \(vec), \"k\": 300, \"probes\": 60000}")
             #expect(ok == 200, "\(body)")
+            // A deadline that is met: an ordinary answer.
+            let (timed, tb) = try await s.request(.POST, "/v1/indexes/tiny/search", body: "{\"vector\": \(vec), \"k\": 3, \"timeout_ms\": 60000}")
+            #expect(timed == 200, "\(tb)")
+            #expect(try decodeSearch(tb).results[0].ids.count == 3)
         }
     }
 }
