@@ -10,10 +10,19 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .library(name: "Fathom", targets: ["Fathom"]),
+        .library(name: "FathomServer", targets: ["FathomServer"]),
         .executable(name: "fathom", targets: ["FathomCLI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // fathom serve (FathomServer): HTTP, lifecycle, logs, metrics; AsyncHTTPClient for its tests only.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // C layer
@@ -32,8 +41,19 @@ let package = Package(
                 path: "Sources/FathomCodecs"),
         .target(name: "Fathom", dependencies: ["FathomCore", "FathomMath", "FathomStorage", "FathomCodecs"],
                 path: "Sources/Fathom"),
+        // fathom serve: the index as an HTTP/JSON service; uses only Fathom's public API.
+        .target(name: "FathomServer",
+                dependencies: ["Fathom",
+                               .product(name: "Hummingbird", package: "hummingbird"),
+                               .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                               .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "Metrics", package: "swift-metrics"),
+                               .product(name: "Prometheus", package: "swift-prometheus"),
+                               .product(name: "NIOCore", package: "swift-nio")],
+                path: "Sources/FathomServer"),
         .executableTarget(name: "FathomCLI",
-                          dependencies: ["Fathom",
+                          dependencies: ["Fathom", "FathomServer",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/FathomCLI"),
 
@@ -46,5 +66,11 @@ let package = Package(
         .testTarget(name: "FathomStorageTests", dependencies: ["FathomStorage"]),
         .testTarget(name: "FathomCodecsTests", dependencies: ["FathomCodecs", "CKernels"]),
         .testTarget(name: "FathomTests", dependencies: ["Fathom"]),
+        .testTarget(name: "FathomServerTests",
+                    dependencies: ["FathomServer", "Fathom",
+                                   .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                                   .product(name: "Logging", package: "swift-log"),
+                                   .product(name: "NIOCore", package: "swift-nio"),
+                                   .product(name: "NIOHTTP1", package: "swift-nio")]),
     ]
 )

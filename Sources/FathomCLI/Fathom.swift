@@ -4,7 +4,7 @@ import FathomCore
 import Foundation
 
 @main
-struct FathomCommand: ParsableCommand {
+struct FathomCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fathom",
         abstract: "Fathom: billion-scale vector search from one machine (index in RAM, vectors on SSD).",
@@ -13,7 +13,7 @@ struct FathomCommand: ParsableCommand {
         Sizes accept units: 512MiB, 2GiB, 1.5G (powers of 1024). Exit codes: docs/errors.md.
         """,
         version: "0.1.0",
-        subcommands: [BuildCommand.self, SearchCommand.self, InfoCommand.self, VerifyCommand.self, GenCommand.self, GroundTruthCommand.self, ConvertCommand.self]
+        subcommands: [BuildCommand.self, SearchCommand.self, InfoCommand.self, VerifyCommand.self, GenCommand.self, GroundTruthCommand.self, ConvertCommand.self, ServeCommand.self]
     )
 }
 

@@ -327,6 +327,14 @@ public final class VectorIndex: @unchecked Sendable {
         return try Searcher(index: self, engine: engineFactory())
     }
 
+    /// Searchers idle in the pool now (each holds its own IO context); for metrics. Thread-safe.
+    public var pooledSearcherCount: Int { poolLock.lock(); defer { poolLock.unlock() }; return pool.count }
+
+    /// Frees the idle searchers (their IO contexts and buffers). Pooled searchers refer back to
+    /// the index, so an index that served queries is only deallocated (files closed, RAM
+    /// freed) after this; later searches refill the pool. Thread-safe.
+    public func releasePooledSearchers() { poolLock.lock(); let p = pool; pool = []; poolLock.unlock(); _ = p }
+
     func returnSearcher(_ s: Searcher) {
         poolLock.lock(); pool.append(s); poolLock.unlock()
     }

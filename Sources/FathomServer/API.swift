@@ -1,0 +1,312 @@
+import Fathom
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+
+/// Fields of the one log line per request.
+struct RequestLog {
+    var index: String?
+    var k: Int?
+    var probes: Int?
+    var filter: String?
+    var queries: Int?
+    var ios: Int?
+    var generation: Int?
+}
+
+/// The HTTP routes (docs/openapi.yaml).
+struct API: Sendable {
+    let registry: IndexRegistry
+    let executor: SearchExecutor
+    let metrics: ServerMetrics
+    let configuration: ServerConfiguration
+    let logger: Logger
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.get("/healthz") { req, ctx in
+            await handle("/healthz", req) { _ in jsonResponse(["status": "ok"]) }
+        }
+        router.get("/readyz") { req, ctx in
+            await handle("/readyz", req) { _ in try ready() }
+        }
+        router.get("/metrics") { req, ctx in
+            await handle("/metrics", req) { _ in
+                metrics.refresh(executor: executor, registry: registry)
+                return rawResponse(Data(metrics.exposition()), status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8")
+            }
+        }
+        router.get("/openapi.yaml") { req, ctx in
+            await handle("/openapi.yaml", req) { _ in
+                rawResponse(Data(OpenAPIDocument.yaml.utf8), status: 200, contentType: "application/yaml")
+            }
+        }
+        router.get("/v1/indexes") { req, ctx in
+            await handle("/v1/indexes", req) { _ in
+                jsonResponse(IndexListBody(indexes: registry.names.map { summary(registry[$0]!) }))
+            }
+        }
+        router.get("/v1/indexes/:name") { req, ctx in
+            let name = ctx.parameters.get("name") ?? ""
+            return await handle("/v1/indexes/{name}", req) { log in
+                log.index = name
+                return try await info(name)
+            }
+        }
+        router.post("/v1/indexes/:name/reload") { req, ctx in
+            let name = ctx.parameters.get("name") ?? ""
+            return await handle("/v1/indexes/{name}/reload", req) { log in
+                log.index = name
+                return try await reload(name, log: &log)
+            }
+        }
+        router.post("/v1/indexes/:name/search") { req, ctx in
+            let name = ctx.parameters.get("name") ?? ""
+            let t0 = DispatchTime.now()
+            return await handle("/v1/indexes/{name}/search", req) { log in
+                log.index = name
+                let r = try await search(name, req, log: &log)
+                if registry[name] != nil {
+                    metrics.searchRequest(index: name, seconds: Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9)
+                }
+                return r
+            }
+        }
+    }
+
+    /// Runs a route: every error becomes the JSON error shape; one log line and one
+    /// counter per request.
+    func handle(_ route: String, _ req: Request, _ body: (inout RequestLog) async throws -> Response) async -> Response {
+        let t0 = DispatchTime.now()
+        var log = RequestLog()
+        let response: Response
+        do { response = try await body(&log) } catch {
+            response = errorResponse(apiError(error, index: log.index))
+        }
+        let us = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e3
+        let status = Int(response.status.code)
+        metrics.request(route: route, method: req.method.rawValue, status: status)
+        var md: Logger.Metadata = ["method": "\(req.method.rawValue)", "route": "\(route)", "status": "\(status)",
+                                   "us": "\(Int(us))"]
+        if let v = log.index { md["index"] = "\(v)" }
+        if let v = log.generation { md["generation"] = "\(v)" }
+        if let v = log.k { md["k"] = "\(v)" }
+        if let v = log.probes { md["probes"] = "\(v)" }
+        if let v = log.filter { md["filter"] = "\(v.count > 200 ? String(v.prefix(200)) + "…" : v)" }
+        if let v = log.queries { md["queries"] = "\(v)" }
+        if let v = log.ios { md["ios"] = "\(v)" }
+        logger.info("request", metadata: md)
+        return response
+    }
+
+    func served(_ name: String) throws -> ServedIndex {
+        guard let s = registry[name] else { throw IndexAvailability.unknown(name: name) }
+        return s
+    }
+
+    func ready() throws -> Response {
+        var gens = [String: Int]()
+        var missing = [String]()
+        for n in registry.names {
+            let g = registry[n]!.generation
+            gens[n] = g
+            if g == 0 { missing.append(n) }
+        }
+        guard missing.isEmpty else {
+            let reasons = missing.map { n in "\(n): \(registry[n]!.failure ?? "opening")" }
+            throw APIError(503, ServeErrorCode.notReady, "not every index is open: " + reasons.joined(separator: "; "),
+                           APIErrorDetail(index: missing.first))
+        }
+        struct Ready: Encodable { var status: String; var indexes: [String: Int] }
+        return jsonResponse(Ready(status: "ready", indexes: gens))
+    }
+
+    func summary(_ s: ServedIndex) -> IndexSummaryBody {
+        var b = IndexSummaryBody(name: s.name, directory: s.directory, ready: false, generation: s.generation,
+                                 open_generations: s.openGenerationCount, reloading: s.isReloading)
+        if let l = try? s.lease() {
+            defer { l.release() }
+            b.ready = true
+            b.generation = l.generation.number
+            b.count = l.index.count; b.dimension = l.index.dimension; b.metric = l.index.metric.rawValue
+            b.heads = l.index.headCount; b.io_engine = l.index.ioEngineName
+            b.has_attributes = l.index.manifest.attributes != nil
+        }
+        return b
+    }
+
+    /// `GET /v1/indexes/{name}`: the serving state plus what `fathom info --json` shows.
+    func info(_ name: String) async throws -> Response {
+        let s = try served(name)
+        let dir = s.directory
+        let text = try await offloop { try IndexInfo.describe(directory: dir, json: true) }
+        let infoObject = try JSONSerialization.jsonObject(with: Data(text.utf8))
+        let sum = summary(s)
+        let sumObject = try JSONSerialization.jsonObject(with: JSONEncoder().encode(sum))
+        guard var obj = sumObject as? [String: Any] else { throw APIError(500, ServeErrorCode.internalError, "summary encoding") }
+        obj["info"] = infoObject
+        let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+        return rawResponse(data, status: 200, contentType: "application/json")
+    }
+
+    func reload(_ name: String, log: inout RequestLog) async throws -> Response {
+        let s = try served(name)
+        let before = s.generation
+        let t0 = DispatchTime.now()
+        let g: IndexGeneration
+        do { g = try await offloop { try s.reload() } } catch let e as FathomError {
+            var api = APIError(e, index: name)
+            api.status = 409
+            api.body.message = "reload failed, generation \(before) keeps serving: " + api.body.message
+            api.body.detail.path = e.path
+            throw api
+        }
+        log.generation = g.number
+        let ms = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e6
+        logger.info("reload", metadata: ["index": "\(name)", "generation": "\(g.number)", "previous": "\(before)"])
+        return jsonResponse(ReloadBody(name: name, generation: g.number, previous_generation: before, ms: ms))
+    }
+
+    // MARK: search
+
+    static func decodingError(_ e: DecodingError) -> APIError {
+        func path(_ p: [CodingKey]) -> String {
+            var s = ""
+            for k in p {
+                if let i = k.intValue { s += "[\(i)]" } else { s += s.isEmpty ? k.stringValue : "." + k.stringValue }
+            }
+            return s
+        }
+        switch e {
+        case .dataCorrupted(let c):
+            let why = (c.underlyingError.map { "\($0)" } ?? c.debugDescription)
+            if c.codingPath.isEmpty {
+                return APIError(400, ServeErrorCode.malformedJSON,
+                                "the body is not valid JSON (\(why)): send one object such as {\"vector\": [0.1, 0.2], \"k\": 10}; numbers must fit a double")
+            }
+            return APIError(400, FathomError.Code.invalidArgument.rawValue, "\(path(c.codingPath)): \(c.debugDescription)", APIErrorDetail(field: path(c.codingPath)))
+        case .typeMismatch(_, let c), .valueNotFound(_, let c):
+            let p = path(c.codingPath)
+            return APIError(400, FathomError.Code.invalidArgument.rawValue,
+                            p.isEmpty ? "the body must be a JSON object (see docs/openapi.yaml)" : "\(p): \(c.debugDescription)",
+                            APIErrorDetail(field: p.isEmpty ? nil : p))
+        case .keyNotFound(let k, let c):
+            let p = path(c.codingPath + [k])
+            return APIError(400, FathomError.Code.invalidArgument.rawValue, "missing member \(p)", APIErrorDetail(field: p))
+        @unknown default:
+            return APIError(400, ServeErrorCode.malformedJSON, "the body cannot be decoded: \(e)")
+        }
+    }
+
+    func search(_ name: String, _ req: Request, log: inout RequestLog) async throws -> Response {
+        let s = try served(name)
+        let c = configuration
+        // Body: refuse early on Content-Length, then collect at most the limit.
+        if let len = req.headers[.contentLength].flatMap({ Int($0) }), len > c.maxBodyBytes {
+            throw APIError(413, ServeErrorCode.bodyTooLarge, "the body is \(len) bytes, above the limit of \(c.maxBodyBytes)",
+                           APIErrorDetail(limit: c.maxBodyBytes, index: name))
+        }
+        let buffer: ByteBuffer
+        do { buffer = try await req.body.collect(upTo: c.maxBodyBytes) } catch is NIOTooManyBytesError {
+            throw APIError(413, ServeErrorCode.bodyTooLarge, "the body is larger than the limit of \(c.maxBodyBytes) bytes",
+                           APIErrorDetail(limit: c.maxBodyBytes, index: name))
+        }
+        let request: SearchRequest
+        do { request = try JSONDecoder().decode(SearchRequest.self, from: Data(buffer.readableBytesView)) }
+        catch let e as APIError { throw e }
+        catch let e as DecodingError { throw Self.decodingError(e) }
+        catch { throw APIError(400, ServeErrorCode.malformedJSON, "the body cannot be decoded: \(error)") }
+        log.k = request.k; log.probes = request.probes; log.filter = request.filter
+
+        // Checks that need no index.
+        func bad(_ field: String, _ message: String, limit: Int? = nil) -> APIError {
+            APIError(400, FathomError.Code.invalidArgument.rawValue, message, APIErrorDetail(field: field, limit: limit, index: name))
+        }
+        let queries: [[Float]]
+        switch (request.vector, request.vectors) {
+        case (let v?, nil): queries = [v]
+        case (nil, let vs?): queries = vs
+        case (nil, nil): throw bad("vector", "give one query as 'vector' or a batch as 'vectors'")
+        default: throw bad("vectors", "give either 'vector' or 'vectors', not both")
+        }
+        guard !queries.isEmpty else { throw bad("vectors", "'vectors' is empty") }
+        guard queries.count <= c.maxBatch else {
+            throw bad("vectors", "\(queries.count) queries in one request, above the limit of \(c.maxBatch)", limit: c.maxBatch)
+        }
+        log.queries = queries.count
+        guard request.k >= 1 else { throw bad("k", "k = \(request.k): k must be at least 1") }
+        guard request.k <= c.maxK else { throw bad("k", "k = \(request.k) is above the server's limit of \(c.maxK)", limit: c.maxK) }
+        if let p = request.probes {
+            guard p >= 1, p <= c.maxProbes else { throw bad("probes", "probes = \(p): use 1 to \(c.maxProbes)", limit: c.maxProbes) }
+        }
+        if let r = request.rerank {
+            guard r >= 1, r <= c.maxRerank else { throw bad("rerank", "rerank = \(r): use 1 to \(c.maxRerank)", limit: c.maxRerank) }
+        }
+        let timeout = request.timeoutMs ?? c.defaultTimeoutMs
+        if let t = timeout {
+            guard t >= 1, t <= c.maxTimeoutMs else { throw bad("timeout_ms", "timeout_ms = \(t): use 1 to \(c.maxTimeoutMs)", limit: c.maxTimeoutMs) }
+        }
+
+        // Pin one generation from here to the end of the search (filters bind to it).
+        let lease = try s.lease()
+        var handedOver = false
+        defer { if !handedOver { lease.release() } }
+        let index = lease.index
+        log.generation = lease.generation.number
+        for (i, q) in queries.enumerated() where q.count != index.dimension {
+            let field = request.vector != nil ? "vector" : "vectors[\(i)]"
+            throw APIError(400, FathomError.Code.dimensionMismatch.rawValue,
+                           "\(field) has \(q.count) values, the index '\(name)' has dimension \(index.dimension)",
+                           APIErrorDetail(field: field, expected: index.dimension, actual: q.count, index: name))
+        }
+        guard request.k <= index.count else {
+            throw bad("k", "k = \(request.k) exceeds the \(index.count) vectors in index '\(name)'", limit: index.count)
+        }
+        var filter: PreparedFilter? = nil
+        if let text = request.filter {
+            do { filter = try index.prepareFilter(text) } catch let e as FathomError {
+                throw APIError(e, field: "filter", index: name)
+            }
+        }
+        var params0 = SearchParameters()
+        if let p = request.probes { params0.probes = min(p, max(1, index.headCount)) }
+        params0.rerank = request.rerank
+        let parameters = params0
+        log.probes = parameters.probes
+        let k = request.k
+        let pinned = filter
+
+        handedOver = true
+        let outcome: Result<[QueryResultBody], FathomError> = try await executor.run(timeoutMs: timeout, onDrop: { lease.release() }) {
+            defer { lease.release() }
+            var out = [QueryResultBody]()
+            out.reserveCapacity(queries.count)
+            do {
+                try index.withSearcher { searcher in
+                    for q in queries {
+                        let t0 = DispatchTime.now()
+                        let hits = try q.withUnsafeBufferPointer { try searcher.search($0, k: k, parameters: parameters, filter: pinned) }
+                        let us = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e3
+                        let st = searcher.stats
+                        out.append(QueryResultBody(ids: hits.map(\.id), distances: hits.map(\.distance),
+                                                   stats: QueryStatsBody(ios: st.postingsRead + st.vectorsReranked,
+                                                                         kib: Double(st.bytesRead) / 1024, us: us)))
+                    }
+                }
+                return .success(out)
+            } catch let e as FathomError {
+                return .failure(e)
+            } catch {
+                return .failure(FathomError(.io, "\(error)"))
+            }
+        }
+        let results = try outcome.get()
+        var ios = 0
+        for r in results {
+            ios += r.stats.ios
+            metrics.query(index: name, ios: r.stats.ios, kib: r.stats.kib)
+        }
+        log.ios = ios
+        return jsonResponse(SearchResponse(index: name, generation: lease.generation.number, results: results))
+    }
+}

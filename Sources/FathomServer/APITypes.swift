@@ -1,0 +1,284 @@
+import Fathom
+import Foundation
+
+// Hand-written Codable types of the HTTP API; docs/openapi.yaml is the contract they follow.
+
+/// The one error body every failing response carries: `{code, message, detail}`.
+/// A value type, `Sendable`: safe to pass between threads.
+///
+/// `code` is a ``FathomError/Code`` raw value where the library raised the error
+/// (`invalidArgument`, `dimensionMismatch`, `nonFiniteValue`, `parse`, `io`, …) or one of the
+/// server's own codes (``ServeErrorCode``).
+public struct APIErrorBody: Codable, Sendable, Equatable {
+    public var code: String
+    public var message: String
+    public var detail: APIErrorDetail
+    public init(code: String, message: String, detail: APIErrorDetail = APIErrorDetail()) {
+        self.code = code; self.message = message; self.detail = detail
+    }
+}
+
+/// Machine-readable context of an error; absent members are omitted from the JSON.
+/// A value type, `Sendable`.
+public struct APIErrorDetail: Codable, Sendable, Equatable {
+    /// The request member at fault (`k`, `vectors[3][7]`, `filter`, …).
+    public var field: String?
+    /// Filter errors: 0-based offset in the filter text (Unicode scalars) of the bad token.
+    public var position: Int?
+    /// Filter errors: the text with a caret line under the bad token.
+    public var caret: String?
+    /// The limit that was exceeded (k, body bytes, queue length, timeout ms, …).
+    public var limit: Int?
+    /// Dimension errors: the index's dimension and the one sent.
+    public var expected: Int?
+    public var actual: Int?
+    /// The index named in the request.
+    public var index: String?
+    /// File the library error refers to, if any.
+    public var path: String?
+    public init(field: String? = nil, position: Int? = nil, caret: String? = nil, limit: Int? = nil,
+                expected: Int? = nil, actual: Int? = nil, index: String? = nil, path: String? = nil) {
+        self.field = field; self.position = position; self.caret = caret; self.limit = limit
+        self.expected = expected; self.actual = actual; self.index = index; self.path = path
+    }
+}
+
+/// Error codes the server adds to the library's ``FathomError/Code`` values (constants;
+/// safe from any thread).
+public enum ServeErrorCode {
+    /// The body is not valid JSON (truncated, wrong syntax) — 400.
+    public static let malformedJSON = "malformedJSON"
+    /// The body exceeds the configured limit — 413.
+    public static let bodyTooLarge = "bodyTooLarge"
+    /// No index of that name is served — 404.
+    public static let unknownIndex = "unknownIndex"
+    /// No such route — 404.
+    public static let notFound = "notFound"
+    /// The method is not allowed on this route — 405.
+    public static let methodNotAllowed = "methodNotAllowed"
+    /// The admission queue is full — 429.
+    public static let overloaded = "overloaded"
+    /// The index (or the server) is not open yet, or is shutting down — 503.
+    public static let notReady = "notReady"
+    /// A reload of this index is already running — 503.
+    public static let reloading = "reloading"
+    /// The query's `timeout_ms` passed before its result — 504.
+    public static let deadlineExceeded = "deadlineExceeded"
+    /// A reload failed to open the new generation; the old one keeps serving — 409.
+    public static let reloadFailed = "reloadFailed"
+    /// The server failed in a way it did not expect — 500.
+    public static let internalError = "internal"
+}
+
+/// A failure turned into an HTTP status and an ``APIErrorBody``. A value type, `Sendable`.
+public struct APIError: Error, Sendable {
+    public var status: Int
+    public var body: APIErrorBody
+    public init(_ status: Int, _ code: String, _ message: String, _ detail: APIErrorDetail = APIErrorDetail()) {
+        self.status = status
+        self.body = APIErrorBody(code: code, message: message, detail: detail)
+    }
+
+    /// A library error: 400 for what the request got wrong, 500 for what the server's files
+    /// or devices did. Keeps the library's code, message and path.
+    public init(_ e: FathomError, field: String? = nil, index: String? = nil) {
+        let badInput: Set<String> = [FathomError.Code.invalidArgument.rawValue, FathomError.Code.dimensionMismatch.rawValue,
+                                     FathomError.Code.nonFiniteValue.rawValue, FathomError.Code.parse.rawValue]
+        var d = APIErrorDetail(field: field, index: index, path: badInput.contains(e.code.rawValue) ? nil : e.path)
+        var message = e.message
+        if e.code == .parse {
+            // Filter errors: "unexpected … at 6, expected …\n  text\n     ^": split message and caret.
+            let lines = e.message.split(separator: "\n", omittingEmptySubsequences: false)
+            message = String(lines.first ?? "")
+            if lines.count > 1 { d.caret = lines.dropFirst().joined(separator: "\n") }
+            d.position = Self.offset(in: message)
+        }
+        self.status = badInput.contains(e.code.rawValue) ? 400 : 500
+        self.body = APIErrorBody(code: e.code.rawValue, message: message, detail: d)
+    }
+
+    /// The number after the first " at " in a filter error message (its token offset).
+    static func offset(in message: String) -> Int? {
+        var rest = Substring(message)
+        while let r = rest.range(of: " at ") {
+            let digits = rest[r.upperBound...].prefix { $0.isASCII && $0.isNumber }
+            if !digits.isEmpty, let v = Int(digits) { return v }
+            rest = rest[r.upperBound...]
+        }
+        return nil
+    }
+}
+
+/// `POST /v1/indexes/{name}/search` body. Unknown members are refused (400), so a typo such
+/// as `"prob": 8` does not silently fall back to a default. A value type, `Sendable`.
+public struct SearchRequest: Decodable, Sendable {
+    public var vector: [Float]?
+    public var vectors: [[Float]]?
+    public var k: Int
+    public var probes: Int?
+    public var rerank: Int?
+    public var filter: String?
+    public var timeoutMs: Int?
+
+    static let members = ["vector", "vectors", "k", "probes", "rerank", "filter", "timeout_ms"]
+
+    struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ s: String) { stringValue = s }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { return nil }
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: Key.self)
+        for key in c.allKeys where !Self.members.contains(key.stringValue) {
+            throw APIError(400, FathomError.Code.invalidArgument.rawValue,
+                           "unknown member '\(key.stringValue)' in the search request; known: \(Self.members.joined(separator: ", "))",
+                           APIErrorDetail(field: key.stringValue))
+        }
+        func optInt(_ name: String) throws -> Int? {
+            guard c.contains(Key(name)), try !c.decodeNil(forKey: Key(name)) else { return nil }
+            do { return try c.decode(Int.self, forKey: Key(name)) } catch {
+                throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'\(name)' must be an integer",
+                               APIErrorDetail(field: name))
+            }
+        }
+        k = try optInt("k") ?? 10
+        probes = try optInt("probes")
+        rerank = try optInt("rerank")
+        timeoutMs = try optInt("timeout_ms")
+        if c.contains(Key("filter")), try !c.decodeNil(forKey: Key("filter")) {
+            do { filter = try c.decode(String.self, forKey: Key("filter")) } catch {
+                throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'filter' must be a string in the filter language (docs/filters.md)",
+                               APIErrorDetail(field: "filter"))
+            }
+        }
+        if c.contains(Key("vector")), try !c.decodeNil(forKey: Key("vector")) {
+            var u: UnkeyedDecodingContainer
+            do { u = try c.nestedUnkeyedContainer(forKey: Key("vector")) } catch {
+                throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'vector' must be an array of numbers", APIErrorDetail(field: "vector"))
+            }
+            vector = try Self.floats(&u, field: "vector")
+        }
+        if c.contains(Key("vectors")), try !c.decodeNil(forKey: Key("vectors")) {
+            var outer: UnkeyedDecodingContainer
+            do { outer = try c.nestedUnkeyedContainer(forKey: Key("vectors")) } catch {
+                throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'vectors' must be an array of arrays of numbers", APIErrorDetail(field: "vectors"))
+            }
+            var all = [[Float]]()
+            while !outer.isAtEnd {
+                let i = all.count
+                var inner: UnkeyedDecodingContainer
+                do { inner = try outer.nestedUnkeyedContainer() } catch {
+                    throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'vectors[\(i)]' must be an array of numbers", APIErrorDetail(field: "vectors[\(i)]"))
+                }
+                all.append(try Self.floats(&inner, field: "vectors[\(i)]"))
+            }
+            vectors = all
+        }
+    }
+
+    /// Reads an array of finite numbers. JSON has no NaN: `null` (what JavaScript's
+    /// JSON.stringify writes for NaN) and the strings "NaN"/"Infinity" count as non-finite.
+    static func floats(_ u: inout UnkeyedDecodingContainer, field: String) throws -> [Float] {
+        var out = [Float]()
+        if let n = u.count { out.reserveCapacity(n) }
+        while !u.isAtEnd {
+            let at = "\(field)[\(out.count)]"
+            let isNull: Bool
+            do { isNull = try u.decodeNil() } catch {
+                // The decoder parses the number to peek at it: 1e400 fails here.
+                throw APIError(400, FathomError.Code.nonFiniteValue.rawValue, "\(at) is a number out of the float32 range", APIErrorDetail(field: at))
+            }
+            if isNull {
+                throw APIError(400, FathomError.Code.nonFiniteValue.rawValue, "\(at) is null: vectors must hold finite numbers (NaN is written as null by some encoders)",
+                               APIErrorDetail(field: at))
+            }
+            do {
+                let v = try u.decode(Double.self)
+                guard v.isFinite, abs(v) <= Double(Float.greatestFiniteMagnitude) else {
+                    throw APIError(400, FathomError.Code.nonFiniteValue.rawValue, "\(at) = \(v) is not a finite float32", APIErrorDetail(field: at))
+                }
+                out.append(Float(v))
+                continue
+            } catch let e as DecodingError {
+                // Not a number (typeMismatch): a string or a nested value, told apart below.
+                // Anything else: a number too large for a Double (1e400).
+                guard case .typeMismatch = e else {
+                    throw APIError(400, FathomError.Code.nonFiniteValue.rawValue, "\(at) is a number out of the float32 range (\(e))", APIErrorDetail(field: at))
+                }
+            }
+            if let s = try? u.decode(String.self) {
+                let nonFinite = ["nan", "inf", "infinity", "-inf", "-infinity", "+inf", "+infinity", "-nan"].contains(s.lowercased())
+                throw APIError(400, nonFinite ? FathomError.Code.nonFiniteValue.rawValue : FathomError.Code.invalidArgument.rawValue,
+                               nonFinite ? "\(at) is \"\(s)\": vectors must hold finite numbers" : "\(at) is a string: vectors must hold numbers",
+                               APIErrorDetail(field: at))
+            }
+            throw APIError(400, FathomError.Code.invalidArgument.rawValue, "\(at) is not a number", APIErrorDetail(field: at))
+        }
+        return out
+    }
+}
+
+/// Counters of one answered query. A value type, `Sendable`.
+public struct QueryStatsBody: Codable, Sendable, Equatable {
+    /// Reads issued: postings plus full-precision vectors re-ranked.
+    public var ios: Int
+    /// KiB read from disk.
+    public var kib: Double
+    /// Microseconds the search took on its worker (excluding queueing).
+    public var us: Double
+    public init(ios: Int, kib: Double, us: Double) { self.ios = ios; self.kib = kib; self.us = us }
+}
+
+/// One query's answer: ids and distances nearest first (equal lengths), and its counters.
+/// A value type, `Sendable`.
+public struct QueryResultBody: Codable, Sendable, Equatable {
+    public var ids: [UInt32]
+    public var distances: [Float]
+    public var stats: QueryStatsBody
+    public init(ids: [UInt32], distances: [Float], stats: QueryStatsBody) {
+        self.ids = ids; self.distances = distances; self.stats = stats
+    }
+}
+
+/// `POST /v1/indexes/{name}/search` answer: one result per query, in request order.
+/// A value type, `Sendable`.
+public struct SearchResponse: Codable, Sendable, Equatable {
+    public var index: String
+    public var generation: Int
+    public var results: [QueryResultBody]
+    public init(index: String, generation: Int, results: [QueryResultBody]) {
+        self.index = index; self.generation = generation; self.results = results
+    }
+}
+
+/// One entry of `GET /v1/indexes`. A value type, `Sendable`.
+public struct IndexSummaryBody: Codable, Sendable, Equatable {
+    public var name: String
+    public var directory: String
+    public var ready: Bool
+    public var generation: Int
+    public var open_generations: Int
+    public var reloading: Bool
+    public var count: Int?
+    public var dimension: Int?
+    public var metric: String?
+    public var heads: Int?
+    public var io_engine: String?
+    public var has_attributes: Bool?
+}
+
+/// `GET /v1/indexes` answer. A value type, `Sendable`.
+public struct IndexListBody: Codable, Sendable, Equatable {
+    public var indexes: [IndexSummaryBody]
+}
+
+/// `POST /v1/indexes/{name}/reload` answer. A value type, `Sendable`.
+public struct ReloadBody: Codable, Sendable, Equatable {
+    public var name: String
+    public var generation: Int
+    public var previous_generation: Int
+    public var ms: Double
+}

@@ -1,0 +1,325 @@
+import Fathom
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+import UnixSignals
+
+/// Settings of a ``FathomServer``. A value type, `Sendable`; read once by ``FathomServer/init(configuration:logger:)``.
+public struct ServerConfiguration: Sendable {
+    /// Served indexes: a name (the URL segment) and an index directory.
+    public var indexes: [IndexSpec]
+    /// Address to listen on (loopback by default).
+    public var host: String = "127.0.0.1"
+    /// Port to listen on; 0 picks a free one (see ``FathomServer/listeningPort()``).
+    public var port: Int = 7700
+    /// Largest request body accepted (413 above).
+    public var maxBodyBytes: Int = 4 << 20
+    /// Largest `k` accepted (400 above).
+    public var maxK: Int = 1000
+    /// Most queries in one batch request (400 above).
+    public var maxBatch: Int = 1024
+    /// Largest `probes` accepted (400 above; values above the index's head count read every posting).
+    public var maxProbes: Int = 65536
+    /// Largest `rerank` accepted (400 above).
+    public var maxRerank: Int = 100_000
+    /// Largest `timeout_ms` accepted (400 above).
+    public var maxTimeoutMs: Int = 600_000
+    /// Deadline applied when a request has no `timeout_ms` (nil: none).
+    public var defaultTimeoutMs: Int? = nil
+    /// Searches running at once (worker threads).
+    public var maxConcurrent: Int = ProcessInfo.processInfo.activeProcessorCount
+    /// Searches waiting for a worker before 429.
+    public var queueLimit: Int = 64
+    /// How postings are read.
+    public var io: IOMode = .auto
+    /// Run the full `fathom verify` check on every generation before serving it.
+    public var verify: Bool = false
+    /// Poll every index directory this often and reload when it was republished (nil: no
+    /// watching; reload with SIGHUP or POST …/reload).
+    public var watchIntervalMs: Int? = nil
+    /// Graceful shutdown on SIGTERM/SIGINT and reload on SIGHUP (off in tests).
+    public var handleSignals: Bool = true
+
+    public init(indexes: [IndexSpec]) { self.indexes = indexes }
+}
+
+/// A served index: its name in URLs and its directory. A value type, `Sendable`.
+public struct IndexSpec: Sendable, Hashable {
+    public var name: String
+    public var directory: String
+    public init(name: String, directory: String) { self.name = name; self.directory = directory }
+
+    /// Parses `NAME=DIR` (the `--index` option). Names are 1–64 of `[A-Za-z0-9._-]`.
+    public init(parsing text: String) throws {
+        guard let eq = text.firstIndex(of: "=") else {
+            throw FathomError(.invalidArgument, "--index \(text): expected NAME=DIR, e.g. --index docs=/data/docs-index")
+        }
+        let n = String(text[..<eq]), d = String(text[text.index(after: eq)...])
+        guard IndexSpec.isValidName(n) else {
+            throw FathomError(.invalidArgument, "--index \(text): the name must be 1 to 64 of A-Z a-z 0-9 . _ -")
+        }
+        guard !d.isEmpty else { throw FathomError(.invalidArgument, "--index \(text): the directory is empty") }
+        name = n; directory = d
+    }
+
+    static func isValidName(_ n: String) -> Bool {
+        !n.isEmpty && n.count <= 64 && n.unicodeScalars.allSatisfy { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "._-".unicodeScalars.contains($0)) }
+    }
+}
+
+/// `fathom serve`: Fathom indexes as an HTTP/JSON service (API in docs/openapi.yaml).
+///
+/// Built on Hummingbird 2 and swift-service-lifecycle. Searches run on a ``SearchExecutor``
+/// (bounded workers and queue, deadlines), never on the event loop; reloads swap index
+/// generations without failing queries (``ServedIndex``). It uses only the public API of
+/// the `Fathom` library.
+///
+/// Thread-safety: all methods may be called from any task; ``run()`` once.
+public final class FathomServer: Sendable {
+    public let configuration: ServerConfiguration
+    public let registry: IndexRegistry
+    public let executor: SearchExecutor
+    public let metrics: ServerMetrics
+    let logger: Logger
+    private let port = PortBox()
+    private let group: ServiceGroup
+
+    /// Prepares the server; nothing listens or opens until ``run()``.
+    public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "fathom.serve")) throws {
+        var names = Set<String>()
+        for s in configuration.indexes {
+            guard IndexSpec.isValidName(s.name) else { throw FathomError(.invalidArgument, "index name '\(s.name)': use 1 to 64 of A-Z a-z 0-9 . _ -") }
+            guard names.insert(s.name).inserted else { throw FathomError(.invalidArgument, "index name '\(s.name)' is given twice") }
+        }
+        guard !configuration.indexes.isEmpty else { throw FathomError(.invalidArgument, "serve needs at least one --index NAME=DIR") }
+        guard configuration.maxConcurrent >= 1, configuration.queueLimit >= 0, configuration.maxBodyBytes >= 1024,
+              configuration.maxK >= 1, configuration.maxBatch >= 1 else {
+            throw FathomError(.invalidArgument, "serve limits must be positive (concurrency ≥ 1, queue ≥ 0, body ≥ 1 KiB, k ≥ 1, batch ≥ 1)")
+        }
+        self.configuration = configuration
+        self.logger = logger
+        let io = configuration.io, verify = configuration.verify
+        let m = ServerMetrics(workers: configuration.maxConcurrent)
+        metrics = m
+        registry = IndexRegistry(configuration.indexes.map { ($0.name, $0.directory) }, open: { dir in
+            if verify {
+                let problems = IndexVerifier.verify(directory: dir)
+                if let first = problems.first {
+                    throw FathomError(.corruptIndex, "\(problems.count) problem(s) found by verify, first: \(first.message)", path: first.file, offset: first.offset)
+                }
+            }
+            return try VectorIndex.open(at: dir, io: io, warn: { logger.warning("\($0)") })
+        }, onChange: {})
+        executor = SearchExecutor(maxConcurrent: configuration.maxConcurrent, queueLimit: configuration.queueLimit)
+
+        let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: JSONErrorMiddleware(metrics: m, logger: logger))
+        let api = API(registry: registry, executor: executor, metrics: m, configuration: configuration, logger: logger)
+        api.register(on: router)
+
+        let portBox = port
+        let reg = registry
+        let app = Application(router: router,
+                              configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "fathom"),
+                              onServerRunning: { channel in
+                                  portBox.set(channel.localAddress?.port ?? 0)
+                              },
+                              logger: logger)
+        var services: [any Service] = [app, IndexOpener(registry: reg, logger: logger)]
+        if configuration.handleSignals { services.append(ReloadOnHangup(registry: reg, logger: logger)) }
+        if let ms = configuration.watchIntervalMs { services.append(WatchDirectories(registry: reg, intervalMs: max(10, ms), logger: logger)) }
+        group = ServiceGroup(services: services,
+                             gracefulShutdownSignals: configuration.handleSignals ? [.sigterm, .sigint] : [],
+                             logger: logger)
+    }
+
+    /// Listens, opens the indexes (readiness follows), and serves until graceful shutdown
+    /// (SIGTERM/SIGINT or ``shutdown()``): stops accepting, finishes in-flight requests, then
+    /// joins the search workers.
+    public func run() async throws {
+        do { try await group.run() } catch {
+            await stopWorkers()
+            throw error
+        }
+        await stopWorkers()
+    }
+
+    private func stopWorkers() async {
+        let e = executor
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async { e.shutdown(); c.resume() }
+        }
+    }
+
+    /// Starts a graceful shutdown.
+    public func shutdown() async { await group.triggerGracefulShutdown() }
+
+    /// The port the server listens on, once it does (waits for it).
+    public func listeningPort() async -> Int { await port.wait() }
+}
+
+/// The port, once known.
+final class PortBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Int?
+    private var waiters: [CheckedContinuation<Int, Never>] = []
+    func set(_ p: Int) {
+        lock.lock(); value = p; let w = waiters; waiters = []; lock.unlock()
+        for c in w { c.resume(returning: p) }
+    }
+    func wait() async -> Int {
+        await withCheckedContinuation { c in
+            lock.lock()
+            if let v = value { lock.unlock(); c.resume(returning: v); return }
+            waiters.append(c); lock.unlock()
+        }
+    }
+}
+
+/// Runs blocking work on a Dispatch thread, off the event loop and the cooperative pool.
+func offloop<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { c in
+        DispatchQueue.global().async {
+            do { c.resume(returning: try body()) } catch { c.resume(throwing: error) }
+        }
+    }
+}
+
+/// Opens every index once the server runs; readiness (/readyz) follows.
+struct IndexOpener: Service {
+    let registry: IndexRegistry
+    let logger: Logger
+    func run() async throws {
+        for name in registry.names {
+            let s = registry[name]!
+            let t0 = DispatchTime.now()
+            do {
+                let g = try await offloop { try s.reload() }
+                let ms = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e6
+                logger.info("index open", metadata: ["index": "\(name)", "dir": "\(s.directory)", "generation": "\(g.number)", "ms": "\(String(format: "%.1f", ms))"])
+            } catch {
+                logger.error("index open failed", metadata: ["index": "\(name)", "dir": "\(s.directory)", "error": "\(error)"])
+            }
+        }
+        try? await gracefulShutdown()
+    }
+}
+
+/// SIGHUP: reload every index.
+struct ReloadOnHangup: Service {
+    let registry: IndexRegistry
+    let logger: Logger
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        for await _ in signals.cancelOnGracefulShutdown() {
+            for name in registry.names {
+                let s = registry[name]!
+                do {
+                    let g = try await offloop { try s.reload() }
+                    logger.info("reload (SIGHUP)", metadata: ["index": "\(name)", "generation": "\(g.number)"])
+                } catch {
+                    logger.error("reload (SIGHUP) failed; the old generation keeps serving", metadata: ["index": "\(name)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+}
+
+/// `--watch`: polls the index directories and reloads the ones republished.
+struct WatchDirectories: Service {
+    let registry: IndexRegistry
+    let intervalMs: Int
+    let logger: Logger
+    func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            try? await Task.sleep(for: .milliseconds(intervalMs))
+            for name in registry.names {
+                let s = registry[name]!
+                guard s.isRepublished else { continue }
+                do {
+                    let g = try await offloop { try s.reload() }
+                    logger.info("reload (watch: directory republished)", metadata: ["index": "\(name)", "generation": "\(g.number)"])
+                } catch is ReloadInProgress {
+                } catch {
+                    logger.error("reload (watch) failed; the old generation keeps serving", metadata: ["index": "\(name)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+}
+
+// MARK: responses
+
+func jsonResponse<T: Encodable>(_ value: T, status: Int = 200) -> Response {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    let data = (try? enc.encode(value)) ?? Data("{}".utf8)
+    return rawResponse(data, status: status, contentType: "application/json")
+}
+
+func rawResponse(_ data: Data, status: Int, contentType: String) -> Response {
+    var h = HTTPFields()
+    h[.contentType] = contentType
+    return Response(status: HTTPResponse.Status(code: status), headers: h, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+}
+
+func errorResponse(_ e: APIError) -> Response {
+    var r = jsonResponse(e.body, status: e.status)
+    if e.status == 429 || e.status == 503 { r.headers[.retryAfter] = "1" }
+    return r
+}
+
+/// Turns any error into the API's error shape. Bad input is a 4xx; only failures of the
+/// server's own files, devices or code are a 500.
+func apiError(_ error: Error, index: String? = nil) -> APIError {
+    switch error {
+    case let e as APIError: return e
+    case let e as FathomError: return APIError(e, index: index)
+    case let e as AdmissionError:
+        switch e {
+        case .queueFull(let n):
+            return APIError(429, ServeErrorCode.overloaded, "every search worker is busy and \(n) searches are queued; retry later",
+                            APIErrorDetail(limit: n, index: index))
+        case .deadlineExceeded(let ms):
+            return APIError(504, ServeErrorCode.deadlineExceeded, "no answer within timeout_ms = \(ms)", APIErrorDetail(field: "timeout_ms", limit: ms, index: index))
+        case .shuttingDown:
+            return APIError(503, ServeErrorCode.notReady, "the server is shutting down", APIErrorDetail(index: index))
+        }
+    case let e as IndexAvailability:
+        switch e {
+        case .unknown(let n):
+            return APIError(404, ServeErrorCode.unknownIndex, "no index named '\(n)' is served; GET /v1/indexes lists them", APIErrorDetail(index: n))
+        case .notReady(let n, let reason):
+            return APIError(503, ServeErrorCode.notReady, "index '\(n)' is not open: \(reason)", APIErrorDetail(index: n))
+        }
+    case let e as ReloadInProgress:
+        return APIError(503, ServeErrorCode.reloading, "a reload of '\(e.name)' is already running", APIErrorDetail(index: e.name))
+    case is NIOTooManyBytesError:
+        return APIError(413, ServeErrorCode.bodyTooLarge, "the request body is larger than the limit", APIErrorDetail(index: index))
+    case let e as HTTPResponseError:
+        let code = e.status.code
+        let name = code == 404 ? ServeErrorCode.notFound : (code == 405 ? ServeErrorCode.methodNotAllowed
+                  : (code == 413 ? ServeErrorCode.bodyTooLarge : (code < 500 ? FathomError.Code.invalidArgument.rawValue : ServeErrorCode.internalError)))
+        return APIError(code, name, code == 404 ? "no such route; see GET /openapi.yaml" : e.status.reasonPhrase)
+    default:
+        return APIError(500, ServeErrorCode.internalError, "unexpected server error: \(error)", APIErrorDetail(index: index))
+    }
+}
+
+/// JSON errors for what the router itself refuses (unknown routes, methods), with the
+/// request counted and logged like the API's own routes.
+struct JSONErrorMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    let metrics: ServerMetrics
+    let logger: Logger
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do { return try await next(request, context) } catch {
+            let e = apiError(error)
+            metrics.request(route: "unmatched", method: request.method.rawValue, status: e.status)
+            logger.info("request", metadata: ["method": "\(request.method.rawValue)", "path": "\(request.uri.path)", "status": "\(e.status)"])
+            return errorResponse(e)
+        }
+    }
+}
