@@ -49,7 +49,7 @@ public enum IndexVerifier {
         do {
             let vf = try RandomAccessFile(path: layout.vectorsPath)
             let vh = try vf.readHeader(magic: IndexLayout.vectorsMagic)
-            if Int(vh.count) != m.count || Int(vh.dimension) != m.dimension {
+            if vh.count != UInt64(m.count) || Int(vh.dimension) != m.dimension {
                 problems.append(Problem(file: layout.vectorsPath, offset: 16, message: "holds \(vh.count) × \(vh.dimension), manifest says \(m.count) × \(m.dimension)"))
             }
         } catch { add(error, layout.vectorsPath) }
