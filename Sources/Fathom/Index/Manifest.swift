@@ -167,10 +167,14 @@ public struct Manifest: Codable, Sendable, Equatable {
         try JSONDecoder().decode(Manifest.self, from: sealedData())
     }
 
+    /// The files an open index reads whole into RAM.
+    static let residentFiles: Set<String> = ["heads.bin", "graph.bin", "postings.idx", "codec.bin", "attrs.bin", "summaries.bin"]
+
     /// Checks the checksum of the files an open index keeps in RAM (heads, graph, posting
-    /// table); postings are checked per read and vectors by `fathom verify`.
+    /// table, codec, attributes, summaries); postings are checked per read and vectors by
+    /// `fathom verify`. (Each is read twice at open: here and by its reader.)
     func checkResidentFiles(directory: String) throws {
-        for f in files where ["heads.bin", "graph.bin", "postings.idx"].contains(f.name) {
+        for f in files where Self.residentFiles.contains(f.name) {
             let p = directory + "/" + f.name
             let (_, crc) = try fileCRC32C(p)
             guard String(format: "%08x", crc) == f.crc32c else {
