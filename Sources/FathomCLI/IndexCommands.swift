@@ -118,7 +118,11 @@ struct SearchCommand: ParsableCommand {
             let progress = ProgressReporter(enabled: !quiet)
             let mode: IOMode = io == "aio" ? .aio : (io == "pread" ? .pread : .auto)
             let idx = try VectorIndex.open(at: index, io: mode)
-            let q = try DatasetTools.loadFloats(queries, maxRows: limit)
+            guard k <= idx.count else {
+                throw FathomError(.invalidArgument, "-k \(k) exceeds the \(idx.count) vectors in the index", path: index)
+            }
+            let q = try loadQueries(queries, limit: limit)
+            try checkVectors(q, path: queries, what: "queries", dimension: idx.dimension, against: "the index \(index)", metric: idx.metric)
             let truth = try gt.map { try GroundTruth.read(path: $0) }
             var base = SearchParameters()
             base.maxDistRatio = maxDistRatio

@@ -18,6 +18,8 @@ private func sysClose(_ fd: Int32) -> Int32 { close(fd) }
 private func sysFsync(_ fd: Int32) -> Int32 { fsync(fd) }
 private func sysFstat(_ fd: Int32, _ st: inout stat) -> Int32 { fstat(fd, &st) }
 private func sysPread(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int, _ off: off_t) -> Int { pread(fd, p, n, off) }
+private func sysFcntlGetFlags(_ fd: Int32) -> Int32 { fcntl(fd, F_GETFL) }
+private func sysFcntlSetFlags(_ fd: Int32, _ flags: Int32) -> Int32 { fcntl(fd, F_SETFL, flags) }
 private func sysPwrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int, _ off: off_t) -> Int { pwrite(fd, p, n, off) }
 
 /// An open file descriptor plus the path it was opened from (for error messages).
@@ -64,11 +66,30 @@ struct SystemFile {
     }
 
     /// Opens `path` (always with `O_CLOEXEC`); `permissions` apply when the file is created.
+    /// A file opened for reading must be a regular file: a directory, FIFO, socket or device is
+    /// a `fileNotFound` error (opened non-blocking first, so that a FIFO without a writer
+    /// cannot hang the open).
     static func open(_ path: String, _ mode: AccessMode, options: OpenOptions = [],
                      permissions: mode_t = 0o644) throws -> SystemFile {
+        let probe = mode == .readOnly ? O_NONBLOCK : 0
         while true {
-            let fd = sysOpen(path, mode.flags | options.rawValue | O_CLOEXEC, permissions)
-            if fd >= 0 { return SystemFile(rawValue: fd, path: path) }
+            let fd = sysOpen(path, mode.flags | options.rawValue | O_CLOEXEC | probe, permissions)
+            if fd >= 0 {
+                let f = SystemFile(rawValue: fd, path: path)
+                if mode == .readOnly {
+                    do {
+                        let st = try f.status()
+                        guard st.isRegularFile else {
+                            let what = st.isDirectory ? "a directory" : (st.type == S_IFIFO ? "a FIFO" : (st.type == S_IFSOCK ? "a socket" : "a device"))
+                            throw FathomError(.fileNotFound, "is \(what), not a regular file", path: path)
+                        }
+                        guard sysFcntlSetFlags(fd, sysFcntlGetFlags(fd) & ~O_NONBLOCK) == 0 else {
+                            throw FathomError.system("fcntl", path: path, errno: errno)
+                        }
+                    } catch { f.closeIgnoringErrors(); throw error }
+                }
+                return f
+            }
             let e = errno
             if e == EINTR { continue }
             throw FathomError.system(options.contains(.create) ? "create" : "open", path: path, errno: e)
