@@ -1,3 +1,4 @@
+import CAIO
 import FathomCore
 import Foundation
 #if canImport(Glibc)
@@ -167,4 +168,86 @@ extension UnsafeMutableRawPointer {
     @inline(__always) func storeLE<T: FixedWidthInteger>(_ value: T, toByteOffset off: Int = 0) {
         storeBytes(of: value.littleEndian, toByteOffset: off, as: T.self)
     }
+}
+
+// MARK: - Directory entries: rename, exchange, remove (each followed by the caller's fsync of
+// the directories involved), and the advisory lock of a build.
+
+/// `rename(2)`: replaces `to` atomically (a directory only replaces an empty one).
+public func renamePath(_ from: String, _ to: String) throws {
+    guard Glibc.rename(from, to) == 0 else {
+        let e = errno
+        throw FathomError.system("rename to \(to)", path: from, errno: e)
+    }
+}
+
+/// `renameat2(RENAME_EXCHANGE)`: swaps two existing paths atomically. Returns false, without
+/// touching either, when the kernel or file system does not support the exchange.
+public func exchangePaths(_ a: String, _ b: String) throws -> Bool {
+    let r = caio_rename_exchange(a, b)
+    if r == 0 { return true }
+    let e = -r
+    if e == ENOSYS || e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP { return false }
+    throw FathomError.system("renameat2(RENAME_EXCHANGE) with \(b)", path: a, errno: e)
+}
+
+/// Removes a file or a directory tree (no error if it is already gone), deepest entries first.
+/// The caller fsyncs the parent directory to make the removal durable.
+public func removeTree(_ path: String) throws {
+    var st = stat()
+    guard lstat(path, &st) == 0 else {
+        if errno == ENOENT { return }
+        throw FathomError.system("lstat", path: path, errno: errno)
+    }
+    if st.st_mode & S_IFMT == S_IFDIR {
+        let entries: [String]
+        do { entries = try FileManager.default.contentsOfDirectory(atPath: path) }
+        catch { throw FathomError(.io, "cannot list the directory (\(error.localizedDescription))", path: path) }
+        for e in entries { try removeTree(path + "/" + e) }
+        guard rmdir(path) == 0 || errno == ENOENT else { throw FathomError.system("rmdir", path: path, errno: errno) }
+    } else {
+        guard unlink(path) == 0 || errno == ENOENT else { throw FathomError.system("unlink", path: path, errno: errno) }
+    }
+}
+
+/// An exclusive advisory lock (`flock`) on a lock file, held until `release()` or
+/// deinit. The file holds the pid of its holder, for the error a second locker gets.
+/// flock locks belong to the open file description, so two lockers in one process exclude
+/// each other as two processes do.
+public final class FileLock: @unchecked Sendable {
+    public let path: String
+    private var fd: Int32
+
+    /// Takes the lock without waiting; nil (and the holder's pid, if it wrote one) when another
+    /// open file description holds it.
+    public static func tryLock(_ path: String) throws -> (lock: FileLock?, holder: Int32?) {
+        let f = try SystemFile.open(path, .readWrite, options: [.create], permissions: 0o644)
+        while flock(f.rawValue, LOCK_EX | LOCK_NB) != 0 {
+            let e = errno
+            if e == EINTR { continue }
+            defer { f.closeIgnoringErrors() }
+            if e == EWOULDBLOCK {
+                var buf = [UInt8](repeating: 0, count: 32)
+                let n = (try? buf.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: 32, at: 0) }) ?? 0
+                let text = String(decoding: buf.prefix(n), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                return (nil, Int32(text))
+            }
+            throw FathomError.system("flock", path: path, errno: e)
+        }
+        do {
+            guard ftruncate(f.rawValue, 0) == 0 else { throw FathomError.system("ftruncate", path: path, errno: errno) }
+            try Array("\(getpid())\n".utf8).withUnsafeBytes { try f.write($0.baseAddress!, count: $0.count, at: 0) }
+        } catch { f.closeIgnoringErrors(); throw error }
+        return (FileLock(path: path, fd: f.rawValue), nil)
+    }
+
+    private init(path: String, fd: Int32) { self.path = path; self.fd = fd }
+
+    /// Releases the lock (closing the descriptor releases it; the file stays, so that a
+    /// concurrent locker never locks an unlinked inode).
+    public func release() {
+        if fd >= 0 { _ = Glibc.close(fd); fd = -1 }
+    }
+
+    deinit { release() }
 }

@@ -22,9 +22,9 @@ struct IndexLayout {
     /// The files an index consists of (listed in the manifest).
     static let dataFiles = ["heads.bin", "graph.bin", "postings.idx", "postings.dat", "vectors.dat"]
 
-    /// Build-time files that are not part of a published index.
+    /// Build-time files that are not part of a published index (deleted before the publish).
     static func isScratch(_ name: String) -> Bool {
-        name == "assign.bin" || name == "stats.json" || name == "fingerprint" || name.hasPrefix("stage-")
+        name == "assign.bin" || name == "stats.json" || name == "fingerprint" || name.hasPrefix("stage-") || name.hasSuffix(".tmp")
     }
 
     var headsPath: String { directory + "/heads.bin" }
