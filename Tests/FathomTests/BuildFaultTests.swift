@@ -37,7 +37,7 @@ import Testing
         #expect(try files(idx) == reference)
         #expect(clean.count > 100, "only \(clean.count) storage calls in a build")
         let all = ProcessInfo.processInfo.environment["FATHOM_FAULT_TRIALS"] == "all"
-        let trials = all ? clean.count : min(clean.count, 36)
+        let trials = all ? clean.count : min(clean.count, 100)
         let faults: [FaultInjector.Fault] = [.eio, .enospc, .shortWrite]
         var sites = Set<FaultInjector.Call>(), resumed = 0
         for t in 0..<trials {
