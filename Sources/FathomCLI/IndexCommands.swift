@@ -13,8 +13,9 @@ struct BuildCommand: ParsableCommand {
         pack (page-aligned postings). The plan (heads, posting size, memory per stage) is printed
         first; a budget that cannot be met is refused with the numbers. A build killed midway and
         rerun with the same arguments resumes after its last finished stage. The index is
-        published atomically: DIR holds the previous complete index or the new one, never a mix.
-        Format: docs/format.md.
+        published atomically: DIR holds the previous complete index or the new one, never a mix
+        and never none. While a build runs it holds DIR.fathom-build.lock: a second build of the
+        same DIR fails at once (exit 11). Format: docs/format.md.
         """
     )
 
