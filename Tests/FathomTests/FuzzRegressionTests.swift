@@ -55,8 +55,9 @@ import Glibc
         }
     }
 
-    /// The seven inputs that trapped before the readers checked their header counts (found by
-    /// `tools/fuzz indexfiles`): each must now be a `corruptIndex` error naming the file and offset.
+    /// The inputs that trapped (or ran out of memory) before the readers checked their header
+    /// counts (found by `tools/fuzz indexfiles`): each must now be a `corruptIndex` error naming
+    /// the file and offset.
     @Test(arguments: [
         ("indexfiles-summaries-count-beyond-int.bin", "summaries.bin"),      // Int(h.count), count ≥ 2^63
         ("indexfiles-summaries-offset-beyond-int.bin", "summaries.bin"),     // Int(offset), offset ≥ 2^63
@@ -65,6 +66,9 @@ import Glibc
         ("indexfiles-postings-idx-count-times-24-overflows.bin", "postings.idx"),
         ("indexfiles-postings-idx-entry-end-overflows.bin", "postings.idx"), // offset + pages × 4096
         ("indexfiles-graph-count-beyond-int.bin", "graph.bin"),
+        // found after the fixes (tools/fuzz 90 indexfiles): an empty posting claiming 2^16+ pages
+        // made every searcher allocate 64 × that many pages (OOM under libFuzzer's 2 GiB limit)
+        ("indexfiles-postings-idx-empty-posting-huge-pages.bin", "postings.idx"),
     ])
     func formerCrashIsACorruptIndexError(_ name: String, _ file: String) throws {
         do {

@@ -194,10 +194,11 @@ struct IndexLayout {
                                      count: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
                                      pages: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt32.self)),
                                      crc: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt32.self)))
-                // Overflow-checked: offset, count and pages are untrusted. A non-empty posting
+                // Overflow-checked: offset, count and pages are untrusted. An empty posting
+                // has no pages (readers size their buffers by the largest); a non-empty one
                 // must lie whole inside postings.dat, in exactly the pages it needs.
-                var fits = e.count == 0
-                if !fits, e.offset >= 4096, e.offset < postingsBytes,
+                var fits = e.count == 0 && e.pages == 0
+                if e.count > 0, e.offset >= 4096, e.offset < postingsBytes,
                    let bytes = Self.product(UInt64(e.count), UInt64(recordBytes)), bytes <= postingsBytes {
                     let expectPages = (e.offset % 4096 + bytes + 4095) / 4096
                     let end = e.offset - e.offset % 4096 + UInt64(e.pages) * 4096   // < 2^64: offset < 2^63, pages < 2^32
