@@ -637,7 +637,10 @@ public final class IndexBuilder {
         // Scratch files of the build (not in the manifest) never reach the published tree:
         // deleted, durably, before the rename. A crash from here on makes a rerun start over
         // (the fingerprint is gone), never publish a half-made directory.
-        for name in try FileManager.default.contentsOfDirectory(atPath: buildDirectory) where IndexLayout.isScratch(name) {
+        let entries: [String]
+        do { entries = try FileManager.default.contentsOfDirectory(atPath: buildDirectory) }
+        catch { throw FathomError(.io, "cannot list the build directory (\(error.localizedDescription))", path: buildDirectory) }
+        for name in entries where IndexLayout.isScratch(name) {
             try removeTree(buildDirectory + "/" + name)
         }
         try fsyncDirectory(buildDirectory)
