@@ -47,7 +47,7 @@ extension Metric: ExpressibleByArgument {}
 /// Checks a set of query (or base) vectors before any search: at least one row, the expected
 /// dimension, only finite values (and a direction under cosine). Each error names the file and
 /// the row, with the byte offset of the bad value.
-func checkVectors(_ m: Matrix, path: String, what: String, dimension: Int?, against: String, metric: Metric?, firstRow: Int = 0) throws {
+func checkVectors(_ m: Matrix, path: String, what: String, one: String, dimension: Int?, against: String, metric: Metric?, firstRow: Int = 0) throws {
     let h = try VectorFileHeader.inspect(path: path)
     if let dimension, m.cols != dimension {
         throw FathomError(.dimensionMismatch, "\(what) have dimension \(m.cols) but \(against) has \(dimension)", path: path)
@@ -58,13 +58,13 @@ func checkVectors(_ m: Matrix, path: String, what: String, dimension: Int?, agai
         for j in 0..<m.cols {
             guard r[j].isFinite else {
                 let row = firstRow + i
-                throw FathomError(.nonFiniteValue, "\(what.dropLast()) row \(row) has \(r[j]) at component \(j); \(what) must be finite", path: path,
+                throw FathomError(.nonFiniteValue, "\(one) row \(row) has \(r[j]) at component \(j); \(what) must be finite", path: path,
                                   offset: UInt64(h.dataOffset) + UInt64(row) * UInt64(h.recordStride) + UInt64(h.recordPrefix + j * h.elementType.size))
             }
             norm += r[j] * r[j]
         }
         if metric == .cosine && norm == 0 {
-            throw FathomError(.invalidArgument, "\(what.dropLast()) row \(firstRow + i) is all zeros: it has no direction under the cosine metric", path: path)
+            throw FathomError(.invalidArgument, "\(one) row \(firstRow + i) is all zeros: it has no direction under the cosine metric", path: path)
         }
     }
 }
@@ -88,7 +88,7 @@ func checkBase(_ path: String, dimension: Int, against: String, metric: Metric) 
         if k == 0 { break }
         let view = k == rows ? m : Matrix(rows: k, cols: r.dimension)
         if k != rows { view.data.update(from: m.data, count: k * r.dimension) }
-        try checkVectors(view, path: path, what: "base vectors", dimension: dimension, against: against, metric: metric, firstRow: at)
+        try checkVectors(view, path: path, what: "base vectors", one: "base vector", dimension: dimension, against: against, metric: metric, firstRow: at)
         at += k
     }
     return r.count

@@ -123,7 +123,7 @@ struct SearchCommand: ParsableCommand {
                 throw FathomError(.invalidArgument, "-k \(k) exceeds the \(idx.count) vectors in the index", path: index)
             }
             let q = try loadQueries(queries, limit: limit)
-            try checkVectors(q, path: queries, what: "queries", dimension: idx.dimension, against: "the index \(index)", metric: idx.metric)
+            try checkVectors(q, path: queries, what: "queries", one: "query", dimension: idx.dimension, against: "the index \(index)", metric: idx.metric)
             let truth = try gt.map { try GroundTruth.read(path: $0) }
             var base = SearchParameters()
             base.maxDistRatio = maxDistRatio

@@ -217,8 +217,8 @@ public final class AttributeTable: Sendable {
                 var needsFix = false
                 for r in 0..<n {
                     let a = Int(offsets[r]), b = Int(offsets[r + 1])
-                    guard a <= b else {
-                        throw FathomError(.invalidArgument, "column '\(name)': tag offsets decrease at row \(r)")
+                    guard a <= b, b <= ids.count else {
+                        throw FathomError(.invalidArgument, "column '\(name)': tag offsets decrease or pass the \(ids.count) tag ids at row \(r)")
                     }
                     for k in a..<b {
                         guard Int(ids[k]) < dict.count else {
