@@ -34,7 +34,12 @@ import Glibc
 
     static var inputs: [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
-            .filter { !$0.hasPrefix(".") && !$0.hasSuffix(".md") }.sorted()
+            .filter { !$0.hasPrefix(".") && !$0.hasSuffix(".md") && !$0.hasSuffix(".valid") }.sorted()
+    }
+
+    /// Inputs that are valid (`*.valid`): findings of a harness's property checks, not errors.
+    static var validInputs: [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".valid") }.sorted()
     }
 
     @Test(arguments: inputs)
@@ -83,6 +88,20 @@ import Glibc
         try Self.replay(name) { dir in
             let problems = IndexVerifier.verify(directory: dir)
             #expect(problems.contains { $0.file.hasSuffix("/" + file) && $0.offset != nil }, "\(name): verify found \(problems)")
+        }
+    }
+
+    /// The filter target's round-trip property (print the parsed tree, parse it again: same
+    /// tree), for the filter inputs here. Found by `tools/fuzz 60 filter`: a quote followed by
+    /// a combining mark (`''\u{064F}`) forms one Character with it, so the printer does not
+    /// double it and the canonical text does not parse (Sources/Fathom/Filter, not fixed here).
+    @Test(.disabled("fuzz finding: FilterExpression.description does not escape a quote that starts a grapheme cluster (filter-quote-before-combining-mark.valid)"))
+    func filterCanonicalTextRoundTrips() throws {
+        for name in Self.inputs + Self.validInputs where name.hasPrefix("filter-") {
+            let text = String(decoding: try Data(contentsOf: URL(fileURLWithPath: Self.directory + "/" + name)), as: UTF8.self)
+            guard let parsed = try? FilterParser.parse(text) else { continue }
+            let printed = parsed.expression.description
+            #expect(try FilterParser.parse(printed).expression == parsed.expression, "\(name): printed as \(printed.debugDescription)")
         }
     }
 
