@@ -1081,7 +1081,7 @@ extension AttributeTable {
         let nc = Int(try r.u32())
         let n = try r.size()
         guard n >= 0, nc == 0 || n <= body.count else { throw r.fail("row count \(n) exceeds the data") }
-        guard nc > 0 || n == 0 else { throw r.fail("\(n) rows but no columns") }
+        guard n <= Int(UInt32.max) else { throw r.fail("row count \(n) exceeds the 2^32 − 1 ids of an index") }
         var names = [String](), cols = [AttributeColumn]()
         for _ in 0..<nc {
             names.append(try r.string())
