@@ -86,6 +86,10 @@ struct GroundTruthCommand: ParsableCommand {
         try runReportingErrors {
             let progress = ProgressReporter(enabled: !quiet)
             let started = Date()
+            let q = try loadQueries(queries)
+            let n = try checkBase(base, dimension: q.cols, against: "the query file \(queries)", metric: metric)
+            try checkVectors(q, path: queries, what: "queries", one: "query", dimension: nil, against: base, metric: metric)
+            guard k <= n else { throw FathomError(.invalidArgument, "-k \(k) exceeds the \(n) base vectors", path: base) }
             try DatasetTools.groundTruth(base: base, queries: queries, k: k, metric: metric, output: output,
                                          memoryBudget: memoryBudget.bytes, threads: threads,
                                          attributes: attributes, filter: filter, progress: progress)

@@ -13,8 +13,9 @@ struct BuildCommand: ParsableCommand {
         pack (page-aligned postings). The plan (heads, posting size, memory per stage) is printed
         first; a budget that cannot be met is refused with the numbers. A build killed midway and
         rerun with the same arguments resumes after its last finished stage. The index is
-        published atomically: DIR holds the previous complete index or the new one, never a mix.
-        Format: docs/format.md.
+        published atomically: DIR holds the previous complete index or the new one, never a mix
+        and never none. While a build runs it holds DIR.fathom-build.lock: a second build of the
+        same DIR fails at once (exit 11). Format: docs/format.md.
         """
     )
 
@@ -131,7 +132,11 @@ struct SearchCommand: ParsableCommand {
                 return UInt64(try ServeMemory.perVector(text, vectors: m.count, flag: "--serve-memory") * Double(m.count))
             }
             let idx = try VectorIndex.open(at: index, io: mode, serveMemory: budget)
-            let q = try DatasetTools.loadFloats(queries, maxRows: limit)
+            guard k <= idx.count else {
+                throw FathomError(.invalidArgument, "-k \(k) exceeds the \(idx.count) vectors in the index", path: index)
+            }
+            let q = try loadQueries(queries, limit: limit)
+            try checkVectors(q, path: queries, what: "queries", one: "query", dimension: idx.dimension, against: "the index \(index)", metric: idx.metric)
             let truth = try gt.map { try GroundTruth.read(path: $0) }
             var base = SearchParameters()
             base.maxDistRatio = maxDistRatio

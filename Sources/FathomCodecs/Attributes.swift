@@ -217,8 +217,8 @@ public final class AttributeTable: Sendable {
                 var needsFix = false
                 for r in 0..<n {
                     let a = Int(offsets[r]), b = Int(offsets[r + 1])
-                    guard a <= b else {
-                        throw FathomError(.invalidArgument, "column '\(name)': tag offsets decrease at row \(r)")
+                    guard a <= b, b <= ids.count else {
+                        throw FathomError(.invalidArgument, "column '\(name)': tag offsets decrease or pass the \(ids.count) tag ids at row \(r)")
                     }
                     for k in a..<b {
                         guard Int(ids[k]) < dict.count else {
@@ -1081,6 +1081,7 @@ extension AttributeTable {
         let nc = Int(try r.u32())
         let n = try r.size()
         guard n >= 0, nc == 0 || n <= body.count else { throw r.fail("row count \(n) exceeds the data") }
+        guard n <= Int(UInt32.max) else { throw r.fail("row count \(n) exceeds the 2^32 − 1 ids of an index") }
         var names = [String](), cols = [AttributeColumn]()
         for _ in 0..<nc {
             names.append(try r.string())

@@ -175,10 +175,15 @@ public struct GroundTruth: Sendable, Equatable {
             throw FathomError(.malformedFile, "record 0 has k = \(k); each .ivecs record starts with a positive int32 count", path: path, offset: 0)
         }
         let stride = 4 + 4 * k
+        guard stride <= size else {
+            // Checked before any buffer is sized by k (a forged k must not allocate gigabytes).
+            throw FathomError(.malformedFile, "record 0 says k = \(k) (\(stride) bytes per record) but the file has only \(size) bytes",
+                              path: path, offset: 0)
+        }
         let nq = size / stride
         let left = size % stride
         var ids = [Int32](repeating: 0, count: nq * k)
-        let rowsPerBlock = max(1, (4 << 20) / stride)
+        let rowsPerBlock = max(1, min(nq, (4 << 20) / stride))
         let block = UnsafeMutableRawPointer.allocate(byteCount: rowsPerBlock * stride, alignment: 64)
         defer { block.deallocate() }
         var q = 0

@@ -196,13 +196,6 @@ public final class SequentialFileWriter {
     }
 }
 
-/// fsyncs a directory (after creating, renaming or deleting entries in it).
-public func fsyncDirectory(_ path: String) throws {
-    let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    guard fd >= 0 else { throw FathomError.system("open directory", path: path, errno: errno) }
-    defer { close(fd) }
-    guard fsync(fd) == 0 else { throw FathomError.system("fsync directory", path: path, errno: errno) }
-}
 
 /// CRC32C of a file's bytes (streamed in 4 MiB blocks).
 public func fileCRC32C(_ path: String) throws -> (bytes: UInt64, crc: UInt32) {

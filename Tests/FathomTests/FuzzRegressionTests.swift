@@ -21,26 +21,25 @@ import Glibc
 /// - `manifest-*`: the bytes as manifest.json (self-checksum filled in) of a valid index;
 /// - `indexfiles-*`: byte 0 picks the index file (byte % 6 of heads.bin, graph.bin,
 ///   postings.idx, codec.bin, attrs.bin, summaries.bin; (byte / 6) odd: the plain index),
-///   the rest replaces it (header CRC recomputed when byte 0 < 128; manifest size/CRC updated).
+///   the rest replaces it (header CRC recomputed when byte 0 < 128; manifest size/CRC updated);
+/// - `blobs-*`: byte 0 % 4 picks `AttributeTable.decode`, `QuantizedAttributes.decode`,
+///   `AttributeSummary.decode` or `LeanVecProjection.decode` (trailing CRC re-sealed when byte 0 < 128).
 ///
-/// Inputs that still crash are listed in `knownCrashes`, skipped by the parameterized test and
-/// replayed by their own `.disabled` tests until the bug is fixed (then enable them and remove
-/// them from the list).
+/// Every input must fail: one that opens and searches cleanly is a failure too. An input that
+/// still crashes is added with a `.disabled("crash found by fuzzing: …")` test of its own until
+/// the bug is fixed (none at present).
 @Suite struct FuzzRegressionTests {
     static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("FuzzRegressions").path
 
-    /// Inputs that still trap (each has a disabled test below).
-    static let knownCrashes: Set<String> = [
-        "indexfiles-summaries-count-beyond-int.bin", "indexfiles-summaries-offset-beyond-int.bin",
-        "indexfiles-summaries-offsets-past-payload.bin", "indexfiles-postings-idx-count-beyond-int.bin",
-        "indexfiles-postings-idx-count-times-24-overflows.bin", "indexfiles-postings-idx-entry-end-overflows.bin",
-        "indexfiles-graph-count-beyond-int.bin",
-    ]
-
     static var inputs: [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
-            .filter { !$0.hasPrefix(".") && !$0.hasSuffix(".md") && !knownCrashes.contains($0) }.sorted()
+            .filter { !$0.hasPrefix(".") && !$0.hasSuffix(".md") && !$0.hasSuffix(".valid") }.sorted()
+    }
+
+    /// Inputs that are valid (`*.valid`): findings of a harness's property checks, not errors.
+    static var validInputs: [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".valid") }.sorted()
     }
 
     @Test(arguments: inputs)
@@ -48,36 +47,69 @@ import Glibc
         #expect(throws: FathomError.self, "\(name)") { try Self.replay(name) }
     }
 
-    // MARK: - Inputs that still crash (found by `tools/fuzz indexfiles`)
-
-    static func expectFathomError(_ name: String) {
-        #expect(throws: FathomError.self, "\(name)") { try Self.replay(name) }
+    /// Every fuzz target (fuzz/Sources/Fuzz*) has at least one replayed input, so an empty
+    /// folder or a target without cases fails here instead of passing with zero cases.
+    @Test func everyFuzzTargetHasACase() throws {
+        let sources = URL(fileURLWithPath: Self.directory).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("fuzz/Sources").path
+        let targets = try FileManager.default.contentsOfDirectory(atPath: sources)
+            .filter { $0.hasPrefix("Fuzz") && $0 != "FuzzSupport" }.map { $0.dropFirst(4).lowercased() }
+        #expect(targets.count >= 7, "fuzz targets found: \(targets)")
+        for t in targets {
+            #expect(Self.inputs.contains { $0.hasPrefix(t + "-") }, "no regression input for fuzz target \(t)")
+        }
     }
 
-    @Test(.disabled("crash found by fuzzing: summaries.bin header count >= 2^63 traps in Int(h.count) (AttributeStore.readSummaries, AttributeStore.swift:63)"))
-    func summariesCountBeyondInt() { Self.expectFathomError("indexfiles-summaries-count-beyond-int.bin") }
+    /// The inputs that trapped (or ran out of memory) before the readers checked their header
+    /// counts (found by `tools/fuzz indexfiles`): each must now be a `corruptIndex` error naming
+    /// the file and offset.
+    @Test(arguments: [
+        ("indexfiles-summaries-count-beyond-int.bin", "summaries.bin"),      // Int(h.count), count ≥ 2^63
+        ("indexfiles-summaries-offset-beyond-int.bin", "summaries.bin"),     // Int(offset), offset ≥ 2^63
+        ("indexfiles-summaries-offsets-past-payload.bin", "summaries.bin"),  // offset table past the payload
+        ("indexfiles-postings-idx-count-beyond-int.bin", "postings.idx"),    // Int(h.count)
+        ("indexfiles-postings-idx-count-times-24-overflows.bin", "postings.idx"),
+        ("indexfiles-postings-idx-entry-end-overflows.bin", "postings.idx"), // offset + pages × 4096
+        ("indexfiles-graph-count-beyond-int.bin", "graph.bin"),
+        // found after the fixes (tools/fuzz 90 indexfiles): an empty posting claiming 2^16+ pages
+        // made every searcher allocate 64 × that many pages (OOM under libFuzzer's 2 GiB limit)
+        ("indexfiles-postings-idx-empty-posting-huge-pages.bin", "postings.idx"),
+    ])
+    func formerCrashIsACorruptIndexError(_ name: String, _ file: String) throws {
+        do {
+            try Self.replay(name)
+            Issue.record("\(name): opened and searched without an error")
+        } catch let e as FathomError {
+            #expect(e.code == .corruptIndex, "\(name): \(e)")
+            #expect(e.path?.hasSuffix("/" + file) == true, "\(name): \(e)")
+            #expect(e.offset != nil, "\(name): \(e)")
+        }
+        // `fathom verify` reports the same file (its checksum in the manifest was forged too).
+        try Self.replay(name) { dir in
+            let problems = IndexVerifier.verify(directory: dir)
+            #expect(problems.contains { $0.file.hasSuffix("/" + file) && $0.offset != nil }, "\(name): verify found \(problems)")
+        }
+    }
 
-    @Test(.disabled("crash found by fuzzing: a summaries.bin offset >= 2^63 traps in Int(UInt64) (AttributeStore.readSummaries, AttributeStore.swift:72)"))
-    func summariesOffsetBeyondInt() { Self.expectFathomError("indexfiles-summaries-offset-beyond-int.bin") }
-
-    @Test(.disabled("crash found by fuzzing: summaries.bin payload shorter than heads × 8: the offset table is read past the buffer (ASan heap-buffer-overflow, AttributeStore.swift:72)"))
-    func summariesOffsetsPastPayload() { Self.expectFathomError("indexfiles-summaries-offsets-past-payload.bin") }
-
-    @Test(.disabled("crash found by fuzzing: postings.idx header count >= 2^63 traps in Int(h.count) (IndexLayout.readPostingTable, IndexLayout.swift:167)"))
-    func postingTableCountBeyondInt() { Self.expectFathomError("indexfiles-postings-idx-count-beyond-int.bin") }
-
-    @Test(.disabled("crash found by fuzzing: postings.idx count × 24 overflows UInt64 (IndexLayout.readPostingTable, IndexLayout.swift:168)"))
-    func postingTableCountTimes24Overflows() { Self.expectFathomError("indexfiles-postings-idx-count-times-24-overflows.bin") }
-
-    @Test(.disabled("crash found by fuzzing: a posting entry's offset − offset % 4096 + pages × 4096 overflows UInt64 (IndexLayout.readPostingTable, IndexLayout.swift:184)"))
-    func postingEntryEndOverflows() { Self.expectFathomError("indexfiles-postings-idx-entry-end-overflows.bin") }
-
-    @Test(.disabled("crash found by fuzzing: graph.bin header count >= 2^63 traps in Int(h.count) (IndexLayout.readGraph, IndexLayout.swift:84)"))
-    func graphCountBeyondInt() { Self.expectFathomError("indexfiles-graph-count-beyond-int.bin") }
+    /// The filter target's round-trip property (print the parsed tree, parse it again: same
+    /// tree), for the filter inputs here. Found by `tools/fuzz 60 filter`: a quote followed by
+    /// a combining mark (`''\u{064F}`) forms one Character with it, so the printer does not
+    /// double it and the canonical text does not parse (Sources/Fathom/Filter, not fixed here).
+    @Test(.disabled("fuzz finding: FilterExpression.description does not escape a quote that starts a grapheme cluster (filter-quote-before-combining-mark.valid)"))
+    func filterCanonicalTextRoundTrips() throws {
+        for name in Self.inputs + Self.validInputs where name.hasPrefix("filter-") {
+            let text = String(decoding: try Data(contentsOf: URL(fileURLWithPath: Self.directory + "/" + name)), as: UTF8.self)
+            guard let parsed = try? FilterParser.parse(text) else { continue }
+            let printed = parsed.expression.description
+            #expect(try FilterParser.parse(printed).expression == parsed.expression, "\(name): printed as \(printed.debugDescription)")
+        }
+    }
 
     // MARK: - Replay, as the fuzz harnesses do
 
-    static func replay(_ name: String) throws {
+    /// Replays `name`; index inputs are checked by `check` on the patched index directory
+    /// (default: open and search it).
+    static func replay(_ name: String, check: (String) throws -> Void = FuzzReference.openAndSearch) throws {
         let path = directory + "/" + name
         let target = String(name.prefix { $0 != "-" })
         let ext = (name as NSString).pathExtension.lowercased()
@@ -109,6 +141,25 @@ import Glibc
             let table = try AttributeTable.loadCSV(path: dir.file("t.csv"), expectedRows: nil)
             let bound = try FilterParser.parse(text).bind(to: table.schema)
             _ = bound.matchingRows(in: table)
+        case "blobs":
+            // As fuzz/Sources/FuzzBlobs: byte 0 % 4 picks the decoder; < 128 re-seals the trailing CRC.
+            let input = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+            guard let pick = input.first.map(Int.init) else { return }
+            var blob = Array(input.dropFirst())
+            if pick < 128 && pick % 4 != 2 && blob.count >= 4 {
+                let c = blob.withUnsafeBytes { crc32c($0.baseAddress!, blob.count - 4, 0) }
+                for j in 0..<4 { blob[blob.count - 4 + j] = UInt8(truncatingIfNeeded: c >> (8 * UInt32(j))) }
+            }
+            switch pick % 4 {
+            case 0: _ = try AttributeTable.decode(blob)
+            case 1:
+                let dir = TempDir("fathom-fuzz-regression")
+                try Data(FuzzReference.attributeCSV(rows: 30).utf8).write(to: URL(fileURLWithPath: dir.file("t.csv")))
+                let table = try AttributeTable.loadCSV(path: dir.file("t.csv"), expectedRows: nil)
+                _ = try QuantizedAttributes.decode(blob, schema: table.schema)
+            case 2: _ = try AttributeSummary.decode(blob)
+            default: _ = try LeanVecProjection.decode(blob)
+            }
         case "manifest":
             var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
             let ref = try FuzzReference.shared()
@@ -118,7 +169,7 @@ import Glibc
             unlink(work.file("manifest.json"))
             FuzzReference.sealManifestBytes(&bytes)
             try Data(bytes).write(to: URL(fileURLWithPath: work.file("manifest.json")))
-            try FuzzReference.openAndSearch(work.path)
+            try check(work.path)
         case "indexfiles":
             let input = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
             guard let pick = input.first.map(Int.init) else { return }
@@ -144,7 +195,7 @@ import Glibc
             unlink(work.file(name)); unlink(work.file("manifest.json"))
             try Data(bytes).write(to: URL(fileURLWithPath: work.file(name)))
             try m.sealedData().write(to: URL(fileURLWithPath: work.file("manifest.json")))
-            try FuzzReference.openAndSearch(work.path)
+            try check(work.path)
         default:
             Issue.record("\(name): unknown fuzz target '\(target)' (see FuzzRegressionTests)")
             throw FathomError(.invalidArgument, "unknown fuzz target")

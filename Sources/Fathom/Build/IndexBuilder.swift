@@ -272,7 +272,7 @@ public final class IndexBuilder {
         let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
         let w = try SequentialFileWriter(path: path + ".tmp", bufferBytes: 4096)
         try w.write([UInt8](data)); try w.finish()
-        guard rename(path + ".tmp", path) == 0 else { throw FathomError.system("rename", path: path, errno: errno) }
+        try renamePath(path + ".tmp", path)
         try fsyncDirectory(buildDirectory)
     }
 
@@ -292,13 +292,17 @@ public final class IndexBuilder {
         BLAS.setThreads(1)
         let fp = try fingerprint(plan: plan)
         let fm = FileManager.default
+        let lock = try lockBuild()
+        defer { lock.release() }
+        try Publisher.cleanLeftovers(destination: outputPath)
         // Resume only a build directory made with the same fingerprint.
         let fpPath = buildDirectory + "/fingerprint"
         if fm.fileExists(atPath: buildDirectory) {
             let old = fm.contents(atPath: fpPath).map { String(decoding: $0, as: UTF8.self) }
             if old != fp {
-                progress.note("build: discarding \(buildDirectory) (made with other input or parameters)")
-                try? fm.removeItem(atPath: buildDirectory)
+                progress.note("build: discarding \(buildDirectory) (made with other input or parameters, or an old generation left by a crash)")
+                try removeTree(buildDirectory)
+                try fsyncDirectory(parentDirectory)
             }
         }
         if !fm.fileExists(atPath: buildDirectory) {
@@ -350,6 +354,22 @@ public final class IndexBuilder {
         // publish
         let manifest = try publish(plan: plan, stats: stats, seconds: seconds, fingerprint: fp)
         return manifest
+    }
+
+    var lockPath: String { outputPath + ".fathom-build.lock" }
+    var parentDirectory: String { URL(fileURLWithPath: outputPath).deletingLastPathComponent().path }
+
+    /// Takes the build lock of the destination (`OUTPUT.fathom-build.lock`, flock), creating
+    /// the destination's parent directories if needed; a second builder of the same
+    /// destination fails here at once.
+    func lockBuild() throws -> FileLock {
+        do { try FileManager.default.createDirectory(atPath: parentDirectory, withIntermediateDirectories: true) }
+        catch { throw FathomError(.io, "cannot create the destination's parent directory (\(error.localizedDescription))", path: outputPath) }
+        let (lock, holder) = try FileLock.tryLock(lockPath)
+        guard let lock else {
+            throw FathomError(.io, "another build of \(outputPath) is running (pid \(holder.map(String.init) ?? "unknown")); wait for it to finish or stop it — its lock is \(lockPath)", path: outputPath)
+        }
+        return lock
     }
 
     func stopIfAsked(_ stage: String) throws {
@@ -670,13 +690,17 @@ public final class IndexBuilder {
         let w = try SequentialFileWriter(path: mpath, bufferBytes: 1 << 16)
         try w.write([UInt8](try manifest.sealedData()))
         try w.finish()
+        // Scratch files of the build (not in the manifest) never reach the published tree:
+        // deleted, durably, before the rename. A crash from here on makes a rerun start over
+        // (the fingerprint is gone), never publish a half-made directory.
+        let entries: [String]
+        do { entries = try FileManager.default.contentsOfDirectory(atPath: buildDirectory) }
+        catch { throw FathomError(.io, "cannot list the build directory (\(error.localizedDescription))", path: buildDirectory) }
+        for name in entries where IndexLayout.isScratch(name) {
+            try removeTree(buildDirectory + "/" + name)
+        }
         try fsyncDirectory(buildDirectory)
         try Publisher.publish(buildDirectory: buildDirectory, destination: outputPath)
-        // Scratch files of the build are not part of the index (not in the manifest).
-        let fm = FileManager.default
-        for name in (try? fm.contentsOfDirectory(atPath: outputPath)) ?? [] where IndexLayout.isScratch(name) {
-            try? fm.removeItem(atPath: outputPath + "/" + name)
-        }
         progress.note("published \(outputPath)")
         return manifest
     }

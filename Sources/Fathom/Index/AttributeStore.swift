@@ -30,18 +30,22 @@ struct AttributeStore: Sendable {
         let f = try RandomAccessFile(path: path)
         let h = try f.readHeader(magic: attrsMagic)
         var body = [UInt8](repeating: 0, count: Int(h.payloadBytes))
-        try body.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: $0.count, at: 64) }
+        try body.withUnsafeMutableBytes { if $0.count > 0 { try f.read(into: $0.baseAddress!, count: $0.count, at: 64) } }
+        // The payload: u64 table length (= aux), the table, the quantized codes.
+        let stored = body.count >= 8 ? body.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) } : 0
+        guard body.count >= 8, h.aux <= UInt64(body.count - 8), stored == h.aux else {
+            throw FathomError(.corruptIndex, "attribute table of \(h.aux) bytes (payload says \(stored)) overruns the payload of \(body.count) bytes", path: path, offset: 52)
+        }
         let tBytes = Int(h.aux)
-        guard 8 + tBytes <= body.count else {
-            throw FathomError(.corruptIndex, "attribute table of \(tBytes) bytes overruns the payload", path: path, offset: 52)
+        let table: AttributeTable, q: QuantizedAttributes
+        do { table = try AttributeTable.decode(Array(body[8..<(8 + tBytes)])) }
+        catch let e as FathomError { throw FathomError(.corruptIndex, "attribute table: " + e.message, path: path, offset: 72) }
+        do { q = try QuantizedAttributes.decode(Array(body[(8 + tBytes)...]), schema: table.schema) }
+        catch let e as FathomError { throw FathomError(.corruptIndex, "quantized attributes: " + e.message, path: path, offset: 72 + UInt64(tBytes)) }
+        guard q.count == table.count, h.count == UInt64(table.count) else {
+            throw FathomError(.corruptIndex, "header says \(h.count) rows, the table holds \(table.count) and the codes \(q.count)", path: path, offset: 16)
         }
-        do {
-            let table = try AttributeTable.decode(Array(body[8..<(8 + tBytes)]))
-            let q = try QuantizedAttributes.decode(Array(body[(8 + tBytes)...]), schema: table.schema)
-            return (table, q)
-        } catch let e as FathomError {
-            throw FathomError(.corruptIndex, e.message, path: path, offset: 64)
-        }
+        return (table, q)
     }
 
     static func writeSummaries(_ s: [AttributeSummary], path: String) throws {
@@ -60,19 +64,24 @@ struct AttributeStore: Sendable {
     static func readSummaries(path: String, heads: Int) throws -> [AttributeSummary] {
         let f = try RandomAccessFile(path: path)
         let h = try f.readHeader(magic: summariesMagic)
-        guard Int(h.count) == heads else {
+        guard heads >= 0, h.count == UInt64(heads) else {
             throw FathomError(.corruptIndex, "\(h.count) summaries for \(heads) postings", path: path, offset: 16)
         }
+        // The payload: one u64 offset (from the payload start) per summary, then the summaries.
+        guard UInt64(heads) <= h.payloadBytes / 8 else {
+            throw FathomError(.corruptIndex, "payload of \(h.payloadBytes) bytes cannot hold the offsets of \(heads) summaries", path: path, offset: 40)
+        }
         var body = [UInt8](repeating: 0, count: Int(h.payloadBytes))
-        try body.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: $0.count, at: 64) }
+        try body.withUnsafeMutableBytes { if $0.count > 0 { try f.read(into: $0.baseAddress!, count: $0.count, at: 64) } }
         return try body.withUnsafeBytes { b in
             var out = [AttributeSummary]()
             out.reserveCapacity(heads)
             for i in 0..<heads {
-                let off = Int(b.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self))
-                guard off >= heads * 8, off < b.count else {
-                    throw FathomError(.corruptIndex, "summary \(i) offset \(off) out of range", path: path, offset: 64 + UInt64(i * 8))
+                let raw = UInt64(littleEndian: b.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self))
+                guard raw >= UInt64(heads * 8), raw < UInt64(b.count) else {
+                    throw FathomError(.corruptIndex, "summary \(i) offset \(raw) out of range [\(heads * 8), \(b.count))", path: path, offset: 64 + UInt64(i * 8))
                 }
+                let off = Int(raw)
                 do { out.append(try AttributeSummary.decode(UnsafeRawBufferPointer(rebasing: b[off...])).summary) }
                 catch let e as FathomError { throw FathomError(.corruptIndex, e.message, path: path, offset: 64 + UInt64(off)) }
             }

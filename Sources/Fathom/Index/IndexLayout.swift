@@ -22,9 +22,9 @@ struct IndexLayout {
     /// The files an index consists of (listed in the manifest).
     static let dataFiles = ["heads.bin", "graph.bin", "postings.idx", "postings.dat", "vectors.dat"]
 
-    /// Build-time files that are not part of a published index.
+    /// Build-time files that are not part of a published index (deleted before the publish).
     static func isScratch(_ name: String) -> Bool {
-        name == "assign.bin" || name == "stats.json" || name == "fingerprint" || name.hasPrefix("stage-")
+        name == "assign.bin" || name == "stats.json" || name == "fingerprint" || name.hasPrefix("stage-") || name.hasSuffix(".tmp")
     }
 
     var headsPath: String { directory + "/heads.bin" }
@@ -52,19 +52,30 @@ struct IndexLayout {
     func readHeads() throws -> (Matrix, [UInt32]) {
         let f = try RandomAccessFile(path: headsPath)
         let h = try f.readHeader(magic: Self.headsMagic)
-        let H = Int(h.count), d = Int(h.dimension)
-        guard h.payloadBytes == UInt64(H) * UInt64(d * 4 + 4) else {
-            throw FathomError(.corruptIndex, "header says \(H) heads of dimension \(d) but the payload has \(h.payloadBytes) bytes", path: headsPath, offset: 40)
+        // payloadBytes is bounded by the file size (readHeader), so a count that matches it fits an Int.
+        guard h.dimension > 0, let need = Self.product(h.count, UInt64(h.dimension) * 4 + 4), need == h.payloadBytes else {
+            throw FathomError(.corruptIndex, "header says \(h.count) heads of dimension \(h.dimension) but the payload has \(h.payloadBytes) bytes", path: headsPath, offset: 16)
         }
+        let H = Int(h.count), d = Int(h.dimension)
         let m = Matrix(rows: H, cols: d)
         try f.read(into: m.data, count: H * d * 4, at: 64)
         var ids = [UInt32](repeating: 0, count: H)
-        try ids.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: H * 4, at: 64 + UInt64(H * d * 4)) }
+        try ids.withUnsafeMutableBytes { if H > 0 { try f.read(into: $0.baseAddress!, count: H * 4, at: 64 + UInt64(H * d * 4)) } }
         return (m, ids)
     }
 
     func headCount() throws -> Int {
-        Int(try RandomAccessFile(path: headsPath).readHeader(magic: Self.headsMagic).count)
+        let h = try RandomAccessFile(path: headsPath).readHeader(magic: Self.headsMagic)
+        guard h.count <= h.payloadBytes else {
+            throw FathomError(.corruptIndex, "header says \(h.count) heads but the payload has \(h.payloadBytes) bytes", path: headsPath, offset: 16)
+        }
+        return Int(h.count)
+    }
+
+    /// `a × b`, or nil when the product overflows 64 bits (header fields are untrusted).
+    static func product(_ a: UInt64, _ b: UInt64) -> UInt64? {
+        let (r, overflow) = a.multipliedReportingOverflow(by: b)
+        return overflow ? nil : r
     }
 
     // graph.bin
@@ -81,10 +92,11 @@ struct IndexLayout {
     func readGraph(heads: Matrix) throws -> HeadGraph {
         let f = try RandomAccessFile(path: graphPath)
         let h = try f.readHeader(magic: Self.graphMagic)
-        let H = Int(h.count), R = Int(h.dimension)
-        guard H == heads.rows, h.payloadBytes == UInt64(H * R * 4), R > 0 else {
-            throw FathomError(.corruptIndex, "graph of \(H) nodes × degree \(R) does not match \(heads.rows) heads / its payload of \(h.payloadBytes) bytes", path: graphPath, offset: 16)
+        guard h.count == UInt64(heads.rows), h.dimension > 0,
+              let need = Self.product(h.count, UInt64(h.dimension) * 4), need == h.payloadBytes else {
+            throw FathomError(.corruptIndex, "graph of \(h.count) nodes × degree \(h.dimension) does not match \(heads.rows) heads / its payload of \(h.payloadBytes) bytes", path: graphPath, offset: 16)
         }
+        let H = heads.rows, R = Int(h.dimension)
         guard h.aux < UInt64(max(H, 1)) else {
             throw FathomError(.corruptIndex, "entry point \(h.aux) is not a head id (< \(H))", path: graphPath, offset: 52)
         }
@@ -164,10 +176,13 @@ struct IndexLayout {
     func readPostingTable(postingsBytes: UInt64, recordBytes: Int) throws -> [PostingEntry] {
         let f = try RandomAccessFile(path: tablePath)
         let h = try f.readHeader(magic: Self.tableMagic)
-        let H = Int(h.count)
-        guard h.recordBytes == 24, h.payloadBytes == UInt64(H) * 24 else {
-            throw FathomError(.corruptIndex, "posting table header is inconsistent (\(H) entries, \(h.payloadBytes) bytes)", path: tablePath, offset: 16)
+        guard h.recordBytes == 24, let need = Self.product(h.count, 24), need == h.payloadBytes else {
+            throw FathomError(.corruptIndex, "posting table header is inconsistent (\(h.count) entries, \(h.payloadBytes) bytes)", path: tablePath, offset: 16)
         }
+        guard recordBytes > 0 else {
+            throw FathomError(.corruptIndex, "record size \(recordBytes) is not positive", path: directory + "/manifest.json")
+        }
+        let H = Int(h.count)   // fits: H × 24 = payloadBytes ≤ the file size
         var raw = [UInt8](repeating: 0, count: H * 24)
         try raw.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: H * 24, at: 64) }
         var out = [PostingEntry]()
@@ -179,10 +194,17 @@ struct IndexLayout {
                                      count: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
                                      pages: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt32.self)),
                                      crc: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt32.self)))
-                let bytes = UInt64(e.count) * UInt64(recordBytes)
-                let expectPages = e.count == 0 ? 0 : (e.offset % 4096 + bytes + 4095) / 4096
-                let end = e.offset - e.offset % 4096 + UInt64(e.pages) * 4096
-                guard e.offset >= 4096 || e.count == 0, UInt64(e.pages) == expectPages, end <= postingsBytes || e.count == 0 else {
+                // Overflow-checked: offset, count and pages are untrusted. An empty posting
+                // has no pages (readers size their buffers by the largest); a non-empty one
+                // must lie whole inside postings.dat, in exactly the pages it needs.
+                var fits = e.count == 0 && e.pages == 0
+                if e.count > 0, e.offset >= 4096, e.offset < postingsBytes,
+                   let bytes = Self.product(UInt64(e.count), UInt64(recordBytes)), bytes <= postingsBytes {
+                    let expectPages = (e.offset % 4096 + bytes + 4095) / 4096
+                    let end = e.offset - e.offset % 4096 + UInt64(e.pages) * 4096   // < 2^64: offset < 2^63, pages < 2^32
+                    fits = UInt64(e.pages) == expectPages && end <= postingsBytes
+                }
+                guard fits else {
                     throw FathomError(.corruptIndex, "posting \(i) (offset \(e.offset), \(e.count) records, \(e.pages) pages) does not fit postings.dat of \(postingsBytes) bytes", path: tablePath, offset: 64 + UInt64(i * 24))
                 }
                 out.append(e)
@@ -206,18 +228,39 @@ struct IndexLayout {
         try w.finish()
     }
 
+    /// Reads assign.bin back (a resumed build) and checks it before the pack stage trusts it.
     func readAssignment() throws -> (PostingAssignment, Int) {
         let f = try RandomAccessFile(path: assignPath)
         let h = try f.readHeader(magic: Self.assignMagic)
-        let H = Int(h.count), cap = Int(h.dimension), n = Int(h.aux)
+        // heads × 4 + heads × cap × 8 + vectors + 16 bytes, overflow-checked.
+        guard h.recordBytes == 8, let slots = Self.product(h.count, UInt64(h.dimension)),
+              let slotBytes = Self.product(slots, 8), let headBytes = Self.product(h.count, 4),
+              case let (a, o1) = slotBytes.addingReportingOverflow(headBytes), !o1,
+              case let (b, o2) = a.addingReportingOverflow(h.aux), !o2,
+              case let (need, o3) = b.addingReportingOverflow(16), !o3, need == h.payloadBytes else {
+            throw FathomError(.corruptIndex, "assign.bin header (\(h.count) heads × \(h.dimension) slots, \(h.aux) vectors) does not match its payload of \(h.payloadBytes) bytes", path: assignPath, offset: 16)
+        }
+        let H = Int(h.count), cap = Int(h.dimension), n = Int(h.aux)   // fit: bounded by the file size
         let t = PostingAssignment(heads: H, cap: cap, vectors: n)
         var off: UInt64 = 64
-        try t.sizes.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: $0.count, at: off); off += UInt64($0.count) }
-        try t.dist.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: $0.count, at: off); off += UInt64($0.count) }
-        try t.ids.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: $0.count, at: off); off += UInt64($0.count) }
+        try t.sizes.withUnsafeMutableBytes { if $0.count > 0 { try f.read(into: $0.baseAddress!, count: $0.count, at: off) }; off += UInt64($0.count) }
+        try t.dist.withUnsafeMutableBytes { if $0.count > 0 { try f.read(into: $0.baseAddress!, count: $0.count, at: off) }; off += UInt64($0.count) }
+        let idsAt = off
+        try t.ids.withUnsafeMutableBytes { if $0.count > 0 { try f.read(into: $0.baseAddress!, count: $0.count, at: off) }; off += UInt64($0.count) }
         try t.replicas.withUnsafeMutableBytes { if $0.count > 0 { try f.read(into: $0.baseAddress!, count: $0.count, at: off) }; off += UInt64($0.count) }
         var tail = [UInt64](repeating: 0, count: 2)
         try tail.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: 16, at: off) }
+        for (i, size) in t.sizes.enumerated() {
+            guard size >= 0, Int(size) <= cap else {
+                throw FathomError(.corruptIndex, "posting \(i) has \(size) members, capacity is \(cap)", path: assignPath, offset: 64 + UInt64(i * 4))
+            }
+            for j in 0..<Int(size) where Int(t.ids[i * cap + j]) >= n {
+                throw FathomError(.corruptIndex, "posting \(i) holds id \(t.ids[i * cap + j]) ≥ \(n) vectors", path: assignPath, offset: idsAt + UInt64((i * cap + j) * 4))
+            }
+        }
+        guard tail[0] <= UInt64(n) * 8, tail[1] <= UInt64(n) else {
+            throw FathomError(.corruptIndex, "cut records \(tail[0]) / orphans fixed \(tail[1]) exceed the \(n) vectors", path: assignPath, offset: off)
+        }
         t.cutRecords = Int(tail[0])
         return (t, Int(tail[1]))
     }

@@ -49,10 +49,29 @@ public enum IndexVerifier {
         do {
             let vf = try RandomAccessFile(path: layout.vectorsPath)
             let vh = try vf.readHeader(magic: IndexLayout.vectorsMagic)
-            if Int(vh.count) != m.count || Int(vh.dimension) != m.dimension {
+            if vh.count != UInt64(m.count) || Int(vh.dimension) != m.dimension {
                 problems.append(Problem(file: layout.vectorsPath, offset: 16, message: "holds \(vh.count) × \(vh.dimension), manifest says \(m.count) × \(m.dimension)"))
             }
         } catch { add(error, layout.vectorsPath) }
+        // Compact codec, attributes and summaries: decoded as an open does (a file whose CRC
+        // was forged along with the manifest is still caught by its structure checks).
+        let listed = Set(m.files.map(\.name))
+        if listed.contains(IndexLayout.codecFile) {
+            do { _ = try CompactCodec.read(from: layout.codecPath) } catch { add(error, layout.codecPath) }
+        }
+        if listed.contains(AttributeStore.attrsFile) {
+            let path = directory + "/" + AttributeStore.attrsFile
+            do {
+                let (t, _) = try AttributeStore.readAttributes(path: path)
+                if t.count != m.count {
+                    problems.append(Problem(file: path, offset: 16, message: "\(t.count) attribute rows, manifest says \(m.count) vectors"))
+                }
+            } catch { add(error, path) }
+        }
+        if listed.contains(AttributeStore.summariesFile) {
+            let path = directory + "/" + AttributeStore.summariesFile
+            do { _ = try AttributeStore.readSummaries(path: path, heads: m.heads) } catch { add(error, path) }
+        }
         do {
             let pf = try RandomAccessFile(path: layout.postingsPath)
             let ph = try pf.readHeader(magic: IndexLayout.postingsMagic)

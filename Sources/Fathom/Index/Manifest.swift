@@ -111,7 +111,27 @@ public struct Manifest: Codable, Sendable, Equatable {
         guard stored == expected else {
             throw FathomError(.corruptIndex, "manifest checksum \(stored) differs from its bytes (\(expected)): manifest.json was corrupted or edited — rebuild the index", path: path)
         }
+        try m.checkShape(path: path)
         return m
+    }
+
+    /// The counts every reader sizes arrays by: checked once here, so that no later `Int`
+    /// arithmetic on them can trap (a sealed manifest can still be forged).
+    func checkShape(path: String) throws {
+        func bad(_ what: String) -> FathomError {
+            FathomError(.corruptIndex, "\(what): manifest.json is corrupt or was not written by Fathom — rebuild the index", path: path)
+        }
+        guard count >= 1, count < Int(UInt32.max) else { throw bad("count \(count) is not between 1 and 2^32 − 2") }
+        guard dimension >= 1, dimension <= Int(UInt32.max) else { throw bad("dimension \(dimension) is not between 1 and 2^32 − 1") }
+        guard heads >= 1, heads <= count else { throw bad("heads \(heads) is not between 1 and the count \(count)") }
+        let (vectorBytes, overflow) = dimension.multipliedReportingOverflow(by: element_type.size)
+        guard !overflow, vectorBytes <= Int(UInt32.max) else { throw bad("vectors of \(dimension) \(element_type.rawValue) are too large") }
+        if (codec ?? "none") == "none" {
+            guard record_bytes == 4 + vectorBytes else { throw bad("record size \(record_bytes) is not 4 + \(vectorBytes) bytes of vector") }
+        } else {
+            guard record_bytes > 4, record_bytes <= 64 + 4 * dimension else { throw bad("record size \(record_bytes) of a \(codec ?? "") index is out of range") }
+        }
+        if let r = reduced_dimension, !(1...dimension).contains(r) { throw bad("reduced dimension \(r) is not between 1 and \(dimension)") }
     }
 
     static let checksumPlaceholder = "00000000"
@@ -147,10 +167,14 @@ public struct Manifest: Codable, Sendable, Equatable {
         try JSONDecoder().decode(Manifest.self, from: sealedData())
     }
 
+    /// The files an open index reads whole into RAM.
+    static let residentFiles: Set<String> = ["heads.bin", "graph.bin", "postings.idx", "codec.bin", "attrs.bin", "summaries.bin"]
+
     /// Checks the checksum of the files an open index keeps in RAM (heads, graph, posting
-    /// table); postings are checked per read and vectors by `fathom verify`.
+    /// table, codec, attributes, summaries); postings are checked per read and vectors by
+    /// `fathom verify`. (Each is read twice at open: here and by its reader.)
     func checkResidentFiles(directory: String) throws {
-        for f in files where ["heads.bin", "graph.bin", "postings.idx"].contains(f.name) {
+        for f in files where Self.residentFiles.contains(f.name) {
             let p = directory + "/" + f.name
             let (_, crc) = try fileCRC32C(p)
             guard String(format: "%08x", crc) == f.crc32c else {

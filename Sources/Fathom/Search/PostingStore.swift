@@ -21,6 +21,8 @@ public protocol PostingStore: AnyObject, Sendable {
     var listCount: Int { get }
     /// Records in list `h`.
     func count(of h: Int) -> Int
+    /// Byte offset of list `h` in postings.dat (for error messages).
+    func offset(of h: Int) -> UInt64
     /// RAM this store keeps resident for serving, in bytes (its table, or all of it).
     var residentBytes: Int { get }
     /// A reader for one thread, reading through `engine`.
@@ -93,6 +95,7 @@ public final class DiskPostingStore: PostingStore, @unchecked Sendable {
 
     public var listCount: Int { table.count }
     public func count(of h: Int) -> Int { Int(table[h].count) }
+    public func offset(of h: Int) -> UInt64 { table[h].offset }
     public var residentBytes: Int { table.count * MemoryLayout<PostingEntry>.stride }
     public func makeReader(engine: IOEngine) -> PostingReader { DiskPostingReader(store: self, engine: engine) }
 }
@@ -225,6 +228,7 @@ public final class ResidentPostingStore: PostingStore, @unchecked Sendable {
 
     public var listCount: Int { table.count }
     public func count(of h: Int) -> Int { Int(table[h].count) }
+    public func offset(of h: Int) -> UInt64 { table[h].offset }
     public var residentBytes: Int { byteCount + table.count * MemoryLayout<PostingEntry>.stride }
     public func makeReader(engine: IOEngine) -> PostingReader { ResidentPostingReader(store: self) }
 }

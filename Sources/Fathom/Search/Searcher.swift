@@ -53,6 +53,9 @@ public final class Searcher {
     var pending = 0
     var asyncVerify = true
     var asyncError: FathomError? = nil
+    /// An id ≥ count met while scoring (a corrupt posting read with checksums off): the id,
+    /// its posting and its record.
+    var badId: (id: UInt32, list: UInt32, record: Int)? = nil
 
     init(index: VectorIndex, engine: IOEngine) throws {
         self.index = index
@@ -134,6 +137,7 @@ public final class Searcher {
         if let r = p.rerank, r < 1 { throw FathomError(.invalidArgument, "rerank = \(r) must be at least 1") }
         try load(q)
         stats = QueryStats()
+        badId = nil
         begin(k: k, parameters: p)
         if let filter { return try searchFiltered(k: k, parameters: p, filter: filter, into: out) }
         routeAndPlan(parameters: p)
@@ -179,6 +183,7 @@ public final class Searcher {
         if let r = p.rerank, r < 1 { throw FathomError(.invalidArgument, "rerank = \(r) must be at least 1") }
         try load(q)
         stats = QueryStats()
+        badId = nil
         begin(k: k, parameters: p)
         routeAndPlan(parameters: p)
         asyncVerify = p.verifyChecksums
@@ -198,8 +203,8 @@ public final class Searcher {
         switch phase {
         case .postings:
             let recordBytes = index.postingStore.recordBytes
-            e = postings.deliver(r, result, verify: asyncVerify) { _, records, count in
-                _ = collect(records, count: count, recordBytes: recordBytes, filter: nil)
+            e = postings.deliver(r, result, verify: asyncVerify) { h, records, count in
+                _ = collect(records, count: count, recordBytes: recordBytes, filter: nil, list: h)
             }
         case .vectors:
             let d = index.dimension, metric = index.metric, type = index.vectorStore.elementType
@@ -218,6 +223,7 @@ public final class Searcher {
     /// Throws the phase's first read or checksum error.
     func advance() throws -> UnsafeBufferPointer<ReadRequest>? {
         if let e = asyncError { phase = .idle; throw e }
+        if phase == .postings { do { try checkIds() } catch { phase = .idle; throw error } }
         if phase == .postings && !scorer.exact {
             phase = .vectors
             ensureRerank(candidates.capacity)
@@ -262,12 +268,23 @@ public final class Searcher {
         var passing = 0
         let recordBytes = index.postingStore.recordBytes
         try lists.withUnsafeBufferPointer { l in
-            let c = try postings.fetch(l, verify: verify) { _, records, count in
-                passing += collect(records, count: count, recordBytes: recordBytes, filter: filter)
+            let c = try postings.fetch(l, verify: verify) { h, records, count in
+                passing += collect(records, count: count, recordBytes: recordBytes, filter: filter, list: h)
             }
             stats.add(c, postings: true)
         }
+        try checkIds()
         return passing
+    }
+
+    /// Throws if scoring met an id that no vector has.
+    func checkIds() throws {
+        guard let bad = badId else { return }
+        badId = nil
+        let store = index.postingStore
+        throw FathomError(.corruptIndex, "posting \(bad.list) holds id \(bad.id), but the index has \(index.count) vectors: postings.dat is corrupt (read with checksums off?) — run `fathom verify` and rebuild",
+                          path: index.path + "/postings.dat",
+                          offset: store.offset(of: Int(bad.list)) + UInt64(bad.record * store.recordBytes))
     }
 
     /// Scores one posting's records and offers them to the heap (exact scores) or to the
@@ -275,7 +292,7 @@ public final class Searcher {
     /// kernel call; only records under the heap's bound are deduplicated and, with a
     /// filter, tested (codes first, then raw attributes).
     @inline(__always)
-    func collect(_ records: UnsafeRawPointer, count: Int, recordBytes: Int, filter: FilterContext?) -> Int {
+    func collect(_ records: UnsafeRawPointer, count: Int, recordBytes: Int, filter: FilterContext?, list: UInt32) -> Int {
         if count > scoreCapacity {
             scores.deallocate(); scoreCapacity = count; scores = .allocate(capacity: count)
         }
@@ -284,10 +301,13 @@ public final class Searcher {
         let target = scorer.exact ? heap : candidates
         var bound = target.bound
         var passing = 0
+        let n = UInt32(index.count)
         for j in 0..<count {
             let dist = scores[j]
             if dist > bound { continue }
             let id = UInt32(littleEndian: records.loadUnaligned(fromByteOffset: j * recordBytes, as: UInt32.self))
+            // A corrupt id (possible with checksums off) must not reach attributes or vectors.dat.
+            if id >= n { if badId == nil { badId = (id, list, j) }; continue }
             if let filter, !filter.matches(id) { continue }
             if !insertSeen(id) { continue }
             passing += 1

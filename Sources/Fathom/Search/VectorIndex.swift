@@ -197,7 +197,7 @@ public final class VectorIndex: @unchecked Sendable {
         let plainVectors = try RandomAccessFile(path: layout.vectorsPath)
         let vh = try plainVectors.readHeader(magic: IndexLayout.vectorsMagic)
         let vectorPlacement = IndexLayout.VectorPlacement(rowBytes: m.dimension * m.element_type.size)
-        guard Int(vh.count) == m.count, Int(vh.dimension) == m.dimension, vh.payloadOffset == 4096,
+        guard vh.count == UInt64(m.count), Int(vh.dimension) == m.dimension, vh.payloadOffset == 4096,
               vh.aux == UInt64(vectorPlacement.rowsPerPage), vh.payloadBytes == vectorPlacement.payloadBytes(count: m.count) else {
             throw FathomError(.corruptIndex, "vectors.dat holds \(vh.count) × \(vh.dimension) (\(vh.aux) rows per page, \(vh.payloadBytes) bytes), manifest says \(m.count) × \(m.dimension)", path: layout.vectorsPath, offset: 16)
         }
