@@ -13,7 +13,9 @@ import Glibc
     /// Builds an index, overwrites the id of the first record of the first non-empty posting
     /// with `count + 5`, and returns the index directory and the record's offset.
     func corruptIndex(_ dir: TempDir, codec: PostingCodec, attributes: Bool) throws -> (String, UInt64, [Float]) {
-        let n = 600
+        // Filtered queries over at most 2,000 estimated matches take the exact path, which reads
+        // no postings: an attributed index is made large enough for the index path.
+        let n = attributes ? 3000 : 600
         let (_, q) = try writeSynthetic(dir: dir, n: n, d: 16, nq: 1)
         var o = BuildOptions(); o.memoryBudget = 256 << 20; o.headRatio = 0.05; o.codec = codec
         if codec != .none { o.reduceDims = 8 }

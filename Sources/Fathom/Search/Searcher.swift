@@ -303,11 +303,12 @@ public final class Searcher {
         var passing = 0
         let n = UInt32(index.count)
         for j in 0..<count {
+            let id = UInt32(littleEndian: records.loadUnaligned(fromByteOffset: j * recordBytes, as: UInt32.self))
+            // A corrupt id (possible with checksums off) fails the query: it must never reach
+            // the attributes, vectors.dat or the results.
+            if id >= n { if badId == nil { badId = (id, list, j) }; continue }
             let dist = scores[j]
             if dist > bound { continue }
-            let id = UInt32(littleEndian: records.loadUnaligned(fromByteOffset: j * recordBytes, as: UInt32.self))
-            // A corrupt id (possible with checksums off) must not reach attributes or vectors.dat.
-            if id >= n { if badId == nil { badId = (id, list, j) }; continue }
             if let filter, !filter.matches(id) { continue }
             if !insertSeen(id) { continue }
             passing += 1
