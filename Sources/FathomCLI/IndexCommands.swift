@@ -32,8 +32,8 @@ struct BuildCommand: ParsableCommand {
     @Option(name: .customLong("graph-degree"), help: "Neighbours per head in the head graph.") var graphDegree: Int = 32
     @Option(name: .customLong("candidate-heads"), help: "Nearest heads examined per vector for the closure rule.") var candidateHeads: Int = 64
     @Option(name: .customLong("sample-size"), help: "Training sample in vectors (default: max(4 × heads, 50000)).") var sampleSize: Int?
-    @Option(help: "What postings store: lvq4, lvq8 or lvq4x8 (LVQ codes of the LeanVec-reduced vectors; full vectors stay on disk for re-ranking) or none (full vectors).")
-    var codec: PostingCodec = .lvq4
+    @Option(help: "What postings store: auto (lvq4 or lvq8, chosen from a sample of the data), lvq4, lvq8 or lvq4x8 (LVQ codes of the LeanVec-reduced vectors; full vectors stay on disk for re-ranking) or none (full vectors).")
+    var codec: PostingCodec = .auto
     @Option(name: .customLong("serve-memory"), help: ArgumentHelp("RAM the index may need to serve, per vector (e.g. 32B) or in total (e.g. 4GiB): heads, graph, posting table, codec and the search threads' scratch. Decides the head count unless --head-ratio is given (docs/memory.md).", valueName: "size"))
     var serveMemory: String = "32B"
     @Option(name: .customLong("reduce-dims"), help: "LeanVec target dimension for a compressing codec (default: D/2 rounded up to a multiple of 8).")

@@ -38,9 +38,10 @@ public struct BuildOptions: Sendable, Equatable {
     public var sampleSize: Int? = nil
     /// Worker threads (the machine's two vCPUs give about one core: 1 is the default).
     public var threads: Int = 1
-    /// What postings store: LeanVec + LVQ codes (default LVQ-4 of the D/2 principal
-    /// components, full vectors on disk for re-ranking) or full vectors (`.none`).
-    public var codec: PostingCodec = .lvq4
+    /// What postings store: LeanVec + LVQ codes of the D/2 principal components (full vectors
+    /// on disk for re-ranking) or full vectors (`.none`). `.auto` (the default) picks LVQ-4 or
+    /// LVQ-8 from a sample of the data (``IndexBuilder/codec``).
+    public var codec: PostingCodec = .auto
     /// LeanVec target dimension (`nil`: D/2 rounded up to a multiple of 8).
     public var reduceDims: Int? = nil
     /// A sample of real queries: learn the query-aware LeanVec-OOD projection from it.
@@ -100,6 +101,10 @@ public final class IndexBuilder {
     public let options: BuildOptions
     let progress: ProgressReporter
     let header: VectorFileHeader
+    /// The posting codec: `options.codec`, with `.auto` resolved from the data.
+    public let codec: PostingCodec
+    /// Why `.auto` chose ``codec`` (nil when the codec was given).
+    public let codecReason: String?
 
     static let processOverhead: UInt64 = 80 << 20
 
@@ -117,6 +122,60 @@ public final class IndexBuilder {
         guard header.count < Int(UInt32.max) else {
             throw FathomError(.invalidArgument, "\(header.count) vectors exceed the 2^32 − 1 ids of one index; split the input into shards", path: input)
         }
+        if options.codec == .auto {
+            (codec, codecReason) = try Self.chooseCodec(input: input, header: header, metric: options.metric,
+                                                        reduced: options.reduceDims ?? LeanVecProjection.defaultDim(header.dimension))
+        } else {
+            codec = options.codec; codecReason = nil
+        }
+    }
+
+    /// `.auto`: LVQ-4 halves the postings of LVQ-8, but its 16 levels per vector cost accuracy
+    /// where a few components dominate the range (e.g. PCA of raw pixels). On a sample of the
+    /// input (the first ≤ 4,000 rows), project to `reduced` principal components and compare
+    /// LVQ-4's relative quantization error with the variance the projection already drops:
+    /// LVQ-4 when it adds at most half as much error again, else LVQ-8.
+    static func chooseCodec(input: String, header: VectorFileHeader, metric: Metric, reduced: Int) throws -> (PostingCodec, String) {
+        let d = header.dimension
+        let rows = min(header.count, 4000)
+        let sample = Matrix(rows: rows, cols: d)
+        let reader = try VectorFileReader(path: input)
+        var got = 0
+        while got < rows {
+            let r = try reader.readFloats(maxRows: rows - got, into: sample.row(got))
+            if r == 0 { break }
+            got += r
+        }
+        var kept = 0
+        for i in 0..<got {
+            let v = sample.row(i)
+            guard (0..<d).allSatisfy({ v[$0].isFinite }) else { continue }
+            if metric == .cosine && !Distance.normalize(v, d) { continue }
+            if kept != i { sample.row(kept).update(from: v, count: d) }
+            kept += 1
+        }
+        guard kept >= 16, reduced >= 1, reduced <= d else { return (.lvq8, "too few sample rows to measure: lvq8") }
+        let train = Matrix(rows: kept, cols: d)
+        train.data.update(from: sample.data, count: kept * d)
+        let pca = try LeanVecProjection.trainPCA(sample: train, targetDim: reduced)
+        let y = pca.projectData(train)
+        let lvq4 = LVQCodec(kind: .lvq4, dim: reduced)
+        let code = UnsafeMutableRawPointer.allocate(byteCount: lvq4.bytesPerVector, alignment: 16)
+        let back = UnsafeMutablePointer<Float>.allocate(capacity: reduced)
+        defer { code.deallocate(); back.deallocate() }
+        var err = 0.0, energy = 0.0
+        for i in 0..<kept {
+            let v = y.row(i)
+            lvq4.encode(UnsafePointer(v), into: code)
+            lvq4.decode(code, into: back)
+            for j in 0..<reduced { let e = Double(v[j] - back[j]); err += e * e; energy += Double(v[j]) * Double(v[j]) }
+        }
+        let quant = energy > 0 ? err / energy : 0
+        let dropped = max(0, 1 - Double(pca.explainedVariance))
+        let choice: PostingCodec = quant <= 0.5 * dropped ? .lvq4 : .lvq8
+        let reason = String(format: "codec auto: lvq4 adds %.2f%% quantization error, the projection to %d dims drops %.2f%% of the variance → %@",
+                            100 * quant, reduced, 100 * dropped, choice.rawValue)
+        return (choice, reason)
     }
 
     static func validate(_ o: BuildOptions) throws {
@@ -145,12 +204,12 @@ public final class IndexBuilder {
     public func plan() throws -> BuildPlan {
         let n = header.count, d = header.dimension
         let reduced = options.reduceDims ?? LeanVecProjection.defaultDim(d)
-        if options.codec != .none {
+        if codec != .none {
             guard reduced >= 1 && reduced <= d else {
                 throw FathomError(.invalidArgument, "--reduce-dims \(reduced) must be between 1 and the dimension \(d)")
             }
         }
-        let recordBytes = 4 + (options.codec.lvqKind.map { LVQCodec.bytesPerVector(kind: $0, dim: reduced) } ?? d * storedType.size)
+        let recordBytes = 4 + (codec.lvqKind.map { LVQCodec.bytesPerVector(kind: $0, dim: reduced) } ?? d * storedType.size)
         // The posting cap: twice the mean posting length the closure can produce (or given).
         func pagesFor(heads H: Int, factor: Double = 2) -> Int {
             if let p = options.postingPages { return p }
@@ -174,7 +233,7 @@ public final class IndexBuilder {
             return [("train", train), ("assign", assign), ("pack", pack)]
         }
 
-        let ratio = options.headRatio ?? servingRatio(n: n, d: d, reduced: options.codec == .none ? nil : reduced,
+        let ratio = options.headRatio ?? servingRatio(n: n, d: d, reduced: codec == .none ? nil : reduced,
                                                       recordBytes: recordBytes)
         var H = max(1, min(n, Int((Double(n) * ratio).rounded())))
         func sampleFor(_ H: Int) -> Int { min(n, options.sampleSize ?? max(4 * H, 50_000)) }
@@ -197,11 +256,11 @@ public final class IndexBuilder {
         guard cap >= 1 else {
             throw FathomError(.invalidArgument, "a posting of \(pages) page(s) cannot hold one \(recordBytes)-byte record; use --posting-pages \((recordBytes + 4095) / 4096) or more")
         }
-        let serving = Self.servingEstimate(n: n, heads: H, d: d, reduced: options.codec == .none ? nil : reduced,
+        let serving = Self.servingEstimate(n: n, heads: H, d: d, reduced: codec == .none ? nil : reduced,
                                            recordBytes: recordBytes, degree: R, replicas: options.replicas,
                                            threads: options.serveThreads ?? ProcessInfo.processInfo.activeProcessorCount)
-        return BuildPlan(count: n, dimension: d, reducedDimension: options.codec == .none ? d : reduced,
-                         codec: options.codec, inputType: header.elementType, storedType: storedType,
+        return BuildPlan(count: n, dimension: d, reducedDimension: codec == .none ? d : reduced,
+                         codec: codec, inputType: header.elementType, storedType: storedType,
                          heads: H, headRatio: Double(H) / Double(n), sampleSize: sampleFor(H),
                          postingPages: pages, postingCapacity: cap, recordBytes: recordBytes,
                          chunkRows: chunkRows, stageBytes: stages, budget: budget, serving: serving)
@@ -288,6 +347,7 @@ public final class IndexBuilder {
     @discardableResult
     public func build() throws -> Manifest {
         let plan = try plan()
+        if let codecReason { progress.note(codecReason) }
         progress.note(plan.description)
         BLAS.setThreads(1)
         let fp = try fingerprint(plan: plan)
@@ -434,7 +494,7 @@ public final class IndexBuilder {
         let layout = IndexLayout(directory: buildDirectory)
         try layout.writeHeads(heads, ids: headIds)
         try layout.writeGraph(graph)
-        if let kind = options.codec.lvqKind {
+        if let kind = codec.lvqKind {
             let codec = try trainCodec(sample: sample, kind: kind, plan: plan)
             try codec.write(to: layout.codecPath)
         }
@@ -584,7 +644,7 @@ public final class IndexBuilder {
         let vecBytes = d * storedType.size
         let store = try RandomAccessFile(path: layout.vectorsPath)
         let placement = IndexLayout.VectorPlacement(rowBytes: vecBytes)
-        let codec = options.codec == .none ? nil : try CompactCodec.read(from: layout.codecPath)
+        let codec = self.codec == .none ? nil : try CompactCodec.read(from: layout.codecPath)
         let full = Matrix(rows: 1, cols: d)
         let reducedScratch = Matrix(rows: 1, cols: max(plan.reducedDimension, 1))
         let raw = UnsafeMutableRawPointer.allocate(byteCount: vecBytes, alignment: 64)
@@ -653,7 +713,7 @@ public final class IndexBuilder {
     }
 
     func leanVecInfo(layout: IndexLayout) throws -> Manifest.LeanVecInfo? {
-        guard options.codec != .none else { return nil }
+        guard codec != .none else { return nil }
         let c = try CompactCodec.read(from: layout.codecPath)
         return Manifest.LeanVecInfo(kind: c.projection.kind == .ood ? "ood" : "pca",
                                     loss: c.projection.loss.isFinite ? Double(c.projection.loss) : nil,
@@ -663,7 +723,7 @@ public final class IndexBuilder {
     func publish(plan: BuildPlan, stats: Manifest.Stats, seconds: [String: Double], fingerprint: String) throws -> Manifest {
         let layout = IndexLayout(directory: buildDirectory)
         var files = [Manifest.FileEntry]()
-        for name in IndexLayout.dataFiles + (options.codec == .none ? [] : [IndexLayout.codecFile])
+        for name in IndexLayout.dataFiles + (codec == .none ? [] : [IndexLayout.codecFile])
             + (options.attributes == nil ? [] : [AttributeStore.attrsFile, AttributeStore.summariesFile]) {
             let (bytes, crc) = try fileCRC32C(buildDirectory + "/" + name)
             files.append(.init(name: name, bytes: bytes, crc32c: String(format: "%08x", crc)))
@@ -682,8 +742,8 @@ public final class IndexBuilder {
             input: .init(path: absInput, bytes: size, format: header.format.rawValue, fingerprint: fingerprint),
             build: .init(seconds: seconds, peak_rss_bytes: peakRSSBytes(), fathom_version: "0.1.0"),
             files: files,
-            codec: options.codec.rawValue,
-            reduced_dimension: options.codec == .none ? nil : plan.reducedDimension,
+            codec: codec.rawValue,
+            reduced_dimension: codec == .none ? nil : plan.reducedDimension,
             leanvec: try leanVecInfo(layout: layout),
             attributes: try attributeInfo()).sealed()
         let mpath = buildDirectory + "/manifest.json"

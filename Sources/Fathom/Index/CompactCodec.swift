@@ -6,6 +6,10 @@ import Foundation
 
 /// What the postings store for each vector.
 public enum PostingCodec: String, Sendable, Codable, CaseIterable {
+    /// Chosen at build time from the data (``IndexBuilder`` resolves it before planning):
+    /// LVQ-4 where its quantization error is small next to what the LeanVec projection
+    /// already drops, else LVQ-8. Never stored in a manifest.
+    case auto
     /// Full-precision vectors (the input element type; float32 for cosine).
     case none
     /// LeanVec projection + LVQ-8 codes (1 byte per reduced dimension + 4).
@@ -17,7 +21,7 @@ public enum PostingCodec: String, Sendable, Codable, CaseIterable {
 
     var lvqKind: LVQKind? {
         switch self {
-        case .none: return nil
+        case .none, .auto: return nil
         case .lvq8: return .lvq8
         case .lvq4: return .lvq4
         case .lvq4x8: return .lvq4x8
