@@ -201,3 +201,40 @@ final class EngineLog: @unchecked Sendable {
         #expect(m.total == m.heads + m.graph + m.table + m.codec + m.scratch)
     }
 }
+
+@Suite struct CodecChoiceTests {
+    /// Writes n × d float32 rows whose coordinate j has standard deviation `scale(j)`.
+    func write(_ dir: TempDir, _ name: String, n: Int, d: Int, scale: (Int) -> Float) throws -> String {
+        var rng = SeededRandom(seed: 11)
+        let m = Matrix(rows: n, cols: d)
+        for i in 0..<n {
+            for j in 0..<d {
+                // Sum of uniforms: roughly Gaussian, zero mean, unit variance.
+                var s: Float = 0
+                for _ in 0..<4 { s += Float(rng.below(1 << 20)) / Float(1 << 20) - 0.5 }
+                m.row(i)[j] = s * 1.732 * scale(j)
+            }
+        }
+        let w = try VectorFileWriter(path: dir.file(name), format: .fbin, elementType: .float32, dimension: d)
+        try w.append(UnsafeRawPointer(m.data), count: n)
+        try w.close()
+        return dir.file(name)
+    }
+
+    @Test func autoPicksLVQ4WhereItsErrorIsSmallAndLVQ8Elsewhere() throws {
+        let dir = TempDir()
+        var o = BuildOptions(); o.memoryBudget = 256 << 20
+        // Isotropic: the projection to D/2 drops half the variance; LVQ-4's error is small next to it.
+        let flat = try write(dir, "flat.fbin", n: 2000, d: 32) { _ in 1 }
+        let a = try IndexBuilder(input: flat, output: dir.file("a"), options: o)
+        #expect(a.codec == .lvq4, "\(a.codecReason ?? "")")
+        // A few dominant components: the projection drops almost nothing, LVQ-4's 16 levels
+        // per vector lose the small components.
+        let skewed = try write(dir, "skewed.fbin", n: 2000, d: 32) { j in j < 2 ? 100 : 1 }
+        let b = try IndexBuilder(input: skewed, output: dir.file("b"), options: o)
+        #expect(b.codec == .lvq8, "\(b.codecReason ?? "")")
+        // A given codec is kept.
+        o.codec = .lvq4
+        #expect(try IndexBuilder(input: skewed, output: dir.file("c"), options: o).codec == .lvq4)
+    }
+}
