@@ -68,12 +68,12 @@ public protocol PostingReader: AnyObject {
 
 /// postings.dat on SSD, read with the thread's IO engine (libaio + O_DIRECT by default).
 ///
-/// Postings are laid out in head order, and heads are numbered in the order of the
-/// clustering tree (docs/format.md), so the postings one query probes tend to be
-/// neighbours on disk. The reader sorts a query's postings by offset and coalesces
-/// postings whose pages touch or lie at most ``mergeGapPages`` apart into one request of
-/// at most ``maxRequestBytes``: on this class of SSD a 16–64 KiB read costs about as much
-/// as a 4 KiB one, while every extra request costs a slot of the device's IOPS.
+/// Postings are laid out in head order (the clustering tree's order). The reader sorts a
+/// query's postings by offset and coalesces postings whose pages touch or lie at most
+/// ``mergeGapPages`` apart into one request of at most ``maxRequestBytes``: on this class of
+/// SSD a 16–64 KiB read costs about as much as a 4 KiB one, while every extra request costs
+/// a slot of the device's IOPS. (In 384 dimensions a query's nearest postings are rarely
+/// neighbours in any linear order: docs/search.md has the measurement.)
 public final class DiskPostingStore: PostingStore, @unchecked Sendable {
     // Invariant: immutable after init.
     public let recordBytes: Int
@@ -105,70 +105,40 @@ final class DiskPostingReader: PostingReader {
     let engine: IOEngine
     /// Lists of the current fetch, sorted by offset.
     var order = [UInt32]()
-    /// First list (index into `order`) of each request; `runFirst[r + 1]` ends it.
-    var runFirst = [Int]()
-    let requests = RequestList()
-    var arena: UnsafeMutableRawPointer
-    var arenaBytes: Int
+    let plan = ReadPlan(arenaBytes: 256 << 10)
 
     init(store: DiskPostingStore, engine: IOEngine) {
         self.store = store
         self.engine = engine
-        arenaBytes = 256 << 10
-        arena = .allocate(byteCount: arenaBytes, alignment: 4096)
     }
 
-    deinit { arena.deallocate() }
-
-    var scratchBytes: Int { arenaBytes + order.capacity * 4 + requests.bytes }
+    var scratchBytes: Int { order.capacity * 4 + plan.scratchBytes }
 
     func stage(_ lists: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
         let table = store.table
         order.removeAll(keepingCapacity: true)
-        requests.reset()
-        runFirst.removeAll(keepingCapacity: true)
+        plan.reset()
         for h in lists where table[Int(h)].count > 0 { order.append(h) }
-        if order.isEmpty { return (UnsafeBufferPointer(start: nil, count: 0), IOCounts()) }
+        if order.isEmpty { return (plan.requests.buffer, IOCounts()) }
         order.sort { table[Int($0)].offset < table[Int($1)].offset }
-        // Coalesce into requests: [start, end) page-aligned byte ranges.
-        let gap = UInt64(store.mergeGapPages) * 4096
-        let maxBytes = UInt64(store.maxRequestBytes)
-        let fd = store.file.fd
-        var total = 0
-        var runStart: UInt64 = 0, runEnd: UInt64 = 0
-        for (i, h) in order.enumerated() {
+        let gap = UInt64(store.mergeGapPages) * 4096, maxBytes = UInt64(store.maxRequestBytes), fd = store.file.fd
+        for h in order {
             let e = table[Int(h)]
-            let s = e.offset & ~4095
-            let end = s + UInt64(e.pages) * 4096
-            if i > 0 && s <= runEnd + gap && max(end, runEnd) - runStart <= maxBytes {
-                runEnd = max(runEnd, end)
-                continue
-            }
-            if i > 0 { total += Int(runEnd - runStart); requests.append(ReadRequest(fd: fd, offset: runStart, length: Int(runEnd - runStart), buffer: arena)) }
-            runFirst.append(i)
-            runStart = s; runEnd = end
+            let start = e.offset & ~4095
+            plan.add(fd: fd, start: start, end: start + UInt64(e.pages) * 4096, gap: gap, maxBytes: maxBytes)
         }
-        total += Int(runEnd - runStart)
-        requests.append(ReadRequest(fd: fd, offset: runStart, length: Int(runEnd - runStart), buffer: arena))
-        runFirst.append(order.count)
-        if total > arenaBytes {
-            arena.deallocate()
-            arenaBytes = max(total, arenaBytes * 2)
-            arena = .allocate(byteCount: arenaBytes, alignment: 4096)
-        }
-        requests.placeBuffers(in: arena)
-        let counts = IOCounts(requests: requests.count, bytes: total, roundTrips: 1, items: order.count)
-        return (requests.buffer, counts)
+        let (rq, total) = plan.finish()
+        return (rq, IOCounts(requests: rq.count, bytes: total, roundTrips: 1, items: order.count))
     }
 
     func deliver(_ r: Int, _ result: Result<Int, FathomError>, verify: Bool,
                  visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> FathomError? {
         if case .failure(let e) = result { return e }
         let table = store.table
-        let req = requests[r]
+        let req = plan.requests[r]
         let recordBytes = store.recordBytes
         var failure: FathomError? = nil
-        for i in runFirst[r]..<runFirst[r + 1] {
+        for i in plan.items(of: r) {
             let h = order[i]
             let e = table[Int(h)]
             let base = UnsafeRawPointer(req.buffer) + Int(e.offset - req.offset)
@@ -257,6 +227,66 @@ final class ResidentPostingReader: PostingReader {
         }
         return counts
     }
+}
+
+/// How a reader turns sorted byte ranges into few requests: ranges that touch or lie at
+/// most `gap` apart join the current request while it stays within `maxBytes`; each request
+/// remembers which of the added items (in order of addition) it carries; every request gets
+/// its slice of one 4 KiB-aligned arena that grows as needed. Shared by the posting and
+/// vector readers: the one place where reads are coalesced.
+final class ReadPlan {
+    let requests = RequestList()
+    /// First item of each request; `first[r + 1]` ends it.
+    private var first = [Int]()
+    private var items = 0
+    private var runStart: UInt64 = 0, runEnd: UInt64 = 0, fd: Int32 = -1
+    private var total = 0
+    private(set) var arena: UnsafeMutableRawPointer
+    private(set) var arenaBytes: Int
+
+    init(arenaBytes: Int) {
+        self.arenaBytes = arenaBytes
+        arena = .allocate(byteCount: arenaBytes, alignment: 4096)
+    }
+    deinit { arena.deallocate() }
+
+    func reset() { requests.reset(); first.removeAll(keepingCapacity: true); items = 0; total = 0 }
+
+    /// Adds the next item's page-aligned range `[start, end)` (ranges come sorted by start).
+    func add(fd: Int32, start: UInt64, end: UInt64, gap: UInt64, maxBytes: UInt64) {
+        if items > 0 && start <= runEnd + gap && max(end, runEnd) - runStart <= maxBytes {
+            runEnd = max(runEnd, end)
+        } else {
+            close()
+            first.append(items)
+            self.fd = fd; runStart = start; runEnd = end
+        }
+        items += 1
+    }
+
+    private func close() {
+        guard items > 0 else { return }
+        total += Int(runEnd - runStart)
+        requests.append(ReadRequest(fd: fd, offset: runStart, length: Int(runEnd - runStart), buffer: arena))
+    }
+
+    /// Ends the plan: the requests, pointed at the arena, and their total bytes.
+    func finish() -> (UnsafeBufferPointer<ReadRequest>, Int) {
+        close()
+        first.append(items)
+        if total > arenaBytes {
+            arena.deallocate()
+            arenaBytes = max(total, arenaBytes * 2)
+            arena = .allocate(byteCount: arenaBytes, alignment: 4096)
+        }
+        requests.placeBuffers(in: arena)
+        return (requests.buffer, total)
+    }
+
+    /// The items request `r` carries.
+    func items(of r: Int) -> Range<Int> { first[r]..<first[r + 1] }
+
+    var scratchBytes: Int { arenaBytes + requests.bytes + first.capacity * 8 }
 }
 
 /// A reader's growable list of read requests, in storage that stays put between a stage

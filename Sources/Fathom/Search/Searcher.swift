@@ -129,16 +129,7 @@ public final class Searcher {
     /// Non-allocating form: writes up to `k` neighbours to `out`, returns how many.
     public func search(_ q: UnsafeBufferPointer<Float>, k: Int, parameters p: SearchParameters,
                        filter: PreparedFilter? = nil, into out: UnsafeMutablePointer<Neighbor>) throws -> Int {
-        guard k >= 1 else { throw FathomError(.invalidArgument, "k = \(k): k must be at least 1") }
-        guard k <= index.count else {
-            throw FathomError(.invalidArgument, "k = \(k) exceeds the \(index.count) vectors in the index")
-        }
-        guard p.probes >= 1 else { throw FathomError(.invalidArgument, "probes = \(p.probes) must be at least 1") }
-        if let r = p.rerank, r < 1 { throw FathomError(.invalidArgument, "rerank = \(r) must be at least 1") }
-        try load(q)
-        stats = QueryStats()
-        badId = nil
-        begin(k: k, parameters: p)
+        try prepare(q, k: k, parameters: p)
         if let filter { return try searchFiltered(k: k, parameters: p, filter: filter, into: out) }
         routeAndPlan(parameters: p)
         // fetch + score + dedup
@@ -175,16 +166,7 @@ public final class Searcher {
     /// reads and returns them (to be submitted on the thread's ``AsyncIOEngine``). Empty
     /// requests mean the phase needs no IO: call ``advance()`` at once.
     func start(_ q: UnsafeBufferPointer<Float>, k: Int, parameters p: SearchParameters) throws -> UnsafeBufferPointer<ReadRequest> {
-        guard k >= 1 else { throw FathomError(.invalidArgument, "k = \(k): k must be at least 1") }
-        guard k <= index.count else {
-            throw FathomError(.invalidArgument, "k = \(k) exceeds the \(index.count) vectors in the index")
-        }
-        guard p.probes >= 1 else { throw FathomError(.invalidArgument, "probes = \(p.probes) must be at least 1") }
-        if let r = p.rerank, r < 1 { throw FathomError(.invalidArgument, "rerank = \(r) must be at least 1") }
-        try load(q)
-        stats = QueryStats()
-        badId = nil
-        begin(k: k, parameters: p)
+        try prepare(q, k: k, parameters: p)
         routeAndPlan(parameters: p)
         asyncVerify = p.verifyChecksums
         asyncError = nil
@@ -235,6 +217,20 @@ public final class Searcher {
         }
         phase = .idle
         return nil
+    }
+
+    /// Checks the arguments and loads the query; resets the counters and heaps for it.
+    func prepare(_ q: UnsafeBufferPointer<Float>, k: Int, parameters p: SearchParameters) throws {
+        guard k >= 1 else { throw FathomError(.invalidArgument, "k = \(k): k must be at least 1") }
+        guard k <= index.count else {
+            throw FathomError(.invalidArgument, "k = \(k) exceeds the \(index.count) vectors in the index")
+        }
+        guard p.probes >= 1 else { throw FathomError(.invalidArgument, "probes = \(p.probes) must be at least 1") }
+        if let r = p.rerank, r < 1 { throw FathomError(.invalidArgument, "rerank = \(r) must be at least 1") }
+        try load(q)
+        stats = QueryStats()
+        badId = nil
+        begin(k: k, parameters: p)
     }
 
     /// Sizes the heaps for `k` (and the re-rank depth) and prepares the scorer for the query.

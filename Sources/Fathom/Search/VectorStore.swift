@@ -58,64 +58,41 @@ final class DiskVectorReader: VectorReader {
     let engine: IOEngine
     /// Positions into the staged ids, sorted by row offset.
     var order = [Int32]()
-    /// First position (into `order`) of each request; `runFirst[r + 1]` ends it.
-    var runFirst = [Int]()
-    let requests = RequestList()
+    let plan = ReadPlan(arenaBytes: 64 << 10)
     var staged = UnsafeBufferPointer<UInt32>(start: nil, count: 0)
-    var arena: UnsafeMutableRawPointer
-    var arenaBytes: Int
 
     init(store: DiskVectorStore, engine: IOEngine) {
         self.store = store
         self.engine = engine
-        arenaBytes = 64 << 10
-        arena = .allocate(byteCount: arenaBytes, alignment: 4096)
     }
 
-    deinit { arena.deallocate() }
-
-    var scratchBytes: Int { arenaBytes + order.capacity * 4 + requests.bytes }
+    var scratchBytes: Int { order.capacity * 4 + plan.scratchBytes }
 
     func stage(_ ids: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
         let n = ids.count
         staged = ids
-        requests.reset()
-        runFirst.removeAll(keepingCapacity: true)
-        if n == 0 { return (requests.buffer, IOCounts()) }
+        plan.reset()
+        if n == 0 { return (plan.requests.buffer, IOCounts()) }
         let placement = store.placement
-        let rowBytes = placement.rowBytes
+        let rowBytes = UInt64(placement.rowBytes)
         order.removeAll(keepingCapacity: true)
         for i in 0..<n { order.append(Int32(i)) }
         order.sort { ids[Int($0)] < ids[Int($1)] }   // row offsets grow with the id
-        var total = 0
-        var runStart: UInt64 = 0, runEnd: UInt64 = 0
         let fd = store.file.fd
-        for (j, i) in order.enumerated() {
+        for i in order {
             let off = placement.offset(Int(ids[Int(i)]))
-            let s = off & ~4095
-            let end = (off + UInt64(rowBytes) + 4095) & ~4095
-            if j > 0 && s <= runEnd { runEnd = max(runEnd, end); continue }
-            if j > 0 { total += Int(runEnd - runStart); requests.append(ReadRequest(fd: fd, offset: runStart, length: Int(runEnd - runStart), buffer: arena)) }
-            runFirst.append(j)
-            runStart = s; runEnd = end
+            // Rows on the same page share a request; a gap would cost a whole extra page.
+            plan.add(fd: fd, start: off & ~4095, end: (off + rowBytes + 4095) & ~4095, gap: 0, maxBytes: .max)
         }
-        total += Int(runEnd - runStart)
-        requests.append(ReadRequest(fd: fd, offset: runStart, length: Int(runEnd - runStart), buffer: arena))
-        runFirst.append(n)
-        if total > arenaBytes {
-            arena.deallocate()
-            arenaBytes = max(total, arenaBytes * 2)
-            arena = .allocate(byteCount: arenaBytes, alignment: 4096)
-        }
-        requests.placeBuffers(in: arena)
-        return (requests.buffer, IOCounts(requests: requests.count, bytes: total, roundTrips: 1, items: n))
+        let (rq, total) = plan.finish()
+        return (rq, IOCounts(requests: rq.count, bytes: total, roundTrips: 1, items: n))
     }
 
     func deliver(_ r: Int, _ result: Result<Int, FathomError>, visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError? {
         if case .failure(let e) = result { return e }
-        let req = requests[r]
+        let req = plan.requests[r]
         let placement = store.placement
-        for j in runFirst[r]..<runFirst[r + 1] {
+        for j in plan.items(of: r) {
             let i = Int(order[j])
             let off = placement.offset(Int(staged[i]))
             try visit(i, UnsafeRawPointer(req.buffer) + Int(off - req.offset))
