@@ -159,12 +159,7 @@ final class DiskPostingReader: PostingReader {
     func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
                visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts {
         let (staged, counts) = stage(lists)
-        if staged.isEmpty { return counts }
-        var firstError: FathomError? = nil
-        try engine.read(staged, path: store.path) { r, result in
-            if let e = try deliver(r, result, verify: verify, visit: visit), firstError == nil { firstError = e }
-        }
-        if let e = firstError { throw e }
+        try readStaged(staged, engine: engine, path: store.path) { try deliver($0, $1, verify: verify, visit: visit) }
         return counts
     }
 }
@@ -227,6 +222,18 @@ final class ResidentPostingReader: PostingReader {
         }
         return counts
     }
+}
+
+/// One round trip of staged requests: hands each completion to `deliver` (which returns the
+/// request's error, if any) and throws the first error once every request was delivered.
+func readStaged(_ requests: UnsafeBufferPointer<ReadRequest>, engine: IOEngine, path: String,
+                deliver: (Int, Result<Int, FathomError>) throws -> FathomError?) throws {
+    if requests.isEmpty { return }
+    var firstError: FathomError? = nil
+    try engine.read(requests, path: path) { r, result in
+        if let e = try deliver(r, result), firstError == nil { firstError = e }
+    }
+    if let e = firstError { throw e }
 }
 
 /// How a reader turns sorted byte ranges into few requests: ranges that touch or lie at

@@ -103,12 +103,7 @@ final class DiskVectorReader: VectorReader {
     func fetch(_ ids: UnsafeBufferPointer<UInt32>,
                visit: (Int, UnsafeRawPointer) throws -> Void) throws -> IOCounts {
         let (rq, counts) = stage(ids)
-        if rq.isEmpty { return counts }
-        var firstError: FathomError? = nil
-        try engine.read(rq, path: store.path) { r, result in
-            if let e = try deliver(r, result, visit: visit), firstError == nil { firstError = e }
-        }
-        if let e = firstError { throw e }
+        try readStaged(rq, engine: engine, path: store.path) { try deliver($0, $1, visit: visit) }
         return counts
     }
 }
