@@ -52,15 +52,38 @@ final class EngineLog: @unchecked Sendable {
         let (_, q) = try Self.build(dir, codec: codec)
         let index = try VectorIndex.open(at: dir.file("idx"), io: .aio)
         #expect(index.canPipeline)
-        let p = SearchParameters(probes: 6)
         let flat = Array(UnsafeBufferPointer(start: q.data, count: q.rows * q.cols))
-        for (threads, window) in [(1, 4), (2, 3), (1, 16)] {
+        for (threads, window, p) in [(1, 4, SearchParameters(probes: 6)), (2, 3, SearchParameters(probes: 6)),
+                                     (1, 16, SearchParameters(probes: 6))] {
             let batch = flat.withUnsafeBufferPointer { index.search(batch: $0, count: q.rows, k: 10, parameters: p, threads: threads, window: window) }
             for i in 0..<q.rows {
                 let one = try index.search(Array(UnsafeBufferPointer(start: q.row(i), count: q.cols)), k: 10, parameters: p)
                 guard case .success(let got) = batch[i] else { Issue.record("query \(i) failed: \(batch[i])"); continue }
                 #expect(got == one, "query \(i), \(threads) thread(s) × \(window)")
             }
+        }
+    }
+
+    /// One page per vectors.dat row and a deep re-rank: a query's second phase submits far
+    /// more requests than the first, and every slot's must fit the thread's IO context.
+    @Test func pipelinedDeepRerankFitsTheIOContext() throws {
+        let dir = TempDir()
+        let (_, q) = try writeSynthetic(dir: dir, n: 1200, d: 1024, nq: 12)
+        var o = BuildOptions()
+        o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.codec = .lvq8; o.reduceDims = 32
+        try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
+        let index = try VectorIndex.open(at: dir.file("idx"), io: .aio)
+        let p = SearchParameters(probes: 60, maxDistRatio: .infinity, rerank: 300)
+        let flat = Array(UnsafeBufferPointer(start: q.data, count: q.rows * q.cols))
+        let batch = flat.withUnsafeBufferPointer { index.search(batch: $0, count: q.rows, k: 10, parameters: p, threads: 1, window: 4) }
+        for i in 0..<q.rows {
+            let one = try index.withSearcher { s in
+                let r = try s.search(UnsafeBufferPointer(start: q.row(i), count: q.cols), k: 10, parameters: p)
+                #expect(s.stats.vectorsReranked == 300 && s.stats.ioRequests > 128, "\(s.stats)")
+                return r
+            }
+            guard case .success(let got) = batch[i] else { Issue.record("query \(i) failed: \(batch[i])"); continue }
+            #expect(got == one, "query \(i)")
         }
     }
 

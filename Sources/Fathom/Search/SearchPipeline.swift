@@ -22,7 +22,10 @@ struct SearchPipeline {
              next: () -> Int?, started: (Int) -> Void = { _ in },
              out: (Int, Result<[Neighbor], FathomError>, QueryStats) -> Void) throws {
         let d = index.dimension
-        let engine = try AIOEngine(depth: max(64, window * 128))
+        // A query's phase submits at most `probes` posting requests (coalescing only merges)
+        // or its re-rank depth of vector requests: room for every slot's largest phase.
+        let perQuery = max(p.probes, p.rerank ?? index.defaultRerank(k: k), 1)
+        let engine = try AIOEngine(depth: max(64, window * perQuery))
         let searchers = try (0..<window).map { _ in try Searcher(index: index, engine: engine) }
         var query = [Int](repeating: -1, count: window)   // the query each slot answers, -1: free
         var done = [Int]()
