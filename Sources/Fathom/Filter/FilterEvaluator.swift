@@ -824,6 +824,10 @@ public struct CodeFilter: @unchecked Sendable {
     public let passesEverything: Bool
     /// True if every vector is rejected.
     public let rejectsEverything: Bool
+    /// True if the codes decide the filter exactly: ``mayMatch(codes:)`` is then the exact
+    /// answer (every leaf on an exact column — categories, ints with few values — and no
+    /// boundary cell), so survivors need no check on the raw values.
+    public let decides: Bool
 
     init(root: BoundNode, quantized q: QuantizedAttributes) {
         var b = Builder(q: q)
@@ -843,6 +847,7 @@ public struct CodeFilter: @unchecked Sendable {
         view = View(nodes: owner.nodes, children: owner.children, tables: owner.tables, conjuncts: owner.conjuncts,
                     conjunctCount: conj.count, root: r)
         bytesPerVector = q.bytesPerVector
+        decides = b.isDefinite(r)
         passesEverything = rn.kind == 0 && rn.tri & 1 != 0
         rejectsEverything = rn.kind == 0 && rn.tri & 1 == 0
     }
@@ -889,6 +894,21 @@ public struct CodeFilter: @unchecked Sendable {
         var tables = [UInt8]()
         /// Table start -> fraction of build-time rows whose cell passes (orders the fast path).
         var passRate = [Int: Double]()
+        /// Starts of tables with a "maybe" entry for some cell that occurs.
+        var indefinite = Set<Int>()
+
+        /// True if the program's result for every code is "true" or "false", never "maybe":
+        /// then the codes decide the filter exactly (no raw-value check needed).
+        func isDefinite(_ i: Int) -> Bool {
+            let n = nodes[i]
+            switch n.kind {
+            case 0: return n.tri != triMaybe
+            case 1: return !indefinite.contains(Int(n.start))
+            case 2, 3: return (0..<Int(n.count)).allSatisfy { isDefinite(Int(children[Int(n.start) + $0])) }
+            case 4: return isDefinite(Int(n.start))
+            default: return false
+            }
+        }
 
         mutating func add(_ n: Program.Node) -> Int { nodes.append(n); return nodes.count - 1 }
 
@@ -952,6 +972,11 @@ public struct CodeFilter: @unchecked Sendable {
             }
         }
 
+        static func exactInt(_ d: Double) -> Int64? {
+            guard d.isFinite, d.rounded() == d, abs(d) < 9.0e15 else { return nil }
+            return Int64(d)
+        }
+
         mutating func table(_ node: BoundNode, _ c: QuantizedAttributes.Column) -> Int {
             let size = c.bits == 0 ? 1 : 1 << c.bits
             var t = [UInt8](repeating: triMaybe, count: size)
@@ -959,8 +984,15 @@ public struct CodeFilter: @unchecked Sendable {
             case .numeric:
                 for cell in 0..<min(size, c.cellCount) {
                     if c.type == .int {
-                        let L = cell == 0 ? Int64.min : c.intBoundaries[cell - 1]
-                        let H = cell >= c.intBoundaries.count ? Int64.max : c.intBoundaries[cell] - 1
+                        var L = cell == 0 ? Int64.min : c.intBoundaries[cell - 1]
+                        var H = cell >= c.intBoundaries.count ? Int64.max : c.intBoundaries[cell] - 1
+                        // The codes describe this table's rows: a cell holds only the values
+                        // between its observed min and max (an open-ended edge cell of a 0/1
+                        // column is then just {1}, and `flag = 1` is decided by the codes).
+                        if cell < c.cellMin.count, cell < c.cellCounts.count, c.cellCounts[cell] > 0,
+                           let lo = Self.exactInt(c.cellMin[cell]), let hi = Self.exactInt(c.cellMax[cell]), lo <= hi {
+                            L = max(L, lo); H = min(H, hi)
+                        }
                         t[cell] = node.tri { LeafTri.int($0, lo: L, hi: H) }
                     } else {
                         let lo = cell == 0 ? -Double.infinity : c.boundaries[cell - 1]
@@ -991,6 +1023,8 @@ public struct CodeFilter: @unchecked Sendable {
             }
             let start = tables.count
             tables += t
+            let valid = min(size, c.cellCount)
+            if t.prefix(valid).contains(triMaybe) { indefinite.insert(start) }
             let total = c.cellCounts.reduce(0.0) { $0 + Double($1) }
             if total > 0 {
                 var pass = 0.0

@@ -91,12 +91,23 @@ struct AttributeStore: Sendable {
 }
 
 /// A filter prepared against an index once and reused for every query that carries it:
-/// the exact predicate, its per-cell lookup tables and its estimated selectivity.
+/// the exact predicate, its per-cell lookup tables, its compiled block program and its
+/// estimated selectivity. Immutable and `Sendable`: share it between threads.
 public struct PreparedFilter: Sendable {
     public let bound: BoundFilter
     let codes: CodeFilter
+    /// The exact predicate as a flat program over the raw columns (block evaluation).
+    let program: FilterProgram
     /// Estimated fraction of vectors that match (from the quantized histograms).
     public let selectivity: Double
     /// Source text, for reports.
     public let text: String
+
+    init(bound: BoundFilter, store a: AttributeStore, text: String) {
+        self.bound = bound
+        codes = bound.cellMask(quantized: a.quantized)
+        program = FilterProgram(bound, table: a.table)
+        selectivity = bound.estimateSelectivity(quantized: a.quantized, table: a.table)
+        self.text = text
+    }
 }

@@ -3,83 +3,186 @@ import FathomCore
 import FathomMath
 import FathomStorage
 
-/// A filter bound to the index's attributes for one query: the record test the pipeline's
-/// scoring stage applies (OSQ codes first, which reject most non-matches without touching
-/// the raw attributes, then the exact predicate).
-struct FilterContext {
-    let filter: PreparedFilter
-    let attrs: AttributeStore
+/// How a filtered query was answered (``FilterPlan``).
+public enum FilterPlanKind: String, Sendable, Codable, CaseIterable {
+    /// The index walk: nearest postings first, summaries skipping postings that cannot match,
+    /// codes and the compiled predicate rejecting records before any distance.
+    case walk
+    /// The bitmap path: every matching id, ranked by its full vector.
+    case exact
+    /// The walk found fewer than k matches in the postings it could afford; the exact path
+    /// answered.
+    case walkThenExact = "walk+exact"
+}
 
-    @inline(__always)
-    func matches(_ id: UInt32) -> Bool {
-        let row = Int(id)
-        return attrs.quantized.withCodes(row: row, { filter.codes.mayMatch(codes: $0) })
-            && filter.bound.matches(row: row, table: attrs.table)
+/// The planner's choice for one filtered query and the figures it chose by, reported in
+/// ``QueryStats/filterPlan`` and by `fathom search` (docs/filters.md, "The planner").
+/// A value type, `Sendable`.
+public struct FilterPlan: Sendable, Equatable {
+    public var kind: FilterPlanKind
+    /// Matching vectors the planner expected (estimated selectivity × count; for the exact
+    /// path, the exact count once enumerated).
+    public var estimatedMatches: Double
+    /// Postings the walk planned to read (probes·√(1/s)).
+    public var plannedPostings: Int
+    /// Estimated IO requests of the walk (postings plus re-rank reads) and of the exact path
+    /// (one read per match).
+    public var walkCost: Double
+    public var exactCost: Double
+    /// Walk: fraction of the records of the read postings that matched (the local
+    /// selectivity the walk re-planned with).
+    public var observedSelectivity: Double? = nil
+    /// Walk: rounds of posting reads (each one round trip).
+    public var rounds = 0
+}
+
+/// The cost model of filtered search, in IO requests (on this class of SSD a query costs
+/// its requests and round trips, not its bytes: docs/search.md).
+enum FilterPlanner {
+    /// Postings the walk reads for a filter of selectivity `s`: the filtered k nearest lie
+    /// about as far as the unfiltered k/s nearest, which `probes·√(1/s)` postings cover
+    /// (docs/filters.md).
+    static func walkPostings(selectivity s: Double, probes: Int, heads: Int) -> Int {
+        let t = (Double(probes) * (1 / max(s, 1e-6)).squareRoot()).rounded(.up)
+        return max(1, min(heads, Int(min(t, Double(Int32.max)))))
+    }
+
+    /// Chooses between the walk and the exact path for `matches` (estimated) matching
+    /// vectors among `count`: the exact path costs one read per match, the walk its postings
+    /// plus `rerank` re-rank reads (0 for exact codecs).
+    static func plan(matches: Double, count: Int, heads: Int, probes: Int, rerank: Int) -> FilterPlan {
+        let s = matches / Double(max(count, 1))
+        let postings = walkPostings(selectivity: s, probes: probes, heads: heads)
+        let walk = Double(postings + rerank)
+        let exact = matches
+        return FilterPlan(kind: exact <= walk ? .exact : .walk, estimatedMatches: matches, plannedPostings: postings,
+                          walkCost: walk, exactCost: exact)
     }
 }
 
-/// Filtered search: the same pipeline as plain search with another plan (docs/filters.md).
-///
-/// - Selective filters (estimated matches ≤ `exactPathLimit`): the exact path enumerates the
-///   matching ids and ranks their full vectors, read through the ``VectorReader``.
-/// - Otherwise postings are probed nearest-first; a posting whose summary cannot match is
-///   never read; records are scored, then tested by the ``FilterContext``; `probes·√(1/s)`
-///   postings are read (no distance cutoff), in rounds of `probes`, and more until `2·k`
-///   matching candidates were kept. If the probed postings still hold fewer than k
-///   matches, the exact path runs, so a query always returns min(k, number of matches)
-///   results, and never a vector that fails the predicate.
-extension Searcher {
-    /// Estimated matches at or below which the exact path is taken.
-    func exactPathLimit() -> Double { max(2000, Double(index.count) * 0.001) }
+/// A filter bound to the index's attributes for one query: the per-posting record test of
+/// the walk (OSQ codes first, then the compiled exact predicate on the survivors), with the
+/// searcher's scratch.
+struct FilterContext {
+    let filter: PreparedFilter
+    let attrs: AttributeStore
+    let scratch: FilterScratch
+}
 
+/// Filtered search: the same route → fetch → score → re-rank stages as plain search with
+/// another plan, chosen per query by ``FilterPlanner`` (docs/filters.md):
+///
+/// - **exact**: when the matches cost fewer reads than the walk, enumerate the matching ids
+///   (codes, then the compiled predicate, over blocks of rows) and rank their full vectors.
+/// - **walk**: read the nearest postings whose summaries can match, `probes·√(1/s)` of them
+///   (half in the first round trip), reject records by codes and predicate before any
+///   distance, and keep walking, re-planned from the selectivity observed in the postings
+///   read, until `2·k` matching candidates are within the bound and the re-planned count is
+///   read. If the affordable postings hold fewer than k matches, the exact path answers.
+///
+/// So a query always returns min(k, number of matches) results, never one failing the
+/// predicate.
+extension Searcher {
     func searchFiltered(k: Int, parameters p: SearchParameters, filter: PreparedFilter,
                         into out: UnsafeMutablePointer<Neighbor>) throws -> Int {
         guard let attrs = index.attributes else {
             throw FathomError(.invalidArgument, "this index has no attributes; rebuild it with --attributes FILE to filter", path: index.path)
         }
         stats.selectivity = filter.selectivity
-        if filter.selectivity * Double(index.count) <= exactPathLimit() {
-            return try exactFiltered(k: k, filter: filter, attrs: attrs, into: out)
-        }
         let heads = index.graph.count
         let probes = min(p.probes, heads)
-        // The filtered k nearest lie about as far as the unfiltered k/s nearest: probe
-        // probes·√(1/s) postings (those whose summaries can match), and at least until 2·k
-        // matching candidates were kept.
-        let target = min(heads, Int((Double(probes) * (1 / max(filter.selectivity, 1e-4)).squareRoot()).rounded(.up)))
-        let wide = min(heads, max(64, 2 * target))
-        let found = route(count: wide, listSize: wide + 32)
+        let rerank = scorer.exact ? 0 : candidates.capacity
+        var plan = FilterPlanner.plan(matches: filter.selectivity * Double(index.count), count: index.count,
+                                      heads: heads, probes: probes, rerank: rerank)
+        let context = FilterContext(filter: filter, attrs: attrs, scratch: filterScratch)
+        if plan.kind == .exact {
+            let ids = matchingIds(context)
+            // The estimate can be wrong (correlated columns): re-plan from the exact count.
+            let real = FilterPlanner.plan(matches: Double(ids.count), count: index.count, heads: heads, probes: probes, rerank: rerank)
+            if real.kind == .exact || real.exactCost <= 2 * real.walkCost {
+                plan.estimatedMatches = Double(ids.count); plan.exactCost = Double(ids.count)
+                stats.filterPlan = plan
+                return try exactFiltered(k: k, ids: ids, into: out)
+            }
+            plan = real
+        }
+        return try walkFiltered(k: k, parameters: p, probes: probes, plan: plan, context: context, into: out)
+    }
+
+    func walkFiltered(k: Int, parameters p: SearchParameters, probes: Int, plan initial: FilterPlan,
+                      context: FilterContext, into out: UnsafeMutablePointer<Neighbor>) throws -> Int {
+        var plan = initial
+        let heads = index.graph.count
+        let s0 = max(plan.estimatedMatches / Double(max(index.count, 1)), 1e-6)
+        // Walk at most this far (4× the plan, and never past the reads the exact path would
+        // cost); route that many heads once.
+        let cap = min(heads, max(plan.plannedPostings * 4, Int(min(plan.exactCost, Double(heads))), 64))
+        let found = route(count: cap, listSize: cap + 32)
         resetSeen(expected: 4096)
-        let context = FilterContext(filter: filter, attrs: attrs)
+        let sc = context.scratch
+        sc.records = 0; sc.matched = 0
         let needed = 2 * k
         var passing = 0, probed = 0, cursor = 0
-        while cursor < found {
-            if passing >= needed && probed >= target { break }
+        var target = plan.plannedPostings
+        var round = max(probes, (target + 1) / 2)
+        while cursor < found && probed < cap {
             lists.removeAll(keepingCapacity: true)
-            while cursor < found && lists.count < probes {
+            while cursor < found && lists.count < round {
                 let h = Int(candIds[cursor]); cursor += 1
                 if index.postingStore.count(of: h) == 0 { continue }
-                if !filter.bound.mayMatch(summary: attrs.summaries[h]) { stats.postingsSkipped += 1; continue }
+                if !context.filter.bound.mayMatch(summary: context.attrs.summaries[h]) { stats.postingsSkipped += 1; continue }
                 lists.append(UInt32(h))
             }
-            if lists.isEmpty { continue }
+            if lists.isEmpty { break }
             probed += lists.count
-            passing += try fetchAndScore(verify: p.verifyChecksums, filter: context)
+            plan.rounds += 1
+            passing += try fetchAndScoreFiltered(verify: p.verifyChecksums, context: context)
+            // Re-plan from the postings read: a filter correlated with this neighbourhood
+            // (more matches here than overall) needs fewer postings, an anti-correlated one more.
+            // The prior (64 records at the global estimate) steadies the first rounds.
+            let prior = 64.0
+            let local = (Double(sc.matched) + prior * s0) / (Double(sc.records) + prior)
+            plan.observedSelectivity = sc.records > 0 ? Double(sc.matched) / Double(sc.records) : nil
+            target = FilterPlanner.walkPostings(selectivity: local, probes: probes, heads: heads)
+            if passing >= needed && probed >= target { break }
+            round = max(probes, min(target - probed, cap - probed))
         }
         if !scorer.exact { try rerank() }
         if heap.count < k {
-            // The probed postings hold fewer than k matches: rank every match exactly.
+            // The postings walked hold fewer than k matches: rank every match exactly.
             heap.reset()
-            return try exactFiltered(k: k, filter: filter, attrs: attrs, into: out)
+            plan.kind = .walkThenExact
+            let ids = matchingIds(context)
+            plan.exactCost = Double(ids.count)
+            stats.filterPlan = plan
+            return try exactFiltered(k: k, ids: ids, into: out)
         }
+        stats.filterPlan = plan
         return finish(k: k, into: out)
     }
 
-    /// Ranks every matching vector by its exact distance (vectors read in round trips of
-    /// at most 256 rows).
-    func exactFiltered(k: Int, filter: PreparedFilter, attrs: AttributeStore, into out: UnsafeMutablePointer<Neighbor>) throws -> Int {
+    /// Every id matching the filter: codes over blocks of rows, then the compiled predicate
+    /// on the survivors.
+    func matchingIds(_ f: FilterContext) -> [UInt32] {
+        var out = [UInt32]()
+        let n = index.count, block = 4096
+        let sc = f.scratch
+        sc.reserveRows(block, recordBytes: 0)
+        var start = 0
+        while start < n {
+            let m0 = min(block, n - start)
+            for i in 0..<m0 { sc.ids[i] = UInt32(start + i) }
+            var m = f.filter.codes.select(sc.ids, aux: nil, count: m0, quantized: f.attrs.quantized)
+            if !f.filter.codes.decides { m = f.filter.program.select(sc.ids, aux: nil, count: m, table: f.attrs.table, scratch: sc) }
+            out.append(contentsOf: UnsafeBufferPointer(start: sc.ids, count: m))
+            start += m0
+        }
+        return out
+    }
+
+    /// Ranks `ids` by their exact distances (vectors read in round trips of at most 256 rows).
+    func exactFiltered(k: Int, ids: [UInt32], into out: UnsafeMutablePointer<Neighbor>) throws -> Int {
         stats.exactPath = true
-        let ids = filter.bound.matchingRows(in: attrs.table, quantized: attrs.quantized)
         let batch = 256
         try ids.withUnsafeBufferPointer { all in
             var start = 0
@@ -91,5 +194,71 @@ extension Searcher {
             }
         }
         return finish(k: k, into: out)
+    }
+
+    /// Reads the postings in `lists` (one round trip) and offers their matching records;
+    /// returns how many distinct matching records scored within the current bound.
+    func fetchAndScoreFiltered(verify: Bool, context: FilterContext) throws -> Int {
+        var passing = 0
+        let recordBytes = index.postingStore.recordBytes
+        try lists.withUnsafeBufferPointer { l in
+            let c = try postings.fetch(l, verify: verify) { h, records, count in
+                passing += collectFiltered(records, count: count, recordBytes: recordBytes, filter: context, list: h)
+            }
+            stats.add(c, postings: true)
+        }
+        try checkIds()
+        return passing
+    }
+
+    /// One posting of the walk: the ids are checked (a corrupt id fails the query), the codes
+    /// and then the compiled predicate keep the matching records (a block at a time), and
+    /// only those are scored: the whole posting in one kernel call when most match, else
+    /// the survivors gathered into one contiguous block and scored in one call.
+    func collectFiltered(_ records: UnsafeRawPointer, count: Int, recordBytes: Int, filter f: FilterContext, list: UInt32) -> Int {
+        let sc = f.scratch
+        sc.reserveRows(count, recordBytes: recordBytes)
+        if count > scoreCapacity {
+            scores.deallocate(); scoreCapacity = count; scores = .allocate(capacity: count)
+        }
+        let ids = sc.ids, slots = sc.slots
+        let n = UInt32(index.count)
+        var m = 0
+        for j in 0..<count {
+            let id = UInt32(littleEndian: records.loadUnaligned(fromByteOffset: j * recordBytes, as: UInt32.self))
+            if id >= n { if badId == nil { badId = (id, list, j) }; continue }
+            ids[m] = id; slots[m] = Int32(j); m += 1
+        }
+        sc.records += m
+        m = f.filter.codes.select(ids, aux: slots, count: m, quantized: f.attrs.quantized)
+        if m > 0 && !f.filter.codes.decides {
+            m = f.filter.program.select(ids, aux: slots, count: m, table: f.attrs.table, scratch: sc)
+        }
+        sc.matched += m
+        if m == 0 { return 0 }
+        let whole = 2 * m >= count
+        if whole {
+            scorer.score(records + 4, count: count, stride: recordBytes, into: scores)
+            stats.candidatesScored += count
+        } else {
+            let g = sc.gathered
+            for i in 0..<m {
+                (g + i * recordBytes).copyMemory(from: records + Int(slots[i]) * recordBytes, byteCount: recordBytes)
+            }
+            scorer.score(UnsafeRawPointer(g) + 4, count: m, stride: recordBytes, into: scores)
+            stats.candidatesScored += m
+        }
+        let target = scorer.exact ? heap : candidates
+        var bound = target.bound
+        var passing = 0
+        for i in 0..<m {
+            let dist = whole ? scores[Int(slots[i])] : scores[i]
+            if dist > bound { continue }
+            let id = ids[i]
+            if !insertSeen(id) { continue }
+            passing += 1
+            if target.push(dist, id) { bound = target.bound }
+        }
+        return passing
     }
 }

@@ -28,6 +28,11 @@ public struct SearchReportRow: Sendable, Codable {
     public var mean_candidates: Double? = nil
     /// Filtered runs: queries answered by the exact path.
     public var exact_path_queries: Int? = nil
+    /// Filtered runs: queries per plan the planner chose (`walk`, `exact`, `walk+exact`).
+    public var filter_plans: [String: Int]? = nil
+    /// Filtered runs: postings skipped unread (summaries) and posting rounds, per query.
+    public var mean_postings_skipped: Double? = nil
+    public var mean_filter_rounds: Double? = nil
 }
 
 /// Runs a query set against an index at several settings and measures it the way
@@ -155,7 +160,10 @@ public enum SearchBenchmark {
                                         failed_queries: failed.count,
                                         selectivity: filters.map { fs in fs.compactMap { $0?.selectivity }.reduce(0, +) / Double(max(1, fs.compactMap { $0 }.count)) },
                                         mean_candidates: mean(\.candidatesScored),
-                                        exact_path_queries: filters == nil ? nil : qstats.filter(\.exactPath).count))
+                                        exact_path_queries: filters == nil ? nil : qstats.filter(\.exactPath).count,
+                                        filter_plans: filters == nil ? nil : Dictionary(qstats.compactMap { $0.filterPlan?.kind.rawValue }.map { ($0, 1) }, uniquingKeysWith: +),
+                                        mean_postings_skipped: filters == nil ? nil : mean(\.postingsSkipped),
+                                        mean_filter_rounds: filters == nil ? nil : mean { $0.filterPlan?.rounds ?? 0 }))
             if !failed.isEmpty { progress.note("probes \(p): \(failed.count) queries failed; first: \(failed[0])") }
             lastIds = ids; lastDists = dists
         }
@@ -168,7 +176,7 @@ public enum SearchBenchmark {
         let filtered = rows.contains { $0.selectivity != nil }
         var heads = ["probes", "QPS", "mean_us", "p50_us", "p99_us", "p99.9_us", "postings", "IOs", "RTs", "pages", "recall@\(k)"]
         var widths = [7, 10, 10, 10, 10, 10, 9, 7, 5, 7, 10]
-        if filtered { heads += ["selectivity", "candidates", "exact_q"]; widths += [12, 11, 8] }
+        if filtered { heads += ["selectivity", "candidates", "skipped", "rounds", "plans"]; widths += [12, 11, 8, 7, 0] }
         var s = zip(heads, widths).map { col($0, $1) }.joined(separator: " ") + "\n"
         for r in rows {
             let cells: [String] = [String(r.probes), String(format: "%.1f", r.qps), String(format: "%.1f", r.mean_us),
@@ -176,7 +184,9 @@ public enum SearchBenchmark {
                          String(format: "%.1f", r.mean_postings), String(format: "%.1f", r.mean_ios),
                          String(format: "%.1f", r.mean_round_trips), String(format: "%.1f", r.mean_pages),
                          r.recall.map { String(format: "%.4f", $0) } ?? "-"]
-                + (filtered ? [String(format: "%.4f", r.selectivity ?? 0), String(format: "%.1f", r.mean_candidates ?? 0), String(r.exact_path_queries ?? 0)] : [])
+                + (filtered ? [String(format: "%.4f", r.selectivity ?? 0), String(format: "%.1f", r.mean_candidates ?? 0),
+                               String(format: "%.1f", r.mean_postings_skipped ?? 0), String(format: "%.2f", r.mean_filter_rounds ?? 0),
+                               " " + (r.filter_plans ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")] : [])
             s += zip(cells, widths).map { col($0, $1) }.joined(separator: " ") + "\n"
         }
         return s

@@ -56,6 +56,8 @@ public final class Searcher {
     /// An id ≥ count met while scoring (a corrupt posting read with checksums off): the id,
     /// its posting and its record.
     var badId: (id: UInt32, list: UInt32, record: Int)? = nil
+    /// Filtered queries: the compiled predicate's working memory (FilteredSearch.swift).
+    let filterScratch = FilterScratch()
 
     init(index: VectorIndex, engine: IOEngine) throws {
         self.index = index
@@ -133,7 +135,7 @@ public final class Searcher {
         if let filter { return try searchFiltered(k: k, parameters: p, filter: filter, into: out) }
         routeAndPlan(parameters: p)
         // fetch + score + dedup
-        try fetchAndScore(verify: p.verifyChecksums, filter: nil)
+        try fetchAndScore(verify: p.verifyChecksums)
         // re-rank
         if !scorer.exact { try rerank() }
         return finish(k: k, into: out)
@@ -174,7 +176,7 @@ public final class Searcher {
         let (rq, c) = lists.withUnsafeBufferPointer { postings.stage($0) }
         stats.add(c, postings: true)
         pending = rq.count
-        if rq.isEmpty { try fetchAndScore(verify: p.verifyChecksums, filter: nil) }   // a store without IO
+        if rq.isEmpty { try fetchAndScore(verify: p.verifyChecksums) }   // a store without IO
         return rq
     }
 
@@ -186,7 +188,7 @@ public final class Searcher {
         case .postings:
             let recordBytes = index.postingStore.recordBytes
             e = postings.deliver(r, result, verify: asyncVerify) { h, records, count in
-                _ = collect(records, count: count, recordBytes: recordBytes, filter: nil, list: h)
+                _ = collect(records, count: count, recordBytes: recordBytes, list: h)
             }
         case .vectors:
             let d = index.dimension, metric = index.metric, type = index.vectorStore.elementType
@@ -256,16 +258,15 @@ public final class Searcher {
         return index.router.route(query, k: count, listSize: list, scratch: routeScratch, outIds: candIds, outDist: candDist)
     }
 
-    /// Reads the postings in `lists` (one round trip) and scores every record; with a
-    /// filter only matching records are kept. Returns how many distinct matching records
-    /// scored within the current bound.
+    /// Reads the postings in `lists` (one round trip) and scores every record. Returns how
+    /// many distinct records scored within the current bound.
     @discardableResult
-    func fetchAndScore(verify: Bool, filter: FilterContext?) throws -> Int {
+    func fetchAndScore(verify: Bool) throws -> Int {
         var passing = 0
         let recordBytes = index.postingStore.recordBytes
         try lists.withUnsafeBufferPointer { l in
             let c = try postings.fetch(l, verify: verify) { h, records, count in
-                passing += collect(records, count: count, recordBytes: recordBytes, filter: filter, list: h)
+                passing += collect(records, count: count, recordBytes: recordBytes, list: h)
             }
             stats.add(c, postings: true)
         }
@@ -285,10 +286,10 @@ public final class Searcher {
 
     /// Scores one posting's records and offers them to the heap (exact scores) or to the
     /// candidate heap (estimates). Distances are computed for the whole posting in one
-    /// kernel call; only records under the heap's bound are deduplicated and, with a
-    /// filter, tested (codes first, then raw attributes).
+    /// kernel call; only records under the heap's bound are deduplicated. (Filtered
+    /// queries score only their matching records: `collectFiltered`.)
     @inline(__always)
-    func collect(_ records: UnsafeRawPointer, count: Int, recordBytes: Int, filter: FilterContext?, list: UInt32) -> Int {
+    func collect(_ records: UnsafeRawPointer, count: Int, recordBytes: Int, list: UInt32) -> Int {
         if count > scoreCapacity {
             scores.deallocate(); scoreCapacity = count; scores = .allocate(capacity: count)
         }
@@ -305,7 +306,6 @@ public final class Searcher {
             if id >= n { if badId == nil { badId = (id, list, j) }; continue }
             let dist = scores[j]
             if dist > bound { continue }
-            if let filter, !filter.matches(id) { continue }
             if !insertSeen(id) { continue }
             passing += 1
             if target.push(dist, id) { bound = target.bound }

@@ -57,6 +57,8 @@ public struct QueryStats: Sendable {
     public var selectivity: Double? = nil
     /// Filtered queries: whether the exact path (enumerate matches) answered.
     public var exactPath = false
+    /// Filtered queries: the planner's choice and the figures it chose by (FilteredSearch.swift).
+    public var filterPlan: FilterPlan? = nil
 
     mutating func add(_ c: IOCounts, postings: Bool) {
         ioRequests += c.requests; bytesRead += c.bytes; roundTrips += c.roundTrips
@@ -302,8 +304,7 @@ public final class VectorIndex: @unchecked Sendable {
     }
 
     func prepare(_ b: BoundFilter, text: String, store a: AttributeStore) -> PreparedFilter {
-        PreparedFilter(bound: b, codes: b.cellMask(quantized: a.quantized),
-                       selectivity: b.estimateSelectivity(quantized: a.quantized, table: a.table), text: text)
+        PreparedFilter(bound: b, store: a, text: text)
     }
 
     /// Whether vector `id` matches `filter` (exact, on its raw attributes).
