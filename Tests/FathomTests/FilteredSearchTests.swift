@@ -56,3 +56,64 @@ import Testing
         #expect(throws: FathomError.self) { try index.prepareFilter("weight < 3") }
     }
 }
+
+/// The planner on an index: independent and correlated filters at 50% to 0.1%, recall against
+/// the filtered exact top-10 with the default probes (nothing tuned per filter), every result
+/// matching, min(k, matches) returned, the plan reported per query.
+@Suite struct FilterPlannerSearchTests {
+    @Test(arguments: [PostingCodec.none, .lvq8])
+    func correlatedAndIndependentFiltersKeepRecall(codec: PostingCodec) throws {
+        let dir = TempDir()
+        let n = 4000, d = 16, nq = 40
+        let (base, q) = try writeSynthetic(dir: dir, n: n, d: d, nq: nq, seed: 31)
+        var rng = SeededRandom(seed: 5)
+        let u = (0..<n).map { _ in rng.uniform() }
+        // x: the first coordinate, so `x < t` selects one side of the space (correlated with
+        // some queries' neighbourhoods, anti-correlated with others').
+        let x = (0..<n).map { Double(base.row($0)[0]) }
+        let sortedX = x.sorted()
+        var csv = "id,u:float,x:float\n"
+        for i in 0..<n { csv += "\(i),\(u[i]),\(x[i])\n" }
+        try csv.write(toFile: dir.file("attrs.csv"), atomically: true, encoding: .utf8)
+        var o = BuildOptions()
+        o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.codec = codec; o.attributes = dir.file("attrs.csv")
+        try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
+        let index = try VectorIndex.open(at: dir.file("idx"))
+        var p = SearchParameters(); p.probes = 8
+        var kinds = Set<FilterPlanKind>()
+        for s in [0.5, 0.1, 0.01, 0.002] {
+            let cases: [(String, (Int) -> Bool)] = [
+                ("u < \(s)", { u[$0] < s }),
+                ("x < \(sortedX[Int(Double(n) * s)])", { x[$0] < sortedX[Int(Double(n) * s)] }),
+            ]
+            for (text, pred) in cases {
+                let f = try index.prepareFilter(text)
+                let matching = (0..<n).filter(pred)
+                var hits = 0, total = 0
+                try index.withSearcher { searcher in
+                    for i in 0..<nq {
+                        let got = try searcher.search(UnsafeBufferPointer(start: q.row(i), count: d), k: 10, parameters: p, filter: f)
+                        let plan = try #require(searcher.stats.filterPlan)
+                        kinds.insert(plan.kind)
+                        #expect(searcher.stats.exactPath == (plan.kind != .walk))
+                        #expect(got.count == min(10, matching.count), "\(text): \(got.count) results")
+                        #expect(got.allSatisfy { pred(Int($0.id)) }, "\(text): a result fails the predicate")
+                        var all = matching.map { id -> (Float, Int) in
+                            var acc: Float = 0
+                            for j in 0..<d { let t = q.row(i)[j] - base.row(id)[j]; acc += t * t }
+                            return (acc, id)
+                        }
+                        all.sort { $0 < $1 }
+                        let truth = Set(all.prefix(10).map(\.1))
+                        hits += got.filter { truth.contains(Int($0.id)) }.count
+                        total += truth.count
+                    }
+                }
+                let recall = Double(hits) / Double(max(total, 1))
+                #expect(recall >= 0.9, "\(codec) \(text): recall \(recall)")
+            }
+        }
+        // Both plans were taken: the walk at 50%, the exact path at 0.2% (8 matches).
+        #expect(kinds.contains(.walk) && kinds.contains(.exact), "\(kinds)")
+    }
+}
