@@ -278,6 +278,16 @@ public final class FilterScratch {
     private var rowCapacity = 0, gatherCapacity = 0
     /// The walk's tally for the current query: records examined and records that matched.
     var records = 0, matched = 0
+    /// (distance, posting) pairs while a few postings are ranked directly.
+    private(set) var pairs: UnsafeMutablePointer<(Float, UInt32)> = .allocate(capacity: 1)
+    private var pairCapacity = 1
+
+    func reservePairs(_ n: Int) {
+        guard n > pairCapacity else { return }
+        pairs.deallocate()
+        pairCapacity = n
+        pairs = .allocate(capacity: n)
+    }
 
     public init() {
         depth = 1
@@ -285,7 +295,7 @@ public final class FilterScratch {
         ids = .allocate(capacity: 1); slots = .allocate(capacity: 1)
         gathered = .allocate(byteCount: 1, alignment: 64)
     }
-    deinit { masks.deallocate(); ids.deallocate(); slots.deallocate(); gathered.deallocate() }
+    deinit { masks.deallocate(); ids.deallocate(); slots.deallocate(); gathered.deallocate(); pairs.deallocate() }
 
     func reserve(_ d: Int) {
         guard d > depth else { return }

@@ -102,12 +102,31 @@ public struct PreparedFilter: Sendable {
     public let selectivity: Double
     /// Source text, for reports.
     public let text: String
+    /// Bit h set: posting h is non-empty and its summary may match (the summaries tested
+    /// once per filter, not per query).
+    let postingBits: [UInt64]
+    /// Postings whose summaries may match, when at most ``listedPostingsLimit`` do (the walk
+    /// then ranks them directly instead of routing through the head graph).
+    let postingList: [UInt32]?
+    static let listedPostingsLimit = 2048
 
-    init(bound: BoundFilter, store a: AttributeStore, text: String) {
+    /// Prepares `bound` for an index whose attributes are `a` and whose postings hold
+    /// `postingCounts(h)` records each (`heads` of them).
+    init(bound: BoundFilter, store a: AttributeStore, heads: Int, postingCount: (Int) -> Int, text: String) {
         self.bound = bound
         codes = bound.cellMask(quantized: a.quantized)
         program = FilterProgram(bound, table: a.table)
         selectivity = bound.estimateSelectivity(quantized: a.quantized, table: a.table)
         self.text = text
+        var bits = [UInt64](repeating: 0, count: (heads + 63) / 64)
+        var list = [UInt32]()
+        for h in 0..<min(heads, a.summaries.count) where postingCount(h) > 0 && bound.mayMatch(summary: a.summaries[h]) {
+            bits[h >> 6] |= 1 << UInt64(h & 63)
+            if list.count <= Self.listedPostingsLimit { list.append(UInt32(h)) }
+        }
+        postingBits = bits
+        postingList = list.count <= Self.listedPostingsLimit ? list : nil
     }
+
+    @inline(__always) func postingMayMatch(_ h: Int) -> Bool { postingBits[h >> 6] & (1 << UInt64(h & 63)) != 0 }
 }

@@ -34,6 +34,9 @@ public struct FilterPlan: Sendable, Equatable {
     public var observedSelectivity: Double? = nil
     /// Walk: rounds of posting reads (each one round trip).
     public var rounds = 0
+    /// Walk: the filter's summaries admit few postings (at most 2,048), so these were ranked
+    /// by their heads' distances directly instead of routing through the head graph.
+    public var rankedMatchingPostings = false
 }
 
 /// The cost model of filtered search, in IO requests (on this class of SSD a query costs
@@ -117,20 +120,31 @@ extension Searcher {
         // Walk at most this far (4× the plan, and never past the reads the exact path would
         // cost); route that many heads once.
         let cap = min(heads, max(plan.plannedPostings * 4, Int(min(plan.exactCost, Double(heads))), 64))
-        let found = route(count: cap, listSize: cap + 32)
+        let found: Int
+        if let listed = context.filter.postingList, listed.count * 4 <= heads {
+            // Few postings can match (a correlated or narrow filter): rank exactly those by
+            // their heads' distances, nearest first, so the walk meets no skipped posting.
+            found = rankPostings(listed)
+            plan.rankedMatchingPostings = true
+        } else {
+            found = route(count: cap, listSize: cap + 32)
+        }
         resetSeen(expected: 4096)
         let sc = context.scratch
         sc.records = 0; sc.matched = 0
         let needed = 2 * k
         var passing = 0, probed = 0, cursor = 0
         var target = plan.plannedPostings
-        var round = max(probes, (target + 1) / 2)
+        // The first round trip reads the plan, or half of it when the plan is long (a
+        // correlated filter may need far fewer; a round trip costs about as much as a few
+        // requests, so short plans are read at once).
+        var round = min(target, max(2 * probes, (target + 1) / 2))
         while cursor < found && probed < cap {
             lists.removeAll(keepingCapacity: true)
             while cursor < found && lists.count < round {
                 let h = Int(candIds[cursor]); cursor += 1
                 if index.postingStore.count(of: h) == 0 { continue }
-                if !context.filter.bound.mayMatch(summary: context.attrs.summaries[h]) { stats.postingsSkipped += 1; continue }
+                if !context.filter.postingMayMatch(h) { stats.postingsSkipped += 1; continue }
                 lists.append(UInt32(h))
             }
             if lists.isEmpty { break }
@@ -159,6 +173,21 @@ extension Searcher {
         }
         stats.filterPlan = plan
         return finish(k: k, into: out)
+    }
+
+    /// Ranks `heads` by their distance to the query into `candIds` / `candDist`, nearest
+    /// first; returns how many.
+    func rankPostings(_ heads: [UInt32]) -> Int {
+        ensureRouteCapacity(max(heads.count, 1))
+        heads.withUnsafeBufferPointer { index.router.distances(query, to: $0, scratch: routeScratch, into: candDist) }
+        let sc = filterScratch
+        sc.reservePairs(heads.count)
+        let pairs = sc.pairs
+        for i in 0..<heads.count { pairs[i] = (candDist[i], heads[i]) }
+        var buf = UnsafeMutableBufferPointer<(Float, UInt32)>(start: pairs, count: heads.count)
+        buf.sort { (a: (Float, UInt32), b: (Float, UInt32)) -> Bool in a.0 < b.0 || (a.0 == b.0 && a.1 < b.1) }
+        for i in 0..<heads.count { candDist[i] = pairs[i].0; candIds[i] = pairs[i].1 }
+        return heads.count
     }
 
     /// Every id matching the filter: codes over blocks of rows, then the compiled predicate
@@ -260,5 +289,23 @@ extension Searcher {
             if target.push(dist, id) { bound = target.bound }
         }
         return passing
+    }
+}
+
+extension HeadRouter {
+    /// Distances (as in ``route``) from `query` to each of `heads`, by brute force: for
+    /// ranking a small set of postings directly. Uses `scratch` (one thread at a time).
+    func distances(_ query: UnsafePointer<Float>, to heads: UnsafeBufferPointer<UInt32>, scratch s: Scratch,
+                   into out: UnsafeMutablePointer<Float>) {
+        if let codes, let headCodec, let projection {
+            projection.projectData(query, into: s.projected)
+            var sum: Float = 0, norm: Float = 0
+            for j in 0..<s.dim { let v = s.projected[j]; sum += v; norm += v * v }
+            let m = CompressedHeads(query: s.projected, sum: sum, norm: norm, codes: codes, codec: headCodec)
+            for i in 0..<heads.count { out[i] = m.distance(Int(heads[i])) }
+        } else {
+            let m = FloatHeads(query: query, heads: graph.vectors!)
+            for i in 0..<heads.count { out[i] = m.distance(Int(heads[i])) }
+        }
     }
 }

@@ -304,7 +304,7 @@ public final class VectorIndex: @unchecked Sendable {
     }
 
     func prepare(_ b: BoundFilter, text: String, store a: AttributeStore) -> PreparedFilter {
-        PreparedFilter(bound: b, store: a, text: text)
+        PreparedFilter(bound: b, store: a, heads: graph.count, postingCount: { postingStore.count(of: $0) }, text: text)
     }
 
     /// Whether vector `id` matches `filter` (exact, on its raw attributes).
