@@ -78,10 +78,10 @@ struct FilterContext {
 /// - **exact**: when the matches cost fewer reads than the walk, enumerate the matching ids
 ///   (codes, then the compiled predicate, over blocks of rows) and rank their full vectors.
 /// - **walk**: read the nearest postings whose summaries can match, `probes·√(1/s)` of them
-///   (half in the first round trip), reject records by codes and predicate before any
-///   distance, and keep walking, re-planned from the selectivity observed in the postings
-///   read, until `2·k` matching candidates are within the bound and the re-planned count is
-///   read. If the affordable postings hold fewer than k matches, the exact path answers.
+///   reject records by codes and predicate before any
+///   distance (the plan in one round trip), and keep walking, re-planned from the
+///   selectivity observed in the postings read (the plan only grows), until `2·k` matching
+///   candidates are within the bound and the re-planned count is read. If the affordable postings hold fewer than k matches, the exact path answers.
 ///
 /// So a query always returns min(k, number of matches) results, never one failing the
 /// predicate.
@@ -121,7 +121,7 @@ extension Searcher {
         // cost); route that many heads once.
         let cap = min(heads, max(plan.plannedPostings * 4, Int(min(plan.exactCost, Double(heads))), 64))
         let found: Int
-        if let listed = context.filter.postingList, listed.count * 4 <= heads {
+        if let listed = context.filter.postingList, listed.count * 2 <= heads {
             // Few postings can match (a correlated or narrow filter): rank exactly those by
             // their heads' distances, nearest first, so the walk meets no skipped posting.
             found = rankPostings(listed)
@@ -135,10 +135,8 @@ extension Searcher {
         let needed = 2 * k
         var passing = 0, probed = 0, cursor = 0
         var target = plan.plannedPostings
-        // The first round trip reads the plan, or half of it when the plan is long (a
-        // correlated filter may need far fewer; a round trip costs about as much as a few
-        // requests, so short plans are read at once).
-        var round = min(target, max(2 * probes, (target + 1) / 2))
+        // The first round trip reads the whole plan.
+        var round = target
         while cursor < found && probed < cap {
             lists.removeAll(keepingCapacity: true)
             while cursor < found && lists.count < round {
@@ -151,13 +149,15 @@ extension Searcher {
             probed += lists.count
             plan.rounds += 1
             passing += try fetchAndScoreFiltered(verify: p.verifyChecksums, context: context)
-            // Re-plan from the postings read: a filter correlated with this neighbourhood
-            // (more matches here than overall) needs fewer postings, an anti-correlated one more.
-            // The prior (64 records at the global estimate) steadies the first rounds.
+            // Re-plan from the postings read: a filter anti-correlated with this neighbourhood
+            // (fewer matches here than overall) needs more postings. The plan only grows: the
+            // postings read are biased towards matches (summaries skipped or excluded the
+            // others), so a high local rate does not show that fewer would do. The prior (64
+            // records at the global estimate) steadies the first rounds.
             let prior = 64.0
             let local = (Double(sc.matched) + prior * s0) / (Double(sc.records) + prior)
             plan.observedSelectivity = sc.records > 0 ? Double(sc.matched) / Double(sc.records) : nil
-            target = FilterPlanner.walkPostings(selectivity: local, probes: probes, heads: heads)
+            target = max(plan.plannedPostings, FilterPlanner.walkPostings(selectivity: local, probes: probes, heads: heads))
             if passing >= needed && probed >= target { break }
             round = max(probes, min(target - probed, cap - probed))
         }
