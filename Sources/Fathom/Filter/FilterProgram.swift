@@ -282,6 +282,9 @@ public final class FilterScratch {
     private(set) var pairs: UnsafeMutablePointer<(Float, UInt32)> = .allocate(capacity: 1)
     private var pairCapacity = 1
 
+    /// Bytes held (for the serving-memory report).
+    var bytes: Int { depth * FilterProgram.blockSize + rowCapacity * 8 + gatherCapacity + pairCapacity * 8 }
+
     func reservePairs(_ n: Int) {
         guard n > pairCapacity else { return }
         pairs.deallocate()

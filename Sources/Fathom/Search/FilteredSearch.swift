@@ -159,7 +159,9 @@ extension Searcher {
             plan.observedSelectivity = sc.records > 0 ? Double(sc.matched) / Double(sc.records) : nil
             target = max(plan.plannedPostings, FilterPlanner.walkPostings(selectivity: local, probes: probes, heads: heads))
             if passing >= needed && probed >= target { break }
-            round = max(probes, min(target - probed, cap - probed))
+            // Grow by at least 2·probes a round: an anti-correlated neighbourhood raises the
+            // target a little after every round, and each round is a round trip.
+            round = max(2 * probes, min(target - probed, cap - probed))
         }
         if !scorer.exact { try rerank() }
         if heap.count < k {

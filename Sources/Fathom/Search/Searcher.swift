@@ -335,6 +335,7 @@ public final class Searcher {
     var scratchBytes: Int {
         postings.scratchBytes + vectors.scratchBytes + routeScratch.bytes + seenKeys.count * 8
             + scoreCapacity * 4 + candCapacity * 8 + (candidates.capacity + heap.capacity) * 8 + rerankCapacity * 8
+            + filterScratch.bytes
     }
 
     func finish(k: Int, into out: UnsafeMutablePointer<Neighbor>) -> Int {
