@@ -126,7 +126,12 @@ public struct PreparedFilter: Sendable {
         }
         postingBits = bits
         postingList = list.count <= Self.listedPostingsLimit ? list : nil
+        let admitted = bits.reduce(0) { $0 + $1.nonzeroBitCount }
+        admittedFraction = heads > 0 ? Double(admitted) / Double(heads) : 0
     }
+
+    /// Fraction of the postings whose summaries may match.
+    let admittedFraction: Double
 
     @inline(__always) func postingMayMatch(_ h: Int) -> Bool { postingBits[h >> 6] & (1 << UInt64(h & 63)) != 0 }
 }

@@ -117,35 +117,65 @@ extension Searcher {
         var plan = initial
         let heads = index.graph.count
         let s0 = max(plan.estimatedMatches / Double(max(index.count, 1)), 1e-6)
-        // Walk at most this far (4× the plan, and never past the reads the exact path would
-        // cost); route that many heads once.
-        let cap = min(heads, max(plan.plannedPostings * 4, Int(min(plan.exactCost, Double(heads))), 64))
-        let found: Int
+        // Read at most this many postings (4× the plan, and never more than the reads the
+        // exact path would cost) — or, while fewer than k matches were found, up to the exact
+        // path's cost (an anti-correlated neighbourhood: the matches lie farther out).
+        let hardCap = min(heads, max(64, Int(min(plan.exactCost, Double(heads)))))
+        let cap = min(hardCap, plan.plannedPostings * 4)
+        var found: Int
+        var routed = 0
+        let ranked: Bool
         if let listed = context.filter.postingList, listed.count * 2 <= heads {
             // Few postings can match (a correlated or narrow filter): rank exactly those by
             // their heads' distances, nearest first, so the walk meets no skipped posting.
             found = rankPostings(listed)
             plan.rankedMatchingPostings = true
+            ranked = true
         } else {
-            found = route(count: cap, listSize: cap + 32)
+            // Route enough heads that about 1.5× the plan's postings may match (summaries skip
+            // the others); routed again, twice as wide, if the walk runs out.
+            let want = Double(plan.plannedPostings) * 1.5 / max(context.filter.admittedFraction, 1e-3)
+            routed = min(heads, max(64, Int(min(want, Double(heads)))))
+            found = route(count: routed, listSize: routed + 32)
+            ranked = false
         }
+        var readSoFar = [UInt32]()     // postings read, sorted (only consulted after a re-route)
+        var rerouted = false
         resetSeen(expected: 4096)
         let sc = context.scratch
         sc.records = 0; sc.matched = 0
         let needed = 2 * k
-        var passing = 0, probed = 0, cursor = 0
+        var passing = 0, probed = 0, cursor = 0, firstK = 0
         var target = plan.plannedPostings
         // The first round trip reads the whole plan.
         var round = target
-        while cursor < found && probed < cap {
+        var skippedUpTo = 0           // candidates already counted as skipped
+        while probed < hardCap && (probed < cap || passing < k || (firstK > plan.plannedPostings && probed < firstK + firstK / 2)) {
             lists.removeAll(keepingCapacity: true)
             while cursor < found && lists.count < round {
                 let h = Int(candIds[cursor]); cursor += 1
                 if index.postingStore.count(of: h) == 0 { continue }
-                if !context.filter.postingMayMatch(h) { stats.postingsSkipped += 1; continue }
+                if !context.filter.postingMayMatch(h) {
+                    if cursor > skippedUpTo { stats.postingsSkipped += 1 }
+                    continue
+                }
+                if rerouted && Self.sortedContains(readSoFar, UInt32(h)) { continue }
                 lists.append(UInt32(h))
             }
-            if lists.isEmpty { break }
+            if lists.isEmpty {
+                // The routed heads ran out before the walk was done: route twice as wide and
+                // go on past the postings already read.
+                guard !ranked, routed < heads else { break }
+                skippedUpTo = max(skippedUpTo, cursor)
+                routed = min(heads, routed * 2)
+                found = route(count: routed, listSize: routed + 32)
+                cursor = 0
+                rerouted = true
+                readSoFar.sort()
+                continue
+            }
+            readSoFar.append(contentsOf: lists)
+            if rerouted { readSoFar.sort() }
             probed += lists.count
             plan.rounds += 1
             passing += try fetchAndScoreFiltered(verify: p.verifyChecksums, context: context)
@@ -158,10 +188,18 @@ extension Searcher {
             let local = (Double(sc.matched) + prior * s0) / (Double(sc.records) + prior)
             plan.observedSelectivity = sc.records > 0 ? Double(sc.matched) / Double(sc.records) : nil
             target = max(plan.plannedPostings, FilterPlanner.walkPostings(selectivity: local, probes: probes, heads: heads))
-            if passing >= needed && probed >= target { break }
-            // Grow by at least 2·probes a round: an anti-correlated neighbourhood raises the
-            // target a little after every round, and each round is a round trip.
-            round = max(2 * probes, min(target - probed, cap - probed))
+            // Quality: when the plan's postings held fewer than k matches (the matches lie
+            // farther out), the first k found are the nearest of a thin set; read half as many
+            // postings again past that point before stopping.
+            if firstK == 0 && passing >= k { firstK = probed }
+            let enough = firstK > plan.plannedPostings ? max(target, firstK + firstK / 2) : target
+            if passing >= needed && probed >= enough { break }
+            if probed >= cap && passing >= k && probed >= enough { break }
+            // Grow by at least 2·probes a round (an anti-correlated neighbourhood raises the
+            // target a little after every round, and each round is a round trip), by half
+            // the postings read so far while fewer than k matched, and to the quality margin.
+            round = max(2 * probes, min(target - probed, cap - probed), passing < k ? probed / 2 : 0,
+                        firstK > plan.plannedPostings ? firstK + firstK / 2 - probed : 0)
         }
         if !scorer.exact { try rerank() }
         if heap.count < k {
@@ -175,6 +213,12 @@ extension Searcher {
         }
         stats.filterPlan = plan
         return finish(k: k, into: out)
+    }
+
+    static func sortedContains(_ a: [UInt32], _ x: UInt32) -> Bool {
+        var lo = 0, hi = a.count
+        while lo < hi { let m = (lo + hi) >> 1; if a[m] < x { lo = m + 1 } else { hi = m } }
+        return lo < a.count && a[lo] == x
     }
 
     /// Ranks `heads` by their distance to the query into `candIds` / `candDist`, nearest
