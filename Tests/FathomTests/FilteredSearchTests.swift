@@ -98,6 +98,12 @@ import Testing
                         kinds.insert(plan.kind)
                         if plan.rankedMatchingPostings { ranked += 1 }   // not asserted: depends on the layout
                         #expect(searcher.stats.exactPath == (plan.kind != .walk))
+                        if s == 0.5 && text.hasPrefix("u") {
+                            // An unselective independent filter: the plan in one round trip, then
+                            // the re-rank (compressed codes) — no more than plain search.
+                            #expect(plan.kind == .walk && plan.rounds == 1, "\(text): \(plan)")
+                            #expect(searcher.stats.roundTrips <= (codec == .none ? 1 : 2), "\(text): \(searcher.stats.roundTrips) round trips")
+                        }
                         #expect(got.count == min(10, matching.count), "\(text): \(got.count) results")
                         #expect(got.allSatisfy { pred(Int($0.id)) }, "\(text): a result fails the predicate")
                         var all = matching.map { id -> (Float, Int) in

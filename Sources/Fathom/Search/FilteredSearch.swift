@@ -81,7 +81,7 @@ struct FilterContext {
 ///   reject records by codes and predicate before any
 ///   distance (the plan in one round trip), and keep walking, re-planned from the
 ///   selectivity observed in the postings read (the plan only grows), until `2·k` matching
-///   candidates are within the bound and the re-planned count is read. If the affordable postings hold fewer than k matches, the exact path answers.
+///   records were met (k distinct in the heap) and the re-planned count is read. If the affordable postings hold fewer than k matches, the exact path answers.
 ///
 /// So a query always returns min(k, number of matches) results, never one failing the
 /// predicate.
@@ -193,7 +193,8 @@ extension Searcher {
             // postings again past that point before stopping.
             if firstK == 0 && passing >= k { firstK = probed }
             let enough = firstK > plan.plannedPostings ? max(target, firstK + firstK / 2) : target
-            if passing >= needed && probed >= enough { break }
+            // (2·k matches met — records, replicas included — and k distinct in the heap.)
+            if sc.matched >= needed && passing >= k && probed >= enough { break }
             if probed >= cap && passing >= k && probed >= enough { break }
             // Grow by at least 2·probes a round (an anti-correlated neighbourhood raises the
             // target a little after every round, and each round is a round trip), by half
