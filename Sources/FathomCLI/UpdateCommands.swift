@@ -131,3 +131,30 @@ struct DeleteCommand: ParsableCommand {
         }
     }
 }
+
+struct CheckpointCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "checkpoint",
+        abstract: "Fold an index's update log into a new index version (rebuild + atomic publish).",
+        discussion: """
+        Writes the live vectors and their labels next to DIR, rebuilds the index with the
+        parameters in its manifest and publishes it atomically as `fathom build` does; the new
+        version has no update log. Searches of DIR see the old version or the new one. Labels
+        are kept; internal ids change. docs/updates.md.
+        """
+    )
+    @Option(help: ArgumentHelp("Index directory.", valueName: "dir")) var index: String
+    @Option(name: .customLong("memory-budget"), help: "Peak memory (RSS) of the rebuild, e.g. 2GiB.")
+    var memoryBudget: ByteSize = ByteSize(bytes: 2 << 30)
+    @Flag(help: "Do not print progress on stderr.") var quiet = false
+
+    func run() throws {
+        try runReportingErrors {
+            let idx = try MutableVectorIndex.open(at: index)
+            defer { idx.close() }
+            let before = idx.loggedUpdates
+            try idx.checkpoint(memoryBudget: memoryBudget.bytes, progress: ProgressReporter(enabled: !quiet))
+            print("checkpointed \(index): \(before) logged updates folded, \(idx.count) vectors")
+        }
+    }
+}

@@ -198,6 +198,31 @@ import FathomStorage
         #expect(r.replayedRecords == 20 && r.tornBytes == 0 && r.count == 1620)
     }
 
+    @Test func checkpointFoldsTheLogIntoANewVersion() throws {
+        let dir = TempDir()
+        let (all, _) = try Self.build(dir)
+        let w = try MutableVectorIndex.open(at: dir.file("idx"))
+        for i in 1600..<1700 { try w.insert(label: 70_000 + UInt64(i), vector: Self.row(all, i)) }
+        for l in 0..<50 { try w.delete(label: UInt64(l)) }
+        try w.flush()
+        let before = try w.search(Self.row(all, 1650), k: 10, parameters: Self.everything)
+        let held = w.snapshot()   // a search in flight keeps its version
+        try w.checkpoint(memoryBudget: 512 << 20)
+        #expect(w.count == 1650 && w.loggedUpdates == 0)
+        let m = try Manifest.load(directory: dir.file("idx"))
+        #expect(m.count == 1650)
+        #expect(try LogFile(path: dir.file("idx/updates.wal"), create: false).size == 64)
+        let after = try w.search(Self.row(all, 1650), k: 10, parameters: Self.everything)
+        #expect(after.map(\.label) == before.map(\.label))
+        #expect(try held.search(Self.row(all, 1650), k: 10, parameters: Self.everything).map(\.label) == before.map(\.label))
+        #expect(try w.search(Self.row(all, 3), k: 3, parameters: Self.everything).allSatisfy { $0.label >= 50 })
+        // Updates continue on the new version.
+        try w.insert(label: 1, vector: Self.row(all, 1800)); try w.flush()
+        #expect(try w.search(Self.row(all, 1800), k: 1, parameters: Self.everything)[0].label == 1)
+        w.close()
+        #expect(IndexVerifier.verify(directory: dir.file("idx")).isEmpty)
+    }
+
     /// The 80/20/10 protocol at small n: build on 80%, insert 20%, delete 10% at random;
     /// recall@10 against the exact answer over the live set stays near a fresh build of it.
     @Test func recallAfterUpdatesStaysNearAFreshBuild() throws {

@@ -29,29 +29,12 @@ import Foundation
 public final class MutableVectorIndex: @unchecked Sendable {
     public let path: String
     let writable: Bool
+    let io: IOMode
+    let serveMemory: UInt64?
     private var lock: FileLock?
-    private(set) var base: VectorIndex
-    private var wal: WriteAheadLog
     private let writeLock = NSLock()
-
-    // Writer state (guarded by writeLock).
-    private var heads: Matrix
-    private var graph: HeadGraph
-    private var scratch: HeadGraph.Scratch
-    private var candIds: UnsafeMutablePointer<UInt32>
-    private var candDist: UnsafeMutablePointer<Float>
-    private var chosen: UnsafeMutablePointer<Int>
-    private var record: UnsafeMutableRawPointer
-    private var work: UnsafeMutablePointer<Float>
-    private var reduced: UnsafeMutablePointer<Float>
-    private var delta: DeltaPostings
-    private var vectors: RowArena
-    private var labelRows: RowArena
-    private var tombstones: Tombstones
-    private var idOf: [UInt64: UInt32] = [:]
-    /// The largest label in the index (for labels that continue after it).
-    public private(set) var maxLabel: UInt64? = nil
-    private var unpublished = false
+    /// The writer's state over the current base version (guarded by writeLock; replaced by a checkpoint).
+    private var w: WriterState
 
     // Published state.
     private let snapLock = NSLock()
@@ -70,7 +53,7 @@ public final class MutableVectorIndex: @unchecked Sendable {
 
     init(directory: String, writable: Bool, io: IOMode, serveMemory: UInt64?) throws {
         path = directory
-        self.writable = writable
+        self.writable = writable; self.io = io; self.serveMemory = serveMemory
         if writable {
             _ = try Manifest.load(directory: directory)   // a clear error before creating a lock file
             let (l, holder) = try FileLock.tryLock(Self.lockPath(directory))
@@ -79,69 +62,14 @@ public final class MutableVectorIndex: @unchecked Sendable {
             }
             lock = l
         }
-        let b = try VectorIndex.open(at: directory, io: io, serveMemory: serveMemory)
-        base = b
-        guard b.attributes == nil else {
-            throw FathomError(.invalidArgument, "the index has attributes: updates of attributed indexes are not supported yet (rebuild with the new vectors)", path: directory)
-        }
-        guard b.elementType == .float32 else {
-            throw FathomError(.invalidArgument, "the index stores \(b.elementType.rawValue) vectors: updates support float32 indexes only so far", path: directory)
-        }
-        // The writer assigns with the float heads, as the build does.
-        if b.graph.vectors != nil {
-            graph = b.graph; heads = b.graph.vectors!
-        } else {
-            let layout = IndexLayout(directory: directory)
-            let (h, _) = try layout.readHeads()
-            heads = h; graph = try layout.readGraph(heads: h)
-        }
-        let K = max(1, min(b.manifest.parameters.candidate_heads, graph.count))
-        scratch = HeadGraph.Scratch(graphSize: graph.count, beam: K + 32)
-        candIds = .allocate(capacity: K + 32); candDist = .allocate(capacity: K + 32)
-        chosen = .allocate(capacity: max(1, b.manifest.parameters.replicas))
-        record = .allocate(byteCount: b.postingStore.recordBytes, alignment: 16)
-        work = .allocate(capacity: b.dimension)
-        reduced = .allocate(capacity: max(1, b.codec?.reducedDim ?? 1))
-        delta = DeltaPostings(heads: b.postingStore.listCount, recordBytes: b.postingStore.recordBytes)
-        vectors = RowArena(rowBytes: b.dimension * 4)
-        labelRows = RowArena(rowBytes: 8)
-        tombstones = Tombstones(capacity: b.count + 4096)
-        current = b
-        idOf.reserveCapacity(b.count)
-        for i in 0..<b.count { idOf[b.labels.label(of: UInt32(i))] = UInt32(i) }
-        maxLabel = b.labels.maxLabel
-        wal = try WriteAheadLog(directory: directory, dimension: b.dimension, identity: Self.identity(b.manifest), writable: writable)
-        var replayError: FathomError? = nil
-        let replayed = try wal.replay(writable: writable) { op, label, v, offset in
-            if replayError != nil { return }
-            do {
-                switch op {
-                case .insert: try self.apply(insert: label, vector: v!, replace: false)
-                case .upsert: try self.apply(insert: label, vector: v!, replace: true)
-                case .delete: _ = self.apply(delete: label)
-                }
-            } catch var e as FathomError {
-                e.message = "replaying the record at byte \(offset): " + e.message
-                e.path = directory + "/" + WriteAheadLog.fileName; e.offset = UInt64(offset)
-                replayError = e
-            }
-        }
-        if let replayError { throw replayError }
-        replayedRecords = replayed.records
-        tornBytes = replayed.tornBytes
-        publish()
+        w = try WriterState(directory: directory, writable: writable, io: io, serveMemory: serveMemory)
+        current = w.makeSnapshot()
     }
 
-    deinit {
-        candIds.deallocate(); candDist.deallocate(); chosen.deallocate(); record.deallocate()
-        work.deallocate(); reduced.deallocate()
-    }
-
-    /// Records replayed from the log at open, and bytes of torn tail found (and cut, writable).
-    public private(set) var replayedRecords = 0
-    public private(set) var tornBytes = 0
-
-    static func identity(_ m: Manifest) -> UInt64 { UInt64(m.manifest_crc32c ?? "0", radix: 16) ?? 0 }
+    /// Records replayed from the log at open (or after the last checkpoint), and bytes of torn
+    /// tail found (and cut, writable).
+    public var replayedRecords: Int { writeLock.lock(); defer { writeLock.unlock() }; return w.replayedRecords }
+    public var tornBytes: Int { writeLock.lock(); defer { writeLock.unlock() }; return w.tornBytes }
 
     /// Releases the writer lock (pending, unflushed updates are dropped). Searches of
     /// snapshots taken before keep working.
@@ -160,15 +88,17 @@ public final class MutableVectorIndex: @unchecked Sendable {
 
     /// Live vectors (flushed inserts included, deleted excluded) in the current snapshot.
     public var count: Int { snapshot().liveCount }
-    public var dimension: Int { base.dimension }
+    public var dimension: Int { snapshot().dimension }
+    /// The largest label in the index (updates applied so far, flushed or not).
+    public var maxLabel: UInt64? { writeLock.lock(); defer { writeLock.unlock() }; return w.maxLabel }
     /// Whether `label` is in the index (as of the updates applied so far, flushed or not).
-    public func contains(_ label: UInt64) -> Bool { writeLock.lock(); defer { writeLock.unlock() }; return idOf[label] != nil }
+    public func contains(_ label: UInt64) -> Bool { writeLock.lock(); defer { writeLock.unlock() }; return w.idOf[label] != nil }
     /// Updates applied but not yet flushed.
-    public var pendingUpdates: Int { writeLock.lock(); defer { writeLock.unlock() }; return wal.pendingRecords }
+    public var pendingUpdates: Int { writeLock.lock(); defer { writeLock.unlock() }; return w.wal.pendingRecords }
     /// Size of the write-ahead log known durable, in bytes.
-    public var durableLogBytes: Int { writeLock.lock(); defer { writeLock.unlock() }; return wal.durableBytes }
+    public var durableLogBytes: Int { writeLock.lock(); defer { writeLock.unlock() }; return w.wal.durableBytes }
     /// Updates in the log (replayed at open and flushed since).
-    public var loggedUpdates: Int { writeLock.lock(); defer { writeLock.unlock() }; return wal.committedRecords }
+    public var loggedUpdates: Int { writeLock.lock(); defer { writeLock.unlock() }; return w.wal.committedRecords }
 
     // MARK: updates
 
@@ -191,9 +121,9 @@ public final class MutableVectorIndex: @unchecked Sendable {
     public func delete(label: UInt64) throws -> Bool {
         writeLock.lock(); defer { writeLock.unlock() }
         try checkWritable()
-        guard apply(delete: label) else { return false }
-        wal.append(.delete, label: label, vector: nil)
-        unpublished = true
+        guard w.apply(delete: label) else { return false }
+        w.wal.append(.delete, label: label, vector: nil)
+        w.unpublished = true
         return true
     }
 
@@ -202,30 +132,28 @@ public final class MutableVectorIndex: @unchecked Sendable {
     /// already present rejects the whole batch, naming the row), then logged, applied, and
     /// made durable with one fsync.
     public func insert(labels: [UInt64], vectors v: UnsafeBufferPointer<Float>, replace: Bool = false) throws {
-        let d = base.dimension
-        guard v.count == labels.count * d else {
-            throw FathomError(.dimensionMismatch, "\(v.count) values for \(labels.count) vectors of dimension \(d)")
-        }
         writeLock.lock()
         do {
             defer { writeLock.unlock() }
             try checkWritable()
+            let d = w.base.dimension
+            guard v.count == labels.count * d else {
+                throw FathomError(.dimensionMismatch, "\(v.count) values for \(labels.count) vectors of dimension \(d)")
+            }
             var seen = Set<UInt64>()
             for (i, l) in labels.enumerated() {
-                do { try check(UnsafeBufferPointer(rebasing: v[i * d ..< (i + 1) * d])) }
+                do { try w.check(UnsafeBufferPointer(rebasing: v[i * d ..< (i + 1) * d])) }
                 catch var e as FathomError { e.message = "row \(i): " + e.message; throw e }
-                if !replace, idOf[l] != nil { throw FathomError(.invalidArgument, "row \(i): label \(l) is already in the index; upsert replaces it") }
+                if !replace, w.idOf[l] != nil { throw FathomError(.invalidArgument, "row \(i): label \(l) is already in the index; upsert replaces it") }
                 guard seen.insert(l).inserted else { throw FathomError(.invalidArgument, "row \(i): label \(l) appears twice in the batch") }
             }
-            guard base.count + vectors.count + labels.count < Int(UInt32.max) else {
-                throw FathomError(.invalidArgument, "the index would exceed 2^32 − 2 rows; checkpoint it first")
-            }
+            try w.checkRoom(labels.count)
             for (i, l) in labels.enumerated() {
                 let row = v.baseAddress! + i * d
-                wal.append(replace ? .upsert : .insert, label: l, vector: row)
-                try apply(insert: l, vector: row, replace: replace)
+                w.wal.append(replace ? .upsert : .insert, label: l, vector: row)
+                try w.apply(insert: l, vector: row, replace: replace)
             }
-            unpublished = true
+            w.unpublished = true
         }
         try flush()
     }
@@ -233,16 +161,14 @@ public final class MutableVectorIndex: @unchecked Sendable {
     func update(_ op: WriteAheadLog.Op, label: UInt64, vector: UnsafeBufferPointer<Float>) throws {
         writeLock.lock(); defer { writeLock.unlock() }
         try checkWritable()
-        try check(vector)
-        if op == .insert, idOf[label] != nil {
+        try w.check(vector)
+        if op == .insert, w.idOf[label] != nil {
             throw FathomError(.invalidArgument, "label \(label) is already in the index; upsert replaces it")
         }
-        guard base.count + vectors.count + 1 < Int(UInt32.max) else {
-            throw FathomError(.invalidArgument, "the index would exceed 2^32 − 2 rows; checkpoint it first")
-        }
-        wal.append(op, label: label, vector: vector.baseAddress!)
-        try apply(insert: label, vector: vector.baseAddress!, replace: op == .upsert)
-        unpublished = true
+        try w.checkRoom(1)
+        w.wal.append(op, label: label, vector: vector.baseAddress!)
+        try w.apply(insert: label, vector: vector.baseAddress!, replace: op == .upsert)
+        w.unpublished = true
     }
 
     /// Makes every update since the last flush durable (one write + one fsync of the log) and
@@ -252,8 +178,46 @@ public final class MutableVectorIndex: @unchecked Sendable {
     public func flush() throws {
         writeLock.lock(); defer { writeLock.unlock() }
         try checkWritable()
-        try wal.commit()
-        if unpublished { publish(); unpublished = false }
+        try w.wal.commit()
+        if w.unpublished { publish(w.makeSnapshot()); w.unpublished = false }
+    }
+
+    /// Folds every update into a new index version: flushes, writes the live vectors and
+    /// their labels (deleted ones dropped) next to the index, rebuilds it with the manifest's
+    /// parameters and publishes it atomically as `fathom build` does (the new directory has
+    /// no log: the log is truncated by the same rename). A crash at any point leaves the old
+    /// version with its log, or the new one. Internal ids change; labels do not. Searches
+    /// continue on the old snapshot until the new one is published. Updates wait meanwhile.
+    ///
+    /// A rebuild, not SPFresh's in-place split/merge (docs/updates.md). An index trained with
+    /// LeanVec-OOD queries is rebuilt with the default (PCA) projection.
+    public func checkpoint(memoryBudget: UInt64 = 2 << 30, progress: ProgressReporter = .silent) throws {
+        writeLock.lock(); defer { writeLock.unlock() }
+        try checkWritable()
+        try w.wal.commit()
+        if w.unpublished { publish(w.makeSnapshot()); w.unpublished = false }
+        let input = path + ".fathom-checkpoint.fbin", labelsPath = path + ".fathom-checkpoint.labels"
+        defer { try? FileManager.default.removeItem(atPath: input); try? FileManager.default.removeItem(atPath: labelsPath) }
+        try w.writeLive(vectors: input, labels: labelsPath)
+        let m = w.base.manifest
+        var o = BuildOptions()
+        o.metric = m.metric; o.memoryBudget = memoryBudget; o.headRatio = m.parameters.head_ratio
+        o.replicas = m.parameters.replicas; o.postingPages = m.parameters.posting_pages
+        o.graphDegree = m.parameters.graph_degree; o.candidateHeads = m.parameters.candidate_heads
+        o.rngFactor = Float(m.parameters.rng_factor); o.seed = m.parameters.seed
+        o.codec = PostingCodec(rawValue: m.codec ?? "none") ?? .none
+        o.reduceDims = m.reduced_dimension; o.labels = labelsPath
+        try IndexBuilder(input: input, output: path, options: o, progress: progress).build()
+        w = try WriterState(directory: path, writable: true, io: io, serveMemory: serveMemory)
+        publish(w.makeSnapshot())
+    }
+
+    private func publish(_ snap: VectorIndex) {
+        snapLock.lock()
+        let old = current
+        current = snap
+        snapLock.unlock()
+        old.retire()
     }
 
     private func checkWritable() throws {
@@ -261,8 +225,93 @@ public final class MutableVectorIndex: @unchecked Sendable {
             throw FathomError(.invalidArgument, "the index \(path) is not open for writing (opened read-only, or closed)", path: path)
         }
     }
+}
 
-    private func check(_ v: UnsafeBufferPointer<Float>) throws {
+/// What a ``MutableVectorIndex`` writer keeps over one base version: the float heads and
+/// graph it assigns with, the delta postings, vectors and labels, the tombstones, the label
+/// → id map and the log. Not thread-safe (its owner's writer lock guards it).
+final class WriterState {
+    let base: VectorIndex
+    let wal: WriteAheadLog
+    let heads: Matrix
+    let graph: HeadGraph
+    let scratch: HeadGraph.Scratch
+    let candIds: UnsafeMutablePointer<UInt32>
+    let candDist: UnsafeMutablePointer<Float>
+    let chosen: UnsafeMutablePointer<Int>
+    let record: UnsafeMutableRawPointer
+    let work: UnsafeMutablePointer<Float>
+    let reduced: UnsafeMutablePointer<Float>
+    let delta: DeltaPostings
+    let vectors: RowArena
+    let labelRows: RowArena
+    var tombstones: Tombstones
+    var idOf: [UInt64: UInt32] = [:]
+    var maxLabel: UInt64? = nil
+    var unpublished = false
+    var replayedRecords = 0
+    var tornBytes = 0
+
+    init(directory: String, writable: Bool, io: IOMode, serveMemory: UInt64?) throws {
+        let b = try VectorIndex.open(at: directory, io: io, serveMemory: serveMemory)
+        base = b
+        guard b.attributes == nil else {
+            throw FathomError(.invalidArgument, "the index has attributes: updates of attributed indexes are not supported yet (rebuild with the new vectors)", path: directory)
+        }
+        guard b.elementType == .float32 else {
+            throw FathomError(.invalidArgument, "the index stores \(b.elementType.rawValue) vectors: updates support float32 indexes only so far", path: directory)
+        }
+        // The writer assigns with the float heads, as the build does.
+        if let v = b.graph.vectors {
+            graph = b.graph; heads = v
+        } else {
+            let layout = IndexLayout(directory: directory)
+            let (h, _) = try layout.readHeads()
+            heads = h; graph = try layout.readGraph(heads: h)
+        }
+        let K = max(1, min(b.manifest.parameters.candidate_heads, graph.count))
+        scratch = HeadGraph.Scratch(graphSize: graph.count, beam: K + 32)
+        candIds = .allocate(capacity: K + 32); candDist = .allocate(capacity: K + 32)
+        chosen = .allocate(capacity: max(1, b.manifest.parameters.replicas))
+        record = .allocate(byteCount: b.postingStore.recordBytes, alignment: 16)
+        work = .allocate(capacity: b.dimension)
+        reduced = .allocate(capacity: max(1, b.codec?.reducedDim ?? 1))
+        delta = DeltaPostings(heads: b.postingStore.listCount, recordBytes: b.postingStore.recordBytes)
+        vectors = RowArena(rowBytes: b.dimension * 4)
+        labelRows = RowArena(rowBytes: 8)
+        tombstones = Tombstones(capacity: b.count + 4096)
+        idOf.reserveCapacity(b.count)
+        for i in 0..<b.count { idOf[b.labels.label(of: UInt32(i))] = UInt32(i) }
+        maxLabel = b.labels.maxLabel
+        wal = try WriteAheadLog(directory: directory, dimension: b.dimension, identity: Self.identity(b.manifest), writable: writable)
+        var replayError: FathomError? = nil
+        let replayed = try wal.replay(writable: writable) { op, label, v, offset in
+            if replayError != nil { return }
+            do {
+                switch op {
+                case .insert: try self.apply(insert: label, vector: v!, replace: false)
+                case .upsert: try self.apply(insert: label, vector: v!, replace: true)
+                case .delete: _ = self.apply(delete: label)
+                }
+            } catch var e as FathomError {
+                e.message = "replaying the record at byte \(offset): " + e.message
+                e.path = directory + "/" + WriteAheadLog.fileName; e.offset = UInt64(offset)
+                replayError = e
+            }
+        }
+        if let replayError { throw replayError }
+        replayedRecords = replayed.records
+        tornBytes = replayed.tornBytes
+    }
+
+    deinit {
+        candIds.deallocate(); candDist.deallocate(); chosen.deallocate(); record.deallocate()
+        work.deallocate(); reduced.deallocate()
+    }
+
+    static func identity(_ m: Manifest) -> UInt64 { UInt64(m.manifest_crc32c ?? "0", radix: 16) ?? 0 }
+
+    func check(_ v: UnsafeBufferPointer<Float>) throws {
         let d = base.dimension
         guard v.count == d else {
             throw FathomError(.dimensionMismatch, "the vector has dimension \(v.count) but the index has \(d)")
@@ -275,9 +324,14 @@ public final class MutableVectorIndex: @unchecked Sendable {
         }
     }
 
-    // MARK: applying (shared by updates and replay)
+    func checkRoom(_ more: Int) throws {
+        guard base.count + vectors.count + more < Int(UInt32.max) else {
+            throw FathomError(.invalidArgument, "the index would exceed 2^32 − 2 rows; checkpoint it first")
+        }
+    }
 
-    private func apply(insert label: UInt64, vector v: UnsafePointer<Float>, replace: Bool) throws {
+    /// Applies an insert or upsert (shared by updates and replay).
+    func apply(insert label: UInt64, vector v: UnsafePointer<Float>, replace: Bool) throws {
         if let old = idOf[label] {
             guard replace else { throw FathomError(.invalidArgument, "label \(label) is already in the index; upsert replaces it") }
             markDeleted(old)
@@ -298,41 +352,61 @@ public final class MutableVectorIndex: @unchecked Sendable {
         } else {
             (record + 4).copyMemory(from: work, byteCount: d * 4)
         }
-        for c in 0..<max(m, 0) { delta.append(head: Int(candIds[chosen[c]]), record: record) }
+        for c in 0..<m { delta.append(head: Int(candIds[chosen[c]]), record: record) }
         vectors.append(work)
         var l = label.littleEndian
         labelRows.append(&l)
-        if tombstones.wordCount * 64 <= Int(id) { tombstones = tombstones.copy(capacity: Int(id) * 2 + 4096) }
         idOf[label] = id
         if maxLabel == nil || label > maxLabel! { maxLabel = label }
     }
 
-    private func apply(delete label: UInt64) -> Bool {
+    /// Applies a delete; false for a label not in the index.
+    func apply(delete label: UInt64) -> Bool {
         guard let id = idOf.removeValue(forKey: label) else { return false }
         markDeleted(id)
         return true
     }
 
-    private func markDeleted(_ id: UInt32) {
+    func markDeleted(_ id: UInt32) {
         if tombstones.wordCount * 64 <= Int(id) { tombstones = tombstones.copy(capacity: Int(id) * 2 + 4096) }
         tombstones.insert(id)
     }
 
-    /// Publishes the writer state as a new snapshot (writer lock held, or in init).
-    private func publish() {
-        let n = base.count + vectors.count
-        let snap = VectorIndex(
+    /// A snapshot of the state: the base's seams composed with the delta.
+    func makeSnapshot() -> VectorIndex {
+        VectorIndex(
             deriving: base,
             postingStore: LayeredPostingStore(base: base.postingStore, delta: delta.snapshot()),
             vectorStore: LayeredVectorStore(base: base.vectorStore, baseCount: base.count, delta: vectors, deltaCount: vectors.count),
-            count: n,
+            count: base.count + vectors.count,
             labels: LabelMap(base: base.labels.base, baseCount: base.count, delta: labelRows, deltaCount: labelRows.count, maxLabel: maxLabel),
             tombstones: tombstones.copy(capacity: tombstones.wordCount * 64))
-        snapLock.lock()
-        let old = current
-        current = snap
-        snapLock.unlock()
-        if old !== base { old.retire() }
+    }
+
+    /// Writes the live vectors (id order) as .fbin and their labels as text (for a checkpoint).
+    func writeLive(vectors path: String, labels labelsPath: String) throws {
+        let d = base.dimension
+        let out = try VectorFileWriter(path: path, format: .fbin, elementType: .float32, dimension: d)
+        var text = ""
+        let layout = IndexLayout(directory: base.path)
+        let file = try RandomAccessFile(path: layout.vectorsPath)
+        let placement = IndexLayout.VectorPlacement(rowBytes: d * 4)
+        let row = UnsafeMutableRawPointer.allocate(byteCount: d * 4, alignment: 64)
+        defer { row.deallocate() }
+        let total = base.count + vectors.count
+        let labels = LabelMap(base: base.labels.base, baseCount: base.count, delta: labelRows, deltaCount: labelRows.count)
+        for id in 0..<total where !tombstones.contains(UInt32(id)) {
+            if id < base.count {
+                try file.read(into: row, count: d * 4, at: placement.offset(id))
+                try out.append(UnsafeRawPointer(row), count: 1)
+            } else {
+                try out.append(UnsafeRawPointer(vectors.row(id - base.count)), count: 1)
+            }
+            text += String(labels.label(of: UInt32(id))); text += "\n"
+        }
+        try out.close()
+        let w = try SequentialFileWriter(path: labelsPath, bufferBytes: 1 << 20)
+        try w.write([UInt8](text.utf8)); try w.finish()
     }
 }
 
