@@ -85,6 +85,14 @@ import FathomStorage
         var found = 0
         for i in inserted { if try w.search(Self.row(all, i), k: 1)[0].label == 50_000 + UInt64(i) { found += 1 } }
         #expect(found >= 390, "\(found) of 400 inserted vectors found at default probes")
+        // The pipelined batch search (several queries in flight per thread) sees the same.
+        let snap = w.snapshot()
+        let qs = (1600..<1640).flatMap { Self.row(all, $0) }
+        let batch = qs.withUnsafeBufferPointer { snap.search(batch: $0, count: 40, k: 5, parameters: SearchParameters(probes: 8), threads: 2, window: 4) }
+        for (j, r) in batch.enumerated() {
+            let one = try snap.search(Self.row(all, 1600 + j), k: 5, parameters: SearchParameters(probes: 8))
+            #expect(try r.get().map(\.label) == one.map(\.label), "query \(j)")
+        }
         // Delete hides (a base row and an inserted one).
         #expect(try w.delete(label: 7))
         #expect(try w.delete(label: 51_700))
