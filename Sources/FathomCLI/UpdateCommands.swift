@@ -24,7 +24,7 @@ struct InsertCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Their labels, one decimal per line (default: after the largest label).", valueName: "path")) var labels: String?
     @Flag(help: "Replace the vector of a label already in the index instead of failing.") var upsert = false
     @Option(help: "Vectors per durable batch (one fsync each).") var batch: Int = 10_000
-    @Flag(name: .customLong("print-acks"), help: "After each durable batch print `ack ROWS` on stdout (for crash tests).") var printAcks = false
+    @Flag(name: .customLong("print-acks"), help: "After each durable batch print `ack ROWS LOGBYTES` on stdout: rows acknowledged so far and the log bytes known durable (for crash tests).") var printAcks = false
     @Flag(help: "Print a JSON summary on stdout.") var json = false
     @Flag(help: "Do not print progress on stderr.") var quiet = false
 
@@ -77,7 +77,7 @@ struct InsertCommand: ParsableCommand {
                 }
                 latencies.append(Date().timeIntervalSince(b0))
                 done += k
-                if printAcks { FileHandle.standardOutput.write("ack \(done)\n".data(using: .utf8)!) }
+                if printAcks { FileHandle.standardOutput.write("ack \(done) \(idx.durableLogBytes)\n".data(using: .utf8)!) }
                 progress.advance(UInt64(k))
             }
             progress.end()
