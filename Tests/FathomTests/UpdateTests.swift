@@ -231,6 +231,43 @@ import FathomStorage
         #expect(IndexVerifier.verify(directory: dir.file("idx")).isEmpty)
     }
 
+    /// Searches on other threads while the writer inserts, deletes and flushes: every answer
+    /// comes from one snapshot (k results, labels that were live in some version, sorted
+    /// distances), and searches never fail.
+    @Test func searchesRunWhileTheWriterUpdates() throws {
+        let dir = TempDir()
+        let (all, q) = try Self.build(dir, n: 2400, built: 1200)
+        let w = try MutableVectorIndex.open(at: dir.file("idx"))
+        let done = Tally()
+        let failures = Tally()
+        let queries = (0..<q.rows).map { Self.row(q, $0) }
+        let group = DispatchGroup()
+        for t in 0..<2 {
+            DispatchQueue.global().async(group: group) {
+                var i = t
+                while done.peek() == 0 {
+                    do {
+                        let snap = w.snapshot()
+                        let hits = try snap.search(queries[i % queries.count], k: 10, parameters: SearchParameters(probes: 8))
+                        if hits.count != 10 || hits.map(\.distance) != hits.map(\.distance).sorted()
+                            || hits.contains(where: { $0.label >= 2400 || snap.tombstones.contains($0.id) }) { _ = failures.next() }
+                    } catch { _ = failures.next() }
+                    i += 1
+                }
+            }
+        }
+        for start in stride(from: 1200, to: 2400, by: 100) {
+            let rows = (start..<start + 100).flatMap { Self.row(all, $0) }
+            try rows.withUnsafeBufferPointer { try w.insert(labels: (start..<start + 100).map { UInt64($0) }, vectors: $0) }
+            for l in stride(from: start - 1200, to: start - 1100, by: 3) { try w.delete(label: UInt64(l)) }
+            try w.flush()
+        }
+        _ = done.next()
+        group.wait()
+        #expect(failures.peek() == 0)
+        #expect(w.count == 2400 - 12 * 34)
+    }
+
     /// The 80/20/10 protocol at small n: build on 80%, insert 20%, delete 10% at random;
     /// recall@10 against the exact answer over the live set stays near a fresh build of it.
     @Test func recallAfterUpdatesStaysNearAFreshBuild() throws {
@@ -299,13 +336,14 @@ import FathomStorage
                 if chunk.isEmpty { break }
                 buffer.append(chunk)
                 let lines = String(decoding: buffer, as: UTF8.self).split(separator: "\n")
-                if let last = lines.last(where: { $0.hasPrefix("ack ") }), let v = Int(last.dropFirst(4)) { acked = v / 25 }
+                if let last = lines.last(where: { $0.hasPrefix("ack ") && $0.split(separator: " ").count == 3 }),
+                   let v = Int(last.split(separator: " ")[1]) { acked = v / 25 }
             }
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
             #expect(p.terminationReason == .uncaughtSignal, "round \(round): the insert ended before the kill")
             let text = String(decoding: buffer + out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            let ackedRows = text.split(separator: "\n").compactMap { $0.hasPrefix("ack ") ? Int($0.dropFirst(4)) : nil }.max() ?? 0
+            let ackedRows = text.split(separator: "\n").compactMap { $0.hasPrefix("ack ") ? Int($0.split(separator: " ")[1]) : nil }.max() ?? 0
             let r = try MutableVectorIndex.open(at: dir.file("idx"))
             // Labels 1000 … are the input rows in order: present ones must form a prefix.
             var present = 0
@@ -321,4 +359,12 @@ import FathomStorage
             #expect(IndexVerifier.verify(directory: dir.file("idx")).isEmpty, "round \(round)")
         }
     }
+}
+
+/// A locked counter shared by test threads.
+final class Tally: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func next() -> Int { lock.lock(); defer { lock.unlock() }; value += 1; return value - 1 }
+    func peek() -> Int { lock.lock(); defer { lock.unlock() }; return value }
 }
