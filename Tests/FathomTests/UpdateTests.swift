@@ -182,30 +182,6 @@ import FathomStorage
         #expect(cut.replayedRecords == 10)
     }
 
-    @Test func aFullDiskFailsTheFlushAndLosesNothingAcknowledged() throws {
-        let dir = TempDir()
-        let (all, _) = try Self.build(dir)
-        let w = try MutableVectorIndex.open(at: dir.file("idx"))
-        for i in 1600..<1610 { try w.insert(label: UInt64(i), vector: Self.row(all, i)) }
-        try w.flush()
-        for i in 1610..<1620 { try w.insert(label: UInt64(i), vector: Self.row(all, i)) }
-        let log = dir.file("idx/updates.wal")
-        for fault in [FaultInjector.Fault.enospc, .shortWrite] {
-            FaultInjector.arm(pathPrefix: log, failAt: 1, fault: fault)
-            do { try w.flush(); Issue.record("flush succeeded on a full disk") }
-            catch let e as FathomError { #expect(e.code == (fault == .enospc ? .diskFull : .io) && e.path == log, "\(e)") }
-            _ = FaultInjector.disarm()
-            // Searches keep the last snapshot; the log holds exactly the acknowledged records.
-            #expect(w.count == 1610)
-            #expect(try LogFile(path: log, create: false).size == w.durableLogBytes)
-        }
-        try w.flush()   // space again: the pending group is retried
-        #expect(w.count == 1620)
-        w.close()
-        let r = try MutableVectorIndex.open(at: dir.file("idx"))
-        #expect(r.replayedRecords == 20 && r.tornBytes == 0 && r.count == 1620)
-    }
-
     @Test func checkpointFoldsTheLogIntoANewVersion() throws {
         let dir = TempDir()
         let (all, _) = try Self.build(dir)
@@ -367,4 +343,31 @@ final class Tally: @unchecked Sendable {
     private var value = 0
     func next() -> Int { lock.lock(); defer { lock.unlock() }; value += 1; return value - 1 }
     func peek() -> Int { lock.lock(); defer { lock.unlock() }; return value }
+}
+
+/// FaultInjector has one arming per process: this test joins the serialized suite that uses it.
+extension BuildFaultTests {
+    @Test func aFullDiskFailsTheFlushAndLosesNothingAcknowledged() throws {
+        let dir = TempDir()
+        let (all, _) = try UpdateTests.build(dir)
+        let w = try MutableVectorIndex.open(at: dir.file("idx"))
+        for i in 1600..<1610 { try w.insert(label: UInt64(i), vector: UpdateTests.row(all, i)) }
+        try w.flush()
+        for i in 1610..<1620 { try w.insert(label: UInt64(i), vector: UpdateTests.row(all, i)) }
+        let log = dir.file("idx/updates.wal")
+        for fault in [FaultInjector.Fault.enospc, .shortWrite] {
+            FaultInjector.arm(pathPrefix: log, failAt: 1, fault: fault)
+            do { try w.flush(); Issue.record("flush succeeded on a full disk") }
+            catch let e as FathomError { #expect(e.code == (fault == .enospc ? .diskFull : .io) && e.path == log, "\(e)") }
+            _ = FaultInjector.disarm()
+            // Searches keep the last snapshot; the log holds exactly the acknowledged records.
+            #expect(w.count == 1610)
+            #expect(try LogFile(path: log, create: false).size == w.durableLogBytes)
+        }
+        try w.flush()   // space again: the pending group is retried
+        #expect(w.count == 1620)
+        w.close()
+        let r = try MutableVectorIndex.open(at: dir.file("idx"))
+        #expect(r.replayedRecords == 20 && r.tornBytes == 0 && r.count == 1620)
+    }
 }

@@ -201,8 +201,12 @@ final class LayeredVectorStore: VectorStore, @unchecked Sendable {
 final class LayeredVectorReader: VectorReader {
     let store: LayeredVectorStore
     let base: VectorReader
-    /// The staged ids below the base count, and each one's position in the caller's ids.
-    var baseIds = [UInt32]()
+    /// The staged ids below the base count (in storage that stays put until the last
+    /// delivery: the base reader keeps a pointer to it), and each one's position in the
+    /// caller's ids.
+    var baseIds = UnsafeMutablePointer<UInt32>.allocate(capacity: 64)
+    var baseCapacity = 64
+    var baseCount = 0
     var basePos = [Int32]()
     /// Positions of staged ids in the delta.
     var deltaPos = [Int32]()
@@ -210,14 +214,21 @@ final class LayeredVectorReader: VectorReader {
     var undelivered = 0
 
     init(store: LayeredVectorStore, base: VectorReader) { self.store = store; self.base = base }
+    deinit { baseIds.deallocate() }
 
-    var scratchBytes: Int { base.scratchBytes + (baseIds.capacity + basePos.capacity + deltaPos.capacity) * 4 }
+    var scratchBytes: Int { base.scratchBytes + (baseCapacity + basePos.capacity + deltaPos.capacity) * 4 }
+
+    var baseBuffer: UnsafeBufferPointer<UInt32> { UnsafeBufferPointer(start: baseIds, count: baseCount) }
 
     func split(_ ids: UnsafeBufferPointer<UInt32>) {
-        baseIds.removeAll(keepingCapacity: true); basePos.removeAll(keepingCapacity: true); deltaPos.removeAll(keepingCapacity: true)
+        if ids.count > baseCapacity {
+            baseIds.deallocate(); baseCapacity = ids.count; baseIds = .allocate(capacity: baseCapacity)
+        }
+        baseCount = 0
+        basePos.removeAll(keepingCapacity: true); deltaPos.removeAll(keepingCapacity: true)
         let b = UInt32(store.baseCount)
         for (i, id) in ids.enumerated() {
-            if id < b { baseIds.append(id); basePos.append(Int32(i)) } else { deltaPos.append(Int32(i)) }
+            if id < b { baseIds[baseCount] = id; baseCount += 1; basePos.append(Int32(i)) } else { deltaPos.append(Int32(i)) }
         }
         staged = ids
     }
@@ -230,7 +241,7 @@ final class LayeredVectorReader: VectorReader {
     func fetch(_ ids: UnsafeBufferPointer<UInt32>, visit: (Int, UnsafeRawPointer) throws -> Void) throws -> IOCounts {
         split(ids)
         let pos = basePos
-        var c = try baseIds.withUnsafeBufferPointer { try base.fetch($0) { i, row in try visit(Int(pos[i]), row) } }
+        var c = try base.fetch(baseBuffer) { i, row in try visit(Int(pos[i]), row) }
         try visitDelta(visit)
         c.items += deltaPos.count
         return c
@@ -238,9 +249,7 @@ final class LayeredVectorReader: VectorReader {
 
     func stage(_ ids: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
         split(ids)
-        // The base reader keeps a pointer to the ids it stages: baseIds must not change
-        // until the last delivery (it does not: the next split comes with the next stage).
-        let r = baseIds.withUnsafeBufferPointer { base.stage($0) }
+        let r = base.stage(baseBuffer)
         if r.requests.isEmpty { return r }   // no base IO: the caller falls back to `fetch`
         undelivered = r.requests.count
         var c = r.counts
