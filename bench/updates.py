@@ -159,7 +159,11 @@ def main():
     # kill -9 (and simulated power losses) at random moments of an insert/delete stream.
     crash = {"kills": 0, "power_losses": 0, "failures": []}
     if a.kills + a.power_losses > 0:
-        shutil.copytree(W("upd"), W("crash"))
+        # The crash index: a build on the first 100K rows (replay at every reopen stays short).
+        crash_n = min(n_base, 100_000)
+        write_bin(W("crash.base.fbin"), X[:crash_n])
+        run([F, "build", "--input", W("crash.base.fbin"), "--output", W("crash"), "--metric", a.metric,
+             "--memory-budget", a.memory_budget, "--quiet", *build_extra])
         open(W("empty.labels"), "w").close()
         floor = os.path.getsize(W("crash/updates.wal"))
         # Label L's vector: row L mod n plus noise seeded by L (distinct, regenerated on demand).
@@ -184,7 +188,7 @@ def main():
                     absent.update(victims)      # acknowledged: must stay deleted
                 # not acknowledged: either outcome is allowed, so neither set checks them
             else:
-                m = 20_000
+                m = 10_000
                 labels = np.arange(next_label, next_label + m); next_label += m
                 write_bin(W("crash.fbin"), vec(labels)); write_labels(W("crash.labels"), labels)
                 proc = subprocess.Popen([F, "insert", "--index", W("crash"), "--input", W("crash.fbin"), "--labels", W("crash.labels"),

@@ -150,34 +150,37 @@ import FathomStorage
         let dir = TempDir()
         let (all, _) = try Self.build(dir)
         let w = try MutableVectorIndex.open(at: dir.file("idx"))
-        for i in 1600..<1650 { try w.insert(label: UInt64(i), vector: Self.row(all, i)) }
-        try w.flush()
+        // One flush per insert: ends[i] is where record i ends in the log.
+        var ends = [Int]()
+        for i in 1600..<1650 { try w.insert(label: UInt64(i), vector: Self.row(all, i)); try w.flush(); ends.append(w.durableLogBytes) }
         let durable = w.durableLogBytes
         w.close()
         let log = dir.file("idx/updates.wal")
-        let recordBytes = 8 + 9 + 16 * 4
-        #expect(durable == 64 + 50 * recordBytes)
+        #expect(durable == ends[49] && ends[0] > 64 + 8 + 10 + 16 * 4)
         // Cut the last record in the middle, then add garbage (a torn, unsynced tail).
         let f = try LogFile(path: log, create: false)
-        try f.truncate(to: durable - recordBytes / 2)
+        let half = (ends[48] + ends[49]) / 2
+        try f.truncate(to: half)
         let junk = [UInt8](repeating: 0xA5, count: 100)
         try junk.withUnsafeBytes { try f.append($0.baseAddress!, count: $0.count) }
         let r = try MutableVectorIndex.open(at: dir.file("idx"))
         #expect(r.replayedRecords == 49)
-        #expect(r.tornBytes == recordBytes - recordBytes / 2 + 100)
-        #expect(r.durableLogBytes == 64 + 49 * recordBytes)
-        #expect(try LogFile(path: log, create: false).size == 64 + 49 * recordBytes)   // the tail was cut
+        #expect(r.tornBytes == half - ends[48] + 100)
+        #expect(r.durableLogBytes == ends[48])
+        #expect(try LogFile(path: log, create: false).size == ends[48])   // the tail was cut
         #expect(r.contains(1648) && !r.contains(1649))
         // Appending after recovery continues a sound log.
         try r.insert(label: 1649, vector: Self.row(all, 1649)); try r.flush()
         r.close()
         let again = try MutableVectorIndex.open(at: dir.file("idx"))
         #expect(again.replayedRecords == 50 && again.tornBytes == 0 && again.contains(1649))
-        // A flipped byte inside a record: replay stops before it.
+        // Replay reuses the logged assignment: the same answers as before the restart.
+        #expect(try again.search(Self.row(all, 1620), k: 1, parameters: Self.everything)[0].label == 1620)
+        // A flipped byte inside record 10: replay stops before it.
         again.close()
         let g = try LogFile(path: log, create: false)
         var b: UInt8 = 0xFF
-        try g.write(&b, count: 1, at: 64 + 10 * recordBytes + 30)
+        try g.write(&b, count: 1, at: ends[9] + 40)
         let cut = try MutableVectorIndex.open(at: dir.file("idx"))
         #expect(cut.replayedRecords == 10)
     }

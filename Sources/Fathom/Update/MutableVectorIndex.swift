@@ -149,9 +149,7 @@ public final class MutableVectorIndex: @unchecked Sendable {
             }
             try w.checkRoom(labels.count)
             for (i, l) in labels.enumerated() {
-                let row = v.baseAddress! + i * d
-                w.wal.append(replace ? .upsert : .insert, label: l, vector: row)
-                try w.apply(insert: l, vector: row, replace: replace)
+                try w.logAndApply(replace ? .upsert : .insert, label: l, vector: v.baseAddress! + i * d)
             }
             w.unpublished = true
         }
@@ -166,8 +164,7 @@ public final class MutableVectorIndex: @unchecked Sendable {
             throw FathomError(.invalidArgument, "label \(label) is already in the index; upsert replaces it")
         }
         try w.checkRoom(1)
-        w.wal.append(op, label: label, vector: vector.baseAddress!)
-        try w.apply(insert: label, vector: vector.baseAddress!, replace: op == .upsert)
+        try w.logAndApply(op, label: label, vector: vector.baseAddress!)
         w.unpublished = true
     }
 
@@ -239,6 +236,7 @@ final class WriterState {
     let candIds: UnsafeMutablePointer<UInt32>
     let candDist: UnsafeMutablePointer<Float>
     let chosen: UnsafeMutablePointer<Int>
+    let assigned: UnsafeMutablePointer<UInt32>
     let record: UnsafeMutableRawPointer
     let work: UnsafeMutablePointer<Float>
     let reduced: UnsafeMutablePointer<Float>
@@ -272,7 +270,8 @@ final class WriterState {
         let K = max(1, min(b.manifest.parameters.candidate_heads, graph.count))
         scratch = HeadGraph.Scratch(graphSize: graph.count, beam: K + 32)
         candIds = .allocate(capacity: K + 32); candDist = .allocate(capacity: K + 32)
-        chosen = .allocate(capacity: max(1, b.manifest.parameters.replicas))
+        chosen = .allocate(capacity: WriteAheadLog.maxHeads)
+        assigned = .allocate(capacity: WriteAheadLog.maxHeads)
         record = .allocate(byteCount: b.postingStore.recordBytes, alignment: 16)
         work = .allocate(capacity: b.dimension)
         reduced = .allocate(capacity: max(1, b.codec?.reducedDim ?? 1))
@@ -285,12 +284,12 @@ final class WriterState {
         maxLabel = b.labels.maxLabel
         wal = try WriteAheadLog(directory: directory, dimension: b.dimension, identity: Self.identity(b.manifest), writable: writable)
         var replayError: FathomError? = nil
-        let replayed = try wal.replay(writable: writable) { op, label, v, offset in
+        let replayed = try wal.replay(writable: writable) { op, label, v, heads, offset in
             if replayError != nil { return }
             do {
                 switch op {
-                case .insert: try self.apply(insert: label, vector: v!, replace: false)
-                case .upsert: try self.apply(insert: label, vector: v!, replace: true)
+                case .insert: try self.apply(insert: label, vector: v!, replace: false, heads: heads)
+                case .upsert: try self.apply(insert: label, vector: v!, replace: true, heads: heads)
                 case .delete: _ = self.apply(delete: label)
                 }
             } catch var e as FathomError {
@@ -305,7 +304,7 @@ final class WriterState {
     }
 
     deinit {
-        candIds.deallocate(); candDist.deallocate(); chosen.deallocate(); record.deallocate()
+        candIds.deallocate(); candDist.deallocate(); chosen.deallocate(); assigned.deallocate(); record.deallocate()
         work.deallocate(); reduced.deallocate()
     }
 
@@ -330,29 +329,51 @@ final class WriterState {
         }
     }
 
-    /// Applies an insert or upsert (shared by updates and replay).
-    func apply(insert label: UInt64, vector v: UnsafePointer<Float>, replace: Bool) throws {
+    /// The postings a new vector joins: the build's rule (assign stage of IndexBuilder) —
+    /// the `candidate_heads` nearest heads by graph search, kept by the RNG closure rule, at
+    /// most `replicas`. Leaves the (normalized) vector in `work` and the heads in `assigned`.
+    func assign(_ v: UnsafePointer<Float>) -> UnsafeBufferPointer<UInt32> {
+        let d = base.dimension
+        work.update(from: v, count: d)
+        if base.metric == .cosine { _ = Distance.normalize(work, d) }
+        let p = base.manifest.parameters
+        let K = max(1, min(p.candidate_heads, graph.count))
+        let found = graph.search(work, k: K, listSize: K + 32, scratch: scratch, outIds: candIds, outDist: candDist)
+        let m = rngSelect(candidates: candIds, distances: candDist, count: found, replicas: min(WriteAheadLog.maxHeads, max(1, p.replicas)),
+                          rngFactor: Float(p.rng_factor), heads: heads, out: chosen)
+        for c in 0..<m { assigned[c] = candIds[chosen[c]] }
+        return UnsafeBufferPointer(start: assigned, count: m)
+    }
+
+    /// Logs and applies an insert or upsert (the caller checked it).
+    func logAndApply(_ op: WriteAheadLog.Op, label: UInt64, vector v: UnsafePointer<Float>) throws {
+        let h = assign(v)
+        wal.append(op, label: label, vector: v, heads: h)
+        try apply(insert: label, vector: v, replace: op == .upsert, heads: h)
+    }
+
+    /// Applies an insert or upsert assigned to `postings` (shared by updates and replay).
+    func apply(insert label: UInt64, vector v: UnsafePointer<Float>, replace: Bool, heads postings: UnsafeBufferPointer<UInt32>) throws {
+        for h in postings where Int(h) >= graph.count {
+            throw FathomError(.corruptIndex, "an insert of label \(label) names posting \(h), but the index has \(graph.count)")
+        }
         if let old = idOf[label] {
             guard replace else { throw FathomError(.invalidArgument, "label \(label) is already in the index; upsert replaces it") }
             markDeleted(old)
         }
         let d = base.dimension
         let id = UInt32(base.count + vectors.count)
-        work.update(from: v, count: d)
-        if base.metric == .cosine { _ = Distance.normalize(work, d) }
-        // Assignment: the build's rule (assign stage of IndexBuilder).
-        let p = base.manifest.parameters
-        let K = max(1, min(p.candidate_heads, graph.count))
-        let found = graph.search(work, k: K, listSize: K + 32, scratch: scratch, outIds: candIds, outDist: candDist)
-        let m = rngSelect(candidates: candIds, distances: candDist, count: found, replicas: max(1, p.replicas),
-                          rngFactor: Float(p.rng_factor), heads: heads, out: chosen)
+        if postings.baseAddress != UnsafePointer(assigned) {   // replay: `work` does not hold it yet
+            work.update(from: v, count: d)
+            if base.metric == .cosine { _ = Distance.normalize(work, d) }
+        }
         record.storeBytes(of: id.littleEndian, as: UInt32.self)
         if let codec = base.codec {
             codec.encode(work, scratch: reduced, into: record + 4)
         } else {
             (record + 4).copyMemory(from: work, byteCount: d * 4)
         }
-        for c in 0..<m { delta.append(head: Int(candIds[chosen[c]]), record: record) }
+        for h in postings { delta.append(head: Int(h), record: record) }
         vectors.append(work)
         var l = label.littleEndian
         labelRows.append(&l)

@@ -16,7 +16,9 @@ import Foundation
 /// | 4 | 4 | CRC32C of the payload |
 /// | 8 | 1 | op: 1 insert, 2 delete, 3 upsert |
 /// | 9 | 8 | label (UInt64) |
-/// | 17 | 4·d | insert/upsert: the vector as given, float32 |
+/// | 17 | 1 | insert/upsert: m, the number of postings the vector was assigned to (≤ 8) |
+/// | 18 | 4·m | insert/upsert: those postings' heads (UInt32) |
+/// | 18 + 4·m | 4·d | insert/upsert: the vector as given, float32 |
 ///
 /// Recovery reads records front to back and stops at the first one that is incomplete or
 /// fails its checksum: a torn tail (the bytes of a commit that never finished), which a
@@ -43,7 +45,8 @@ final class WriteAheadLog {
     /// A failed commit may have left part of its bytes: cut them before the next write.
     private var dirtyTail = false
 
-    var maxPayload: Int { 9 + 4 * dimension }
+    static let maxHeads = 8
+    var maxPayload: Int { 10 + 4 * Self.maxHeads + 4 * dimension }
 
     /// Opens the log of `directory` (creating it, writable only, when missing). `identity`
     /// ties the log to one index version. Read-only with no log: an empty log.
@@ -79,14 +82,15 @@ final class WriteAheadLog {
 
     /// Replays every complete record in order, then (writable) cuts a torn tail. Returns the
     /// records replayed and the bytes of torn tail found.
-    func replay(writable: Bool, _ apply: (Op, UInt64, UnsafePointer<Float>?, _ offset: Int) throws -> Void) throws -> (records: Int, tornBytes: Int) {
+    func replay(writable: Bool, _ apply: (Op, UInt64, UnsafePointer<Float>?, UnsafeBufferPointer<UInt32>, _ offset: Int) throws -> Void) throws -> (records: Int, tornBytes: Int) {
         guard let f = file, f.size >= Self.headerBytes else { return (0, 0) }
         let size = f.size
         let block = 8 << 20
         let buf = UnsafeMutableRawPointer.allocate(byteCount: block + maxPayload + 8, alignment: 64)
         defer { buf.deallocate() }
         let vec = UnsafeMutablePointer<Float>.allocate(capacity: max(dimension, 1))
-        defer { vec.deallocate() }
+        let heads = UnsafeMutablePointer<UInt32>.allocate(capacity: Self.maxHeads)
+        defer { vec.deallocate(); heads.deallocate() }
         var at = Self.headerBytes          // next record's offset in the file
         var bufStart = at, bufEnd = at     // file range held in buf
         var records = 0
@@ -111,14 +115,19 @@ final class WriteAheadLog {
             guard let op = Op(rawValue: q.load(fromByteOffset: 8, as: UInt8.self)) else { break }
             let label = UInt64(littleEndian: q.loadUnaligned(fromByteOffset: 9, as: UInt64.self))
             var v: UnsafePointer<Float>? = nil
+            var m = 0
             if op != .delete {
-                guard len == 9 + 4 * dimension else { break }
-                for j in 0..<dimension { vec[j] = Float(bitPattern: UInt32(littleEndian: q.loadUnaligned(fromByteOffset: 17 + 4 * j, as: UInt32.self))) }
+                guard len >= 10 else { break }
+                m = Int(q.load(fromByteOffset: 17, as: UInt8.self))
+                guard m <= Self.maxHeads, len == 10 + 4 * m + 4 * dimension else { break }
+                for j in 0..<m { heads[j] = UInt32(littleEndian: q.loadUnaligned(fromByteOffset: 18 + 4 * j, as: UInt32.self)) }
+                let vo = 18 + 4 * m
+                for j in 0..<dimension { vec[j] = Float(bitPattern: UInt32(littleEndian: q.loadUnaligned(fromByteOffset: vo + 4 * j, as: UInt32.self))) }
                 v = UnsafePointer(vec)
             } else {
                 guard len == 9 else { break }
             }
-            try apply(op, label, v, at)
+            try apply(op, label, v, UnsafeBufferPointer(start: heads, count: m), at)
             records += 1
             at += 8 + len
         }
@@ -133,8 +142,10 @@ final class WriteAheadLog {
     }
 
     /// Appends a record to the pending group (not yet durable).
-    func append(_ op: Op, label: UInt64, vector: UnsafePointer<Float>?) {
-        let len = op == .delete ? 9 : 9 + 4 * dimension
+    /// `heads`: the postings an insert or upsert was assigned to (replay reuses them).
+    func append(_ op: Op, label: UInt64, vector: UnsafePointer<Float>?, heads: UnsafeBufferPointer<UInt32> = .init(start: nil, count: 0)) {
+        precondition(heads.count <= Self.maxHeads)
+        let len = op == .delete ? 9 : 10 + 4 * heads.count + 4 * dimension
         let start = pending.count
         pending.append(contentsOf: repeatElement(0, count: 8 + len))
         pending.withUnsafeMutableBytes { b in
@@ -143,7 +154,10 @@ final class WriteAheadLog {
             p.storeBytes(of: op.rawValue, toByteOffset: 8, as: UInt8.self)
             p.storeBytes(of: label.littleEndian, toByteOffset: 9, as: UInt64.self)
             if let vector {
-                for j in 0..<dimension { p.storeBytes(of: vector[j].bitPattern.littleEndian, toByteOffset: 17 + 4 * j, as: UInt32.self) }
+                p.storeBytes(of: UInt8(heads.count), toByteOffset: 17, as: UInt8.self)
+                for (j, h) in heads.enumerated() { p.storeBytes(of: h.littleEndian, toByteOffset: 18 + 4 * j, as: UInt32.self) }
+                let vo = 18 + 4 * heads.count
+                for j in 0..<dimension { p.storeBytes(of: vector[j].bitPattern.littleEndian, toByteOffset: vo + 4 * j, as: UInt32.self) }
             }
             p.storeBytes(of: crc32c(UnsafeRawPointer(p + 8), len, 0).littleEndian, toByteOffset: 4, as: UInt32.self)
         }
