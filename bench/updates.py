@@ -165,6 +165,7 @@ def main():
         run([F, "build", "--input", W("crash.base.fbin"), "--output", W("crash"), "--metric", a.metric,
              "--memory-budget", a.memory_budget, "--quiet", *build_extra])
         open(W("empty.labels"), "w").close()
+        run([F, "delete", "--index", W("crash"), "--labels", W("empty.labels"), "--quiet"])   # creates the log
         floor = os.path.getsize(W("crash/updates.wal"))
         # Label L's vector: row L mod n plus noise seeded by L (distinct, regenerated on demand).
         sigma = 0.01 * float(np.asarray(X[:10_000]).std())
