@@ -374,3 +374,49 @@ extension BuildFaultTests {
         #expect(r.replayedRecords == 20 && r.tornBytes == 0 && r.count == 1620)
     }
 }
+
+/// `fathom insert` / `delete` / `search --output` on bad and good input.
+@Suite struct UpdateCLITests {
+    @Test func insertDeleteAndTheirBadInput() throws {
+        let dir = TempDir()
+        let (all, _) = try UpdateTests.build(dir)
+        try UpdateTests.write(all, 1600..<1700, to: dir.file("new.fbin"))
+        // Wrong dimension: names the input file.
+        _ = try writeSynthetic(dir: dir, n: 10, d: 8, base: "d8.fbin")
+        var r = try runFathom(["insert", "--index", dir.file("idx"), "--input", dir.file("d8.fbin"), "--quiet"])
+        #expect(r.status == 6 && r.stderr.contains(dir.file("d8.fbin")) && r.stderr.contains("dimension 8"), "\(r.stderr)")
+        // NaN in row 30 of a batch: names the file, the row and the byte offset; earlier batches stay.
+        let bad = Matrix(rows: 100, cols: 16)
+        bad.data.update(from: all.row(1800), count: 100 * 16)   // other vectors than new.fbin
+        bad.row(30)[4] = .nan
+        try UpdateTests.write(bad, 0..<100, to: dir.file("nan.fbin"))
+        r = try runFathom(["insert", "--index", dir.file("idx"), "--input", dir.file("nan.fbin"), "--batch", "20", "--quiet"])
+        #expect(r.status == 7 && r.stderr.contains("row 30") && r.stderr.contains("at byte \(8 + 30 * 64 + 16)"), "\(r.stderr)")
+        // The first batch (rows 0-19) was acknowledged: it is there, labels 1600…
+        r = try runFathom(["delete", "--index", dir.file("idx"), "--labels", try labels(dir, "a.txt", [1619, 1620]), "--quiet"])
+        #expect(r.status == 0 && r.stdout.contains("deleted 1 vectors"), "\(r.stdout) \(r.stderr)")
+        // Duplicate label: refused naming the labels file; --upsert replaces.
+        let l = try labels(dir, "l.txt", Array(5..<105))
+        r = try runFathom(["insert", "--index", dir.file("idx"), "--input", dir.file("new.fbin"), "--labels", l, "--quiet"])
+        #expect(r.status == 2 && r.stderr.contains("label 5 is already in the index") && r.stderr.contains(l), "\(r.stderr)")
+        r = try runFathom(["insert", "--index", dir.file("idx"), "--input", dir.file("new.fbin"), "--labels", l, "--upsert", "--json", "--quiet"])
+        #expect(r.status == 0 && r.stdout.contains("\"inserted\":100"), "\(r.stderr)")
+        // Unknown labels on delete: reported, not fatal.
+        r = try runFathom(["delete", "--index", dir.file("idx"), "--labels", try labels(dir, "u.txt", [1, 123_456_789])])
+        #expect(r.status == 0 && r.stderr.contains("1 label(s) not in the index") && r.stderr.contains("123456789"), "\(r.stderr)")
+        // search --output writes labels: the upserted vectors come back under labels 5…104.
+        r = try runFathom(["search", "--index", dir.file("idx"), "--queries", dir.file("new.fbin"), "-k", "1", "--probes", "64",
+                           "--threads", "1", "--output", dir.file("res.ibin"), "--quiet"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let res = try GroundTruth.read(path: dir.file("res.ibin"))
+        let top = (0..<100).map { res.neighbors(of: $0).first! }
+        #expect(top == (5..<105).map { Int32($0) })
+        r = try runFathom(["verify", dir.file("idx"), "--quiet"])
+        #expect(r.status == 0, "\(r.stdout)")
+    }
+
+    func labels(_ dir: TempDir, _ name: String, _ ls: [Int]) throws -> String {
+        try ls.map(String.init).joined(separator: "\n").write(toFile: dir.file(name), atomically: true, encoding: .utf8)
+        return dir.file(name)
+    }
+}
