@@ -143,6 +143,7 @@ def main():
 
     # Search p99 with and without a sustained insert stream (on a copy of the updated index).
     shutil.copytree(W("upd"), W("stream"))
+    search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads)   # warm the page cache
     quiet = search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads)[0]
     stream_rows = min(n - n_base, 200_000)
     write_bin(W("stream.fbin"), X[n_base:n_base + stream_rows] + rng.normal(0, 1e-3, size=(stream_rows, d)).astype(np.float32))
