@@ -147,13 +147,24 @@ def main():
     quiet = search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads)[0]
     stream_rows = min(n - n_base, 200_000)
     write_bin(W("stream.fbin"), X[n_base:n_base + stream_rows] + rng.normal(0, 1e-3, size=(stream_rows, d)).astype(np.float32))
-    write_labels(W("stream.labels"), np.arange(n, n + stream_rows))
-    ins_p = subprocess.Popen([F, "insert", "--index", W("stream"), "--input", W("stream.fbin"), "--labels", W("stream.labels"),
-                              "--batch", "1000", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
+    # A sustained stream: `fathom insert` runs back to back (fresh labels each time) until the search ends.
+    import threading
+    stop = threading.Event()
+    gaps = []
+    def stream():
+        r = 0
+        while not stop.is_set():
+            write_labels(W("stream.labels"), np.arange(n + r * stream_rows, n + (r + 1) * stream_rows))
+            proc = subprocess.Popen([F, "insert", "--index", W("stream"), "--input", W("stream.fbin"), "--labels", W("stream.labels"),
+                                     "--batch", "1000", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while proc.poll() is None and not stop.is_set(): time.sleep(0.05)
+            if proc.poll() is None: proc.kill()
+            proc.wait(); r += 1
+    th = threading.Thread(target=stream); th.start()
+    time.sleep(2.0)
     busy = search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads)[0]
-    covered = ins_p.poll() is None   # the stream ran for the whole search
-    ins_p.kill(); ins_p.wait()
+    covered = th.is_alive()
+    stop.set(); th.join()
     out["stream"] = {"probes": p, "p99_us_quiet": quiet["p99_us"], "p99_us_during_inserts": busy["p99_us"],
                      "ratio": busy["p99_us"] / quiet["p99_us"], "stream_covered_the_search": covered}
 
