@@ -143,6 +143,13 @@ def main():
 
     # Search p99 with and without a sustained insert stream (on a copy of the updated index).
     shutil.copytree(W("upd"), W("stream"))
+    # Small groups: batches of 100 (one fsync each), the latency a service's single inserts would see.
+    small = min(20_000, n - n_base)
+    write_bin(W("small.fbin"), X[n_base:n_base + small] + rng.normal(0, 1e-3, size=(small, d)).astype(np.float32))
+    write_labels(W("small.labels"), np.arange(20 * n, 20 * n + small))
+    r, _ = run([F, "insert", "--index", W("stream"), "--input", W("small.fbin"), "--labels", W("small.labels"),
+                "--batch", "100", "--json", "--quiet"])
+    out["insert_batches_of_100"] = json.loads(r.stdout)
     search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads)   # warm the page cache
     quiet = search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads)[0]
     stream_rows = min(n - n_base, 200_000)
