@@ -42,6 +42,8 @@ struct BuildCommand: ParsableCommand {
     var trainQueries: String?
     @Option(help: ArgumentHelp("Attributes per vector for filtered search: CSV with a header (types as name:int|float|category|tags or inferred) or JSON lines (.jsonl).", valueName: "path"))
     var attributes: String?
+    @Option(help: ArgumentHelp("External labels: one decimal UInt64 per line, in input order, unique (default: row numbers). Results report them.", valueName: "path"))
+    var labels: String?
     @Option(help: "Random seed (same seed and input: same index).") var seed: UInt64 = 42
     @Option(help: "Worker threads. Accepted for scripts; the build currently runs its stages on one thread (two vCPUs give about one core here; overlapping IO is where the second helps).") var threads: Int = 1
     @Flag(help: "Do not print progress on stderr.") var quiet = false
@@ -55,6 +57,7 @@ struct BuildCommand: ParsableCommand {
             o.sampleSize = sampleSize; o.seed = seed; o.threads = threads
             o.codec = codec; o.reduceDims = reduceDims; o.trainQueries = trainQueries
             o.attributes = attributes
+            o.labels = labels
             let header = try VectorFileHeader.inspect(path: input, format: nil)
             o.serveMemoryPerVector = try ServeMemory.perVector(serveMemory, vectors: header.count, flag: "--serve-memory")
             let progress = ProgressReporter(enabled: !quiet)
@@ -107,7 +110,7 @@ struct SearchCommand: ParsableCommand {
     @Option(help: "Use at most this many queries (default: all).") var limit: Int?
     @Option(help: "IO engine: aio (libaio + O_DIRECT), pread, or auto (aio, pread where O_DIRECT is refused).") var io: String = "auto"
     @Flag(name: .customLong("no-checksums"), help: "Skip the CRC32C check of each posting read.") var noChecksums = false
-    @Option(help: ArgumentHelp("Write the last setting's results as big-ann .ibin.", valueName: "path")) var output: String?
+    @Option(help: ArgumentHelp("Write the last setting's results (their labels) as big-ann .ibin.", valueName: "path")) var output: String?
     @Flag(help: "Print JSON on stdout instead of the table.") var json = false
     @Flag(help: "Do not print progress on stderr.") var quiet = false
 
@@ -131,7 +134,7 @@ struct SearchCommand: ParsableCommand {
                 let m = try Manifest.load(directory: index)
                 return UInt64(try ServeMemory.perVector(text, vectors: m.count, flag: "--serve-memory") * Double(m.count))
             }
-            let idx = try VectorIndex.open(at: index, io: mode, serveMemory: budget)
+            let idx = try VectorIndex.openCurrent(at: index, io: mode, serveMemory: budget)   // built version + its update log
             guard k <= idx.count else {
                 throw FathomError(.invalidArgument, "-k \(k) exceeds the \(idx.count) vectors in the index", path: index)
             }
@@ -173,6 +176,9 @@ struct SearchCommand: ParsableCommand {
                 print(SearchBenchmark.table(rows, k: k), terminator: "")
             }
             if let output {
+                if let top = idx.labels.maxLabel, top >= UInt64(UInt32.max) - 1 {
+                    throw FathomError(.invalidArgument, "label \(top) does not fit the 32-bit ids of an .ibin result file", path: output)
+                }
                 var flatIds = [Int32](), flatD = [Float]()
                 for i in 0..<ids.count {
                     for j in 0..<k { flatIds.append(j < ids[i].count ? Int32(bitPattern: ids[i][j]) : -1); flatD.append(j < dists[i].count ? dists[i][j] : .infinity) }

@@ -22,6 +22,7 @@ private func sysPread(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int, _ off
 private func sysFcntlGetFlags(_ fd: Int32) -> Int32 { fcntl(fd, F_GETFL) }
 private func sysFcntlSetFlags(_ fd: Int32, _ flags: Int32) -> Int32 { fcntl(fd, F_SETFL, flags) }
 private func sysPwrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int, _ off: off_t) -> Int { pwrite(fd, p, n, off) }
+private func sysFtruncate(_ fd: Int32, _ size: off_t) -> Int32 { ftruncate(fd, size) }
 
 /// An open file descriptor plus the path it was opened from (for error messages).
 ///
@@ -159,6 +160,15 @@ struct SystemFile {
             let e = errno
             if e == EINTR { continue }
             throw FathomError.system("fsync", path: path, errno: e)
+        }
+    }
+
+    /// `ftruncate`: cuts (or zero-extends) the file to `size` bytes.
+    func truncate(to size: Int) throws {
+        while sysFtruncate(rawValue, off_t(size)) != 0 {
+            let e = errno
+            if e == EINTR { continue }
+            throw FathomError.system("ftruncate", path: path, errno: e, offset: UInt64(size))
         }
     }
 

@@ -48,6 +48,8 @@ public struct BuildOptions: Sendable, Equatable {
     public var trainQueries: String? = nil
     /// Attributes per vector (CSV with a header, or JSON lines `.jsonl`) for filtered search.
     public var attributes: String? = nil
+    /// External labels, one decimal UInt64 per line in input order (labels.bin; default: row numbers).
+    public var labels: String? = nil
     /// Test hook: stop with `.cancelled` right after this stage finishes (simulates a kill).
     var stopAfterStage: String? = nil
 
@@ -452,6 +454,9 @@ public final class IndexBuilder {
             try AttributeStore.writeAttributes(table: table, quantized: quantized, path: buildDirectory + "/" + AttributeStore.attrsFile)
             progress.note(String(format: "train: attributes quantized to %d bytes per vector in %.1f s", quantized.bytesPerVector, Date().timeIntervalSince(t0)))
         }
+        if let lpath = options.labels {
+            try LabelsFile.write(try LabelsFile.parseText(path: lpath, expected: n), path: buildDirectory + "/" + LabelsFile.name)
+        }
         let S = plan.sampleSize
         var rng = SeededRandom(seed: options.seed)
         let sampleIds = rng.sample(S, from: n)
@@ -724,7 +729,8 @@ public final class IndexBuilder {
         let layout = IndexLayout(directory: buildDirectory)
         var files = [Manifest.FileEntry]()
         for name in IndexLayout.dataFiles + (codec == .none ? [] : [IndexLayout.codecFile])
-            + (options.attributes == nil ? [] : [AttributeStore.attrsFile, AttributeStore.summariesFile]) {
+            + (options.attributes == nil ? [] : [AttributeStore.attrsFile, AttributeStore.summariesFile])
+            + (options.labels == nil ? [] : [LabelsFile.name]) {
             let (bytes, crc) = try fileCRC32C(buildDirectory + "/" + name)
             files.append(.init(name: name, bytes: bytes, crc32c: String(format: "%08x", crc)))
         }

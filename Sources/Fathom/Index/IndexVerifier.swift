@@ -106,6 +106,11 @@ public enum IndexVerifier {
                 problems.append(Problem(file: layout.postingsPath, offset: nil, message: "\(count) vectors are in no posting (first: \(missing))"))
             }
         } catch { add(error, layout.postingsPath) }
+        // 3. The update log (docs/updates.md): it must belong to this version and replay.
+        if FileManager.default.fileExists(atPath: directory + "/" + WriteAheadLog.fileName) {
+            do { _ = try MutableVectorIndex(directory: directory, writable: false, io: .pread, serveMemory: nil) }
+            catch { add(error, directory + "/" + WriteAheadLog.fileName) }
+        }
         return problems
     }
 }

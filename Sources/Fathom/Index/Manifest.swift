@@ -168,7 +168,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     }
 
     /// The files an open index reads whole into RAM.
-    static let residentFiles: Set<String> = ["heads.bin", "graph.bin", "postings.idx", "codec.bin", "attrs.bin", "summaries.bin"]
+    static let residentFiles: Set<String> = ["heads.bin", "graph.bin", "postings.idx", "codec.bin", "attrs.bin", "summaries.bin", "labels.bin"]
 
     /// Checks the checksum of the files an open index keeps in RAM (heads, graph, posting
     /// table, codec, attributes, summaries); postings are checked per read and vectors by

@@ -242,6 +242,7 @@ extension Searcher {
     func matchingIds(_ f: FilterContext) -> [UInt32] {
         var out = [UInt32]()
         let n = index.count, block = 4096
+        let tombstones = index.tombstones
         let sc = f.scratch
         sc.reserveRows(block, recordBytes: 0)
         var start = 0
@@ -250,7 +251,7 @@ extension Searcher {
             for i in 0..<m0 { sc.ids[i] = UInt32(start + i) }
             var m = f.filter.codes.select(sc.ids, aux: nil, count: m0, quantized: f.attrs.quantized)
             if !f.filter.codes.decides { m = f.filter.program.select(sc.ids, aux: nil, count: m, table: f.attrs.table, scratch: sc) }
-            out.append(contentsOf: UnsafeBufferPointer(start: sc.ids, count: m))
+            for i in 0..<m where !tombstones.contains(sc.ids[i]) { out.append(sc.ids[i]) }
             start += m0
         }
         return out
@@ -299,10 +300,12 @@ extension Searcher {
         }
         let ids = sc.ids, slots = sc.slots
         let n = UInt32(index.count)
+        let tombstones = index.tombstones
         var m = 0
         for j in 0..<count {
             let id = UInt32(littleEndian: records.loadUnaligned(fromByteOffset: j * recordBytes, as: UInt32.self))
             if id >= n { if badId == nil { badId = (id, list, j) }; continue }
+            if tombstones.contains(id) { continue }
             ids[m] = id; slots[m] = Int32(j); m += 1
         }
         sc.records += m

@@ -39,7 +39,13 @@ public struct SearchReportRow: Sendable, Codable {
 /// DiskANN's search tool does (QPS over the whole batch, per-query latency percentiles,
 /// IOs and KiB read per query, recall@k).
 public enum SearchBenchmark {
-    /// - Returns: one row per entry of `probes`, plus the ids of the last run (for `--output`).
+    /// A result as recall and `--output` see it: its label, as the 32-bit id an .ibin ground
+    /// truth holds (labels ≥ 2^32 − 1 cannot appear in one: ``LabelMap/maxLabel`` tells).
+    @inline(__always)
+    public static func resultKey(_ n: Neighbor) -> UInt32 { UInt32(exactly: n.label) ?? UInt32.max - 1 }
+
+    /// - Returns: one row per entry of `probes`, plus the labels of the last run (for `--output`;
+    ///   recall compares labels with the ground truth: build it in label space).
     /// - Parameter window: queries in flight per thread (``SearchPipeline``; plain queries on
     ///   the libaio engine), 1: one at a time.
     public static func run(index: VectorIndex, queries: Matrix, k: Int, probes: [Int], threads: Int,
@@ -95,7 +101,7 @@ public enum SearchBenchmark {
                                     latP.p[i] = Double(DispatchTime.now().uptimeNanoseconds - begun[i]) / 1000
                                     statsP.p[i] = st
                                     switch r {
-                                    case .success(let hits): idsP.p[i] = hits.map(\.id); distsP.p[i] = hits.map(\.distance)
+                                    case .success(let hits): idsP.p[i] = hits.map(Self.resultKey); distsP.p[i] = hits.map(\.distance)
                                     case .failure(let e): failP.p[i] = e
                                     }
                                 })
@@ -129,7 +135,7 @@ public enum SearchBenchmark {
                                     }
                                     latP.p[i] = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000
                                     statsP.p[i] = s.stats
-                                    idsP.p[i] = (0..<n).map { out[$0].id }
+                                    idsP.p[i] = (0..<n).map { Self.resultKey(out[$0]) }
                                     distsP.p[i] = (0..<n).map { out[$0].distance }
                                 } catch let e as FathomError {
                                     failP.p[i] = e

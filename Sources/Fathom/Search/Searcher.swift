@@ -216,6 +216,8 @@ public final class Searcher {
             stats.add(c, postings: false)
             pending = rq.count
             if !rq.isEmpty { return rq }
+            // A store without IO for these rows stages nothing: read them at once.
+            if n > 0 { do { try rankExactly(UnsafeBufferPointer(start: rerankIds, count: n)) } catch { phase = .idle; throw error } }
         }
         phase = .idle
         return nil
@@ -299,6 +301,7 @@ public final class Searcher {
         var bound = target.bound
         var passing = 0
         let n = UInt32(index.count)
+        let tombstones = index.tombstones
         for j in 0..<count {
             let id = UInt32(littleEndian: records.loadUnaligned(fromByteOffset: j * recordBytes, as: UInt32.self))
             // A corrupt id (possible with checksums off) fails the query: it must never reach
@@ -306,6 +309,7 @@ public final class Searcher {
             if id >= n { if badId == nil { badId = (id, list, j) }; continue }
             let dist = scores[j]
             if dist > bound { continue }
+            if tombstones.contains(id) { continue }
             if !insertSeen(id) { continue }
             passing += 1
             if target.push(dist, id) { bound = target.bound }
@@ -341,7 +345,8 @@ public final class Searcher {
     func finish(k: Int, into out: UnsafeMutablePointer<Neighbor>) -> Int {
         let r = heap.drainSorted(distances: outDist, ids: outIds)
         let cos = index.metric == .cosine
-        for i in 0..<r { out[i] = Neighbor(id: outIds[i], distance: cos ? 1 + outDist[i] : outDist[i]) }
+        let labels = index.labels
+        for i in 0..<r { out[i] = Neighbor(id: outIds[i], distance: cos ? 1 + outDist[i] : outDist[i], label: labels.label(of: outIds[i])) }
         return r
     }
 

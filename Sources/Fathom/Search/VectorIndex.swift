@@ -8,9 +8,14 @@ import Foundation
 /// `distance` is always "smaller is nearer": squared L2 for `.l2`, `−⟨q,x⟩` for `.ip`,
 /// and `1 − cos(q,x)` for `.cosine`.
 public struct Neighbor: Sendable, Hashable, Codable {
+    /// Internal id: the row in the index (dense; changes when a checkpoint rebuilds the index).
     public var id: UInt32
     public var distance: Float
-    public init(id: UInt32, distance: Float) { self.id = id; self.distance = distance }
+    /// External label (`--labels` at build, or given at insert; by default the row number).
+    public var label: UInt64
+    public init(id: UInt32, distance: Float, label: UInt64? = nil) {
+        self.id = id; self.distance = distance; self.label = label ?? UInt64(id)
+    }
 }
 
 /// Per-call search settings (like FAISS's `SearchParametersIVF`): they never change the index.
@@ -115,9 +120,17 @@ public final class VectorIndex: @unchecked Sendable {
     let customEngine: Bool
     private let poolLock = NSLock()
     private var pool: [Searcher] = []
+    /// A retired snapshot (a ``MutableVectorIndex`` published a newer one) pools no searchers.
+    private var retired = false
+    /// Id → external label.
+    public let labels: LabelMap
+    /// Deleted ids (all clear for an index without updates).
+    let tombstones: Tombstones
 
-    /// Number of vectors indexed.
-    public var count: Int { manifest.count }
+    /// Number of ids (rows) in this version: the base rows plus inserted rows, deleted ones included.
+    public let count: Int
+    /// Number of live (not deleted) vectors.
+    public var liveCount: Int { count - tombstones.deleted }
     /// Queries a batch search keeps in flight per thread by default (libaio engine).
     public static let defaultWindow = 4
     /// Whether batch searches can keep several queries in flight per thread: the index reads
@@ -155,6 +168,11 @@ public final class VectorIndex: @unchecked Sendable {
         try m.checkFileSizes(directory: path)
         try m.checkResidentFiles(directory: path)
         manifest = m
+        count = m.count
+        tombstones = Tombstones(capacity: m.count)
+        labels = LabelMap(base: m.files.contains { $0.name == LabelsFile.name }
+                            ? try LabelsFile.read(path: path + "/" + LabelsFile.name, count: m.count) : nil,
+                          baseCount: m.count)
         metric = m.metric
         dimension = m.dimension
         elementType = m.element_type
@@ -256,13 +274,32 @@ public final class VectorIndex: @unchecked Sendable {
                                       dimension: m.dimension, elementType: m.element_type)
     }
 
+    /// A version of `base` with other stores, more rows, labels and tombstones: a snapshot of
+    /// a ``MutableVectorIndex`` (same heads, graph, codec and files).
+    init(deriving base: VectorIndex, postingStore: PostingStore, vectorStore: VectorStore,
+         count: Int, labels: LabelMap, tombstones: Tombstones) {
+        path = base.path; manifest = base.manifest; metric = base.metric; dimension = base.dimension
+        elementType = base.elementType; router = base.router; table = base.table
+        self.postingStore = postingStore; self.vectorStore = vectorStore
+        codec = base.codec; attributes = base.attributes; ioMode = base.ioMode
+        ioEngineName = base.ioEngineName; engineFactory = base.engineFactory; customEngine = base.customEngine
+        self.count = count; self.labels = labels; self.tombstones = tombstones
+    }
+
+    /// Marks this snapshot superseded: its idle searchers are freed, and searchers returned
+    /// later are dropped (searchers refer back to their index, so pooling them would keep
+    /// every old snapshot alive).
+    func retire() {
+        poolLock.lock(); retired = true; let p = pool; pool = []; poolLock.unlock(); _ = p
+    }
+
     /// RAM the index holds while open to serve (heads, graph, posting table, codec), in bytes;
     /// per-thread search scratch is in ``scratchBytes``.
     public var memoryBytes: Int { servingMemory.total }
 
     /// RAM by part (docs/memory.md).
     public var servingMemory: ServingMemory {
-        ServingMemory(heads: router.headBytes, graph: router.graphBytes, table: postingStore.residentBytes,
+        ServingMemory(heads: router.headBytes, graph: router.graphBytes, table: postingStore.residentBytes + labels.residentBytes + tombstones.residentBytes,
                       codec: codec?.servingBytes ?? 0, scratch: scratchBytes, vectors: count)
     }
 
@@ -337,7 +374,7 @@ public final class VectorIndex: @unchecked Sendable {
     public func releasePooledSearchers() { poolLock.lock(); let p = pool; pool = []; poolLock.unlock(); _ = p }
 
     func returnSearcher(_ s: Searcher) {
-        poolLock.lock(); pool.append(s); poolLock.unlock()
+        poolLock.lock(); if !retired { pool.append(s) }; poolLock.unlock()
     }
 
     /// Runs `body` with a searcher of its own (one per thread; reused across calls).

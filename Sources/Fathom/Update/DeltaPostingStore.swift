@@ -1,0 +1,267 @@
+import FathomCore
+import FathomMath
+import FathomStorage
+import Foundation
+
+/// Deleted internal ids of one index version: a bitset over every id (base and inserted).
+/// An index without deletes has an all-clear set; ``Searcher`` drops a deleted id where it
+/// drops a duplicate, so deletes cost one bit test per candidate under the heap's bound.
+///
+/// Thread safety: immutable once published (the writer copies it for the next version).
+public final class Tombstones: @unchecked Sendable {
+    let words: UnsafeMutablePointer<UInt64>
+    let wordCount: Int
+    /// Number of ids marked deleted.
+    public private(set) var deleted: Int
+
+    init(capacity ids: Int) {
+        wordCount = max(1, (ids + 63) / 64)
+        words = .allocate(capacity: wordCount)
+        words.initialize(repeating: 0, count: wordCount)
+        deleted = 0
+    }
+
+    /// A copy with room for `ids` ids.
+    func copy(capacity ids: Int) -> Tombstones {
+        let t = Tombstones(capacity: max(ids, wordCount * 64))
+        t.words.update(from: words, count: wordCount)
+        t.deleted = deleted
+        return t
+    }
+
+    deinit { words.deallocate() }
+
+    @inline(__always)
+    public func contains(_ id: UInt32) -> Bool {
+        let w = Int(id >> 6)
+        return w < wordCount && (words[w] >> UInt64(id & 63)) & 1 != 0
+    }
+
+    /// Marks `id` (writer side, before publication).
+    func insert(_ id: UInt32) {
+        let w = Int(id >> 6)
+        precondition(w < wordCount)
+        if (words[w] >> UInt64(id & 63)) & 1 == 0 { deleted += 1 }
+        words[w] |= 1 << UInt64(id & 63)
+    }
+
+    var residentBytes: Int { wordCount * 8 }
+}
+
+/// The records inserted since the base version, per posting: each head's list of
+/// `{UInt32 id, code}` records in the index's posting encoding. Lists only grow; a list that
+/// must grow past its capacity is copied into a new, larger one, so a published snapshot
+/// (the lists and their counts at publication) never sees a change.
+///
+/// Thread safety: the writer appends; ``snapshot()`` results are immutable and shared.
+final class DeltaPostings {
+    final class List: @unchecked Sendable {
+        let records: UnsafeMutableRawPointer
+        let capacity: Int
+        init(capacity: Int, recordBytes: Int) {
+            self.capacity = capacity
+            records = .allocate(byteCount: capacity * recordBytes, alignment: 64)
+        }
+        deinit { records.deallocate() }
+    }
+
+    /// What a search sees: per head the list (nil: none) and how many of its records.
+    struct Snapshot: @unchecked Sendable {
+        let lists: [List?]
+        let counts: [Int32]
+        let records: Int
+        let bytes: Int
+    }
+
+    let recordBytes: Int
+    private(set) var lists: [List?]
+    private(set) var counts: [Int32]
+    private(set) var records = 0
+    private(set) var bytes = 0
+
+    init(heads: Int, recordBytes: Int) {
+        self.recordBytes = recordBytes
+        lists = [List?](repeating: nil, count: heads)
+        counts = [Int32](repeating: 0, count: heads)
+    }
+
+    /// Appends one record (4-byte id + code at `record`) to head `h`'s list.
+    func append(head h: Int, record: UnsafeRawPointer) {
+        let n = Int(counts[h])
+        var list = lists[h]
+        if list == nil || n == list!.capacity {
+            let bigger = List(capacity: max(8, n * 2), recordBytes: recordBytes)
+            if let old = list { bigger.records.copyMemory(from: old.records, byteCount: n * recordBytes) }
+            bytes += (bigger.capacity - (list?.capacity ?? 0)) * recordBytes
+            lists[h] = bigger
+            list = bigger
+        }
+        (list!.records + n * recordBytes).copyMemory(from: record, byteCount: recordBytes)
+        counts[h] = Int32(n + 1)
+        records += 1
+    }
+
+    func snapshot() -> Snapshot { Snapshot(lists: lists, counts: counts, records: records, bytes: bytes) }
+}
+
+/// A base ``PostingStore`` plus the records inserted since (``DeltaPostings``): posting h is
+/// the base's records followed by its delta records, visited as two runs of one list. The
+/// delta lives in RAM, so it adds no IO and no round trip; the base keeps its own reads.
+///
+/// Thread safety: immutable and shared, like every store.
+final class LayeredPostingStore: PostingStore, @unchecked Sendable {
+    let base: PostingStore
+    let delta: DeltaPostings.Snapshot
+
+    init(base: PostingStore, delta: DeltaPostings.Snapshot) {
+        precondition(delta.counts.count == base.listCount)
+        self.base = base; self.delta = delta
+    }
+
+    var recordBytes: Int { base.recordBytes }
+    var listCount: Int { base.listCount }
+    func count(of h: Int) -> Int { base.count(of: h) + Int(delta.counts[h]) }
+    func offset(of h: Int) -> UInt64 { base.offset(of: h) }
+    var residentBytes: Int { base.residentBytes + delta.bytes + delta.counts.count * 12 }
+    func makeReader(engine: IOEngine) -> PostingReader { LayeredPostingReader(store: self, base: base.makeReader(engine: engine)) }
+}
+
+final class LayeredPostingReader: PostingReader {
+    let store: LayeredPostingStore
+    let base: PostingReader
+    /// Lists of the staged fetch, and how many of its requests are not yet delivered.
+    var staged = [UInt32]()
+    var undelivered = 0
+
+    init(store: LayeredPostingStore, base: PostingReader) { self.store = store; self.base = base }
+
+    var scratchBytes: Int { base.scratchBytes + staged.capacity * 4 }
+
+    @inline(__always)
+    func visitDelta(_ lists: UnsafeBufferPointer<UInt32>, visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> Int {
+        let d = store.delta
+        var n = 0
+        for h in lists {
+            let c = Int(d.counts[Int(h)])
+            if c == 0 { continue }
+            n += 1
+            try visit(h, UnsafeRawPointer(d.lists[Int(h)].unsafelyUnwrapped.records), c)
+        }
+        return n
+    }
+
+    func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
+               visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts {
+        var c = try base.fetch(lists, verify: verify, visit: visit)
+        c.items += try visitDelta(lists, visit: visit)
+        return c
+    }
+
+    func stage(_ lists: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
+        let r = base.stage(lists)
+        // No base IO: the caller falls back to `fetch`, which visits the delta too.
+        if r.requests.isEmpty { return r }
+        staged.removeAll(keepingCapacity: true)
+        staged.append(contentsOf: lists)
+        undelivered = r.requests.count
+        return r
+    }
+
+    func deliver(_ r: Int, _ result: Result<Int, FathomError>, verify: Bool,
+                 visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> FathomError? {
+        let e = try base.deliver(r, result, verify: verify, visit: visit)
+        undelivered -= 1
+        if undelivered == 0 {
+            _ = try staged.withUnsafeBufferPointer { try visitDelta($0, visit: visit) }
+        }
+        return e
+    }
+}
+
+/// The base index's vectors.dat plus the full vectors of inserted rows (ids ≥ `baseCount`)
+/// held in RAM (rebuilt from the write-ahead log at open).
+///
+/// Thread safety: immutable and shared; the arena's rows below `baseCount + deltaCount`
+/// never change.
+final class LayeredVectorStore: VectorStore, @unchecked Sendable {
+    let base: VectorStore
+    let baseCount: Int
+    let delta: RowArena
+    let deltaCount: Int
+
+    init(base: VectorStore, baseCount: Int, delta: RowArena, deltaCount: Int) {
+        self.base = base; self.baseCount = baseCount; self.delta = delta; self.deltaCount = deltaCount
+    }
+
+    var elementType: ElementType { base.elementType }
+    var dimension: Int { base.dimension }
+    func makeReader(engine: IOEngine) -> VectorReader { LayeredVectorReader(store: self, base: base.makeReader(engine: engine)) }
+}
+
+final class LayeredVectorReader: VectorReader {
+    let store: LayeredVectorStore
+    let base: VectorReader
+    /// The staged ids below the base count (in storage that stays put until the last
+    /// delivery: the base reader keeps a pointer to it), and each one's position in the
+    /// caller's ids.
+    var baseIds = UnsafeMutablePointer<UInt32>.allocate(capacity: 64)
+    var baseCapacity = 64
+    var baseCount = 0
+    var basePos = [Int32]()
+    /// Positions of staged ids in the delta.
+    var deltaPos = [Int32]()
+    var staged = UnsafeBufferPointer<UInt32>(start: nil, count: 0)
+    var undelivered = 0
+
+    init(store: LayeredVectorStore, base: VectorReader) { self.store = store; self.base = base }
+    deinit { baseIds.deallocate() }
+
+    var scratchBytes: Int { base.scratchBytes + (baseCapacity + basePos.capacity + deltaPos.capacity) * 4 }
+
+    var baseBuffer: UnsafeBufferPointer<UInt32> { UnsafeBufferPointer(start: baseIds, count: baseCount) }
+
+    func split(_ ids: UnsafeBufferPointer<UInt32>) {
+        if ids.count > baseCapacity {
+            baseIds.deallocate(); baseCapacity = ids.count; baseIds = .allocate(capacity: baseCapacity)
+        }
+        baseCount = 0
+        basePos.removeAll(keepingCapacity: true); deltaPos.removeAll(keepingCapacity: true)
+        let b = UInt32(store.baseCount)
+        for (i, id) in ids.enumerated() {
+            if id < b { baseIds[baseCount] = id; baseCount += 1; basePos.append(Int32(i)) } else { deltaPos.append(Int32(i)) }
+        }
+        staged = ids
+    }
+
+    func visitDelta(_ visit: (Int, UnsafeRawPointer) throws -> Void) rethrows {
+        let b = store.baseCount
+        for p in deltaPos { try visit(Int(p), UnsafeRawPointer(store.delta.row(Int(staged[Int(p)]) - b))) }
+    }
+
+    func fetch(_ ids: UnsafeBufferPointer<UInt32>, visit: (Int, UnsafeRawPointer) throws -> Void) throws -> IOCounts {
+        split(ids)
+        let pos = basePos
+        var c = try base.fetch(baseBuffer) { i, row in try visit(Int(pos[i]), row) }
+        try visitDelta(visit)
+        c.items += deltaPos.count
+        return c
+    }
+
+    func stage(_ ids: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
+        split(ids)
+        let r = base.stage(baseBuffer)
+        if r.requests.isEmpty { return r }   // no base IO: the caller falls back to `fetch`
+        undelivered = r.requests.count
+        var c = r.counts
+        c.items += deltaPos.count
+        return (r.requests, c)
+    }
+
+    func deliver(_ r: Int, _ result: Result<Int, FathomError>, visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError? {
+        let pos = basePos
+        let e = try base.deliver(r, result) { i, row in try visit(Int(pos[i]), row) }
+        undelivered -= 1
+        if undelivered == 0 { try visitDelta(visit) }
+        return e
+    }
+}

@@ -1,0 +1,186 @@
+import FathomCore
+import FathomStorage
+import Foundation
+
+/// The update log of an index directory (`DIR/updates.wal`, docs/updates.md): every insert,
+/// delete and upsert since the index version was built, as checksummed, length-prefixed
+/// records. An update is acknowledged once ``commit()`` has written and fsynced it; the
+/// records appended since the last commit share that one write and one fsync (group commit).
+///
+/// Layout: the common 64-byte header (magic `FTHMWLOG`, `dimension` = d, `aux` = the
+/// manifest checksum of the index version the log applies to), then records of
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 4 | payload length L (UInt32) |
+/// | 4 | 4 | CRC32C of the payload |
+/// | 8 | 1 | op: 1 insert, 2 delete, 3 upsert |
+/// | 9 | 8 | label (UInt64) |
+/// | 17 | 1 | insert/upsert: m, the number of postings the vector was assigned to (≤ 8) |
+/// | 18 | 4·m | insert/upsert: those postings' heads (UInt32) |
+/// | 18 + 4·m | 4·d | insert/upsert: the vector as given, float32 |
+///
+/// Recovery reads records front to back and stops at the first one that is incomplete or
+/// fails its checksum: a torn tail (the bytes of a commit that never finished), which a
+/// writer cuts off. All integers little-endian.
+///
+/// Thread safety: one owner (``MutableVectorIndex``, under its writer lock).
+final class WriteAheadLog {
+    static let fileName = "updates.wal"
+    static let magic = "FTHMWLOG"
+    static let headerBytes = 64
+
+    enum Op: UInt8 { case insert = 1, delete = 2, upsert = 3 }
+
+    let path: String
+    let dimension: Int
+    let file: LogFile?
+    /// Bytes of the log known durable (header + committed records).
+    private(set) var durableBytes = 0
+    /// Records appended since the last commit, encoded.
+    private var pending = [UInt8]()
+    private(set) var pendingRecords = 0
+    /// Records committed (replayed at open or committed since).
+    private(set) var committedRecords = 0
+    /// A failed commit may have left part of its bytes: cut them before the next write.
+    private var dirtyTail = false
+
+    static let maxHeads = 8
+    var maxPayload: Int { 10 + 4 * Self.maxHeads + 4 * dimension }
+
+    /// Opens the log of `directory` (creating it, writable only, when missing). `identity`
+    /// ties the log to one index version. Read-only with no log: an empty log.
+    init(directory: String, dimension: Int, identity: UInt64, writable: Bool) throws {
+        path = directory + "/" + Self.fileName
+        self.dimension = dimension
+        let exists = FileManager.default.fileExists(atPath: path)
+        if !exists && !writable { file = nil; return }
+        let f = try LogFile(path: path, create: writable)
+        file = f
+        if f.size < Self.headerBytes {
+            // Missing or torn at creation (a crash before the header was synced): start it.
+            guard writable else { return }
+            try f.truncate(to: 0)
+            let h = IndexFileHeader(magic: Self.magic, count: 0, dimension: UInt32(dimension), elementType: 0,
+                                    payloadOffset: UInt64(Self.headerBytes), payloadBytes: 0, recordBytes: 0, aux: identity)
+            try h.encode().withUnsafeBytes { try f.append($0.baseAddress!, count: $0.count) }
+            try f.sync()
+            try fsyncDirectory(directory)
+        } else {
+            var b = [UInt8](repeating: 0, count: Self.headerBytes)
+            _ = try b.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: Self.headerBytes, at: 0) }
+            let h = try b.withUnsafeBytes { try IndexFileHeader.decode($0, expectedMagic: Self.magic, path: path) }
+            guard Int(h.dimension) == dimension else {
+                throw FathomError(.corruptIndex, "updates.wal is for \(h.dimension)-d vectors, the index has \(dimension)", path: path, offset: 24)
+            }
+            guard h.aux == identity else {
+                throw FathomError(.corruptIndex, String(format: "updates.wal belongs to another version of the index (manifest %08llx, the index is %08llx): it was copied from elsewhere — move it away to open the index", h.aux, identity), path: path, offset: 52)
+            }
+        }
+        durableBytes = Self.headerBytes
+    }
+
+    /// Replays every complete record in order, then (writable) cuts a torn tail. Returns the
+    /// records replayed and the bytes of torn tail found.
+    func replay(writable: Bool, _ apply: (Op, UInt64, UnsafePointer<Float>?, UnsafeBufferPointer<UInt32>, _ offset: Int) throws -> Void) throws -> (records: Int, tornBytes: Int) {
+        guard let f = file, f.size >= Self.headerBytes else { return (0, 0) }
+        let size = f.size
+        let block = 8 << 20
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: block + maxPayload + 8, alignment: 64)
+        defer { buf.deallocate() }
+        let vec = UnsafeMutablePointer<Float>.allocate(capacity: max(dimension, 1))
+        let heads = UnsafeMutablePointer<UInt32>.allocate(capacity: Self.maxHeads)
+        defer { vec.deallocate(); heads.deallocate() }
+        var at = Self.headerBytes          // next record's offset in the file
+        var bufStart = at, bufEnd = at     // file range held in buf
+        var records = 0
+        func ensure(_ need: Int) throws -> Bool {
+            if at + need <= bufEnd { return true }
+            if at + need > size { return false }
+            // Refill from `at`.
+            let k = min(block + maxPayload + 8, size - at)
+            let got = try f.read(into: buf, count: k, at: at)
+            bufStart = at; bufEnd = at + got
+            return at + need <= bufEnd
+        }
+        while true {
+            guard try ensure(8) else { break }
+            let p = UnsafeRawPointer(buf) + (at - bufStart)
+            let len = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)))
+            let crc = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+            guard len >= 9, len <= maxPayload else { break }
+            guard try ensure(8 + len) else { break }
+            let q = UnsafeRawPointer(buf) + (at - bufStart)
+            guard crc32c(q + 8, len, 0) == crc else { break }
+            guard let op = Op(rawValue: q.load(fromByteOffset: 8, as: UInt8.self)) else { break }
+            let label = UInt64(littleEndian: q.loadUnaligned(fromByteOffset: 9, as: UInt64.self))
+            var v: UnsafePointer<Float>? = nil
+            var m = 0
+            if op != .delete {
+                guard len >= 10 else { break }
+                m = Int(q.load(fromByteOffset: 17, as: UInt8.self))
+                guard m <= Self.maxHeads, len == 10 + 4 * m + 4 * dimension else { break }
+                for j in 0..<m { heads[j] = UInt32(littleEndian: q.loadUnaligned(fromByteOffset: 18 + 4 * j, as: UInt32.self)) }
+                let vo = 18 + 4 * m
+                for j in 0..<dimension { vec[j] = Float(bitPattern: UInt32(littleEndian: q.loadUnaligned(fromByteOffset: vo + 4 * j, as: UInt32.self))) }
+                v = UnsafePointer(vec)
+            } else {
+                guard len == 9 else { break }
+            }
+            try apply(op, label, v, UnsafeBufferPointer(start: heads, count: m), at)
+            records += 1
+            at += 8 + len
+        }
+        let torn = size - at
+        if writable, torn > 0 {
+            try f.truncate(to: at)
+            try f.sync()
+        }
+        durableBytes = at
+        committedRecords = records
+        return (records, torn)
+    }
+
+    /// Appends a record to the pending group (not yet durable).
+    /// `heads`: the postings an insert or upsert was assigned to (replay reuses them).
+    func append(_ op: Op, label: UInt64, vector: UnsafePointer<Float>?, heads: UnsafeBufferPointer<UInt32> = .init(start: nil, count: 0)) {
+        precondition(heads.count <= Self.maxHeads)
+        let len = op == .delete ? 9 : 10 + 4 * heads.count + 4 * dimension
+        let start = pending.count
+        pending.append(contentsOf: repeatElement(0, count: 8 + len))
+        pending.withUnsafeMutableBytes { b in
+            let p = b.baseAddress! + start
+            p.storeBytes(of: UInt32(len).littleEndian, toByteOffset: 0, as: UInt32.self)
+            p.storeBytes(of: op.rawValue, toByteOffset: 8, as: UInt8.self)
+            p.storeBytes(of: label.littleEndian, toByteOffset: 9, as: UInt64.self)
+            if let vector {
+                p.storeBytes(of: UInt8(heads.count), toByteOffset: 17, as: UInt8.self)
+                for (j, h) in heads.enumerated() { p.storeBytes(of: h.littleEndian, toByteOffset: 18 + 4 * j, as: UInt32.self) }
+                let vo = 18 + 4 * heads.count
+                for j in 0..<dimension { p.storeBytes(of: vector[j].bitPattern.littleEndian, toByteOffset: vo + 4 * j, as: UInt32.self) }
+            }
+            p.storeBytes(of: crc32c(UnsafeRawPointer(p + 8), len, 0).littleEndian, toByteOffset: 4, as: UInt32.self)
+        }
+        pendingRecords += 1
+    }
+
+    /// Group commit: writes the pending records in one write and fsyncs. On failure (a full
+    /// disk, an IO error) nothing of the group is acknowledged: its bytes are cut from the
+    /// log, the group stays pending and the next commit retries it.
+    func commit() throws {
+        guard pendingRecords > 0, let f = file else { return }
+        if dirtyTail { try f.truncate(to: durableBytes); dirtyTail = false }
+        do {
+            try pending.withUnsafeBytes { try f.append($0.baseAddress!, count: $0.count) }
+            try f.sync()
+        } catch {
+            dirtyTail = true
+            if (try? f.truncate(to: durableBytes)) != nil { dirtyTail = false }
+            throw error
+        }
+        durableBytes += pending.count
+        committedRecords += pendingRecords
+        pending.removeAll(keepingCapacity: pending.count <= 64 << 20)
+        pendingRecords = 0
+    }
+}
