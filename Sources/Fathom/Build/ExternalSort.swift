@@ -1,0 +1,203 @@
+import FathomCore
+import FathomStorage
+import Foundation
+
+/// One 16-byte record of the build's external sort: `key` orders it (ties by `id`), `aux`
+/// rides along. The assignment uses key = head << 32 | sortable distance bits, aux = the
+/// vector's replica count (orphan marks set ``SortRecord/orphanFlag``); the cut list uses
+/// key = vector id. Run files hold these records raw, little-endian (docs/build.md).
+struct SortRecord: Equatable {
+    var key: UInt64
+    var id: UInt32
+    var aux: UInt32
+
+    static let orphanFlag: UInt32 = 0x8000_0000
+
+    @inline(__always) static func less(_ a: SortRecord, _ b: SortRecord) -> Bool {
+        a.key < b.key || (a.key == b.key && a.id < b.id)
+    }
+
+    /// Distance bits that sort as the floats do (for finite floats of either sign).
+    @inline(__always) static func sortable(_ f: Float) -> UInt32 {
+        let b = f.bitPattern
+        return b & 0x8000_0000 != 0 ? ~b : b | 0x8000_0000
+    }
+
+    @inline(__always) static func distance(fromSortable s: UInt32) -> Float {
+        Float(bitPattern: s & 0x8000_0000 != 0 ? s & 0x7FFF_FFFF : ~s)
+    }
+
+    @inline(__always) static func assignment(head: Int, distance: Float, id: UInt32, replicas: Int) -> SortRecord {
+        SortRecord(key: UInt64(head) << 32 | UInt64(sortable(distance)), id: id, aux: UInt32(replicas))
+    }
+
+    @inline(__always) var head: Int { Int(key >> 32) }
+    @inline(__always) var distance: Float { Self.distance(fromSortable: UInt32(truncatingIfNeeded: key)) }
+}
+
+/// Collects records in a RAM buffer of fixed size and spills it as a sorted run file when
+/// full (`DIR/PREFIX-K.tmp`). RAM: `capacity × 16` bytes, whatever the number of records.
+/// Not thread-safe: one owner appends.
+final class RunSpiller {
+    let directory: String
+    let prefix: String
+    let capacity: Int
+    private var buffer: UnsafeMutablePointer<SortRecord>
+    private var used = 0
+    private(set) var runs: [String] = []
+    private(set) var total = 0
+
+    init(directory: String, prefix: String, capacityRecords: Int) {
+        self.directory = directory
+        self.prefix = prefix
+        self.capacity = max(1, capacityRecords)
+        buffer = .allocate(capacity: self.capacity)
+    }
+
+    deinit { buffer.deallocate() }
+
+    @inline(__always) func append(_ r: SortRecord) throws {
+        if used == capacity { try spill() }
+        buffer[used] = r
+        used += 1
+        total += 1
+    }
+
+    private func spill() throws {
+        guard used > 0 else { return }
+        var b = UnsafeMutableBufferPointer(start: buffer, count: used)
+        b.sort(by: SortRecord.less)
+        let path = "\(directory)/\(prefix)-\(runs.count).tmp"
+        let w = try SequentialFileWriter(path: path, bufferBytes: 4 << 20)
+        try w.write(UnsafeRawPointer(buffer), count: used * MemoryLayout<SortRecord>.stride)
+        try w.finish()
+        runs.append(path)
+        used = 0
+    }
+
+    /// Spills what is left and frees the buffer; returns the run files (possibly none).
+    func finish() throws -> [String] {
+        try spill()
+        buffer.deallocate()
+        buffer = .allocate(capacity: 1)
+        return runs
+    }
+}
+
+/// Streams records from one run file through a small buffer.
+final class RunReader {
+    let path: String
+    private let file: RandomAccessFile
+    private let buffer: UnsafeMutablePointer<SortRecord>
+    private let capacity: Int
+    private var count = 0, pos = 0
+    private var offset: UInt64 = 0
+    let records: Int
+
+    init(path: String, bufferBytes: Int) throws {
+        self.path = path
+        file = try RandomAccessFile(path: path)
+        let stride = MemoryLayout<SortRecord>.stride
+        guard file.size % UInt64(stride) == 0 else {
+            throw FathomError(.corruptIndex, "run file of \(file.size) bytes is not a whole number of \(stride)-byte records; delete the build directory and rebuild", path: path)
+        }
+        records = Int(file.size) / stride
+        capacity = max(1, bufferBytes / stride)
+        buffer = .allocate(capacity: capacity)
+    }
+
+    deinit { buffer.deallocate() }
+
+    /// The next record, or nil at the end.
+    @inline(__always) func next() throws -> SortRecord? {
+        if pos == count {
+            let stride = MemoryLayout<SortRecord>.stride
+            let left = Int(file.size - offset) / stride
+            if left == 0 { return nil }
+            let k = min(left, capacity)
+            try file.read(into: UnsafeMutableRawPointer(buffer), count: k * stride, at: offset)
+            offset += UInt64(k * stride)
+            count = k; pos = 0
+        }
+        let r = buffer[pos]
+        pos += 1
+        return r
+    }
+}
+
+/// K-way merge of sorted run files (a binary heap of the runs' heads), nearest key first.
+/// RAM: runs × `bufferBytes`. Not thread-safe.
+final class RunMerger {
+    private var readers: [RunReader] = []
+    private var heap: [(SortRecord, Int)] = []
+    let total: Int
+
+    /// Merge passes over intermediate files keep at most `maxFanIn` runs open at once.
+    static func open(runs: [String], bufferBytes: Int, maxFanIn: Int, scratchDirectory: String, prefix: String) throws -> RunMerger {
+        var runs = runs
+        var pass = 0
+        let fan = max(2, maxFanIn)
+        while runs.count > fan {
+            var next = [String]()
+            var i = 0
+            while i < runs.count {
+                let group = Array(runs[i..<min(runs.count, i + fan)])
+                let path = "\(scratchDirectory)/\(prefix)-merge\(pass)-\(next.count).tmp"
+                let m = try RunMerger(runs: group, bufferBytes: bufferBytes)
+                let w = try SequentialFileWriter(path: path, bufferBytes: bufferBytes)
+                while var r = try m.next() { try withUnsafeBytes(of: &r) { try w.write($0.baseAddress!, count: 16) } }
+                try w.finish()
+                for g in group { try removeTree(g) }
+                next.append(path)
+                i += fan
+            }
+            runs = next
+            pass += 1
+        }
+        return try RunMerger(runs: runs, bufferBytes: bufferBytes)
+    }
+
+    init(runs: [String], bufferBytes: Int) throws {
+        var t = 0
+        for p in runs {
+            let r = try RunReader(path: p, bufferBytes: bufferBytes)
+            t += r.records
+            readers.append(r)
+        }
+        total = t
+        for (i, r) in readers.enumerated() { if let rec = try r.next() { push((rec, i)) } }
+    }
+
+    private func push(_ e: (SortRecord, Int)) {
+        heap.append(e)
+        var i = heap.count - 1
+        while i > 0 {
+            let p = (i - 1) >> 1
+            if SortRecord.less(heap[i].0, heap[p].0) { heap.swapAt(i, p); i = p } else { break }
+        }
+    }
+
+    /// The next record in order, or nil when every run is exhausted.
+    func next() throws -> SortRecord? {
+        guard !heap.isEmpty else { return nil }
+        let top = heap[0]
+        if let r = try readers[top.1].next() {
+            heap[0] = (r, top.1)
+        } else {
+            let last = heap.removeLast()
+            if heap.isEmpty { return top.0 }
+            heap[0] = last
+        }
+        // Sift down.
+        var i = 0
+        let n = heap.count
+        while true {
+            let l = 2 * i + 1
+            if l >= n { break }
+            var c = l
+            if l + 1 < n && SortRecord.less(heap[l + 1].0, heap[l].0) { c = l + 1 }
+            if SortRecord.less(heap[c].0, heap[i].0) { heap.swapAt(i, c); i = c } else { break }
+        }
+        return top.0
+    }
+}
