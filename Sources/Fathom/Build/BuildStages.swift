@@ -17,14 +17,49 @@ final class AssignWorker: @unchecked Sendable {
     let candDist: UnsafeMutablePointer<Float>
     let chosen: UnsafeMutablePointer<Int>
     let reduced: UnsafeMutablePointer<Float>
-    init(heads: Int, beam: Int, reducedDim: Int) {
+    let gatherIds: UnsafeMutablePointer<UInt32>
+    let gatherDist: UnsafeMutablePointer<Float>
+    let pivotDist: UnsafeMutablePointer<Float>
+    init(heads: Int, beam: Int, degree: Int, pivots: Int, reducedDim: Int) {
         scratch = HeadGraph.Scratch(graphSize: heads, beam: beam)
         candIds = .allocate(capacity: beam + 1)
         candDist = .allocate(capacity: beam + 1)
         chosen = .allocate(capacity: 8)
         reduced = .allocate(capacity: max(1, reducedDim))
+        gatherIds = .allocate(capacity: degree)
+        gatherDist = .allocate(capacity: degree)
+        pivotDist = .allocate(capacity: max(1, pivots))
     }
-    deinit { candIds.deallocate(); candDist.deallocate(); chosen.deallocate(); reduced.deallocate() }
+    deinit {
+        candIds.deallocate(); candDist.deallocate(); chosen.deallocate(); reduced.deallocate()
+        gatherIds.deallocate(); gatherDist.deallocate(); pivotDist.deallocate()
+    }
+}
+
+/// Entry points of the build's head search: `count` heads spread over the head order
+/// (k-means tree order, so they cover every region); each vector's search starts at the
+/// nearest of them instead of the graph's single entry, which saves most of the hops.
+struct SearchPivots {
+    let count: Int
+    let ids: [UInt32]
+    let vectors: Matrix
+
+    init(heads: Matrix) {
+        let H = heads.rows
+        let P = max(1, min(H, max(64, min(1024, Int(Double(H).squareRoot())))))
+        count = P
+        ids = (0..<P).map { UInt32($0 * H / P) }
+        vectors = Matrix(rows: P, cols: heads.cols)
+        for (i, h) in ids.enumerated() { vectors.row(i).update(from: heads.row(Int(h)), count: heads.cols) }
+    }
+
+    @inline(__always) func nearest(_ q: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>) -> UInt32 {
+        let d = vectors.cols
+        Distance.batch(.l2, .float32, query: q, base: UnsafeRawPointer(vectors.data), n: count, d: d, stride: d * 4, out: scratch)
+        var best = 0
+        for i in 1..<count where scratch[i] < scratch[best] { best = i }
+        return ids[best]
+    }
 }
 
 /// What every assignment thread reads (immutable during a chunk) and the per-row output
@@ -33,6 +68,7 @@ final class AssignWorker: @unchecked Sendable {
 struct AssignChunk: @unchecked Sendable {
     let graph: HeadGraph
     let heads: Matrix
+    let pivots: SearchPivots
     let codec: CompactCodec?
     let floats: UnsafeMutablePointer<Float>
     let d: Int
@@ -48,7 +84,8 @@ struct AssignChunk: @unchecked Sendable {
     func run(rows: Range<Int>, worker w: AssignWorker) {
         for i in rows {
             let v = floats + i * d
-            let found = graph.search(v, k: K, listSize: K + 32, scratch: w.scratch, outIds: w.candIds, outDist: w.candDist)
+            let found = graph.searchGathered(v, k: K, listSize: K + 32, entry: pivots.nearest(v, scratch: w.pivotDist), scratch: w.scratch,
+                                             gatherIds: w.gatherIds, gatherDist: w.gatherDist, outIds: w.candIds, outDist: w.candDist)
             let m = rngSelect(candidates: w.candIds, distances: w.candDist, count: found, replicas: replicas,
                               rngFactor: rngFactor, heads: heads, out: w.chosen)
             for c in 0..<m {
@@ -148,7 +185,8 @@ extension IndexBuilder {
         defer { raw.deallocate(); outHeads.deallocate(); outDist.deallocate(); outCount.deallocate(); codes.deallocate() }
         let K = min(options.candidateHeads, H)
         let T = max(1, plan.threads)
-        let workers = (0..<T).map { _ in AssignWorker(heads: H, beam: K + 32, reducedDim: plan.reducedDimension) }
+        let pivots = SearchPivots(heads: heads)
+        let workers = (0..<T).map { _ in AssignWorker(heads: H, beam: K + 32, degree: graph.degree, pivots: pivots.count, reducedDim: plan.reducedDimension) }
         let spiller = RunSpiller(directory: buildDirectory, prefix: Self.assignRunPrefix, capacityRecords: plan.runRecords)
         var row = 0
         progress.begin("assign: closure assignment (≤ \(options.replicas) of \(K) nearest heads, \(T) thread(s))", total: UInt64(n))
@@ -163,7 +201,7 @@ extension IndexBuilder {
             }
             try layout.appendVectors(vectorsOut, options.metric == .cosine ? UnsafeRawPointer(floats.data) : UnsafeRawPointer(raw),
                                      first: row, count: got, placement: placement)
-            let job = AssignChunk(graph: graph, heads: heads, codec: compact, floats: floats.data, d: d, K: K,
+            let job = AssignChunk(graph: graph, heads: heads, pivots: pivots, codec: compact, floats: floats.data, d: d, K: K,
                                   replicas: options.replicas, rngFactor: options.rngFactor, outHeads: outHeads, outDist: outDist,
                                   outCount: outCount, codes: codes, codeBytes: codeBytes)
             if T == 1 {
