@@ -125,4 +125,17 @@ import FathomStorage
         #expect(SortRecord.sortable(-1) < SortRecord.sortable(0) && SortRecord.sortable(0) < SortRecord.sortable(1))
         #expect(a.head == 3 && a.distance == 0.5)
     }
+
+    @Test func inPlaceSortMatchesTheStandardSort() {
+        var rng = SeededRandom(seed: 5)
+        for n in [0, 1, 2, 15, 17, 100, 5000] {
+            var xs = (0..<n).map { _ in SortRecord(key: UInt64(rng.below(50)), id: UInt32(rng.below(1000)), aux: 0) }
+            let want = xs.sorted(by: SortRecord.less)
+            xs.withUnsafeMutableBufferPointer { if n > 0 { sortInPlace($0.baseAddress!, n, by: SortRecord.less) } }
+            #expect(xs.map(\.key) == want.map(\.key) && xs.map(\.id) == want.map(\.id))
+        }
+        var sorted = Array(0..<3000).map(UInt64.init)   // presorted and reversed: the worst cases of naive pivots
+        sorted.withUnsafeMutableBufferPointer { sortInPlace($0.baseAddress!, 3000, by: >) }
+        #expect(sorted == (0..<3000).reversed().map(UInt64.init))
+    }
 }

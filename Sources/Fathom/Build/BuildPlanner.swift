@@ -28,21 +28,24 @@ public struct StagePlan: Sendable {
     public var timeTerms: [(String, Double)]
 }
 
-/// Stage throughput constants of the time estimate. The defaults were derived from the
-/// stage timings of builds on this project's 2-vCPU machine (docs/build.md, "Where the
-/// rates come from"); they are a model, not a measurement of the machine the plan runs on.
+/// Stage cost constants of the time estimate, each calibrated on one stage of a 1M × 128
+/// float32 build (`--memory-budget 2GiB --threads 2`, synthetic seed 2) on this project's
+/// 2-vCPU machine: docs/build.md, "Where the rates come from", has the timings and the
+/// arithmetic. A model, not a measurement of the machine the plan runs on.
 public struct BuildRates: Sendable {
-    /// Seconds per (point × dimension × k-means centroid × iteration) of balanced k-means.
-    public var kmeansSecondsPerUnit = 1.0e-10
-    /// Seconds per (vector × dimension × beam slot) of a head-graph search (assign, graph build).
-    public var searchSecondsPerUnit = 1.4e-9
-    /// Seconds per (vector × dimension) of LeanVec projection + LVQ encoding.
-    public var encodeSecondsPerUnit = 0.6e-9
-    /// Seconds per record of sorting runs and merging them (per pass).
-    public var sortSecondsPerRecord = 0.2e-6
-    /// Sequential read and write bandwidth (bytes per second).
-    public var readBytesPerSecond = 1.0e9
-    public var writeBytesPerSecond = 0.6e9
+    /// Seconds per (sample point × dimension × 32 centroids × 16 iterations × tree level) of k-means.
+    public var kmeansSecondsPerUnit = 4.3e-11
+    /// Seconds per (head × dimension × build beam × log2 heads) of the head-graph build.
+    public var graphSecondsPerUnit = 8.1e-10
+    /// Seconds per (vector × dimension × search beam × log2 heads) of the assignment, per
+    /// thread (head search, closure rule, encoding; the stage's writes land in the page cache).
+    public var assignSecondsPerUnit = 3.2e-10
+    /// Seconds per record of pack (merge, code copy, CRC, write) when its files are cached.
+    public var packSecondsPerRecord = 4.7e-7
+    /// Seconds per record of sorting and merging the assignment's runs.
+    public var sortSecondsPerRecord = 1.5e-7
+    /// Sequential read bandwidth (input sampling; pack's code passes), bytes per second.
+    public var readBytesPerSecond = 1.4e9
     public init() {}
 }
 
@@ -176,7 +179,7 @@ public enum BuildPlanner {
             let trainFixed = processOverhead + headBytes + graphBytes + UInt64(H) * 56 /* graph build pools */
                 + UInt64(2048 * d * 4 * 2) + UInt64(chunkRows * d * 4) + (4 << 20)
                 + (codec == .none ? 0 : UInt64(min(n, 100_000) * d * 4 * 2 + d * d * 4 * 3))
-            let perSample = UInt64(d * 4 + 16)
+            let perSample = UInt64(d * 4 + 32)   // floats + ids, k-means permutation and child arrays
             var S = min(n, options.sampleSize ?? max(4 * H, 50_000))
             let room = usable > trainFixed ? (usable - trainFixed) / perSample : 0
             S = min(S, Int(min(room, UInt64(Int.max))))
@@ -239,19 +242,17 @@ public enum BuildPlanner {
             let headsFile = headBytes + 64, graphFile = graphBytes + 64
             let codecFile: UInt64 = codec == .none ? 0 : UInt64(d * reduced * 4 + d * 4 + 4096)
             // time
+            let log2H = log2(Double(max(H, 2)))
             let depth = max(1.0, (log(Double(max(H, 2))) / log(32.0)).rounded(.up))
             let sampleRead = Double(n) * Double(d * shape.inputType.size) / rates.readBytesPerSecond
             let kmeans = rates.kmeansSecondsPerUnit * Double(S) * Double(d) * 32 * 16 * depth
-            let graphT = rates.searchSecondsPerUnit * Double(H) * Double(d) * Double(max(64, R * 2)) * 2
-            let search = rates.searchSecondsPerUnit * Double(n) * Double(d) * Double(L) / Double(cores)
-            let encode = codec == .none ? 0 : rates.encodeSecondsPerUnit * Double(n) * Double(d) * Double(reduced) / 64 / Double(cores)
-            let assignIO = (Double(n) * Double(d * shape.inputType.size)) / rates.readBytesPerSecond
-                + Double(vectorsBytes + codesBytes + UInt64(records * 16)) / rates.writeBytesPerSecond
-            let sortT = rates.sortSecondsPerRecord * records * 2
+            let graphT = rates.graphSecondsPerUnit * Double(H) * Double(d) * Double(max(64, R * 2)) * log2H
+            let search = rates.assignSecondsPerUnit * Double(n) * Double(d) * Double(L) * log2H / Double(cores)
+            let sortT = rates.sortSecondsPerRecord * records
             let passes = max(1.0, (records * Double(recordBytes) / Double(bucket)).rounded(.up))
-            let packRead = (records * 16 + passes * Double(codec == .none ? vectorsBytes : codesBytes)) / rates.readBytesPerSecond
-            let packWrite = Double(postingBytes) / rates.writeBytesPerSecond
-            let packCPU = rates.sortSecondsPerRecord * records
+            // Code passes beyond the first re-read the codes (from disk once they leave the cache).
+            let packRead = (passes - 1) * Double(codec == .none ? vectorsBytes : codesBytes) / rates.readBytesPerSecond
+            let packCPU = rates.packSecondsPerRecord * records
             let stages = [
                 StagePlan(name: "train", ram: trainTerms.map(\.1).reduce(0, +), ramTerms: trainTerms,
                           tempDisk: 0, finalDisk: headsFile + graphFile + codecFile,
@@ -259,12 +260,12 @@ public enum BuildPlanner {
                           timeTerms: [("sample read", sampleRead), ("k-means", kmeans), ("head graph", graphT)]),
                 StagePlan(name: "assign", ram: max(assignRAM, mergeRAM), ramTerms: assignTerms,
                           tempDisk: runBytes + codesBytes, finalDisk: vectorsBytes,
-                          seconds: search + encode + assignIO + sortT,
-                          timeTerms: [("head search", search), ("encode", encode), ("IO", assignIO), ("sort + merge", sortT)]),
+                          seconds: search + sortT,
+                          timeTerms: [("head search + closure + encode", search), ("sort + merge", sortT)]),
                 StagePlan(name: "pack", ram: packRAM, ramTerms: packTerms,
                           tempDisk: 0, finalDisk: postingBytes + UInt64(H) * 24 + 64,
-                          seconds: packRead + packWrite + packCPU,
-                          timeTerms: [("read runs + \(Int(passes)) code pass(es)", packRead), ("write postings", packWrite), ("merge", packCPU)]),
+                          seconds: packRead + packCPU,
+                          timeTerms: [("merge + fill + write", packCPU), ("\(Int(passes) - 1) extra code pass(es)", packRead)]),
             ]
             for st in stages where st.ram > budget {
                 return Try(stages: stages, S: S, run: run, bucket: bucket,

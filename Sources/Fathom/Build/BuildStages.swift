@@ -394,8 +394,7 @@ extension IndexBuilder {
                 }
             }
             // One forward pass over the codes fills every record of the bucket.
-            var pb = UnsafeMutableBufferPointer(start: pairs, count: slot)
-            pb.sort()
+            sortInPlace(pairs, slot, by: <)
             var j = 0
             while j < slot {
                 let id = Int(pairs[j] >> 32)

@@ -65,8 +65,7 @@ final class RunSpiller {
 
     private func spill() throws {
         guard used > 0 else { return }
-        var b = UnsafeMutableBufferPointer(start: buffer, count: used)
-        b.sort(by: SortRecord.less)
+        sortInPlace(buffer, used, by: SortRecord.less)
         let path = "\(directory)/\(prefix)-\(runs.count).tmp"
         let w = try SequentialFileWriter(path: path, bufferBytes: 4 << 20)
         try w.write(UnsafeRawPointer(buffer), count: used * MemoryLayout<SortRecord>.stride)
@@ -200,4 +199,71 @@ final class RunMerger {
         }
         return top.0
     }
+}
+
+/// In-place introsort (quicksort with median-of-three, insertion sort below 16 elements,
+/// heapsort past 2·log₂n levels): no temporary buffer, unlike the standard library's
+/// stable sort, which allocates n/2 elements — the sort buffer and the pack bucket are
+/// sized to the budget, so their sort must not need more.
+@inline(__always)
+func sortInPlace<T>(_ a: UnsafeMutablePointer<T>, _ n: Int, by less: (T, T) -> Bool) {
+    guard n > 1 else { return }
+    var depth = 0, m = n
+    while m > 0 { depth += 2; m >>= 1 }
+    introsort(a, 0, n, depth, less)
+}
+
+@inline(__always)
+private func introsort<T>(_ a: UnsafeMutablePointer<T>, _ lo0: Int, _ hi0: Int, _ depth0: Int, _ less: (T, T) -> Bool) {
+    var lo = lo0, hi = hi0, depth = depth0
+    while hi - lo > 16 {
+        if depth == 0 { heapsort(a + lo, hi - lo, less); return }
+        depth -= 1
+        // Median of three to a[lo], then Hoare partition.
+        let mid = lo + (hi - lo) / 2
+        if less(a[mid], a[lo]) { swap(&a[mid], &a[lo]) }
+        if less(a[hi - 1], a[lo]) { swap(&a[hi - 1], &a[lo]) }
+        if less(a[hi - 1], a[mid]) { swap(&a[hi - 1], &a[mid]) }
+        let pivot = a[mid]
+        var i = lo - 1, j = hi
+        while true {
+            repeat { i += 1 } while less(a[i], pivot)
+            repeat { j -= 1 } while less(pivot, a[j])
+            if i >= j { break }
+            swap(&a[i], &a[j])
+        }
+        // Recurse into the smaller side, loop on the larger.
+        if j + 1 - lo < hi - (j + 1) {
+            introsort(a, lo, j + 1, depth, less); lo = j + 1
+        } else {
+            introsort(a, j + 1, hi, depth, less); hi = j + 1
+        }
+    }
+    // Insertion sort of the small range.
+    if hi - lo > 1 {
+        for i in (lo + 1)..<hi {
+            let x = a[i]
+            var j = i
+            while j > lo && less(x, a[j - 1]) { a[j] = a[j - 1]; j -= 1 }
+            a[j] = x
+        }
+    }
+}
+
+@inline(__always)
+private func heapsort<T>(_ a: UnsafeMutablePointer<T>, _ n: Int, _ less: (T, T) -> Bool) {
+    func sift(_ start: Int, _ end: Int) {
+        var i = start
+        while true {
+            let l = 2 * i + 1
+            if l >= end { return }
+            var c = l
+            if l + 1 < end && less(a[l], a[l + 1]) { c = l + 1 }
+            if less(a[i], a[c]) { swap(&a[i], &a[c]); i = c } else { return }
+        }
+    }
+    var s = n / 2 - 1
+    while s >= 0 { sift(s, n); s -= 1 }
+    var e = n - 1
+    while e > 0 { swap(&a[0], &a[e]); sift(0, e); e -= 1 }
 }
