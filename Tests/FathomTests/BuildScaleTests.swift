@@ -71,14 +71,14 @@ import FathomStorage
 
     @Test func planInvariantsAreCheckedWithTheNumbers() throws {
         var o = BuildOptions(); o.memoryBudget = 4 << 30; o.headRatio = 0.001; o.postingPages = 1
-        // 1,000 heads × 56 records < 1M × 6.8 expected records.
+        // 1,000 heads × 56 records < 1M × 5.28 expected records.
         do {
             _ = try BuildPlanner.plan(shape: BuildShape(count: 1_000_000, dimension: 128, inputType: .uint8),
                                       codec: .lvq8, storedType: .uint8, options: o)
             Issue.record("expected the slot check to refuse")
         } catch let e as FathomError {
             #expect(e.code == .invalidArgument)
-            #expect(e.message.contains("slots") && e.message.contains("6800000"), "\(e.message)")
+            #expect(e.message.contains("slots") && e.message.contains("5280000"), "\(e.message)")
         }
         o = BuildOptions(); o.memoryBudget = 128 << 20
         do {
