@@ -36,7 +36,7 @@ public struct BuildRates: Sendable {
     /// Seconds per (sample point × dimension × 32 centroids × 16 iterations × tree level) of k-means.
     public var kmeansSecondsPerUnit = 4.3e-11
     /// Seconds per (head × dimension × build beam × log2 heads) of the head-graph build.
-    public var graphSecondsPerUnit = 8.1e-10
+    public var graphSecondsPerUnit = 5.5e-10
     /// Seconds per (vector × dimension × search beam × log2 heads) of the assignment, per
     /// thread (head search, closure rule, encoding; the stage's writes land in the page cache).
     public var assignSecondsPerUnit = 3.2e-10

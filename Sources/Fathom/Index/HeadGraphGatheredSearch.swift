@@ -1,10 +1,12 @@
 import FathomMath
 
 extension HeadGraph {
-    /// The build's head search: the beam search of ``search(_:k:listSize:scratch:outIds:outDist:limit:)``
-    /// over the float heads, starting from `entry`, scoring each expanded node's unvisited
-    /// neighbours in one gathered call that prefetches their rows first (the assignment is
-    /// bound by those cache misses). Deterministic; one `scratch` per thread.
+    /// The build's head search (graph build and assignment): the beam search of
+    /// ``search(_:k:listSize:scratch:outIds:outDist:limit:)`` over the float heads, starting
+    /// from `entry`, scoring each expanded node's unvisited neighbours in one gathered call
+    /// that prefetches their rows first (both are bound by those cache misses). From the
+    /// graph's entry it visits the same nodes in the same order with the same distances
+    /// (and records them in `scratch.evaluated` when tracking). One `scratch` per thread.
     /// - Returns: the number of results in `outIds`/`outDist`, nearest first.
     func searchGathered(_ q: UnsafePointer<Float>, k: Int, listSize: Int, entry start: UInt32, scratch s: Scratch,
                         gatherIds: UnsafeMutablePointer<UInt32>, gatherDist: UnsafeMutablePointer<Float>,
@@ -17,6 +19,8 @@ extension HeadGraph {
         s.epoch &+= 1
         if s.epoch == 0 { for i in 0..<s.visited.count { s.visited[i] = 0 }; s.epoch = 1 }
         let epoch = s.epoch
+        s.evaluated.removeAll(keepingCapacity: true)
+        let track = s.trackEvaluated
         return s.visited.withUnsafeMutableBufferPointer { vis -> Int in
             s.beamDist.withUnsafeMutableBufferPointer { bd -> Int in
                 s.beamId.withUnsafeMutableBufferPointer { bi -> Int in
@@ -25,6 +29,7 @@ extension HeadGraph {
                         let e = Int(start) < count ? start : 0
                         vis[Int(e)] = epoch
                         bd[0] = Distance.l2sq(q, base + Int(e) * d, d); bi[0] = e; bdone[0] = false
+                        if track { s.evaluated.append((bd[0], e)) }
                         var cnt = 1
                         var cursor = 0
                         while cursor < cnt {
@@ -42,6 +47,7 @@ extension HeadGraph {
                             var nextCursor = cnt
                             for j in 0..<m {
                                 let dv = gatherDist[j], v = gatherIds[j]
+                                if track { s.evaluated.append((dv, v)) }
                                 if cnt == L && dv >= bd[L - 1] { continue }
                                 var pos = cnt < L ? cnt : L - 1
                                 while pos > 0 && bd[pos - 1] > dv {
