@@ -48,7 +48,7 @@ struct BuildCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Attributes per vector for filtered search: CSV with a header (types as name:int|float|category|tags or inferred) or JSON lines (.jsonl).", valueName: "path"))
     var attributes: String?
     @Option(help: "Random seed (same seed and input: same index).") var seed: UInt64 = 42
-    @Option(help: "Worker threads for the assignment (head search, closure rule, encoding). The index is byte-identical for any count; k-means, the head graph and pack run on one thread.") var threads: Int = 1
+    @Option(help: "Worker threads for k-means and the assignment (head search, closure rule, encoding). The index is byte-identical for any count; the head graph build and pack run on one thread.") var threads: Int = 1
     @Option(name: .customLong("sort-buffer"), help: "Cap on the assignment's sort buffer (default: what the budget leaves); smaller spills more runs, the index is the same.")
     var sortBuffer: ByteSize?
     @Option(name: .customLong("pack-bucket"), help: "Cap on the posting bytes pack fills per pass (default: what the budget leaves); the index is the same.")

@@ -383,6 +383,7 @@ public final class IndexBuilder {
         }
         var km = BalancedKMeans()
         km.seed = options.seed
+        km.threads = options.threads   // heads do not depend on it (per-node generators)
         let headRows = km.selectHeads(points: sample, targetHeads: plan.heads, progress: progress)
         let H = headRows.count
         let heads = Matrix(rows: H, cols: d)
