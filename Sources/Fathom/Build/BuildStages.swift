@@ -187,7 +187,7 @@ extension IndexBuilder {
         let T = max(1, plan.threads)
         let pivots = SearchPivots(heads: heads)
         let workers = (0..<T).map { _ in AssignWorker(heads: H, beam: K + 32, degree: graph.degree, pivots: pivots.count, reducedDim: plan.reducedDimension) }
-        let spiller = RunSpiller(directory: buildDirectory, prefix: Self.assignRunPrefix, capacityRecords: plan.runRecords)
+        let spiller = RunSpiller(directory: buildDirectory, prefix: Self.assignRunPrefix, capacityRecords: plan.runRecords, progress: progress)
         var row = 0
         progress.begin("assign: closure assignment (≤ \(options.replicas) of \(K) nearest heads, \(T) thread(s))", total: UInt64(n))
         while true {
@@ -337,7 +337,7 @@ extension IndexBuilder {
         }
         let runs = try layout.runFiles(prefix: Self.assignRunPrefix) + layout.runFiles(prefix: Self.orphanRunPrefix)
         let merger = try RunMerger.open(runs: runs, bufferBytes: plan.mergeBufferBytes, maxFanIn: 4096,
-                                        scratchDirectory: buildDirectory, prefix: "pack")
+                                        scratchDirectory: buildDirectory, prefix: "pack", deleteInputs: false)
         let source = codec == .none
             ? try RowChunkReader(path: layout.vectorsPath, rowBytes: codeBytes, placement: IndexLayout.VectorPlacement(rowBytes: codeBytes))
             : try RowChunkReader(path: layout.codesPath, rowBytes: codeBytes, placement: nil)

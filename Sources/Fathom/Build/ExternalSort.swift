@@ -47,7 +47,10 @@ final class RunSpiller {
     private(set) var runs: [String] = []
     private(set) var total = 0
 
-    init(directory: String, prefix: String, capacityRecords: Int) {
+    let progress: ProgressReporter
+
+    init(directory: String, prefix: String, capacityRecords: Int, progress: ProgressReporter = .silent) {
+        self.progress = progress
         self.directory = directory
         self.prefix = prefix
         self.capacity = max(1, capacityRecords)
@@ -65,12 +68,14 @@ final class RunSpiller {
 
     private func spill() throws {
         guard used > 0 else { return }
+        let t0 = Date()
         sortInPlace(buffer, used, by: SortRecord.less)
         let path = "\(directory)/\(prefix)-\(runs.count).tmp"
         let w = try SequentialFileWriter(path: path, bufferBytes: 4 << 20)
         try w.write(UnsafeRawPointer(buffer), count: used * MemoryLayout<SortRecord>.stride)
         try w.finish()
         runs.append(path)
+        if used >= 1 << 20 { progress.note("\(prefix): run \(runs.count) of \(used) records sorted and written in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s") }
         used = 0
     }
 
@@ -132,7 +137,11 @@ final class RunMerger {
     let total: Int
 
     /// Merge passes over intermediate files keep at most `maxFanIn` runs open at once.
-    static func open(runs: [String], bufferBytes: Int, maxFanIn: Int, scratchDirectory: String, prefix: String) throws -> RunMerger {
+    /// `deleteInputs`: remove the given runs once merged into an intermediate file (only
+    /// when no later rerun needs them).
+    static func open(runs: [String], bufferBytes: Int, maxFanIn: Int, scratchDirectory: String, prefix: String,
+                     deleteInputs: Bool = true) throws -> RunMerger {
+        let given = Set(runs)
         var runs = runs
         var pass = 0
         let fan = max(2, maxFanIn)
@@ -146,7 +155,7 @@ final class RunMerger {
                 let w = try SequentialFileWriter(path: path, bufferBytes: bufferBytes)
                 while var r = try m.next() { try withUnsafeBytes(of: &r) { try w.write($0.baseAddress!, count: 16) } }
                 try w.finish()
-                for g in group { try removeTree(g) }
+                for g in group where deleteInputs || !given.contains(g) { try removeTree(g) }
                 next.append(path)
                 i += fan
             }
