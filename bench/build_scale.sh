@@ -10,7 +10,8 @@
 #   N_LIST="1000000" bench/build_scale.sh     # a subset
 # Environment: DATA (default /work/data), WORK (default /tmp/fathom-build-scale; indexes
 # are deleted after they are searched unless KEEP=1), PROBES (default 2,4,8,16,32,64),
-# FATHOM (default .build/release/fathom; built if missing), SKIP_1G=1 skips the 1 GiB run.
+# FATHOM (default .build/release/fathom; built if missing), SKIP_1G=1 skips the 1 GiB run,
+# NO_DROP=1 keeps the page cache (smoke tests only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-/work/data}
@@ -25,7 +26,7 @@ OUT=bench/results/build_scale-$STAMP.json
 ROWS=$WORK/rows.jsonl
 : > "$ROWS"
 
-drop_cache() { sync; if [ -w /proc/sys/vm/drop_caches ]; then echo 3 > /proc/sys/vm/drop_caches; else echo "warning: cannot drop the page cache (not root)" >&2; fi; }
+drop_cache() { [ "${NO_DROP:-0}" = 1 ] && return 0; sync; if [ -w /proc/sys/vm/drop_caches ]; then echo 3 > /proc/sys/vm/drop_caches; else echo "warning: cannot drop the page cache (not root)" >&2; fi; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
 run_one() {  # n budget label
@@ -85,6 +86,8 @@ for a, b in zip(two, two[1:]):
     if a["wall_seconds"] and b["wall_seconds"]:
         exps.append({"from": a["n"], "to": b["n"], "exponent": math.log(b["wall_seconds"] / a["wall_seconds"]) / math.log(b["n"] / a["n"])})
 ten = next((r for r in two if r["n"] == 10_000_000), None)
+for r in rows:   # the smallest swept probes reaching recall@10 0.90 (the ±50% bar compares 10M with 1M)
+    r["probes_for_recall_0.90"] = next((p["probes"] for p in r["recall_vs_probes"] if p["recall"] >= 0.90), None)
 out = {
     "rows": rows,
     "scale_exponents": exps,
