@@ -138,4 +138,25 @@ import FathomStorage
         sorted.withUnsafeMutableBufferPointer { sortInPlace($0.baseAddress!, 3000, by: >) }
         #expect(sorted == (0..<3000).reversed().map(UInt64.init))
     }
+
+    /// A resumed build reports the largest peak of all its processes: each stage file keeps
+    /// the VmHWM of the process that ran it.
+    @Test func peakRSSIsTheMaximumOverResumedProcesses() throws {
+        let dir = TempDir()
+        try writeSynthetic(dir: dir, n: 2000, d: 16)
+        var o = BuildOptions(); o.codec = .none; o.memoryBudget = 256 << 20; o.headRatio = 0.05
+        o.stopAfterStage = "train"
+        let out = dir.file("idx")
+        #expect(throws: FathomError.self) { try IndexBuilder(input: dir.file("base.fbin"), output: out, options: o).build() }
+        let stage = out + ".fathom-build/stage-train.json"
+        var obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: stage))) as! [String: Any]
+        #expect((obj["peak_rss_bytes"] as? NSNumber)?.uint64Value ?? 0 > 0)
+        // Pretend the first process peaked far above this one.
+        let earlier: UInt64 = 7 << 30
+        obj["peak_rss_bytes"] = earlier
+        try JSONSerialization.data(withJSONObject: obj).write(to: URL(fileURLWithPath: stage))
+        o.stopAfterStage = nil
+        let m = try IndexBuilder(input: dir.file("base.fbin"), output: out, options: o).build()
+        #expect(m.build.peak_rss_bytes == earlier)
+    }
 }
