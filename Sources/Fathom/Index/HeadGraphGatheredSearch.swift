@@ -19,6 +19,7 @@ extension HeadGraph {
         s.epoch &+= 1
         if s.epoch == 0 { for i in 0..<s.visited.count { s.visited[i] = 0 }; s.epoch = 1 }
         let epoch = s.epoch
+        let nbLines = (degree * 4 + 63) / 64
         s.evaluated.removeAll(keepingCapacity: true)
         let track = s.trackEvaluated
         return s.visited.withUnsafeMutableBufferPointer { vis -> Int in
@@ -55,6 +56,8 @@ extension HeadGraph {
                                     pos -= 1
                                 }
                                 bd[pos] = dv; bi[pos] = v; bdone[pos] = false
+                                // Its neighbour list is read when it is expanded: fetch it now.
+                                Distance.prefetch(UnsafeRawPointer(neighbors + Int(v) * degree), lines: nbLines)
                                 if cnt < L { cnt += 1 }
                                 if pos < nextCursor { nextCursor = pos }
                             }
