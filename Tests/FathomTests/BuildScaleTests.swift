@@ -159,4 +159,23 @@ import FathomStorage
         let m = try IndexBuilder(input: dir.file("base.fbin"), output: out, options: o).build()
         #expect(m.build.peak_rss_bytes == earlier)
     }
+
+    @Test func diskCheckRefusesWithTheNumbers() throws {
+        let dir = TempDir()
+        var o = BuildOptions(); o.memoryBudget = 64 << 30; o.reduceDims = 192
+        let plan = try BuildPlanner.plan(shape: BuildShape(count: 1_000_000_000, dimension: 768, inputType: .float32),
+                                         codec: .lvq8, storedType: .float32, options: o)
+        #expect(plan.peakDiskBytes > plan.finalDiskBytes)
+        do {
+            try BuildPlanner.checkDisk(plan: plan, directory: dir.path, reclaimable: 0, oldIndex: 1 << 30)
+            Issue.record("a \(plan.peakDiskBytes)-byte build fits this disk?")
+        } catch let e as FathomError {
+            #expect(e.code == .diskFull)
+            #expect(e.message.contains("temporaries") && e.message.contains("old index"), "\(e.message)")
+        }
+        // A small plan passes.
+        let small = try BuildPlanner.plan(shape: BuildShape(count: 1000, dimension: 8, inputType: .float32),
+                                          codec: .none, storedType: .float32, options: BuildOptions())
+        try BuildPlanner.checkDisk(plan: small, directory: dir.path, reclaimable: 0, oldIndex: 0)
+    }
 }
