@@ -10,8 +10,12 @@ struct BuildCommand: ParsableCommand {
         discussion: """
         Stages: train (sample → balanced k-means heads → head graph), assign (stream the input;
         each vector joins ≤ --replicas postings by the RNG closure rule over its nearest heads),
-        pack (page-aligned postings). The plan (heads, posting size, memory per stage) is printed
-        first; a budget that cannot be met is refused with the numbers. A build killed midway and
+        pack (page-aligned postings). Out of core: the assignment is spilled as sorted runs and
+        merged, pack fills postings bucket by bucket from one ordered pass over the codes. The
+        plan (heads, posting size, per stage RAM, temporary and final disk, estimated time) is
+        printed first; a budget or disk that cannot hold the build is refused with the numbers.
+        --plan-only prints the plan and stops (with --n/--dim/--type, no input is read); see
+        docs/build.md. A build killed midway and
         rerun with the same arguments resumes after its last finished stage. The index is
         published atomically: DIR holds the previous complete index or the new one, never a mix
         and never none. While a build runs it holds DIR.fathom-build.lock: a second build of the
