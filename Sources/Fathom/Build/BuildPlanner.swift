@@ -181,10 +181,16 @@ public enum BuildPlanner {
             // train
             let trainFixed = processOverhead + headBytes + graphBytes + UInt64(H) * 56 /* graph build pools */
                 + UInt64(2048 * d * 4 * 2) + UInt64(chunkRows * d * 4) + (4 << 20)
-                + (codec == .none ? 0 : UInt64(min(n, 100_000) * d * 4 * 2 + d * d * 4 * 3))
+                + (codec == .none ? 0 : UInt64(d * d * 4 * 3))
             let perSample = UInt64(d * 4 + 32)   // floats + ids, k-means permutation and child arrays
+            // LeanVec trains on a copy of ≤ 100,000 sample rows and their projection.
+            let perCodecRow: UInt64 = codec == .none ? 0 : UInt64((d + reduced) * 4)
+            func codecBytes(_ S: Int) -> UInt64 { UInt64(min(S, 100_000)) * perCodecRow }
             var S = min(n, options.sampleSize ?? max(4 * H, 50_000))
-            let room = usable > trainFixed ? (usable - trainFixed) / perSample : 0
+            let left = usable > trainFixed ? usable - trainFixed : 0
+            let room = left / (perSample + perCodecRow) <= 100_000
+                ? left / (perSample + perCodecRow)
+                : (left - 100_000 * perCodecRow) / perSample
             S = min(S, Int(min(room, UInt64(Int.max))))
             // Balanced k-means needs a few points per head: 4 when the head count is ours to
             // choose (fewer heads then), 2 at a given --head-ratio.
@@ -195,7 +201,8 @@ public enum BuildPlanner {
             }
             let trainTerms: [(String, UInt64)] = [("process", processOverhead), ("sample \(S) × \(perSample) B", UInt64(S) * perSample),
                                                   ("heads", headBytes), ("graph", graphBytes + UInt64(H) * 56),
-                                                  ("k-means + IO buffers", trainFixed - processOverhead - headBytes - graphBytes - UInt64(H) * 56)]
+                                                  ("codec training", codecBytes(S) + (codec == .none ? 0 : UInt64(d * d * 4 * 3))),
+                                                  ("k-means + IO buffers", UInt64(2048 * d * 4 * 2) + UInt64(chunkRows * d * 4) + (4 << 20))]
             // assign
             let assignFixed = processOverhead + headBytes + graphBytes + UInt64(T) * (visited + UInt64(L * 12)) + chunk + ioBuffers + codecRAM + UInt64(H) * 4
             let maxRecords = n * options.replicas
