@@ -460,3 +460,16 @@ int fk_simd_level(void) {
 }
 
 const char *fk_simd_name(void) { return fk_simd_level() == 1 ? "avx2+fma" : "scalar"; }
+
+/* Squared L2 from q to the rows ids[0..n) of a row-major float matrix (row stride d).
+ * Every row's cache lines are prefetched first, so the misses of a graph node's
+ * neighbours overlap instead of being paid one after another (the build's head search
+ * is bound by them: 1M heads of 512 B do not fit any cache). Same results as fk_l2sq_f32. */
+void fk_l2sq_f32_gather(const float *q, const float *base, const uint32_t *ids, size_t n, size_t d, float *out) {
+    const size_t bytes = d * sizeof(float);
+    for (size_t i = 0; i < n; i++) {
+        const char *r = (const char *)(base + (size_t)ids[i] * d);
+        for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(r + off, 0, 3);
+    }
+    for (size_t i = 0; i < n; i++) out[i] = fk_l2sq_f32(q, base + (size_t)ids[i] * d, d);
+}

@@ -10,8 +10,12 @@ struct BuildCommand: ParsableCommand {
         discussion: """
         Stages: train (sample → balanced k-means heads → head graph), assign (stream the input;
         each vector joins ≤ --replicas postings by the RNG closure rule over its nearest heads),
-        pack (page-aligned postings). The plan (heads, posting size, memory per stage) is printed
-        first; a budget that cannot be met is refused with the numbers. A build killed midway and
+        pack (page-aligned postings). Out of core: the assignment is spilled as sorted runs and
+        merged, pack fills postings bucket by bucket from one ordered pass over the codes. The
+        plan (heads, posting size, per stage RAM, temporary and final disk, estimated time) is
+        printed first; a budget or disk that cannot hold the build is refused with the numbers.
+        --plan-only prints the plan and stops (with --n/--dim/--type, no input is read); see
+        docs/build.md. A build killed midway and
         rerun with the same arguments resumes after its last finished stage. The index is
         published atomically: DIR holds the previous complete index or the new one, never a mix
         and never none. While a build runs it holds DIR.fathom-build.lock: a second build of the
@@ -19,8 +23,13 @@ struct BuildCommand: ParsableCommand {
         """
     )
 
-    @Option(help: ArgumentHelp("Input vectors (.fbin/.u8bin/.i8bin, .fvecs/.bvecs, .npy).", valueName: "path")) var input: String
-    @Option(help: ArgumentHelp("Index directory to create or replace.", valueName: "dir")) var output: String
+    @Option(help: ArgumentHelp("Input vectors (.fbin/.u8bin/.i8bin, .fvecs/.bvecs, .npy). Not needed with --plan-only --n --dim.", valueName: "path")) var input: String?
+    @Option(help: ArgumentHelp("Index directory to create or replace.", valueName: "dir")) var output: String?
+    @Flag(name: .customLong("plan-only"), help: "Print the plan (per stage RAM, temporary and final disk, estimated time) and stop; with --n, --dim and --type no input is needed.")
+    var planOnly = false
+    @Option(name: .customLong("n"), help: "Vector count to plan for (with --dim and --type). A real build checks the input matches, after the plan.") var planCount: Int?
+    @Option(name: .customLong("dim"), help: "Dimension to plan for (with --n).") var planDim: Int?
+    @Option(name: .customLong("type"), help: "Element type to plan for: f32, u8 or i8 (default f32).") var planType: String = "f32"
     @Option(help: "Distance: l2 (squared Euclidean), ip (inner product) or cosine.") var metric: Metric = .l2
     @Option(name: .customLong("memory-budget"), help: "Peak memory (RSS) the build stays within, e.g. 512MiB, 2GiB.")
     var memoryBudget: ByteSize = ByteSize(bytes: 2 << 30)
@@ -45,9 +54,33 @@ struct BuildCommand: ParsableCommand {
     @Option(help: ArgumentHelp("External labels: one decimal UInt64 per line, in input order, unique (default: row numbers). Results report them.", valueName: "path"))
     var labels: String?
     @Option(help: "Random seed (same seed and input: same index).") var seed: UInt64 = 42
-    @Option(help: "Worker threads. Accepted for scripts; the build currently runs its stages on one thread (two vCPUs give about one core here; overlapping IO is where the second helps).") var threads: Int = 1
+    @Option(help: "Worker threads for k-means and the assignment (head search, closure rule, encoding). The index is byte-identical for any count; the head graph build and pack run on one thread.") var threads: Int = 1
+    @Option(name: .customLong("sort-buffer"), help: "Cap on the assignment's sort buffer (default: what the budget leaves); smaller spills more runs, the index is the same.")
+    var sortBuffer: ByteSize?
+    @Option(name: .customLong("pack-bucket"), help: "Cap on the posting bytes pack fills per pass (default: what the budget leaves); the index is the same.")
+    var packBucket: ByteSize?
     @Flag(help: "Do not print progress on stderr.") var quiet = false
-    @Flag(help: "Print the manifest as JSON on stdout when done.") var json = false
+    @Flag(help: "Print the manifest (with --plan-only: the plan) as JSON on stdout when done.") var json = false
+
+    func validate() throws {
+        if !planOnly {
+            guard input != nil else { throw ValidationError("--input is required (or use --plan-only with --n and --dim)") }
+            guard output != nil else { throw ValidationError("--output is required (or use --plan-only)") }
+        }
+        if planOnly && input == nil && (planCount == nil || planDim == nil) {
+            throw ValidationError("--plan-only without --input needs --n and --dim (and --type)")
+        }
+        if (planCount == nil) != (planDim == nil) { throw ValidationError("--n and --dim go together") }
+    }
+
+    static func elementType(_ t: String) throws -> ElementType {
+        switch t.lowercased() {
+        case "f32", "float32", "float": return .float32
+        case "u8", "uint8": return .uint8
+        case "i8", "int8": return .int8
+        default: throw FathomError(.invalidArgument, "--type \(t) is not an element type; use f32, u8 or i8")
+        }
+    }
 
     func run() throws {
         try runReportingErrors {
@@ -58,20 +91,64 @@ struct BuildCommand: ParsableCommand {
             o.codec = codec; o.reduceDims = reduceDims; o.trainQueries = trainQueries
             o.attributes = attributes
             o.labels = labels
+            o.sortBufferBytes = sortBuffer?.bytes; o.packBucketBytes = packBucket?.bytes
+            // Given n and d, plan (and refuse) before the input is touched.
+            var given: BuildShape? = nil
+            if let c = planCount, let d = planDim {
+                given = BuildShape(count: c, dimension: d, inputType: try Self.elementType(planType))
+            }
+            if let shape = given {
+                var po = o
+                po.serveMemoryPerVector = try ServeMemory.perVector(serveMemory, vectors: shape.count, flag: "--serve-memory")
+                let codec = o.codec == .auto ? PostingCodec.lvq8 : o.codec
+                let plan = try BuildPlanner.plan(shape: shape, codec: codec, storedType: metric == .cosine ? .float32 : shape.inputType, options: po)
+                if planOnly {
+                    if o.codec == .auto { FileHandle.standardError.write(Data("plan: codec auto plans as lvq8 (the larger code it may pick); give --codec to plan another\n".utf8)) }
+                    print(json ? planJSON(plan) : plan.description)
+                    return
+                }
+            }
+            let input = self.input!
             let header = try VectorFileHeader.inspect(path: input, format: nil)
+            if let s = given, s.count != header.count || s.dimension != header.dimension {
+                throw FathomError(.invalidArgument, "the input holds \(header.count) × \(header.dimension) vectors, not the --n \(s.count) × --dim \(s.dimension) planned", path: input)
+            }
             o.serveMemoryPerVector = try ServeMemory.perVector(serveMemory, vectors: header.count, flag: "--serve-memory")
             let progress = ProgressReporter(enabled: !quiet)
-            let builder = try IndexBuilder(input: input, output: output, options: o, progress: progress)
+            let builder = try IndexBuilder(input: input, output: output ?? input + ".index", options: o, progress: progress)
+            if planOnly {
+                let plan = try builder.plan()
+                if let r = builder.codecReason { FileHandle.standardError.write(Data((r + "\n").utf8)) }
+                print(json ? planJSON(plan) : plan.description)
+                return
+            }
             let m = try builder.build()
             if json {
                 print(String(decoding: try m.encoded(), as: UTF8.self))
             } else {
                 let secs = m.build.seconds
-                print("built \(output): \(m.count) vectors, \(m.heads) heads, \(String(format: "%.2f", m.stats.mean_replicas)) replicas/vector, " +
+                print("built \(output!): \(m.count) vectors, \(m.heads) heads, \(String(format: "%.2f", m.stats.mean_replicas)) replicas/vector, " +
                       "train \(String(format: "%.1f", secs["train"] ?? 0)) s, assign \(String(format: "%.1f", secs["assign"] ?? 0)) s, pack \(String(format: "%.1f", secs["pack"] ?? 0)) s, " +
                       "peak RSS \(formatBytes(m.build.peak_rss_bytes))")
             }
         }
+    }
+
+    func planJSON(_ p: BuildPlan) -> String {
+        var stages = [[String: Any]]()
+        for st in p.stages {
+            stages.append(["name": st.name, "ram_bytes": st.ram, "temp_disk_bytes": st.tempDisk, "final_disk_bytes": st.finalDisk,
+                           "seconds": st.seconds,
+                           "ram_terms": Dictionary(st.ramTerms.map { ($0.0, $0.1) }, uniquingKeysWith: +),
+                           "time_terms": Dictionary(st.timeTerms.map { ($0.0, $0.1) }, uniquingKeysWith: +)])
+        }
+        let obj: [String: Any] = ["count": p.count, "dimension": p.dimension, "codec": p.codec.rawValue, "heads": p.heads,
+                                  "sample_size": p.sampleSize, "posting_pages": p.postingPages, "posting_capacity": p.postingCapacity,
+                                  "record_bytes": p.recordBytes, "expected_replicas": p.expectedReplicas, "threads": p.threads,
+                                  "budget_bytes": p.budget, "peak_ram_bytes": p.peakBytes, "final_disk_bytes": p.finalDiskBytes,
+                                  "peak_disk_bytes": p.peakDiskBytes, "estimated_seconds": p.estimatedSeconds, "stages": stages]
+        let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])) ?? Data()
+        return String(decoding: data, as: UTF8.self)
     }
 }
 

@@ -1,4 +1,5 @@
 import FathomCore
+import Foundation
 
 /// Hierarchical balanced k-means (SPTAG's recipe, simplified) that splits a point set into
 /// many small clusters of even size and returns one real point per cluster: the heads.
@@ -10,7 +11,7 @@ import FathomCore
 /// `balance` times the mean distortion. Nodes larger than a batch train on a random
 /// mini-batch; all points are then assigned once. A node at most `1.5 × leafSize` is a
 /// leaf, and its head is the member nearest the leaf's mean ("snapped" to a real vector).
-public struct BalancedKMeans {
+public struct BalancedKMeans: Sendable {
     public var branching = 32
     public var maxIterations = 16
     public var batchSize = 8192
@@ -18,6 +19,10 @@ public struct BalancedKMeans {
     public var seed: UInt64 = 42
 
     public init() {}
+
+    /// Threads that split tree nodes (each level's nodes are independent). The heads do not
+    /// depend on it: every node draws from its own generator, seeded by `seed` and its range.
+    public var threads = 1
 
     /// Picks about `targetHeads` heads from `points` (rows of a float matrix, squared L2).
     /// - Returns: row indices into `points`, one per leaf, in tree order.
@@ -29,51 +34,88 @@ public struct BalancedKMeans {
         // 2/3 of the nominal size on average (measured: fashion-mnist, 60K points, target 6000
         // → 8978 leaves), so the nominal size is set 1.5× above the mean we want.
         let leaf = 1.5 * Double(m) / Double(target)
-        var perm = [Int32](unsafeUninitializedCapacity: m) { b, c in for i in 0..<m { b[i] = Int32(i) }; c = m }
-        var heads = [Int]()
+        let perm = UnsafeMutablePointer<Int32>.allocate(capacity: m)
+        defer { perm.deallocate() }
+        for i in 0..<m { perm[i] = Int32(i) }
+        let T = max(1, threads)
+        let scratches = (0..<T).map { _ in Scratch(d: points.cols, k: branching, block: 2048) }
+        var heads = [(lo: Int, row: Int)]()
         heads.reserveCapacity(target + target / 4)
-        var rng = SeededRandom(seed: seed)
-        var stack: [(lo: Int, hi: Int)] = [(0, m)]
-        let scratch = Scratch(d: points.cols, k: branching, block: 2048)
-        progress.begin("train: balanced k-means (\(target) heads from \(m) points)", total: UInt64(m))
-        while let node = stack.popLast() {
-            let s = node.hi - node.lo
-            if Double(s) <= leaf * 1.5 || s <= 2 {
-                heads.append(Int(leafHead(points: points, perm: perm, lo: node.lo, hi: node.hi, scratch: scratch)))
-                progress.advance(UInt64(s))
-                continue
-            }
-            let k = max(2, min(branching, Int((Double(s) / leaf).rounded())))
-            let assign = perm.withUnsafeMutableBufferPointer { p in
-                splitNode(points: points, idx: p.baseAddress! + node.lo, s: s, k: k, rng: &rng, scratch: scratch)
-            }
-            // Counting sort of the node's range by child.
-            var counts = [Int](repeating: 0, count: k)
-            for a in assign { counts[Int(a)] += 1 }
-            var starts = [Int](repeating: 0, count: k)
-            for c in 1..<k { starts[c] = starts[c - 1] + counts[c - 1] }
-            let old = Array(perm[node.lo..<node.hi])
-            var pos = starts
-            for i in 0..<s { let c = Int(assign[i]); perm[node.lo + pos[c]] = old[i]; pos[c] += 1 }
-            for c in (0..<k).reversed() where counts[c] > 0 {
-                let lo = node.lo + starts[c]
-                if counts[c] == s {
-                    // k-means could not split (duplicates): cut the range in equal parts.
-                    let parts = k
-                    for p in (0..<parts).reversed() {
-                        let a = lo + s * p / parts, b = lo + s * (p + 1) / parts
-                        if b > a { stack.append((a, b)) }
+        progress.begin("train: balanced k-means (\(target) heads from \(m) points, \(T) thread(s))", total: UInt64(m))
+        // Level by level: the nodes of a level own disjoint ranges of `perm`.
+        var level: [(lo: Int, hi: Int)] = [(0, m)]
+        let shared = KMeansShared(points: points, perm: perm)
+        while !level.isEmpty {
+            let nodes = level
+            var results = [NodeResult](repeating: .leaf(0), count: nodes.count)
+            results.withUnsafeMutableBufferPointer { out in
+                let outP = out.baseAddress!
+                let box = KMeansLevel(nodes: nodes, out: outP)
+                let next = KMeansCounter()
+                let work: @Sendable (Int) -> Void = { t in
+                    while true {
+                        let i = next.next()
+                        if i >= box.nodes.count { break }
+                        box.out[i] = self.processNode(shared, lo: box.nodes[i].lo, hi: box.nodes[i].hi, leaf: leaf,
+                                                      scratch: scratches[t], progress: progress)
                     }
-                    break
                 }
-                stack.append((lo, lo + counts[c]))
+                if T == 1 || nodes.count == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: min(T, nodes.count), execute: work) }
+            }
+            level = []
+            for (i, r) in results.enumerated() {
+                switch r {
+                case .leaf(let row): heads.append((nodes[i].lo, row))
+                case .split(let children): level.append(contentsOf: children)
+                }
             }
         }
         progress.end("\(heads.count) heads")
-        return heads
+        // Tree order: leaves by the start of their range (the depth-first order).
+        heads.sort { $0.lo < $1.lo }
+        return heads.map(\.row)
     }
 
-    final class Scratch {
+    enum NodeResult { case leaf(Int); case split([(lo: Int, hi: Int)]) }
+
+    /// Splits one node (or makes it a leaf) using its own generator; touches only
+    /// `perm[lo..<hi]` and `scratch`.
+    func processNode(_ sh: KMeansShared, lo: Int, hi: Int, leaf: Double, scratch: Scratch, progress: ProgressReporter) -> NodeResult {
+        let s = hi - lo
+        let points = sh.points, perm = sh.perm
+        if Double(s) <= leaf * 1.5 || s <= 2 {
+            progress.advance(UInt64(s))
+            return .leaf(Int(leafHead(points: points, perm: perm, lo: lo, hi: hi, scratch: scratch)))
+        }
+        var rng = SeededRandom(seed: seed ^ (UInt64(lo) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(hi) &* 0xC2B2_AE3D_27D4_EB4F))
+        let k = max(2, min(branching, Int((Double(s) / leaf).rounded())))
+        let assign = splitNode(points: points, idx: perm + lo, s: s, k: k, rng: &rng, scratch: scratch)
+        // Counting sort of the node's range by child.
+        var counts = [Int](repeating: 0, count: k)
+        for a in assign { counts[Int(a)] += 1 }
+        var starts = [Int](repeating: 0, count: k)
+        for c in 1..<k { starts[c] = starts[c - 1] + counts[c - 1] }
+        let old = Array(UnsafeBufferPointer(start: perm + lo, count: s))
+        var pos = starts
+        for i in 0..<s { let c = Int(assign[i]); perm[lo + pos[c]] = old[i]; pos[c] += 1 }
+        var children = [(lo: Int, hi: Int)]()
+        for c in 0..<k where counts[c] > 0 {
+            let a = lo + starts[c]
+            if counts[c] == s {
+                // k-means could not split (duplicates): cut the range in equal parts.
+                for p in 0..<k {
+                    let x = lo + s * p / k, y = lo + s * (p + 1) / k
+                    if y > x { children.append((x, y)) }
+                }
+                break
+            }
+            children.append((a, a + counts[c]))
+        }
+        return .split(children)
+    }
+
+    /// Per-thread k-means buffers: one thread uses a scratch at a time.
+    final class Scratch: @unchecked Sendable {
         let block: Int
         let k: Int
         let x: Matrix        // gathered points
@@ -90,7 +132,7 @@ public struct BalancedKMeans {
     }
 
     /// Member of the range nearest to the range's mean.
-    func leafHead(points: Matrix, perm: [Int32], lo: Int, hi: Int, scratch: Scratch) -> Int32 {
+    func leafHead(points: Matrix, perm: UnsafeMutablePointer<Int32>, lo: Int, hi: Int, scratch: Scratch) -> Int32 {
         let d = points.cols
         let mean = scratch.centroids.row(0)
         mean.initialize(repeating: 0, count: d)
@@ -191,4 +233,24 @@ public struct BalancedKMeans {
         }
         return total
     }
+}
+
+/// What every k-means thread shares: the points (read-only) and the permutation, of which
+/// each node of a level owns a disjoint range.
+struct KMeansShared: @unchecked Sendable {
+    let points: Matrix
+    let perm: UnsafeMutablePointer<Int32>
+}
+
+/// One level's nodes and their result slots (slot i written only by the thread that took node i).
+struct KMeansLevel: @unchecked Sendable {
+    let nodes: [(lo: Int, hi: Int)]
+    let out: UnsafeMutablePointer<BalancedKMeans.NodeResult>
+}
+
+final class KMeansCounter: @unchecked Sendable {
+    // Invariant: `value` is read and written only under `lock`.
+    private let lock = NSLock()
+    private var value = 0
+    func next() -> Int { lock.lock(); defer { lock.unlock() }; let v = value; value += 1; return v }
 }

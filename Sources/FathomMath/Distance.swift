@@ -12,6 +12,18 @@ public enum Distance {
         fk_l2sq_f32(a, b, d)
     }
 
+    /// Hints the CPU to load `lines` cache lines from `p` (no effect on results). Thread-safe.
+    @inlinable @inline(__always)
+    public static func prefetch(_ p: UnsafeRawPointer, lines: Int) { fk_prefetch(p, Int32(lines)) }
+
+    /// Squared L2 from `q` to rows `ids[0..<n]` of the row-major `base` (row stride `d`),
+    /// prefetching every row before scoring (same values as ``l2sq(_:_:_:)``). Thread-safe.
+    @inlinable @inline(__always)
+    public static func l2sqGather(_ q: UnsafePointer<Float>, _ base: UnsafePointer<Float>, ids: UnsafePointer<UInt32>,
+                                  count n: Int, _ d: Int, into out: UnsafeMutablePointer<Float>) {
+        fk_l2sq_f32_gather(q, base, ids, n, d, out)
+    }
+
     @inlinable @inline(__always)
     public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ d: Int) -> Float {
         fk_dot_f32(a, b, d)

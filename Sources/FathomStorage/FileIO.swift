@@ -23,6 +23,7 @@ private func sysFcntlGetFlags(_ fd: Int32) -> Int32 { fcntl(fd, F_GETFL) }
 private func sysFcntlSetFlags(_ fd: Int32, _ flags: Int32) -> Int32 { fcntl(fd, F_SETFL, flags) }
 private func sysPwrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int, _ off: off_t) -> Int { pwrite(fd, p, n, off) }
 private func sysFtruncate(_ fd: Int32, _ size: off_t) -> Int32 { ftruncate(fd, size) }
+private func sysStatvfs(_ path: String, _ st: inout statvfs) -> Int32 { statvfs(path, &st) }
 
 /// An open file descriptor plus the path it was opened from (for error messages).
 ///
@@ -274,6 +275,15 @@ public final class FileLock: @unchecked Sendable {
     }
 
     deinit { release() }
+}
+
+/// Bytes free to an unprivileged writer on the file system holding `path` (statvfs f_bavail).
+public func freeDiskBytes(_ path: String) throws -> UInt64 {
+    var st = statvfs()
+    guard sysStatvfs(path, &st) == 0 else {
+        throw FathomError(.io, "cannot read the free space (statvfs: \(String(cString: strerror(errno))))", path: path)
+    }
+    return UInt64(st.f_bavail) * UInt64(st.f_frsize)
 }
 
 /// fsyncs a directory (after creating, renaming or deleting entries in it).

@@ -35,7 +35,8 @@ import Testing
         try IndexBuilder(input: dir.file("base.fbin"), output: idx, options: o).build()
         let clean = FaultInjector.disarm().calls
         #expect(try files(idx) == reference)
-        #expect(clean.count > 100, "only \(clean.count) storage calls in a build")
+        // Sequential IO: no per-record reads any more, so a small build makes few calls.
+        #expect(clean.count > 50, "only \(clean.count) storage calls in a build")
         let all = ProcessInfo.processInfo.environment["FATHOM_FAULT_TRIALS"] == "all"
         let trials = all ? clean.count : min(clean.count, 100)
         let faults: [FaultInjector.Fault] = [.eio, .enospc, .shortWrite]

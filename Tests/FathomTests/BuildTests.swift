@@ -10,7 +10,7 @@ import FathomStorage
         var o = BuildOptions(); o.codec = .none
         o.memoryBudget = 512 << 20
         o.headRatio = 0.05
-        o.postingPages = 2        // 2 × 4096 / (4 + 32·4) = 62 records
+        o.postingPages = 5        // 5 × 4096 / (4 + 32·4) = 155 records: heads × cap ≥ n × 5.28 expected replicas
         return o
     }
 
@@ -19,6 +19,7 @@ import FathomStorage
         try writeSynthetic(dir: dir, n: 3000, d: 32)
         var o = smallOptions()
         o.postingPages = 1        // 31 records: forces cuts and orphan handling
+        o.headRatio = 0.25        // 750 heads × 31 slots ≥ 3000 × 5.28 expected records (the plan's invariant)
         let m = try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
         let layout = IndexLayout(directory: dir.file("idx"))
         let pbytes = m.files.first { $0.name == "postings.dat" }!.bytes

@@ -32,6 +32,12 @@ const char *fk_simd_name(void);
 
 /* ---- one query against one vector ---- */
 float    fk_l2sq_f32(const float *a, const float *b, size_t d);
+/* Prefetches the `lines` 64-byte cache lines from p (a graph node's neighbour list before it is expanded). */
+static inline void fk_prefetch(const void *p, int lines) {
+    for (int i = 0; i < lines; i++) __builtin_prefetch((const char *)p + 64 * i, 0, 3);
+}
+/* Squared L2 from q to rows ids[0..n) of base (row stride d), prefetching every row first. */
+void     fk_l2sq_f32_gather(const float *q, const float *base, const uint32_t *ids, size_t n, size_t d, float *out);
 float    fk_dot_f32(const float *a, const float *b, size_t d);
 uint32_t fk_l2sq_u8(const uint8_t *a, const uint8_t *b, size_t d);
 uint32_t fk_dot_u8(const uint8_t *a, const uint8_t *b, size_t d);

@@ -50,44 +50,16 @@ public struct BuildOptions: Sendable, Equatable {
     public var attributes: String? = nil
     /// External labels, one decimal UInt64 per line in input order (labels.bin; default: row numbers).
     public var labels: String? = nil
+    /// Cap on the assignment's sort buffer in bytes (`nil`: what the budget leaves). Smaller
+    /// means more runs to merge; the index does not change.
+    public var sortBufferBytes: UInt64? = nil
+    /// Cap on the posting bytes one pack bucket holds (`nil`: what the budget leaves);
+    /// smaller means more passes over the codes; the index does not change.
+    public var packBucketBytes: UInt64? = nil
     /// Test hook: stop with `.cancelled` right after this stage finishes (simulates a kill).
     var stopAfterStage: String? = nil
 
     public init() {}
-}
-
-/// What the build will do and how much memory each stage needs, computed before it starts.
-public struct BuildPlan: Sendable, CustomStringConvertible {
-    public var count: Int
-    public var dimension: Int
-    public var reducedDimension: Int
-    public var codec: PostingCodec
-    public var inputType: ElementType
-    public var storedType: ElementType
-    public var heads: Int
-    public var headRatio: Double
-    public var sampleSize: Int
-    public var postingPages: Int
-    public var postingCapacity: Int
-    public var recordBytes: Int
-    public var chunkRows: Int
-    public var stageBytes: [(stage: String, bytes: UInt64)]
-    public var budget: UInt64
-    /// What the index will need to serve (the model's estimate).
-    public var serving: ServingMemory
-
-    public var peakBytes: UInt64 { stageBytes.map(\.bytes).max() ?? 0 }
-
-    public var description: String {
-        var s = "plan: \(count) × \(dimension) \(inputType.rawValue) → \(heads) heads (ratio \(String(format: "%.4f", headRatio))), "
-        s += "postings ≤ \(postingPages) pages = \(postingCapacity) records of \(recordBytes) B"
-        if codec != .none { s += " (LeanVec \(dimension) → \(reducedDimension) dims + \(codec.rawValue))" }
-        s += ", training sample \(sampleSize)\n"
-        s += "plan: serving RAM ≈ \(serving.summary)\n"
-        for (st, b) in stageBytes { s += "plan:   \(st.padding(toLength: 7, withPad: " ", startingAt: 0)) needs ≈ \(formatBytes(b))\n" }
-        s += "plan: peak ≈ \(formatBytes(peakBytes)) of the \(formatBytes(budget)) budget"
-        return s
-    }
 }
 
 /// Builds a Fathom index out of core: `train` (sample → balanced k-means heads → head graph),
@@ -108,8 +80,6 @@ public final class IndexBuilder {
     /// Why `.auto` chose ``codec`` (nil when the codec was given).
     public let codecReason: String?
 
-    static let processOverhead: UInt64 = 80 << 20
-
     public init(input: String, output: String, options: BuildOptions = BuildOptions(),
                 progress: ProgressReporter = .silent) throws {
         self.inputPath = input
@@ -124,6 +94,11 @@ public final class IndexBuilder {
         guard header.count < Int(UInt32.max) else {
             throw FathomError(.invalidArgument, "\(header.count) vectors exceed the 2^32 − 1 ids of one index; split the input into shards", path: input)
         }
+        // Refuse a plan that cannot fit before reading any vector (`.auto` plans as lvq8,
+        // the larger of the codes it may pick).
+        let stored: ElementType = options.metric == .cosine ? .float32 : header.elementType
+        _ = try BuildPlanner.plan(shape: BuildShape(count: header.count, dimension: header.dimension, inputType: header.elementType),
+                                  codec: options.codec == .auto ? .lvq8 : options.codec, storedType: stored, options: options)
         if options.codec == .auto {
             (codec, codecReason) = try Self.chooseCodec(input: input, header: header, metric: options.metric,
                                                         reduced: options.reduceDims ?? LeanVecProjection.defaultDim(header.dimension))
@@ -201,103 +176,11 @@ public final class IndexBuilder {
 
     // MARK: planning
 
-    /// Plans every stage from n, d and the budget. Throws `memoryBudget` with the numbers when
-    /// the budget cannot be met.
+    /// Plans every stage from n, d and the budget (``BuildPlanner``). Throws `memoryBudget`
+    /// or `invalidArgument` with the numbers when an invariant cannot hold.
     public func plan() throws -> BuildPlan {
-        let n = header.count, d = header.dimension
-        let reduced = options.reduceDims ?? LeanVecProjection.defaultDim(d)
-        if codec != .none {
-            guard reduced >= 1 && reduced <= d else {
-                throw FathomError(.invalidArgument, "--reduce-dims \(reduced) must be between 1 and the dimension \(d)")
-            }
-        }
-        let recordBytes = 4 + (codec.lvqKind.map { LVQCodec.bytesPerVector(kind: $0, dim: reduced) } ?? d * storedType.size)
-        // The posting cap: twice the mean posting length the closure can produce (or given).
-        func pagesFor(heads H: Int, factor: Double = 2) -> Int {
-            if let p = options.postingPages { return p }
-            let cap = Int((factor * Double(n) * Double(options.replicas) / Double(max(H, 1))).rounded(.up))
-            return max(1, (max(cap, 1) * recordBytes + 4095) / 4096)
-        }
-        let chunkRows = max(1, min(65536, (32 << 20) / (d * 4)))
-        let budget = options.memoryBudget
-        let R = options.graphDegree
-        let L = options.candidateHeads + 32
-
-        func estimate(heads H: Int, sample S: Int) -> [(String, UInt64)] {
-            let cap = pagesFor(heads: H) * 4096 / recordBytes
-            let headBytes = UInt64(H) * UInt64(d * 4 + R * 4 + 4 + 8)
-            let chunk = UInt64(chunkRows) * UInt64(d * (header.elementType.size + 4 + 4))
-            let train = Self.processOverhead + UInt64(S) * UInt64(d * 4 + 16) + headBytes
-                + UInt64(2048 * d * 4 * 2) + chunk + UInt64(H) * 48 /* graph build pools */
-            let table = UInt64(PostingAssignment.memoryBytes(heads: H, cap: cap, vectors: n))
-            let assign = Self.processOverhead + headBytes + table + chunk + (8 << 20) + UInt64(L * 16)
-            let pack = Self.processOverhead + table + UInt64(H) * 24 + UInt64(cap * recordBytes) * 2 + (8 << 20)
-            return [("train", train), ("assign", assign), ("pack", pack)]
-        }
-
-        let ratio = options.headRatio ?? servingRatio(n: n, d: d, reduced: codec == .none ? nil : reduced,
-                                                      recordBytes: recordBytes)
-        var H = max(1, min(n, Int((Double(n) * ratio).rounded())))
-        func sampleFor(_ H: Int) -> Int { min(n, options.sampleSize ?? max(4 * H, 50_000)) }
-        var stages = estimate(heads: H, sample: sampleFor(H))
-        var peak = stages.map(\.1).max()!
-        if peak > budget && options.headRatio == nil {
-            // Lower the head count until the plan fits (not below 1 head per 1,000 vectors).
-            while peak > budget && H > max(1, n / 1000) {
-                H = max(max(1, n / 1000), H * 9 / 10)
-                stages = estimate(heads: H, sample: sampleFor(H))
-                peak = stages.map(\.1).max()!
-            }
-        }
-        guard peak <= budget else {
-            let detail = stages.map { "\($0.0) \(formatBytes($0.1))" }.joined(separator: ", ")
-            throw FathomError(.memoryBudget, "the build needs about \(formatBytes(peak)) (\(detail)) for \(n) × \(d) vectors with \(H) heads, over the \(formatBytes(budget)) budget; raise --memory-budget to at least \(formatBytes(peak + (peak >> 4))) or lower --head-ratio")
-        }
-        let pages = pagesFor(heads: H)
-        let cap = pages * 4096 / recordBytes
-        guard cap >= 1 else {
-            throw FathomError(.invalidArgument, "a posting of \(pages) page(s) cannot hold one \(recordBytes)-byte record; use --posting-pages \((recordBytes + 4095) / 4096) or more")
-        }
-        let serving = Self.servingEstimate(n: n, heads: H, d: d, reduced: codec == .none ? nil : reduced,
-                                           recordBytes: recordBytes, degree: R, replicas: options.replicas,
-                                           threads: options.serveThreads ?? ProcessInfo.processInfo.activeProcessorCount)
-        return BuildPlan(count: n, dimension: d, reducedDimension: codec == .none ? d : reduced,
-                         codec: codec, inputType: header.elementType, storedType: storedType,
-                         heads: H, headRatio: Double(H) / Double(n), sampleSize: sampleFor(H),
-                         postingPages: pages, postingCapacity: cap, recordBytes: recordBytes,
-                         chunkRows: chunkRows, stageBytes: stages, budget: budget, serving: serving)
-    }
-
-    /// The serving-RAM model the head ratio is chosen from: heads, graph, table and codec
-    /// (``ServingMemory``) plus each search thread's scratch at the default 32 probes (its IO
-    /// buffer holds the postings it reads: 32 × the mean posting, whose length is n·r̂/H with
-    /// r̂ = 0.85 × replicas accepted by the closure rule; its dedup table 16 B per record;
-    /// 64 KiB for re-rank reads).
-    static func servingEstimate(n: Int, heads H: Int, d: Int, reduced: Int?, recordBytes: Int, degree: Int,
-                                replicas: Int, threads: Int) -> ServingMemory {
-        ServingMemory.model(vectors: n, heads: H, dimension: d, reduced: reduced, degree: degree, recordBytes: recordBytes,
-                            meanRecords: Double(n) * 0.85 * Double(replicas) / Double(max(H, 1)), threads: threads)
-    }
-
-    /// The head ratio (≤ 0.1, ≥ 1 head per 1,000 vectors) with the most heads whose serving
-    /// RAM stays within ``BuildOptions/serveMemoryPerVector``: more heads route better but
-    /// cost RAM; fewer heads make longer postings, so each thread's read buffer grows.
-    func servingRatio(n: Int, d: Int, reduced: Int?, recordBytes: Int) -> Double {
-        let threads = options.serveThreads ?? ProcessInfo.processInfo.activeProcessorCount
-        let target = options.serveMemoryPerVector * Double(n)
-        var best: Int? = nil
-        var bestTotal = Int.max, bestH = 1
-        var H = max(1, n / 10)
-        let floor = max(1, n / 1000)
-        while true {
-            let m = Self.servingEstimate(n: n, heads: H, d: d, reduced: reduced, recordBytes: recordBytes,
-                                         degree: options.graphDegree, replicas: options.replicas, threads: threads)
-            if Double(m.total) <= target { best = H; break }
-            if m.total < bestTotal { bestTotal = m.total; bestH = H }
-            if H <= floor { break }
-            H = max(floor, H * 9 / 10)
-        }
-        return Double(best ?? bestH) / Double(n)
+        try BuildPlanner.plan(shape: BuildShape(count: header.count, dimension: header.dimension, inputType: header.elementType),
+                              codec: codec, storedType: storedType, options: options)
     }
 
     // MARK: fingerprint / resume
@@ -316,6 +199,8 @@ public final class IndexBuilder {
         var o = options
         o.memoryBudget = 0   // the budget changes the plan only through the fields below
         o.threads = 1
+        o.sortBufferBytes = nil
+        o.packBucketBytes = nil
         o.stopAfterStage = nil
         let text = "\(f.size)|\(mtime)|\(crc)|\(header.count)x\(header.dimension)|\(o)|H=\(plan.heads)|S=\(plan.sampleSize)|cap=\(plan.postingCapacity)|pages=\(plan.postingPages)"
         return String(format: "%08x", crc32c(text, seed: 0)) + String(format: "%08x", crc32c(String(text.reversed()), seed: 0x5bd1e995))
@@ -329,7 +214,7 @@ public final class IndexBuilder {
 
     func markDone(_ stage: String, fingerprint: String, seconds: Double) throws {
         let path = buildDirectory + "/stage-\(stage).json"
-        let obj: [String: Any] = ["stage": stage, "fingerprint": fingerprint, "seconds": seconds]
+        let obj: [String: Any] = ["stage": stage, "fingerprint": fingerprint, "seconds": seconds, "peak_rss_bytes": peakRSSBytes()]
         let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
         let w = try SequentialFileWriter(path: path + ".tmp", bufferBytes: 4096)
         try w.write([UInt8](data)); try w.finish()
@@ -343,6 +228,19 @@ public final class IndexBuilder {
         return obj["seconds"] as? Double ?? 0
     }
 
+    /// The largest peak RSS any process of this build recorded (each finished stage writes
+    /// its process's VmHWM; a resumed build's earlier processes count too), and this one's.
+    func buildPeakRSS() -> UInt64 {
+        var peak = peakRSSBytes()
+        for st in ["train", "assign", "pack"] {
+            guard let data = FileManager.default.contents(atPath: buildDirectory + "/stage-\(st).json"),
+                  let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let b = (obj["peak_rss_bytes"] as? NSNumber)?.uint64Value else { continue }
+            peak = max(peak, b)
+        }
+        return peak
+    }
+
     // MARK: build
 
     /// Runs (or resumes) the build and publishes the index atomically at `outputPath`.
@@ -351,7 +249,7 @@ public final class IndexBuilder {
         let plan = try plan()
         if let codecReason { progress.note(codecReason) }
         progress.note(plan.description)
-        BLAS.setThreads(1)
+        BLAS.setThreads(1)   // k-means stays on one thread: byte-identical heads for any --threads
         let fp = try fingerprint(plan: plan)
         let fm = FileManager.default
         let lock = try lockBuild()
@@ -374,6 +272,10 @@ public final class IndexBuilder {
             try w.write([UInt8](fp.utf8)); try w.finish()
             try fsyncDirectory(buildDirectory)
         }
+        // Disk: the new index and every temporary must fit beside what is already there
+        // (files a resumed build already wrote count as made).
+        try BuildPlanner.checkDisk(plan: plan, directory: parentDirectory, reclaimable: directoryBytes(buildDirectory),
+                                   oldIndex: fm.fileExists(atPath: outputPath) ? directoryBytes(outputPath) : 0)
 
         var seconds: [String: Double] = [:]
         // train
@@ -486,6 +388,7 @@ public final class IndexBuilder {
         }
         var km = BalancedKMeans()
         km.seed = options.seed
+        km.threads = options.threads   // heads do not depend on it (per-node generators)
         let headRows = km.selectHeads(points: sample, targetHeads: plan.heads, progress: progress)
         let H = headRows.count
         let heads = Matrix(rows: H, cols: d)
@@ -549,166 +452,6 @@ public final class IndexBuilder {
         }
     }
 
-    // MARK: stage: assign
-
-    func assignStage(plan: BuildPlan, layout: IndexLayout) throws {
-        let n = plan.count, d = plan.dimension
-        let (heads, _) = try layout.readHeads()
-        let graph = try layout.readGraph(heads: heads)
-        let H = heads.rows
-        let table = PostingAssignment(heads: H, cap: plan.postingCapacity, vectors: n)
-        let vectorsOut = try layout.createVectors(count: n, dimension: d, type: storedType)
-        let placement = IndexLayout.VectorPlacement(rowBytes: d * storedType.size)
-        let reader = try VectorFileReader(path: inputPath)
-        let rowBytes = d * header.elementType.size
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: plan.chunkRows * rowBytes, alignment: 64)
-        defer { raw.deallocate() }
-        let floats = Matrix(rows: plan.chunkRows, cols: d)
-        let K = min(options.candidateHeads, H)
-        let scratch = HeadGraph.Scratch(graphSize: H, beam: K + 32)
-        let candIds = UnsafeMutablePointer<UInt32>.allocate(capacity: K + 32)
-        let candDist = UnsafeMutablePointer<Float>.allocate(capacity: K + 32)
-        let chosen = UnsafeMutablePointer<Int>.allocate(capacity: 8)
-        defer { candIds.deallocate(); candDist.deallocate(); chosen.deallocate() }
-        var row = 0
-        progress.begin("assign: closure assignment (≤ \(options.replicas) of \(K) nearest heads)", total: UInt64(n))
-        while true {
-            let got = try reader.read(maxRows: plan.chunkRows, into: raw)
-            if got == 0 { break }
-            ElementConversion.toFloat(UnsafeRawPointer(raw), header.elementType, count: got * d, into: floats.data)
-            for i in 0..<got {
-                let v = floats.row(i)
-                try checkFinite(v, d: d, row: row + i)
-                if options.metric == .cosine { try normalizeOrThrow(v, d: d, row: row + i) }
-            }
-            try layout.appendVectors(vectorsOut, options.metric == .cosine ? UnsafeRawPointer(floats.data) : UnsafeRawPointer(raw),
-                                     first: row, count: got, placement: placement)
-            for i in 0..<got {
-                let found = graph.search(floats.row(i), k: K, listSize: K + 32, scratch: scratch, outIds: candIds, outDist: candDist)
-                let m = rngSelect(candidates: candIds, distances: candDist, count: found, replicas: options.replicas,
-                                  rngFactor: options.rngFactor, heads: heads, out: chosen)
-                for c in 0..<m { table.offer(head: Int(candIds[chosen[c]]), id: UInt32(row + i), distance: candDist[chosen[c]]) }
-            }
-            row += got
-            progress.advance(UInt64(got))
-        }
-        guard row == n else { throw FathomError(.malformedFile, "input ended after \(row) of \(n) vectors", path: inputPath) }
-        try layout.finishVectors(vectorsOut, count: n, dimension: d, type: storedType)
-        progress.end()
-
-        // Orphans: vectors whose every posting was cut. Put each back into its nearest
-        // candidate head with room, else evict there a member that has another replica.
-        var orphans = [Int]()
-        for i in 0..<n where table.replicas[i] == 0 { orphans.append(i) }
-        if !orphans.isEmpty {
-            let store = try RandomAccessFile(path: layout.vectorsPath)
-            let buf = UnsafeMutableRawPointer.allocate(byteCount: d * storedType.size, alignment: 64)
-            defer { buf.deallocate() }
-            let q = Matrix(rows: 1, cols: d)
-            // Widen the search (64, 256, 1024, ... heads) until a posting can take the orphan:
-            // there is always room somewhere, since the plan gives heads × cap ≥ n slots.
-            let widest = min(H, 16384)
-            let wideIds = UnsafeMutablePointer<UInt32>.allocate(capacity: widest + 32)
-            let wideDist = UnsafeMutablePointer<Float>.allocate(capacity: widest + 32)
-            defer { wideIds.deallocate(); wideDist.deallocate() }
-            for id in orphans {
-                try store.read(into: buf, count: d * storedType.size, at: placement.offset(id))
-                ElementConversion.toFloat(UnsafeRawPointer(buf), storedType, count: d, into: q.data)
-                var width = K
-                var placed = false
-                var found = 0
-                while !placed {
-                    found = graph.search(q.data, k: width, listSize: width + 32, scratch: scratch, outIds: wideIds, outDist: wideDist)
-                    for c in 0..<found where table.sizes[Int(wideIds[c])] < Int32(table.cap) {
-                        placed = table.offer(head: Int(wideIds[c]), id: UInt32(id), distance: wideDist[c]); if placed { break }
-                    }
-                    if !placed {
-                        for c in 0..<found {
-                            if table.forceInsert(head: Int(wideIds[c]), id: UInt32(id), distance: wideDist[c]) { placed = true; break }
-                        }
-                    }
-                    if placed || width >= widest { break }
-                    width = min(widest, width * 4)
-                }
-                guard placed else {
-                    throw FathomError(.invalidArgument, "vector \(id) fits in no posting: its \(found) nearest postings are full of vectors with a single replica; raise --posting-pages or --head-ratio")
-                }
-            }
-            progress.note("assign: \(orphans.count) vectors lost every posting to the size cap and were placed back")
-        }
-        try layout.writeAssignment(table, orphansFixed: orphans.count)
-    }
-
-    // MARK: stage: pack
-
-    func packStage(plan: BuildPlan, layout: IndexLayout) throws -> Manifest.Stats {
-        let d = plan.dimension
-        let (table, orphansFixed) = try layout.readAssignment()
-        let H = table.heads
-        let recordBytes = plan.recordBytes
-        let vecBytes = d * storedType.size
-        let store = try RandomAccessFile(path: layout.vectorsPath)
-        let placement = IndexLayout.VectorPlacement(rowBytes: vecBytes)
-        let codec = self.codec == .none ? nil : try CompactCodec.read(from: layout.codecPath)
-        let full = Matrix(rows: 1, cols: d)
-        let reducedScratch = Matrix(rows: 1, cols: max(plan.reducedDimension, 1))
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: vecBytes, alignment: 64)
-        defer { raw.deallocate() }
-        let out = try SequentialFileWriter(path: layout.postingsPath)
-        try out.pad(to: 4096)
-        var entries = [PostingEntry](repeating: PostingEntry(offset: 0, count: 0, pages: 0, crc: 0), count: H)
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: max(plan.postingCapacity, 1) * recordBytes, alignment: 4096)
-        defer { buf.deallocate() }
-        var cursor: UInt64 = 4096
-        var records = 0, empty = 0, maxRecords = 0
-        let attrs = options.attributes == nil ? nil : try AttributeStore.readAttributes(path: buildDirectory + "/" + AttributeStore.attrsFile)
-        var summaries = [AttributeSummary]()
-        progress.begin("pack: writing \(H) postings", total: UInt64(H))
-        for h in 0..<H {
-            let members = table.members(h)
-            let c = members.count
-            if let attrs { summaries.append(AttributeSummary.summarize(ids: members.map(\.1), table: attrs.0, quantized: attrs.1)) }
-            if c == 0 { empty += 1; entries[h] = PostingEntry(offset: cursor, count: 0, pages: 0, crc: 0); progress.advance(); continue }
-            let bytes = UInt64(c * recordBytes)
-            let rem = bytes % 4096
-            let inPage = cursor % 4096
-            if rem == 0 || inPage + rem > 4096 { if inPage != 0 { cursor += 4096 - inPage } }
-            for (j, m) in members.enumerated() {
-                let rec = buf + j * recordBytes
-                rec.storeBytes(of: m.1.littleEndian, as: UInt32.self)
-                if let codec {
-                    try store.read(into: raw, count: vecBytes, at: placement.offset(Int(m.1)))
-                    ElementConversion.toFloat(UnsafeRawPointer(raw), storedType, count: d, into: full.data)
-                    codec.encode(full.data, scratch: reducedScratch.data, into: rec + 4)
-                } else {
-                    try store.read(into: rec + 4, count: vecBytes, at: placement.offset(Int(m.1)))
-                }
-            }
-            try out.pad(to: cursor)
-            try out.write(UnsafeRawPointer(buf), count: Int(bytes))
-            let pages = UInt32((cursor % 4096 + bytes + 4095) / 4096)
-            entries[h] = PostingEntry(offset: cursor, count: UInt32(c), pages: pages, crc: crc32c(buf, Int(bytes), 0))
-            cursor += bytes
-            records += c
-            maxRecords = max(maxRecords, c)
-            progress.advance()
-        }
-        // Pad to whole pages so every posting read stays inside the file.
-        let end = (cursor + 4095) / 4096 * 4096
-        try out.pad(to: end)
-        let hdr = IndexFileHeader(magic: IndexLayout.postingsMagic, count: UInt64(records), dimension: UInt32(plan.reducedDimension),
-                                  elementType: codec == nil ? IndexFileHeader.code(storedType) : 100 + (codec!.lvq.kind == .lvq8 ? 0 : (codec!.lvq.kind == .lvq4 ? 1 : 2)), payloadOffset: 4096,
-                                  payloadBytes: end - 4096, recordBytes: UInt32(recordBytes), aux: 4096)
-        try out.patch(hdr.encode(), at: 0)
-        try out.finish()
-        try layout.writePostingTable(entries)
-        if attrs != nil { try AttributeStore.writeSummaries(summaries, path: buildDirectory + "/" + AttributeStore.summariesFile) }
-        progress.end("\(records) records, \(empty) empty postings")
-        return Manifest.Stats(records: records, mean_replicas: Double(records) / Double(plan.count),
-                              cut_records: table.cutRecords, orphans_fixed: orphansFixed, empty_postings: empty,
-                              max_posting_records: maxRecords, posting_bytes: end)
-    }
-
     // MARK: publish
 
     func attributeInfo() throws -> Manifest.AttributeInfo? {
@@ -746,7 +489,7 @@ public final class IndexBuilder {
                               rng_factor: Double(options.rngFactor), seed: options.seed, sample_size: plan.sampleSize),
             stats: stats,
             input: .init(path: absInput, bytes: size, format: header.format.rawValue, fingerprint: fingerprint),
-            build: .init(seconds: seconds, peak_rss_bytes: peakRSSBytes(), fathom_version: "0.1.0"),
+            build: .init(seconds: seconds, peak_rss_bytes: buildPeakRSS(), fathom_version: "0.1.0"),
             files: files,
             codec: codec.rawValue,
             reduced_dimension: codec == .none ? nil : plan.reducedDimension,
@@ -770,6 +513,17 @@ public final class IndexBuilder {
         progress.note("published \(outputPath)")
         return manifest
     }
+}
+
+/// Bytes of the regular files under `path` (0 if it does not exist).
+func directoryBytes(_ path: String) -> UInt64 {
+    guard let e = FileManager.default.enumerator(atPath: path) else { return 0 }
+    var total: UInt64 = 0
+    while let name = e.nextObject() as? String {
+        if let a = try? FileManager.default.attributesOfItem(atPath: path + "/" + name),
+           a[.type] as? FileAttributeType == .typeRegular, let b = a[.size] as? UInt64 { total += b }
+    }
+    return total
 }
 
 /// Peak resident set size of this process so far (VmHWM), in bytes.

@@ -199,14 +199,17 @@ public final class HeadGraph: @unchecked Sendable {
         scratch.trackEvaluated = true
         let outIds = UnsafeMutablePointer<UInt32>.allocate(capacity: buildList)
         let outDist = UnsafeMutablePointer<Float>.allocate(capacity: buildList)
-        defer { outIds.deallocate(); outDist.deallocate() }
+        let gatherIds = UnsafeMutablePointer<UInt32>.allocate(capacity: degree)
+        let gatherDist = UnsafeMutablePointer<Float>.allocate(capacity: degree)
+        defer { outIds.deallocate(); outDist.deallocate(); gatherIds.deallocate(); gatherDist.deallocate() }
         let alpha2 = alpha * alpha
         var pool = [(Float, UInt32)]()
         progress.begin("train: head graph (\(n) heads, degree \(degree))", total: UInt64(n))
         for t in 1..<n {
             let p = order[t]
             // The search only walks edges, and only inserted nodes have edges (plus the entry).
-            g.search(FloatHeads(query: vectors.row(p), heads: vectors), k: buildList, listSize: buildList, scratch: scratch, outIds: outIds, outDist: outDist)
+            _ = g.searchGathered(vectors.row(p), k: buildList, listSize: buildList, entry: g.entry, scratch: scratch,
+                                 gatherIds: gatherIds, gatherDist: gatherDist, outIds: outIds, outDist: outDist)
             pool = scratch.evaluated.filter { Int($0.1) != p }
             if pool.count > 3 * degree {
                 pool.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }

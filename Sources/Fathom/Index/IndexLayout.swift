@@ -18,13 +18,13 @@ struct IndexLayout {
     let directory: String
 
     static let headsMagic = "FTHMHEAD", graphMagic = "FTHMGRPH", tableMagic = "FTHMPIDX"
-    static let postingsMagic = "FTHMPDAT", vectorsMagic = "FTHMVECS", assignMagic = "FTHMASGN"
+    static let postingsMagic = "FTHMPDAT", vectorsMagic = "FTHMVECS"
     /// The files an index consists of (listed in the manifest).
     static let dataFiles = ["heads.bin", "graph.bin", "postings.idx", "postings.dat", "vectors.dat"]
 
     /// Build-time files that are not part of a published index (deleted before the publish).
     static func isScratch(_ name: String) -> Bool {
-        name == "assign.bin" || name == "stats.json" || name == "fingerprint" || name.hasPrefix("stage-") || name.hasSuffix(".tmp")
+        name == "stats.json" || name == "fingerprint" || name.hasPrefix("stage-") || name.hasSuffix(".tmp")
     }
 
     var headsPath: String { directory + "/heads.bin" }
@@ -32,7 +32,6 @@ struct IndexLayout {
     var tablePath: String { directory + "/postings.idx" }
     var postingsPath: String { directory + "/postings.dat" }
     var vectorsPath: String { directory + "/vectors.dat" }
-    var assignPath: String { directory + "/assign.bin" }
     static let codecFile = "codec.bin"
     var codecPath: String { directory + "/" + Self.codecFile }
     var statsPath: String { directory + "/stats.json" }
@@ -211,58 +210,6 @@ struct IndexLayout {
             }
         }
         return out
-    }
-
-    // assign.bin (build scratch: the posting membership between the assign and pack stages)
-    func writeAssignment(_ t: PostingAssignment, orphansFixed: Int) throws {
-        let w = try SequentialFileWriter(path: assignPath)
-        let payload = UInt64(t.heads * 4 + t.heads * t.cap * 8 + t.replicas.count + 16)
-        let h = IndexFileHeader(magic: Self.assignMagic, count: UInt64(t.heads), dimension: UInt32(t.cap),
-                                payloadBytes: payload, recordBytes: 8, aux: UInt64(t.replicas.count))
-        try w.write(h.encode())
-        try w.write(array: t.sizes)
-        try w.write(array: t.dist)
-        try w.write(array: t.ids)
-        try w.write(array: t.replicas)
-        try w.write(array: [UInt64(t.cutRecords), UInt64(orphansFixed)])
-        try w.finish()
-    }
-
-    /// Reads assign.bin back (a resumed build) and checks it before the pack stage trusts it.
-    func readAssignment() throws -> (PostingAssignment, Int) {
-        let f = try RandomAccessFile(path: assignPath)
-        let h = try f.readHeader(magic: Self.assignMagic)
-        // heads × 4 + heads × cap × 8 + vectors + 16 bytes, overflow-checked.
-        guard h.recordBytes == 8, let slots = Self.product(h.count, UInt64(h.dimension)),
-              let slotBytes = Self.product(slots, 8), let headBytes = Self.product(h.count, 4),
-              case let (a, o1) = slotBytes.addingReportingOverflow(headBytes), !o1,
-              case let (b, o2) = a.addingReportingOverflow(h.aux), !o2,
-              case let (need, o3) = b.addingReportingOverflow(16), !o3, need == h.payloadBytes else {
-            throw FathomError(.corruptIndex, "assign.bin header (\(h.count) heads × \(h.dimension) slots, \(h.aux) vectors) does not match its payload of \(h.payloadBytes) bytes", path: assignPath, offset: 16)
-        }
-        let H = Int(h.count), cap = Int(h.dimension), n = Int(h.aux)   // fit: bounded by the file size
-        let t = PostingAssignment(heads: H, cap: cap, vectors: n)
-        var off: UInt64 = 64
-        try t.sizes.withUnsafeMutableBytes { if $0.count > 0 { try f.read(into: $0.baseAddress!, count: $0.count, at: off) }; off += UInt64($0.count) }
-        try t.dist.withUnsafeMutableBytes { if $0.count > 0 { try f.read(into: $0.baseAddress!, count: $0.count, at: off) }; off += UInt64($0.count) }
-        let idsAt = off
-        try t.ids.withUnsafeMutableBytes { if $0.count > 0 { try f.read(into: $0.baseAddress!, count: $0.count, at: off) }; off += UInt64($0.count) }
-        try t.replicas.withUnsafeMutableBytes { if $0.count > 0 { try f.read(into: $0.baseAddress!, count: $0.count, at: off) }; off += UInt64($0.count) }
-        var tail = [UInt64](repeating: 0, count: 2)
-        try tail.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: 16, at: off) }
-        for (i, size) in t.sizes.enumerated() {
-            guard size >= 0, Int(size) <= cap else {
-                throw FathomError(.corruptIndex, "posting \(i) has \(size) members, capacity is \(cap)", path: assignPath, offset: 64 + UInt64(i * 4))
-            }
-            for j in 0..<Int(size) where Int(t.ids[i * cap + j]) >= n {
-                throw FathomError(.corruptIndex, "posting \(i) holds id \(t.ids[i * cap + j]) ≥ \(n) vectors", path: assignPath, offset: idsAt + UInt64((i * cap + j) * 4))
-            }
-        }
-        guard tail[0] <= UInt64(n) * 8, tail[1] <= UInt64(n) else {
-            throw FathomError(.corruptIndex, "cut records \(tail[0]) / orphans fixed \(tail[1]) exceed the \(n) vectors", path: assignPath, offset: off)
-        }
-        t.cutRecords = Int(tail[0])
-        return (t, Int(tail[1]))
     }
 
     func writeStats(_ s: Manifest.Stats) throws {
