@@ -199,7 +199,9 @@ public final class MutableVectorIndex: @unchecked Sendable {
         let m = w.base.manifest
         var o = BuildOptions()
         o.metric = m.metric; o.memoryBudget = memoryBudget; o.headRatio = m.parameters.head_ratio
-        o.replicas = m.parameters.replicas; o.postingPages = m.parameters.posting_pages
+        // Posting pages are re-planned for the new count (the old size may not hold the
+        // inserted vectors' replicas: the plan's slot invariant would refuse).
+        o.replicas = m.parameters.replicas
         o.graphDegree = m.parameters.graph_degree; o.candidateHeads = m.parameters.candidate_heads
         o.rngFactor = Float(m.parameters.rng_factor); o.seed = m.parameters.seed
         o.codec = PostingCodec(rawValue: m.codec ?? "none") ?? .none
