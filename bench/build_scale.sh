@@ -28,11 +28,21 @@ ROWS=$WORK/rows.jsonl
 
 drop_cache() { [ "${NO_DROP:-0}" = 1 ] && return 0; sync; if [ -w /proc/sys/vm/drop_caches ]; then echo 3 > /proc/sys/vm/drop_caches; else echo "warning: cannot drop the page cache (not root)" >&2; fi; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
+# A run starts only on a quiet machine: wait (up to WAIT_QUIET seconds, default 600) for the
+# 1-minute load to fall below 1.0, which also lets the previous run's load decay.
+wait_quiet() {
+    local waited=0
+    while awk -v l="$(load1)" 'BEGIN { exit !(l >= 1.0) }'; do
+        [ "$waited" -ge "${WAIT_QUIET:-600}" ] && { echo "warning: load $(load1) still >= 1.0 after ${waited} s" >&2; return 0; }
+        sleep 10; waited=$((waited + 10))
+    done
+}
 
 run_one() {  # n budget label
     local n=$1 budget=$2 label=$3
     local input=$DATA/syn$n.fbin idx=$WORK/idx-$label
     rm -rf "$idx" "$idx.fathom-build"
+    wait_quiet
     drop_cache
     local before; before=$(load1)
     /usr/bin/time -v "$FATHOM" build --input "$input" --output "$idx" --memory-budget "$budget" --threads 2 --json \
