@@ -61,10 +61,29 @@ def run(cmd, check=True):
     return r, time.time() - t0
 
 
-def search(F, idx, q, gt, probes, threads, extra=()):
+def drop_cache():
+    """Drops the page cache (root only); returns whether it did."""
+    try:
+        subprocess.run(["sync"], check=True)
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def search(F, idx, q, gt, probes, threads, extra=(), drop=True):
+    """One `fathom search` sweep; each row records whether the page cache was dropped before
+    the run and the 1-minute load before and after it."""
+    dropped = drop_cache() if drop else False
+    before = os.getloadavg()[0]
     r, _ = run([F, "search", "--index", idx, "--queries", q, "--gt", gt, "-k", "10", "--probes", probes,
                 "--threads", str(threads), "--json", "--quiet", *extra])
-    return json.loads(r.stdout)["rows"]
+    after = os.getloadavg()[0]
+    rows = json.loads(r.stdout)["rows"]
+    for row in rows:
+        row["page_cache_dropped"], row["load_before"], row["load_after"] = dropped, before, after
+    return rows
 
 
 def main():
@@ -150,8 +169,8 @@ def main():
     r, _ = run([F, "insert", "--index", W("stream"), "--input", W("small.fbin"), "--labels", W("small.labels"),
                 "--batch", "100", "--json", "--quiet"])
     out["insert_batches_of_100"] = json.loads(r.stdout)
-    search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads)   # warm the page cache
-    quiet = search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads)[0]
+    search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads, drop=False)   # warm-up
+    quiet = search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads, drop=False)[0]
     stream_rows = min(n - n_base, 200_000)
     write_bin(W("stream.fbin"), X[n_base:n_base + stream_rows] + rng.normal(0, 1e-3, size=(stream_rows, d)).astype(np.float32))
     # A sustained stream: `fathom insert` runs back to back (fresh labels each time) until the search ends.
@@ -169,7 +188,7 @@ def main():
             proc.wait(); r += 1
     th = threading.Thread(target=stream); th.start()
     time.sleep(2.0)
-    busy = search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads)[0]
+    busy = search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads, drop=False)[0]
     covered = th.is_alive()
     stop.set(); th.join()
     out["stream"] = {"probes": p, "p99_us_quiet": quiet["p99_us"], "p99_us_during_inserts": busy["p99_us"],
