@@ -316,8 +316,9 @@ extension IndexBuilder {
 
     func packStage(plan: BuildPlan, layout: IndexLayout) throws -> Manifest.Stats {
         let n = plan.count
-        let (heads, _) = try layout.readHeads()
-        let H = heads.rows
+        // Only the count: pack's RAM plan holds no head vectors (H × d × 4 bytes); loading
+        // them here put the build over its budget by their size.
+        let H = try layout.headCount()
         let cap = plan.postingCapacity
         let recordBytes = plan.recordBytes
         let codeBytes = recordBytes - 4
