@@ -39,14 +39,7 @@ import Testing
                 let got = try index.search(Array(UnsafeBufferPointer(start: q.row(i), count: d)), k: 10, filter: f)
                 #expect(got.count == min(10, matching.count), "\(text): \(got.count) results")
                 #expect(got.allSatisfy { pred(Int($0.id)) }, "\(text): a result fails the predicate")
-                // exact filtered top-10
-                var all = matching.map { id -> (Float, Int) in
-                    var acc: Float = 0
-                    for j in 0..<d { let t = q.row(i)[j] - base.row(id)[j]; acc += t * t }
-                    return (acc, id)
-                }
-                all.sort { $0 < $1 }
-                let truth = Set(all.prefix(10).map(\.1))
+                let truth = filteredTruth(q.row(i), base: base, matching: matching, k: 10)
                 hits += got.filter { truth.contains(Int($0.id)) }.count
                 total += truth.count
             }
@@ -106,13 +99,7 @@ import Testing
                         }
                         #expect(got.count == min(10, matching.count), "\(text): \(got.count) results")
                         #expect(got.allSatisfy { pred(Int($0.id)) }, "\(text): a result fails the predicate")
-                        var all = matching.map { id -> (Float, Int) in
-                            var acc: Float = 0
-                            for j in 0..<d { let t = q.row(i)[j] - base.row(id)[j]; acc += t * t }
-                            return (acc, id)
-                        }
-                        all.sort { $0 < $1 }
-                        let truth = Set(all.prefix(10).map(\.1))
+                        let truth = filteredTruth(q.row(i), base: base, matching: matching, k: 10)
                         hits += got.filter { truth.contains(Int($0.id)) }.count
                         total += truth.count
                     }
@@ -125,4 +112,17 @@ import Testing
         #expect(kinds.contains(.walk) && kinds.contains(.exact), "\(kinds)")
         _ = ranked
     }
+}
+
+/// The exact filtered top `k` of `query` among the `matching` rows of `base` (squared L2,
+/// ties by the smaller id): the ground truth both filtered-search suites score recall against.
+func filteredTruth(_ query: UnsafePointer<Float>, base: Matrix, matching: [Int], k: Int) -> Set<Int> {
+    let d = base.cols
+    var all = matching.map { id -> (Float, Int) in
+        var acc: Float = 0
+        for j in 0..<d { let t = query[j] - base.row(id)[j]; acc += t * t }
+        return (acc, id)
+    }
+    all.sort { $0 < $1 }
+    return Set(all.prefix(k).map(\.1))
 }
