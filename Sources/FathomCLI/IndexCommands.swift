@@ -33,8 +33,10 @@ struct BuildCommand: ParsableCommand {
     @Option(help: "Distance: l2 (squared Euclidean), ip (inner product) or cosine.") var metric: Metric = .l2
     @Option(name: .customLong("memory-budget"), help: "Peak memory (RSS) the build stays within, e.g. 512MiB, 2GiB.")
     var memoryBudget: ByteSize = ByteSize(bytes: 2 << 30)
-    @Option(name: .customLong("head-ratio"), help: "Heads per vector, in (0, 1] (default: 0.1, lowered if the budget requires).")
+    @Option(name: .customLong("head-ratio"), help: "Heads per vector, in (0, 1] (default: calibrated for --target-recall on a sample of the input, bounded by --serve-memory and the budget).")
     var headRatio: Double?
+    @Option(name: .customLong("target-recall"), help: "The head count's goal: the finest partition whose postings hold this share of a held-out sample query's 10 nearest neighbours in its --target-probes nearest postings (calibrated on a sample of the input; bounded by the budgets).") var targetRecall: Double = 0.90
+    @Option(name: .customLong("target-probes"), help: "Postings per query the --target-recall is asked at.") var targetProbes: Int = 8
     @Option(help: "Postings each vector may join (RNG closure), 1-8.") var replicas: Int = 8
     @Option(name: .customLong("posting-pages"), help: "Size cap of a posting in 4 KiB pages (default: room for 48 records, at least 3).")
     var postingPages: Int?
@@ -43,7 +45,7 @@ struct BuildCommand: ParsableCommand {
     @Option(name: .customLong("sample-size"), help: "Training sample in vectors (default: max(4 × heads, 50000)).") var sampleSize: Int?
     @Option(help: "What postings store: auto (lvq4 or lvq8, chosen from a sample of the data), lvq4, lvq8 or lvq4x8 (LVQ codes of the LeanVec-reduced vectors; full vectors stay on disk for re-ranking) or none (full vectors).")
     var codec: PostingCodec = .auto
-    @Option(name: .customLong("serve-memory"), help: ArgumentHelp("RAM the index may need to serve, per vector (e.g. 32B) or in total (e.g. 4GiB): heads, graph, posting table, codec and the search threads' scratch. Decides the head count unless --head-ratio is given (docs/memory.md).", valueName: "size"))
+    @Option(name: .customLong("serve-memory"), help: ArgumentHelp("RAM the index may need to serve, per vector (e.g. 32B) or in total (e.g. 4GiB): heads, graph, posting table, codec and the search threads' scratch. Bounds the calibrated head count unless --head-ratio is given (docs/memory.md).", valueName: "size"))
     var serveMemory: String = "32B"
     @Option(name: .customLong("reduce-dims"), help: "LeanVec target dimension for a compressing codec (default: D/2 rounded up to a multiple of 8).")
     var reduceDims: Int?
@@ -88,6 +90,7 @@ struct BuildCommand: ParsableCommand {
             o.metric = metric; o.memoryBudget = memoryBudget.bytes; o.headRatio = headRatio; o.replicas = replicas
             o.postingPages = postingPages; o.graphDegree = graphDegree; o.candidateHeads = candidateHeads
             o.sampleSize = sampleSize; o.seed = seed; o.threads = threads
+            o.targetRecall = targetRecall; o.targetProbes = targetProbes
             o.codec = codec; o.reduceDims = reduceDims; o.trainQueries = trainQueries
             o.attributes = attributes
             o.labels = labels
@@ -143,6 +146,11 @@ struct BuildCommand: ParsableCommand {
                            "time_terms": Dictionary(st.timeTerms.map { ($0.0, $0.1) }, uniquingKeysWith: +)])
         }
         let obj: [String: Any] = ["count": p.count, "dimension": p.dimension, "codec": p.codec.rawValue, "heads": p.heads,
+                                  "head_choice": p.headChoice, "posting_slack": p.postingSlack,
+                                  "calibration": p.calibration.map { c in ["target_recall": c.targetRecall, "target_probes": c.targetProbes,
+                                      "sample_rows": c.sampleRows, "queries": c.queries, "points_per_head": c.pointsPerHead,
+                                      "reached_target": c.reachedTarget, "seconds": c.seconds,
+                                      "trials": c.trials.map { ["points_per_head": $0.pointsPerHead, "heads": $0.heads, "recall": $0.recall] }] as [String: Any] } ?? NSNull(),
                                   "sample_size": p.sampleSize, "posting_pages": p.postingPages, "posting_capacity": p.postingCapacity,
                                   "record_bytes": p.recordBytes, "expected_replicas": p.expectedReplicas, "threads": p.threads,
                                   "budget_bytes": p.budget, "peak_ram_bytes": p.peakBytes, "final_disk_bytes": p.finalDiskBytes,

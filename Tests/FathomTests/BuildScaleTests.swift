@@ -113,12 +113,14 @@ import FathomStorage
         #expect(small.peakBytes <= o.memoryBudget && large.peakBytes <= o.memoryBudget)
     }
 
-    @Test func sortRecordsOrderByHeadThenDistanceThenId() {
-        let a = SortRecord.assignment(head: 3, distance: 0.5, id: 9, replicas: 2)
-        let b = SortRecord.assignment(head: 3, distance: 0.25, id: 10, replicas: 2)
-        let c = SortRecord.assignment(head: 2, distance: 7, id: 1, replicas: 1)
-        let d = SortRecord.assignment(head: 3, distance: 0.25, id: 4, replicas: 1)
-        #expect([a, b, c, d].sorted(by: SortRecord.less) == [c, d, b, a])
+    @Test func sortRecordsOrderByHeadThenPrimariesThenDistanceThenId() {
+        let a = SortRecord.assignment(head: 3, distance: 0.5, id: 9, replicas: 2, primary: true)
+        let b = SortRecord.assignment(head: 3, distance: 0.25, id: 10, replicas: 2, primary: true)
+        let c = SortRecord.assignment(head: 2, distance: 7, id: 1, replicas: 1, primary: false)
+        let d = SortRecord.assignment(head: 3, distance: 0.25, id: 4, replicas: 1, primary: true)
+        let e = SortRecord.assignment(head: 3, distance: 0.01, id: 2, replicas: 3, primary: false)
+        #expect([a, b, c, d, e].sorted(by: SortRecord.less) == [c, d, b, a, e])
+        #expect(e.distance == 0.01 && !e.isPrimary && a.isPrimary)
         for f: Float in [-3, -0.5, 0, 1e-30, 2, 1e30] {
             #expect(SortRecord.distance(fromSortable: SortRecord.sortable(f)) == f)
         }

@@ -60,9 +60,16 @@ public struct BuildPlan: Sendable, CustomStringConvertible {
     public var storedType: ElementType
     public var heads: Int
     public var headRatio: Double
+    /// Why this many heads: the recall calibration's choice and the bound that applied.
+    public var headChoice: String
+    /// The recall calibration the choice started from (nil: none ran).
+    public var calibration: HeadCalibration?
     public var sampleSize: Int
     public var postingPages: Int
     public var postingCapacity: Int
+    /// Records an orphan may add past the cap (the bounded slack of its placement: a
+    /// posting never holds more than `postingCapacity + postingSlack` records).
+    public var postingSlack: Int
     public var recordBytes: Int
     /// Bytes of one vector's posting code (the record without its 4-byte id).
     public var codeBytes: Int
@@ -99,6 +106,8 @@ public struct BuildPlan: Sendable, CustomStringConvertible {
         s += "postings ≤ \(postingPages) pages = \(postingCapacity) records of \(recordBytes) B"
         if codec != .none { s += " (LeanVec \(dimension) → \(reducedDimension) dims + \(codec.rawValue))" }
         s += ", training sample \(sampleSize), \(threads) thread(s)\n"
+        s += "plan: heads: \(headChoice)\n"
+        if let c = calibration { s += "plan: calibration: \(c.summary) (\(String(format: "%.1f", c.seconds)) s)\n" }
         s += "plan: slots \(heads) heads × \(postingCapacity) = \(UInt64(heads) * UInt64(postingCapacity)) ≥ \(count) vectors × \(String(format: "%.2f", expectedReplicas)) expected replicas = \(Int(Double(count) * expectedReplicas))\n"
         s += "plan: serving RAM ≈ \(serving.summary)\n"
         for st in stages {
@@ -130,8 +139,12 @@ public enum BuildPlanner {
     /// and time figures: syn1000000 kept 5.28 of 8 (2 GiB plan) and 4.67 (400 MiB plan).
     static let keptReplicaShare = 0.66
 
+    /// The slack of orphan placement: an eighth of the cap (at least one record).
+    static func slackFor(_ cap: Int) -> Int { max(1, cap / 8) }
+
     public static func plan(shape: BuildShape, codec: PostingCodec, storedType: ElementType,
-                            options: BuildOptions, rates: BuildRates = BuildRates()) throws -> BuildPlan {
+                            options: BuildOptions, calibration: HeadCalibration? = nil,
+                            rates: BuildRates = BuildRates()) throws -> BuildPlan {
         let n = shape.count, d = shape.dimension
         guard n > 0, d > 0 else { throw FathomError(.invalidArgument, "a build needs n ≥ 1 vectors of dimension ≥ 1 (got \(n) × \(d))") }
         guard n < Int(UInt32.max) else {
@@ -224,7 +237,7 @@ public enum BuildPlanner {
             // pack
             let packFixed = processOverhead + UInt64(H) * (24 + 4) + UInt64(runs + 1) * UInt64(mergeBuf) + (4 << 20) + (8 << 20)
                 + UInt64(options.attributes == nil ? 0 : H * 64)
-            let largest = cap * recordBytes
+            let largest = (cap + slackFor(cap)) * recordBytes
             let totalPosting = Int(Double(n) * rExp * Double(recordBytes)) + 1
             var bucket = 0
             if usable > packFixed { bucket = Int((usable - packFixed) * UInt64(recordBytes) / UInt64(recordBytes + 8)) }
@@ -232,13 +245,13 @@ public enum BuildPlanner {
             if let b = options.packBucketBytes {
                 guard Int(b) >= largest else {
                     return Try(stages: [], S: S, run: run, bucket: bucket,
-                               fail: "--pack-bucket \(formatBytes(b)) cannot hold the largest posting (\(cap) × \(recordBytes) B = \(formatBytes(UInt64(largest))))")
+                               fail: "--pack-bucket \(formatBytes(b)) cannot hold the largest posting (\(cap + slackFor(cap)) × \(recordBytes) B = \(formatBytes(UInt64(largest))))")
                 }
                 bucket = min(bucket, Int(b))
             }
             if bucket < largest {
                 return Try(stages: [], S: S, run: run, bucket: bucket,
-                           fail: "pack holds \(formatBytes(packFixed)) of table and buffers and needs a bucket that holds the largest posting (\(cap) × \(recordBytes) B = \(formatBytes(UInt64(largest))))")
+                           fail: "pack holds \(formatBytes(packFixed)) of table and buffers and needs a bucket that holds the largest posting (\(cap + slackFor(cap)) × \(recordBytes) B = \(formatBytes(UInt64(largest))))")
             }
             let packRAM = packFixed + UInt64(bucket) + UInt64(bucket / recordBytes) * 8
             let packTerms: [(String, UInt64)] = [("process", processOverhead), ("table + counts", UInt64(H) * 28),
@@ -284,9 +297,30 @@ public enum BuildPlanner {
             return Try(stages: stages, S: S, run: run, bucket: bucket, fail: nil)
         }
 
-        let ratio = options.headRatio ?? servingRatio(n: n, d: d, reduced: codec == .none ? nil : reduced,
-                                                      recordBytes: recordBytes, options: options)
+        // Heads: given, or the calibration's choice for recall, bounded by the serving-RAM
+        // target (and below by the build budget).
+        let serveRatio = servingRatio(n: n, d: d, reduced: codec == .none ? nil : reduced,
+                                      recordBytes: recordBytes, options: options)
+        var why: String
+        let ratio: Double
+        if let r = options.headRatio {
+            ratio = r; why = String(format: "ratio %.4f given", r)
+        } else if let c = calibration {
+            if c.headRatio <= serveRatio {
+                ratio = c.headRatio
+                why = String(format: "%.0f vectors per head from the recall calibration (%@recall@10 %.2f at %d probes); within the serving-RAM bound (ratio ≤ %.4f at %.0f B/vector)",
+                             c.pointsPerHead, c.reachedTarget ? "" : "target not reached: ", c.targetRecall, c.targetProbes, serveRatio, options.serveMemoryPerVector)
+            } else {
+                ratio = serveRatio
+                why = String(format: "the recall calibration asks %.0f vectors per head (ratio %.4f), more heads than the serving-RAM target of %.0f B/vector allows: ratio %.4f (raise --serve-memory for the calibrated count)",
+                             c.pointsPerHead, c.headRatio, options.serveMemoryPerVector, serveRatio)
+            }
+        } else {
+            ratio = serveRatio
+            why = String(format: "ratio %.4f from the serving-RAM target (%.0f B/vector); not calibrated for recall (no input sample)", serveRatio, options.serveMemoryPerVector)
+        }
         var H = max(1, min(n, Int((Double(n) * ratio).rounded())))
+        let wanted = H
         let floorH = max(1, n / 1000)
         var t = attempt(heads: H)
         if t.fail != nil && options.headRatio == nil {
@@ -299,6 +333,7 @@ public enum BuildPlanner {
         if let why = t.fail {
             throw FathomError(.memoryBudget, "the \(formatBytes(budget)) budget cannot build \(n) × \(d) vectors with \(H) heads: \(why); raise --memory-budget\(options.headRatio == nil ? "" : " or lower --head-ratio")")
         }
+        if H < wanted { why += "; lowered to \(H) heads by the \(formatBytes(budget)) build budget" }
         let pages = pagesFor(heads: H)
         let cap = pages * 4096 / recordBytes
         guard cap >= 1 else {
@@ -315,8 +350,8 @@ public enum BuildPlanner {
                                       threads: options.serveThreads ?? ProcessInfo.processInfo.activeProcessorCount)
         return BuildPlan(count: n, dimension: d, reducedDimension: codec == .none ? d : reduced,
                          codec: codec, inputType: shape.inputType, storedType: storedType,
-                         heads: H, headRatio: Double(H) / Double(n), sampleSize: t.S,
-                         postingPages: pages, postingCapacity: cap, recordBytes: recordBytes, codeBytes: codeBytes,
+                         heads: H, headRatio: Double(H) / Double(n), headChoice: why, calibration: calibration, sampleSize: t.S,
+                         postingPages: pages, postingCapacity: cap, postingSlack: slackFor(cap), recordBytes: recordBytes, codeBytes: codeBytes,
                          expectedReplicas: rExp, chunkRows: chunkRows, runRecords: t.run, mergeBufferBytes: mergeBuf,
                          packBucketBytes: t.bucket, threads: T, stages: t.stages, budget: budget, serving: serving)
     }

@@ -20,6 +20,7 @@ final class AssignWorker: @unchecked Sendable {
     let gatherIds: UnsafeMutablePointer<UInt32>
     let gatherDist: UnsafeMutablePointer<Float>
     let pivotDist: UnsafeMutablePointer<Float>
+    let entries: UnsafeMutablePointer<UInt32>
     init(heads: Int, beam: Int, degree: Int, pivots: Int, reducedDim: Int) {
         scratch = HeadGraph.Scratch(graphSize: heads, beam: beam)
         candIds = .allocate(capacity: beam + 1)
@@ -29,36 +30,33 @@ final class AssignWorker: @unchecked Sendable {
         gatherIds = .allocate(capacity: degree)
         gatherDist = .allocate(capacity: degree)
         pivotDist = .allocate(capacity: max(1, pivots))
+        entries = .allocate(capacity: HeadPivots.seeds)
     }
     deinit {
         candIds.deallocate(); candDist.deallocate(); chosen.deallocate(); reduced.deallocate()
-        gatherIds.deallocate(); gatherDist.deallocate(); pivotDist.deallocate()
+        gatherIds.deallocate(); gatherDist.deallocate(); pivotDist.deallocate(); entries.deallocate()
     }
 }
 
-/// Entry points of the build's head search: `count` heads spread over the head order
-/// (k-means tree order, so they cover every region); each vector's search starts at the
-/// nearest of them instead of the graph's single entry, which saves most of the hops.
+/// The build's ``HeadPivots`` with their float rows gathered in one matrix, so a vector
+/// scores all of them in one batched call.
 struct SearchPivots {
-    let count: Int
-    let ids: [UInt32]
+    let pivots: HeadPivots
     let vectors: Matrix
+    var count: Int { pivots.count }
 
     init(heads: Matrix) {
-        let H = heads.rows
-        let P = max(1, min(H, max(64, min(1024, Int(Double(H).squareRoot())))))
-        count = P
-        ids = (0..<P).map { UInt32($0 * H / P) }
-        vectors = Matrix(rows: P, cols: heads.cols)
-        for (i, h) in ids.enumerated() { vectors.row(i).update(from: heads.row(Int(h)), count: heads.cols) }
+        pivots = HeadPivots(heads: heads.rows)
+        vectors = Matrix(rows: pivots.count, cols: heads.cols)
+        for (i, h) in pivots.ids.enumerated() { vectors.row(i).update(from: heads.row(Int(h)), count: heads.cols) }
     }
 
-    @inline(__always) func nearest(_ q: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>) -> UInt32 {
+    /// The nearest pivots of `q` into `out` (``HeadPivots/seeds`` of them), nearest first.
+    @inline(__always) func nearest(_ q: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+                                   out: UnsafeMutablePointer<UInt32>) -> UnsafeBufferPointer<UInt32> {
         let d = vectors.cols
         Distance.batch(.l2, .float32, query: q, base: UnsafeRawPointer(vectors.data), n: count, d: d, stride: d * 4, out: scratch)
-        var best = 0
-        for i in 1..<count where scratch[i] < scratch[best] { best = i }
-        return ids[best]
+        return UnsafeBufferPointer(start: out, count: pivots.nearest(distances: scratch, out: out))
     }
 }
 
@@ -84,7 +82,7 @@ struct AssignChunk: @unchecked Sendable {
     func run(rows: Range<Int>, worker w: AssignWorker) {
         for i in rows {
             let v = floats + i * d
-            let found = graph.searchGathered(v, k: K, listSize: K + 32, entry: pivots.nearest(v, scratch: w.pivotDist), scratch: w.scratch,
+            let found = graph.searchGathered(v, k: K, listSize: K + 32, entries: pivots.nearest(v, scratch: w.pivotDist, out: w.entries), scratch: w.scratch,
                                              gatherIds: w.gatherIds, gatherDist: w.gatherDist, outIds: w.candIds, outDist: w.candDist)
             let m = rngSelect(candidates: w.candIds, distances: w.candDist, count: found, replicas: replicas,
                               rngFactor: rngFactor, heads: heads, out: w.chosen)
@@ -215,7 +213,8 @@ extension IndexBuilder {
             for i in 0..<got {
                 let m = Int(outCount[i])
                 for c in 0..<m {
-                    try spiller.append(.assignment(head: Int(outHeads[i * 8 + c]), distance: outDist[i * 8 + c], id: UInt32(row + i), replicas: m))
+                    try spiller.append(.assignment(head: Int(outHeads[i * 8 + c]), distance: outDist[i * 8 + c], id: UInt32(row + i),
+                                                   replicas: m, primary: c == 0))
                 }
             }
             if let codesOut { try codesOut.write(UnsafeRawPointer(codes), count: got * codeBytes) }
@@ -256,8 +255,11 @@ extension IndexBuilder {
         }
 
         // Orphans: vectors whose every record was cut (as many cut records as replicas).
-        // Each goes to its nearest candidate head with room, widening the search.
-        var orphansFixed = 0
+        // Each goes back to the nearest of its `replicas` nearest heads that holds fewer
+        // than cap + slack records (the cap relaxed by a bounded slack); only when all of
+        // those are that full does the search widen, nearest first, under the same bound.
+        let capSlack = cap + plan.postingSlack
+        var orphansFixed = 0, orphansOutside = 0
         let cutRuns = try layout.runFiles(prefix: Self.cutRunPrefix)
         if !cutRuns.isEmpty {
             let orphans = RunSpiller(directory: buildDirectory, prefix: Self.orphanRunPrefix, capacityRecords: min(plan.runRecords, 1 << 20))
@@ -271,23 +273,30 @@ extension IndexBuilder {
             let wideDist = UnsafeMutablePointer<Float>.allocate(capacity: widest + 32)
             defer { buf.deallocate(); wideIds.deallocate(); wideDist.deallocate() }
             let scratch = workers[0].scratch
+            let nearest = max(1, options.replicas)
             func place(_ id: UInt32) throws {
                 // Orphans arrive in id order: these reads go forward through vectors.dat.
                 try store.read(into: buf, count: d * storedType.size, at: placement.offset(Int(id)))
                 ElementConversion.toFloat(UnsafeRawPointer(buf), storedType, count: d, into: q.data)
-                var width = K
+                var width = max(K, nearest)
+                var from = 0
                 while true {
-                    let found = graph.search(q.data, k: width, listSize: width + 32, scratch: scratch, outIds: wideIds, outDist: wideDist)
-                    for c in 0..<found where counts[Int(wideIds[c])] < UInt32(cap) {
+                    let found = graph.search(FloatHeads(query: q.data, heads: heads), k: width, listSize: width + 32, scratch: scratch,
+                                             outIds: wideIds, outDist: wideDist,
+                                             entries: pivots.nearest(q.data, scratch: workers[0].pivotDist, out: workers[0].entries))
+                    for c in from..<found where counts[Int(wideIds[c])] < UInt32(capSlack) {
                         counts[Int(wideIds[c])] += 1
-                        try orphans.append(SortRecord(key: SortRecord.assignment(head: Int(wideIds[c]), distance: wideDist[c], id: id, replicas: 0).key,
+                        try orphans.append(SortRecord(key: SortRecord.assignment(head: Int(wideIds[c]), distance: wideDist[c], id: id,
+                                                                                 replicas: 0, primary: true).key,
                                                       id: id, aux: SortRecord.orphanFlag))
                         orphansFixed += 1
+                        if c >= nearest { orphansOutside += 1 }
                         return
                     }
                     if width >= widest {
-                        throw FathomError(.invalidArgument, "vector \(id) fits in no posting: its \(found) nearest postings are full; raise --posting-pages or --head-ratio")
+                        throw FathomError(.invalidArgument, "vector \(id) fits in no posting: its \(found) nearest postings hold \(capSlack) records each; raise --posting-pages or --head-ratio")
                     }
+                    from = found
                     width = min(widest, width * 4)
                 }
             }
@@ -302,12 +311,15 @@ extension IndexBuilder {
             if seen > 0 && seen == Int(replicas) { try place(cur) }
             _ = try orphans.finish()
             for p in cutRuns { try removeTree(p) }
-            if orphansFixed > 0 { progress.note("assign: \(orphansFixed) vectors lost every posting to the size cap and were placed back") }
+            if orphansFixed > 0 {
+                progress.note("assign: \(orphansFixed) vectors lost every posting to the size cap and went back to their nearest heads with room (cap \(cap) + slack \(plan.postingSlack)); \(orphansOutside) of them beyond their \(nearest) nearest")
+            }
         }
         let w = try SequentialFileWriter(path: layout.countsPath, bufferBytes: 1 << 20)
         try w.write(array: counts.map { $0.littleEndian })
         try w.finish()
-        let meta = try JSONSerialization.data(withJSONObject: ["cut_records": cutRecords, "orphans_fixed": orphansFixed], options: [.sortedKeys])
+        let meta = try JSONSerialization.data(withJSONObject: ["cut_records": cutRecords, "orphans_fixed": orphansFixed,
+                                                              "orphans_outside_nearest": orphansOutside], options: [.sortedKeys])
         let mw = try SequentialFileWriter(path: layout.assignMetaPath, bufferBytes: 4096)
         try mw.write([UInt8](meta)); try mw.finish()
     }
@@ -347,7 +359,7 @@ extension IndexBuilder {
                 throw FathomError(.corruptIndex, "codes.tmp has \(source.file.size) bytes, \(n) codes of \(codeBytes) B need \(n * codeBytes); delete the build directory and rebuild", path: layout.codesPath)
             }
         }
-        let bucketBytes = max(plan.packBucketBytes, cap * recordBytes)
+        let bucketBytes = max(plan.packBucketBytes, (cap + plan.postingSlack) * recordBytes)
         let buf = UnsafeMutableRawPointer.allocate(byteCount: bucketBytes, alignment: 4096)
         let slots = bucketBytes / recordBytes
         let pairs = UnsafeMutablePointer<UInt64>.allocate(capacity: max(1, slots))
@@ -450,7 +462,8 @@ extension IndexBuilder {
         if attrs != nil { try AttributeStore.writeSummaries(summaries, path: buildDirectory + "/" + AttributeStore.summariesFile) }
         progress.end("\(records) records, \(empty) empty postings, \(passes) bucket(s)")
         return Manifest.Stats(records: records, mean_replicas: Double(records) / Double(plan.count),
-                              cut_records: cutRecords, orphans_fixed: orphansFixed, empty_postings: empty,
+                              cut_records: cutRecords, orphans_fixed: orphansFixed,
+                              orphans_outside_nearest: meta["orphans_outside_nearest"], empty_postings: empty,
                               max_posting_records: maxRecords, posting_bytes: end)
     }
 }

@@ -3,9 +3,13 @@ import FathomStorage
 import Foundation
 
 /// One 16-byte record of the build's external sort: `key` orders it (ties by `id`), `aux`
-/// rides along. The assignment uses key = head << 32 | sortable distance bits, aux = the
-/// vector's replica count (orphan marks set ``SortRecord/orphanFlag``); the cut list uses
-/// key = vector id. Run files hold these records raw, little-endian (docs/build.md).
+/// rides along. The assignment uses key = head << 32 | class bit << 31 | distance bits: a
+/// vector's record in its nearest head (its *primary*, class 0) sorts before every other
+/// vector's secondary replica (class 1) of that head, each class by distance, so the
+/// posting cap cuts secondary replicas first and a vector loses its nearest posting only
+/// when that posting holds more than `cap` primaries. aux = the vector's replica count
+/// (orphan marks set ``SortRecord/orphanFlag``); the cut list uses key = vector id. Run
+/// files hold these records raw, little-endian (docs/build.md).
 struct SortRecord: Equatable {
     var key: UInt64
     var id: UInt32
@@ -27,12 +31,18 @@ struct SortRecord: Equatable {
         Float(bitPattern: s & 0x8000_0000 != 0 ? s & 0x7FFF_FFFF : ~s)
     }
 
-    @inline(__always) static func assignment(head: Int, distance: Float, id: UInt32, replicas: Int) -> SortRecord {
-        SortRecord(key: UInt64(head) << 32 | UInt64(sortable(distance)), id: id, aux: UInt32(replicas))
+    static let secondaryBit: UInt64 = 0x8000_0000
+
+    /// An assignment record. `distance` is a squared distance (≥ 0; the bit pattern of a
+    /// non-negative float sorts as the float does); `primary`: the vector's nearest head.
+    @inline(__always) static func assignment(head: Int, distance: Float, id: UInt32, replicas: Int, primary: Bool) -> SortRecord {
+        let bits = UInt64(max(0, distance).bitPattern & 0x7FFF_FFFF)
+        return SortRecord(key: UInt64(head) << 32 | (primary ? 0 : secondaryBit) | bits, id: id, aux: UInt32(replicas))
     }
 
     @inline(__always) var head: Int { Int(key >> 32) }
-    @inline(__always) var distance: Float { Self.distance(fromSortable: UInt32(truncatingIfNeeded: key)) }
+    @inline(__always) var isPrimary: Bool { key & Self.secondaryBit == 0 }
+    @inline(__always) var distance: Float { Float(bitPattern: UInt32(truncatingIfNeeded: key) & 0x7FFF_FFFF) }
 }
 
 /// Collects records in a RAM buffer of fixed size and spills it as a sorted run file when

@@ -14,6 +14,16 @@ public struct BuildOptions: Sendable, Equatable {
     /// 0.1) whose serving RAM fits ``serveMemoryPerVector``, lowered further if the build's
     /// memory budget requires it.
     public var headRatio: Double? = nil
+    /// The head count's goal (docs/build.md, "How many heads"): the finest partition whose
+    /// postings, on a calibration sample of the input, hold this share of a held-out query's
+    /// 10 nearest neighbours in its ``targetProbes`` nearest postings. Used when
+    /// ``headRatio`` is nil; the budget and ``serveMemoryPerVector`` bound it from above.
+    public var targetRecall: Double = 0.90
+    /// Postings per query the ``targetRecall`` is asked at (8: recall 0.90 within 8–12 probes
+    /// once routing and codes take their share).
+    public var targetProbes: Int = 8
+    /// Vectors of the calibration sample (regions of the input at full density).
+    public var calibrationSample: Int = 100_000
     /// RAM per vector the index should need to serve, in bytes: heads, graph, posting table,
     /// codec and the search scratch of ``serveThreads`` threads (docs/memory.md). It decides
     /// the head count when ``headRatio`` is nil.
@@ -79,6 +89,8 @@ public final class IndexBuilder {
     public let codec: PostingCodec
     /// Why `.auto` chose ``codec`` (nil when the codec was given).
     public let codecReason: String?
+    /// The recall calibration of the head count (nil with a given head ratio or a tiny input).
+    public let calibration: HeadCalibration?
 
     public init(input: String, output: String, options: BuildOptions = BuildOptions(),
                 progress: ProgressReporter = .silent) throws {
@@ -99,6 +111,7 @@ public final class IndexBuilder {
         let stored: ElementType = options.metric == .cosine ? .float32 : header.elementType
         _ = try BuildPlanner.plan(shape: BuildShape(count: header.count, dimension: header.dimension, inputType: header.elementType),
                                   codec: options.codec == .auto ? .lvq8 : options.codec, storedType: stored, options: options)
+        calibration = try Self.calibrate(input: input, header: header, options: options, progress: progress)
         if options.codec == .auto {
             (codec, codecReason) = try Self.chooseCodec(input: input, header: header, metric: options.metric,
                                                         reduced: options.reduceDims ?? LeanVecProjection.defaultDim(header.dimension))
@@ -166,6 +179,11 @@ public final class IndexBuilder {
         guard (4...256).contains(o.graphDegree) else { throw FathomError(.invalidArgument, "graph degree \(o.graphDegree) must be between 4 and 256") }
         guard (1...1024).contains(o.candidateHeads) else { throw FathomError(.invalidArgument, "candidate heads \(o.candidateHeads) must be between 1 and 1024") }
         guard o.threads >= 1 else { throw FathomError(.invalidArgument, "threads must be ≥ 1") }
+        guard o.targetRecall > 0 && o.targetRecall < 1 else {
+            throw FathomError(.invalidArgument, "target recall \(o.targetRecall) must be in (0, 1)")
+        }
+        guard (1...1024).contains(o.targetProbes) else { throw FathomError(.invalidArgument, "target probes \(o.targetProbes) must be between 1 and 1024") }
+        guard o.calibrationSample >= 1000 else { throw FathomError(.invalidArgument, "calibration sample \(o.calibrationSample) must be at least 1,000 vectors") }
         if o.trainQueries != nil && o.codec == .none {
             throw FathomError(.invalidArgument, "--train-queries trains a LeanVec projection, which needs a compressing --codec (lvq8, lvq4, lvq4x8)")
         }
@@ -180,7 +198,7 @@ public final class IndexBuilder {
     /// or `invalidArgument` with the numbers when an invariant cannot hold.
     public func plan() throws -> BuildPlan {
         try BuildPlanner.plan(shape: BuildShape(count: header.count, dimension: header.dimension, inputType: header.elementType),
-                              codec: codec, storedType: storedType, options: options)
+                              codec: codec, storedType: storedType, options: options, calibration: calibration)
     }
 
     // MARK: fingerprint / resume
@@ -399,6 +417,7 @@ public final class IndexBuilder {
         }
         let graph = HeadGraph.build(vectors: heads, degree: options.graphDegree, buildList: max(64, options.graphDegree * 2),
                                     seed: options.seed, progress: progress)
+        graph.repairReachability(threads: options.threads, progress: progress)
         let layout = IndexLayout(directory: buildDirectory)
         try layout.writeHeads(heads, ids: headIds)
         try layout.writeGraph(graph)
@@ -486,7 +505,8 @@ public final class IndexBuilder {
             parameters: .init(head_ratio: Double(heads) / Double(plan.count), replicas: options.replicas,
                               posting_pages: plan.postingPages, posting_capacity: plan.postingCapacity,
                               graph_degree: options.graphDegree, candidate_heads: options.candidateHeads,
-                              rng_factor: Double(options.rngFactor), seed: options.seed, sample_size: plan.sampleSize),
+                              rng_factor: Double(options.rngFactor), seed: options.seed, sample_size: plan.sampleSize,
+                              head_choice: plan.headChoice),
             stats: stats,
             input: .init(path: absInput, bytes: size, format: header.format.rawValue, fingerprint: fingerprint),
             build: .init(seconds: seconds, peak_rss_bytes: buildPeakRSS(), fathom_version: "0.1.0"),

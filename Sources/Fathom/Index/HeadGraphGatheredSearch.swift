@@ -3,12 +3,12 @@ import FathomMath
 extension HeadGraph {
     /// The build's head search (graph build and assignment): the beam search of
     /// ``search(_:k:listSize:scratch:outIds:outDist:limit:)`` over the float heads, starting
-    /// from `entry`, scoring each expanded node's unvisited neighbours in one gathered call
+    /// from `entries` (nearest first after scoring), scoring each expanded node's unvisited neighbours in one gathered call
     /// that prefetches their rows first (both are bound by those cache misses). From the
     /// graph's entry it visits the same nodes in the same order with the same distances
     /// (and records them in `scratch.evaluated` when tracking). One `scratch` per thread.
     /// - Returns: the number of results in `outIds`/`outDist`, nearest first.
-    func searchGathered(_ q: UnsafePointer<Float>, k: Int, listSize: Int, entry start: UInt32, scratch s: Scratch,
+    func searchGathered(_ q: UnsafePointer<Float>, k: Int, listSize: Int, entries: UnsafeBufferPointer<UInt32>, scratch s: Scratch,
                         gatherIds: UnsafeMutablePointer<UInt32>, gatherDist: UnsafeMutablePointer<Float>,
                         outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>) -> Int {
         guard let heads = vectors, count > 0 else { return 0 }
@@ -27,11 +27,24 @@ extension HeadGraph {
                 s.beamId.withUnsafeMutableBufferPointer { bi -> Int in
                     s.beamDone.withUnsafeMutableBufferPointer { bdone -> Int in
                         let vis = vis.baseAddress!, bd = bd.baseAddress!, bi = bi.baseAddress!, bdone = bdone.baseAddress!
-                        let e = Int(start) < count ? start : 0
-                        vis[Int(e)] = epoch
-                        bd[0] = Distance.l2sq(q, base + Int(e) * d, d); bi[0] = e; bdone[0] = false
-                        if track { s.evaluated.append((bd[0], e)) }
-                        var cnt = 1
+                        var cnt = 0
+                        for e in entries where Int(e) < count && vis[Int(e)] != epoch {
+                            vis[Int(e)] = epoch
+                            let dv = Distance.l2sq(q, base + Int(e) * d, d)
+                            if track { s.evaluated.append((dv, e)) }
+                            if cnt == L && dv >= bd[L - 1] { continue }
+                            var pos = cnt < L ? cnt : L - 1
+                            while pos > 0 && bd[pos - 1] > dv { bd[pos] = bd[pos - 1]; bi[pos] = bi[pos - 1]; pos -= 1 }
+                            bd[pos] = dv; bi[pos] = e
+                            if cnt < L { cnt += 1 }
+                        }
+                        if cnt == 0 {
+                            vis[0] = epoch
+                            bd[0] = Distance.l2sq(q, base, d); bi[0] = 0
+                            if track { s.evaluated.append((bd[0], 0)) }
+                            cnt = 1
+                        }
+                        for i in 0..<cnt { bdone[i] = false }
                         var cursor = 0
                         while cursor < cnt {
                             bdone[cursor] = true

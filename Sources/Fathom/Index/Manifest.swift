@@ -17,12 +17,19 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var rng_factor: Double
         public var seed: UInt64
         public var sample_size: Int
+        /// Why the build has this many heads: the recall calibration and the bound that
+        /// applied (nil in indexes built before it was recorded).
+        public var head_choice: String? = nil
     }
     public struct Stats: Codable, Sendable, Equatable {
         public var records: Int
         public var mean_replicas: Double
         public var cut_records: Int
+        /// Vectors whose every record the cap cut, placed back in their nearest head with room.
         public var orphans_fixed: Int
+        /// Of those, how many found no room (cap + slack) in their `replicas` nearest heads
+        /// (nil in indexes built before it was counted).
+        public var orphans_outside_nearest: Int? = nil
         public var empty_postings: Int
         public var max_posting_records: Int
         public var posting_bytes: UInt64

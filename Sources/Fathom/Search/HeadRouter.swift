@@ -21,11 +21,14 @@ final class HeadRouter: @unchecked Sendable {
     let codes: UnsafeMutableRawPointer?
     let headCodec: LVQCodec?
     let projection: LeanVecProjection?
+    /// Where each search's beam starts: the nearest of ≈ √H pivot heads.
+    let pivots: HeadPivots
 
     /// Float heads (the graph keeps its vectors).
     init(graph: HeadGraph) {
         self.graph = graph
         codes = nil; headCodec = nil; projection = nil
+        pivots = HeadPivots(heads: graph.count)
     }
 
     /// Compressed heads: projects and encodes `graph.vectors`, then drops them.
@@ -43,6 +46,7 @@ final class HeadRouter: @unchecked Sendable {
         }
         self.graph = graph.droppingVectors()
         codes = buf; headCodec = codec; self.projection = projection
+        pivots = HeadPivots(heads: graph.count)
     }
 
     deinit { codes?.deallocate() }
@@ -58,6 +62,9 @@ final class HeadRouter: @unchecked Sendable {
     final class Scratch {
         let graph: HeadGraph.Scratch
         let projected: UnsafeMutablePointer<Float>
+        let pivotDist: UnsafeMutablePointer<Float>
+        let entries: UnsafeMutablePointer<UInt32>
+        let pivotCount: Int
         var sum: Float = 0
         var norm: Float = 0
         let dim: Int
@@ -65,9 +72,12 @@ final class HeadRouter: @unchecked Sendable {
             graph = HeadGraph.Scratch(graphSize: router.count, beam: 128)
             dim = router.projection?.outputDim ?? 0
             projected = .allocate(capacity: max(dim, 1))
+            pivotCount = router.pivots.count
+            pivotDist = .allocate(capacity: max(1, router.pivots.count))
+            entries = .allocate(capacity: HeadPivots.seeds)
         }
-        deinit { projected.deallocate() }
-        var bytes: Int { graph.visited.count * 4 + graph.beamDist.count * 9 + dim * 4 }
+        deinit { projected.deallocate(); pivotDist.deallocate(); entries.deallocate() }
+        var bytes: Int { graph.visited.count * 4 + graph.beamDist.count * 9 + dim * 4 + pivotCount * 4 + HeadPivots.seeds * 4 }
     }
 
     func makeScratch() -> Scratch { Scratch(router: self) }
@@ -78,14 +88,16 @@ final class HeadRouter: @unchecked Sendable {
     func route(_ query: UnsafePointer<Float>, k: Int, listSize: Int, scratch s: Scratch,
                outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>) -> Int {
         guard let codes, let headCodec, let projection else {
-            return graph.search(FloatHeads(query: query, heads: graph.vectors!), k: k, listSize: listSize,
-                                scratch: s.graph, outIds: outIds, outDist: outDist)
+            let metric = FloatHeads(query: query, heads: graph.vectors!)
+            let e = UnsafeBufferPointer(start: s.entries, count: pivots.nearest(metric, scratch: s.pivotDist, out: s.entries))
+            return graph.search(metric, k: k, listSize: listSize, scratch: s.graph, outIds: outIds, outDist: outDist, entries: e)
         }
         projection.projectData(query, into: s.projected)
         var sum: Float = 0, norm: Float = 0
         for j in 0..<s.dim { let v = s.projected[j]; sum += v; norm += v * v }
         let metric = CompressedHeads(query: s.projected, sum: sum, norm: norm, codes: codes, codec: headCodec)
-        return graph.search(metric, k: k, listSize: listSize, scratch: s.graph, outIds: outIds, outDist: outDist)
+        let e = UnsafeBufferPointer(start: s.entries, count: pivots.nearest(metric, scratch: s.pivotDist, out: s.entries))
+        return graph.search(metric, k: k, listSize: listSize, scratch: s.graph, outIds: outIds, outDist: outDist, entries: e)
     }
 }
 

@@ -235,6 +235,11 @@ final class WriterState {
     let heads: Matrix
     let graph: HeadGraph
     let scratch: HeadGraph.Scratch
+    /// The build's head-search entry points (the same pivots, so inserts and the build
+    /// assign alike).
+    let pivots: SearchPivots
+    let pivotDist: UnsafeMutablePointer<Float>
+    let entries: UnsafeMutablePointer<UInt32>
     let candIds: UnsafeMutablePointer<UInt32>
     let candDist: UnsafeMutablePointer<Float>
     let chosen: UnsafeMutablePointer<Int>
@@ -271,6 +276,9 @@ final class WriterState {
         }
         let K = max(1, min(b.manifest.parameters.candidate_heads, graph.count))
         scratch = HeadGraph.Scratch(graphSize: graph.count, beam: K + 32)
+        pivots = SearchPivots(heads: heads)
+        pivotDist = .allocate(capacity: max(1, pivots.count))
+        entries = .allocate(capacity: HeadPivots.seeds)
         candIds = .allocate(capacity: K + 32); candDist = .allocate(capacity: K + 32)
         chosen = .allocate(capacity: WriteAheadLog.maxHeads)
         assigned = .allocate(capacity: WriteAheadLog.maxHeads)
@@ -307,7 +315,7 @@ final class WriterState {
 
     deinit {
         candIds.deallocate(); candDist.deallocate(); chosen.deallocate(); assigned.deallocate(); record.deallocate()
-        work.deallocate(); reduced.deallocate()
+        work.deallocate(); reduced.deallocate(); pivotDist.deallocate(); entries.deallocate()
     }
 
     static func identity(_ m: Manifest) -> UInt64 { UInt64(m.manifest_crc32c ?? "0", radix: 16) ?? 0 }
@@ -340,7 +348,8 @@ final class WriterState {
         if base.metric == .cosine { _ = Distance.normalize(work, d) }
         let p = base.manifest.parameters
         let K = max(1, min(p.candidate_heads, graph.count))
-        let found = graph.search(work, k: K, listSize: K + 32, scratch: scratch, outIds: candIds, outDist: candDist)
+        let found = graph.search(FloatHeads(query: work, heads: heads), k: K, listSize: K + 32, scratch: scratch, outIds: candIds, outDist: candDist,
+                                 entries: pivots.nearest(work, scratch: pivotDist, out: entries))
         let m = rngSelect(candidates: candIds, distances: candDist, count: found, replicas: min(WriteAheadLog.maxHeads, max(1, p.replicas)),
                           rngFactor: Float(p.rng_factor), heads: heads, out: chosen)
         for c in 0..<m { assigned[c] = candIds[chosen[c]] }
