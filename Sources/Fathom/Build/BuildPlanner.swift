@@ -267,9 +267,12 @@ public enum BuildPlanner {
             // time
             let log2H = log2(Double(max(H, 2)))
             let depth = max(1.0, (log(Double(max(H, 2))) / log(32.0)).rounded(.up))
+            let calibrationT = calibration?.seconds ?? 0
             let sampleRead = Double(n) * Double(d * shape.inputType.size) / rates.readBytesPerSecond
             let kmeans = rates.kmeansSecondsPerUnit * Double(S) * Double(d) * 32 * 16 * depth
+            // The reachability check: up to two rounds of one beam-64 search per head, on all threads.
             let graphT = rates.graphSecondsPerUnit * Double(H) * Double(d) * Double(max(64, R * 2)) * log2H
+                + 2 * rates.assignSecondsPerUnit * Double(H) * Double(d) * 64 * log2H / Double(cores)
             let search = rates.assignSecondsPerUnit * Double(n) * Double(d) * Double(L) * log2H / Double(cores)
             let sortT = rates.sortSecondsPerRecord * records
             let passes = max(1.0, (records * Double(recordBytes) / Double(bucket)).rounded(.up))
@@ -279,8 +282,9 @@ public enum BuildPlanner {
             let stages = [
                 StagePlan(name: "train", ram: trainTerms.map(\.1).reduce(0, +), ramTerms: trainTerms,
                           tempDisk: 0, finalDisk: headsFile + graphFile + codecFile,
-                          seconds: sampleRead + kmeans + graphT,
-                          timeTerms: [("sample read", sampleRead), ("k-means", kmeans), ("head graph", graphT)]),
+                          seconds: calibrationT + sampleRead + kmeans + graphT,
+                          timeTerms: [("head-count calibration (measured)", calibrationT), ("sample read", sampleRead),
+                                      ("k-means", kmeans), ("head graph + reachability check", graphT)]),
                 StagePlan(name: "assign", ram: max(assignRAM, mergeRAM), ramTerms: assignTerms,
                           tempDisk: runBytes + codesBytes, finalDisk: vectorsBytes,
                           seconds: search + sortT,
@@ -305,6 +309,14 @@ public enum BuildPlanner {
         let ratio: Double
         if let r = options.headRatio {
             ratio = r; why = String(format: "ratio %.4f given", r)
+        } else if let c = calibration, !c.reachedTarget {
+            // Coarser postings would not reach the target either and cost more per probe
+            // (text300: 128 vectors/head gave 0.90 at 32 probes and 170 QPS, the serving
+            // ratio's 11.5 vectors/head 0.90 at 64 probes and 304 QPS): keep the fine partition.
+            ratio = serveRatio
+            why = String(format: "ratio %.4f from the serving-RAM target (%.0f B/vector): the recall calibration reached %.3f at most (target %.2f at %d probes) up to %.0f vectors per head, so queries of this data need more probes, and finer postings make them cheaper",
+                         serveRatio, options.serveMemoryPerVector, c.trials.map(\.recall).max() ?? 0, c.targetRecall, c.targetProbes,
+                         HeadCalibration.grid.last ?? 0)
         } else if let c = calibration {
             if c.headRatio <= serveRatio {
                 ratio = c.headRatio

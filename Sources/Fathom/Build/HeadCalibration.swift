@@ -37,8 +37,10 @@ public struct HeadCalibration: Sendable, Equatable, Codable {
     public var trials: [Trial]
     /// Vectors per head chosen (the build asks k-means for n / this many heads).
     public var pointsPerHead: Double
-    /// The target was not reached even at the largest ratio tried.
+    /// The target was reached (false: not even at the coarsest ratio tried; the plan then
+    /// keeps the serving-RAM ratio).
     public var reachedTarget: Bool
+    /// Wall time of the calibration (sampling passes and trials); the plan counts it.
     public var seconds: Double
 
     /// Heads per vector chosen.
@@ -51,11 +53,13 @@ public struct HeadCalibration: Sendable, Equatable, Codable {
         return String(format: "recall@10 in the %d nearest postings on a %d-vector sample, %d held-out queries: %@; ",
                       targetProbes, sampleRows, queries, t)
             + (reachedTarget ? String(format: "%.0f vectors per head is the finest partition reaching %.2f", pointsPerHead, targetRecall)
-                             : String(format: "no ratio reached %.2f; the coarsest tried (%.0f vectors per head) is used", targetRecall, pointsPerHead))
+                             : String(format: "no ratio up to %.0f vectors per head reached %.2f", pointsPerHead, targetRecall))
     }
 
     /// Vectors-per-head ratios tried, finest first (each ~√2 apart).
-    static let grid: [Double] = [8, 11, 16, 22, 32, 45, 64, 90, 128]
+    /// Coarser partitions are not tried: past 64 vectors per head a probe reads several
+    /// pages and scores hundreds of codes, and more probes of a finer partition cost less.
+    static let grid: [Double] = [8, 11, 16, 22, 32, 45, 64]
     /// Below this many vectors the sample is the whole input and too small to model; the
     /// plan keeps the serving-RAM ratio.
     public static let minimumVectors = 2_000
@@ -209,6 +213,7 @@ extension IndexBuilder {
                           progress: ProgressReporter) throws -> HeadCalibration? {
         let n = header.count, d = header.dimension
         guard options.headRatio == nil, n >= HeadCalibration.minimumVectors else { return nil }
+        let t0 = Date()
         let balls = 4
         let perBall = max(1, min(n / balls, options.calibrationSample / balls))
         var rng = SeededRandom(seed: options.seed ^ 0xCA11_B8A7)
@@ -294,9 +299,11 @@ extension IndexBuilder {
         var qrng = SeededRandom(seed: options.seed ^ 0x0E57)
         let queryRows = qrng.sample(Q, from: inner.count).map { position[inner[$0]]! }
         BLAS.setThreads(1)   // the trials' k-means stays on one BLAS thread, as the build's does
-        return HeadCalibration.run(sample: sample, queryRows: queryRows, metric: options.metric, replicas: options.replicas,
-                                   rngFactor: options.rngFactor, targetRecall: options.targetRecall,
-                                   targetProbes: options.targetProbes, seed: options.seed, threads: options.threads,
-                                   progress: progress)
+        var c = HeadCalibration.run(sample: sample, queryRows: queryRows, metric: options.metric, replicas: options.replicas,
+                                    rngFactor: options.rngFactor, targetRecall: options.targetRecall,
+                                    targetProbes: options.targetProbes, seed: options.seed, threads: options.threads,
+                                    progress: progress)
+        c.seconds = Date().timeIntervalSince(t0)   // the two passes over the input included
+        return c
     }
 }
