@@ -49,13 +49,7 @@ import FathomStorage
         #expect(m.build.peak_rss_bytes <= UInt64(budget), "peak RSS \(m.build.peak_rss_bytes) over the \(budget)-byte budget")
         // Every vector is in a posting, and the index answers.
         let index = try VectorIndex.open(at: dir.file("idx"), io: .pread)
-        var hits = 0
-        for i in 0..<q.rows {
-            let got = Set(try index.search(Array(UnsafeBufferPointer(start: q.row(i), count: q.cols)), k: 10,
-                                           parameters: SearchParameters(probes: 32)).map(\.id))
-            hits += bruteForce(base, q.row(i), k: 10, metric: .l2).filter { got.contains($0) }.count
-        }
-        #expect(Double(hits) / Double(q.rows * 10) >= 0.9)
+        #expect(try recallAt(index, base: base, queries: q, probes: 32) >= 0.9)
     }
 
     @Test func planRefusesBeforeTouchingTheInput() throws {

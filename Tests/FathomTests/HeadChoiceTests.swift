@@ -105,13 +105,7 @@ import FathomStorage
             let m = try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx\(i)"), options: o).build()
             heads.append(m.heads)
             let index = try VectorIndex.open(at: dir.file("idx\(i)"), io: .pread)
-            var hits = 0
-            for j in 0..<q.rows {
-                let got = Set(try index.search(Array(UnsafeBufferPointer(start: q.row(j), count: q.cols)), k: 10,
-                                               parameters: SearchParameters(probes: 8)).map(\.id))
-                hits += bruteForce(base, q.row(j), k: 10, metric: .l2).filter { got.contains($0) }.count
-            }
-            recalls.append(Double(hits) / Double(q.rows * 10))
+            recalls.append(try recallAt(index, base: base, queries: q, probes: 8))
         }
         #expect(heads[0] == heads[1])
         #expect(recalls[1] >= recalls[0] - 0.005, "recall \(recalls[0]) at 256 MiB, \(recalls[1]) at 2 GiB")

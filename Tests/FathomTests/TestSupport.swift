@@ -49,3 +49,14 @@ func bruteForce(_ base: Matrix, _ q: UnsafePointer<Float>, k: Int, metric: Metri
     all.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
     return all.prefix(k).map(\.1)
 }
+
+/// Recall@k of `index` at `probes` over the rows of `queries`, against an exact scan of `base` (l2).
+func recallAt(_ index: VectorIndex, base: Matrix, queries q: Matrix, probes: Int, k: Int = 10) throws -> Double {
+    var hits = 0
+    for i in 0..<q.rows {
+        let got = Set(try index.search(Array(UnsafeBufferPointer(start: q.row(i), count: q.cols)), k: k,
+                                       parameters: SearchParameters(probes: probes)).map(\.id))
+        hits += bruteForce(base, q.row(i), k: k, metric: .l2).filter { got.contains($0) }.count
+    }
+    return Double(hits) / Double(q.rows * k)
+}

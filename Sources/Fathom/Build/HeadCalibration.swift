@@ -264,34 +264,9 @@ extension IndexBuilder {
             }
         }
         let ids = members.sorted()
-        let S = ids.count
         // Pass 2: read the members (checked as the build checks its sample).
-        let sample = Matrix(rows: S, cols: d)
-        row = 0
-        var next = 0
-        do {
-            let reader = try VectorFileReader(path: input)
-            while next < S {
-                let got = try reader.readFloats(maxRows: chunkRows, into: chunk.data)
-                if got == 0 { break }
-                while next < S && ids[next] < row + got {
-                    let src = chunk.row(ids[next] - row)
-                    for j in 0..<d where !src[j].isFinite {
-                        throw FathomError(.nonFiniteValue, "vector \(ids[next]) has \(src[j]) at component \(j); remove or fix non-finite vectors before building", path: input,
-                                          offset: UInt64(header.dataOffset) + UInt64(ids[next]) * UInt64(header.recordStride) + UInt64(header.recordPrefix + j * header.elementType.size))
-                    }
-                    sample.row(next).update(from: src, count: d)
-                    if options.metric == .cosine && !Distance.normalize(sample.row(next), d) {
-                        throw FathomError(.invalidArgument, "vector \(ids[next]) is all zeros: it has no direction under the cosine metric; remove it or use --metric l2", path: input)
-                    }
-                    next += 1
-                }
-                row += got
-                progress.advance(UInt64(got))
-            }
-            progress.end()
-        }
-        guard next == S else { throw FathomError(.malformedFile, "input ended after \(row) of \(n) vectors while sampling", path: input) }
+        let sample = try readRows(ids, input: input, header: header, metric: options.metric, chunkRows: chunkRows, progress: progress)
+        progress.end()
         // Queries: up to 100 per ball from its inner half, as rows of `sample`.
         let position = Dictionary(uniqueKeysWithValues: ids.enumerated().map { ($1, $0) })
         inner.sort()

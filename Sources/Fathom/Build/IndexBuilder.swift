@@ -380,30 +380,10 @@ public final class IndexBuilder {
         let S = plan.sampleSize
         var rng = SeededRandom(seed: options.seed)
         let sampleIds = rng.sample(S, from: n)
-        let sample = Matrix(rows: S, cols: d)
-        // One sequential pass picks the sample rows (cheaper than S random reads).
-        let reader = try VectorFileReader(path: inputPath)
-        let chunk = Matrix(rows: plan.chunkRows, cols: d)
-        var row = 0, next = 0
         progress.begin("train: sampling \(S) of \(n) vectors", total: UInt64(n))
-        while next < S {
-            let got = try reader.readFloats(maxRows: plan.chunkRows, into: chunk.data)
-            if got == 0 { break }
-            while next < S && sampleIds[next] < row + got {
-                let r = sampleIds[next] - row
-                let src = chunk.row(r)
-                try checkFinite(src, d: d, row: sampleIds[next])
-                sample.row(next).update(from: src, count: d)
-                if options.metric == .cosine { try normalizeOrThrow(sample.row(next), d: d, row: sampleIds[next]) }
-                next += 1
-            }
-            row += got
-            progress.advance(UInt64(got))
-        }
+        let sample = try Self.readRows(sampleIds, input: inputPath, header: header, metric: options.metric,
+                                       chunkRows: plan.chunkRows, progress: progress)
         progress.end()
-        guard next == S else {
-            throw FathomError(.malformedFile, "input ended after \(row) of \(n) vectors while sampling", path: inputPath)
-        }
         var km = BalancedKMeans()
         km.seed = options.seed
         km.threads = options.threads   // heads do not depend on it (per-node generators)
@@ -457,18 +437,56 @@ public final class IndexBuilder {
         return CompactCodec(projection: projection, lvq: LVQCodec(kind: kind, dim: plan.reducedDimension))
     }
 
+    /// Reads the rows `ids` (sorted ascending) of `input` in one sequential pass (cheaper
+    /// than as many random reads), each checked finite and, for cosine, normalized; advances
+    /// `progress` by the rows passed (the caller begins and ends it).
+    static func readRows(_ ids: [Int], input: String, header: VectorFileHeader, metric: Metric, chunkRows: Int,
+                         progress: ProgressReporter) throws -> Matrix {
+        let d = header.dimension
+        let out = Matrix(rows: ids.count, cols: d)
+        let reader = try VectorFileReader(path: input)
+        let chunk = Matrix(rows: chunkRows, cols: d)
+        var row = 0, next = 0
+        while next < ids.count {
+            let got = try reader.readFloats(maxRows: chunkRows, into: chunk.data)
+            if got == 0 { break }
+            while next < ids.count && ids[next] < row + got {
+                let src = chunk.row(ids[next] - row)
+                try checkFinite(src, d: d, row: ids[next], input: input, header: header)
+                out.row(next).update(from: src, count: d)
+                if metric == .cosine { try normalizeOrThrow(out.row(next), d: d, row: ids[next], input: input) }
+                next += 1
+            }
+            row += got
+            progress.advance(UInt64(got))
+        }
+        guard next == ids.count else {
+            throw FathomError(.malformedFile, "input ended after \(row) of \(header.count) vectors while sampling", path: input)
+        }
+        return out
+    }
+
     @inline(__always)
-    func checkFinite(_ v: UnsafePointer<Float>, d: Int, row: Int) throws {
+    static func checkFinite(_ v: UnsafePointer<Float>, d: Int, row: Int, input: String, header: VectorFileHeader) throws {
         for j in 0..<d where !v[j].isFinite {
-            throw FathomError(.nonFiniteValue, "vector \(row) has \(v[j]) at component \(j); remove or fix non-finite vectors before building", path: inputPath,
+            throw FathomError(.nonFiniteValue, "vector \(row) has \(v[j]) at component \(j); remove or fix non-finite vectors before building", path: input,
                               offset: UInt64(header.dataOffset) + UInt64(row) * UInt64(header.recordStride) + UInt64(header.recordPrefix + j * header.elementType.size))
         }
     }
 
-    func normalizeOrThrow(_ v: UnsafeMutablePointer<Float>, d: Int, row: Int) throws {
+    static func normalizeOrThrow(_ v: UnsafeMutablePointer<Float>, d: Int, row: Int, input: String) throws {
         guard Distance.normalize(v, d) else {
-            throw FathomError(.invalidArgument, "vector \(row) is all zeros: it has no direction under the cosine metric; remove it or use --metric l2", path: inputPath)
+            throw FathomError(.invalidArgument, "vector \(row) is all zeros: it has no direction under the cosine metric; remove it or use --metric l2", path: input)
         }
+    }
+
+    @inline(__always)
+    func checkFinite(_ v: UnsafePointer<Float>, d: Int, row: Int) throws {
+        try Self.checkFinite(v, d: d, row: row, input: inputPath, header: header)
+    }
+
+    func normalizeOrThrow(_ v: UnsafeMutablePointer<Float>, d: Int, row: Int) throws {
+        try Self.normalizeOrThrow(v, d: d, row: row, input: inputPath)
     }
 
     // MARK: publish
