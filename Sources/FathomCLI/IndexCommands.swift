@@ -47,8 +47,10 @@ struct BuildCommand: ParsableCommand {
     var codec: PostingCodec = .auto
     @Option(name: .customLong("serve-memory"), help: ArgumentHelp("RAM the index may need to serve, per vector (e.g. 32B) or in total (e.g. 4GiB): heads, graph, posting table, codec and the search threads' scratch. Bounds the calibrated head count unless --head-ratio is given (docs/memory.md).", valueName: "size"))
     var serveMemory: String = "32B"
-    @Option(name: .customLong("reduce-dims"), help: "LeanVec target dimension for a compressing codec (default: D/2 rounded up to a multiple of 8).")
+    @Option(name: .customLong("reduce-dims"), help: "LeanVec target dimension of the postings' codes for a compressing codec (default: the fewest principal components, a multiple of 8, that keep 99% of a sample's variance).")
     var reduceDims: Int?
+    @Option(name: .customLong("router-dims"), help: "Components of the projection the heads are coded in for routing, at most --reduce-dims (default: D/2 rounded up to a multiple of 8): the heads are serving RAM, the codes are on SSD.")
+    var routerDims: Int?
     @Option(name: .customLong("train-queries"), help: ArgumentHelp("A sample of real queries: learn the query-aware LeanVec-OOD projection (default: PCA on the data).", valueName: "path"))
     var trainQueries: String?
     @Option(help: ArgumentHelp("Attributes per vector for filtered search: CSV with a header (types as name:int|float|category|tags or inferred) or JSON lines (.jsonl).", valueName: "path"))
@@ -91,7 +93,7 @@ struct BuildCommand: ParsableCommand {
             o.postingPages = postingPages; o.graphDegree = graphDegree; o.candidateHeads = candidateHeads
             o.sampleSize = sampleSize; o.seed = seed; o.threads = threads
             o.targetRecall = targetRecall; o.targetProbes = targetProbes
-            o.codec = codec; o.reduceDims = reduceDims; o.trainQueries = trainQueries
+            o.codec = codec; o.reduceDims = reduceDims; o.routerDims = routerDims; o.trainQueries = trainQueries
             o.attributes = attributes
             o.labels = labels
             o.sortBufferBytes = sortBuffer?.bytes; o.packBucketBytes = packBucket?.bytes

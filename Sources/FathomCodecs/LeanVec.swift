@@ -158,6 +158,28 @@ public struct LeanVecProjection: Sendable {
 
     // MARK: - training
 
+    /// The share of `sample`'s variance (about its mean) that the top k principal components
+    /// keep, for k = 1 … D: element k−1, non-decreasing, the last 1 (a sample with no
+    /// variance keeps everything at every k). The spectrum `trainPCA` would cut.
+    public static func keptVariance(sample: Matrix) throws -> [Float] {
+        let D = sample.cols
+        guard sample.rows >= 1, D >= 1 else {
+            throw FathomError(.invalidArgument, "PCA needs a non-empty sample (got \(sample.rows)×\(D))")
+        }
+        let cov = secondMoment(sample, mean: columnMean(sample))
+        let (values, _) = try symmetricEigen(cov, n: D)
+        let total = values.reduce(0.0) { $0 + max(0, Double($1)) }
+        var acc = 0.0
+        var kept = [Float](repeating: 1, count: D)
+        guard total > 0 else { return kept }
+        for k in 0..<D {   // ssyevd: ascending, so the largest is last
+            acc += max(0, Double(values[D - 1 - k]))
+            kept[k] = Float(min(1, acc / total))
+        }
+        kept[D - 1] = 1
+        return kept
+    }
+
     /// LeanVec-ID: the top `targetDim` principal components of `sample` (rows are vectors;
     /// use at most ~100K rows: the covariance costs n·D² flops).
     ///

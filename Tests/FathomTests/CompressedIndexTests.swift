@@ -60,4 +60,27 @@ import Testing
         }
         #expect(Double(hits) / Double(q.rows * 10) >= 0.8, "recall@10 at defaults: \(Double(hits) / Double(q.rows * 10))")
     }
+
+    @Test func headsRouteOnAPrefixOfTheCodesDimensions() throws {
+        let dir = TempDir()
+        let (base, q) = try writeSynthetic(dir: dir, n: 2000, d: 32, nq: 40)
+        var o = BuildOptions()
+        o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.codec = .lvq8; o.reduceDims = 32; o.routerDims = 8
+        let m = try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
+        #expect(m.reduced_dimension == 32 && m.router_dimension == 8)
+        let index = try VectorIndex.open(at: dir.file("idx"))
+        #expect(index.servingMemory.heads == index.headCount * (8 + 4), "LVQ-8 codes of 8 components per head")
+        // Every posting probed and re-ranked: the exact answer whatever the router's form.
+        let all = SearchParameters(probes: index.headCount, maxDistRatio: .infinity, headListSize: index.headCount, rerank: 2000)
+        for i in 0..<q.rows {
+            let got = try index.search(Array(UnsafeBufferPointer(start: q.row(i), count: q.cols)), k: 10, parameters: all)
+            #expect(got.map(\.id) == bruteForce(base, q.row(i), k: 10, metric: .l2), "query \(i)")
+        }
+        // The 8-dim prefix of a 12-intrinsic-dim set still routes well at a few probes.
+        let r = try recallAt(index, base: base, queries: q, probes: 8)
+        #expect(r >= 0.85, "recall@10 at 8 probes: \(r)")
+        // A router dimension beyond the codes' is refused before any work.
+        o.routerDims = 33
+        #expect(throws: FathomError.self) { try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("bad"), options: o) }
+    }
 }

@@ -247,17 +247,43 @@ final class EngineLog: @unchecked Sendable {
     @Test func autoPicksLVQ4WhereItsErrorIsSmallAndLVQ8Elsewhere() throws {
         let dir = TempDir()
         var o = BuildOptions(); o.memoryBudget = 256 << 20
-        // Isotropic: the projection to D/2 drops half the variance; LVQ-4's error is small next to it.
+        // Isotropic: every component carries 1/32 of the variance, so the default d′ keeps all
+        // 32 (dropping one would lose 3%); nothing dropped, so LVQ-4's error is not small next to it.
         let flat = try write(dir, "flat.fbin", n: 2000, d: 32) { _ in 1 }
         let a = try IndexBuilder(input: flat, output: dir.file("a"), options: o)
-        #expect(a.codec == .lvq4, "\(a.codecReason ?? "")")
-        // A few dominant components: the projection drops almost nothing, LVQ-4's 16 levels
-        // per vector lose the small components.
+        #expect(a.options.reduceDims == 32 && a.options.routerDims == 16, "\(a.codecReason ?? "")")
+        #expect(a.codec == .lvq8, "\(a.codecReason ?? "")")
+        // At a given d′ = D/2 the projection drops half the variance; LVQ-4's error is small next to it.
+        var half = o; half.reduceDims = 16
+        let a2 = try IndexBuilder(input: flat, output: dir.file("a2"), options: half)
+        #expect(a2.codec == .lvq4 && a2.options.reduceDims == 16, "\(a2.codecReason ?? "")")
+        // Two dominant components hold 99.85% of the variance: d′ = 8 (2 rounded up to the lane
+        // width) and the heads route on all 8; LVQ-4's 16 levels per vector would lose the
+        // small components.
         let skewed = try write(dir, "skewed.fbin", n: 2000, d: 32) { j in j < 2 ? 100 : 1 }
         let b = try IndexBuilder(input: skewed, output: dir.file("b"), options: o)
+        #expect(b.options.reduceDims == 8 && b.options.routerDims == 8, "\(b.codecReason ?? "")")
         #expect(b.codec == .lvq8, "\(b.codecReason ?? "")")
         // A given codec is kept.
         o.codec = .lvq4
         #expect(try IndexBuilder(input: skewed, output: dir.file("c"), options: o).codec == .lvq4)
+    }
+
+    @Test func keptVarianceFollowsTheSpectrum() throws {
+        // Independent components with standard deviations 4, 2, 1, 1, 0, 0: variances 16, 4, 1, 1.
+        var rng = SeededRandom(seed: 5)
+        let n = 20_000, sd: [Float] = [4, 2, 1, 1, 0, 0]
+        let m = Matrix(rows: n, cols: sd.count)
+        for i in 0..<n {
+            for j in 0..<sd.count {
+                var s: Float = 0
+                for _ in 0..<4 { s += Float(rng.below(1 << 20)) / Float(1 << 20) - 0.5 }
+                m.row(i)[j] = s * 1.732 * sd[j] + 3   // a mean that must not count as variance
+            }
+        }
+        let kept = try LeanVecProjection.keptVariance(sample: m)
+        let want: [Float] = [16.0 / 22, 20.0 / 22, 21.0 / 22, 1, 1, 1]
+        for k in 0..<want.count { #expect(abs(kept[k] - want[k]) < 0.02, "k = \(k + 1): \(kept[k]) vs \(want[k])") }
+        #expect(zip(kept, kept.dropFirst()).allSatisfy { $0 <= $1 } && kept.last == 1)
     }
 }

@@ -55,6 +55,8 @@ public struct BuildPlan: Sendable, CustomStringConvertible {
     public var count: Int
     public var dimension: Int
     public var reducedDimension: Int
+    /// Components the heads are coded in for routing (≤ ``reducedDimension``).
+    public var routerDimension: Int
     public var codec: PostingCodec
     public var inputType: ElementType
     public var storedType: ElementType
@@ -104,7 +106,7 @@ public struct BuildPlan: Sendable, CustomStringConvertible {
     public var description: String {
         var s = "plan: \(count) × \(dimension) \(inputType.rawValue) → \(heads) heads (ratio \(String(format: "%.4f", headRatio))), "
         s += "postings ≤ \(postingPages) pages = \(postingCapacity) records of \(recordBytes) B"
-        if codec != .none { s += " (LeanVec \(dimension) → \(reducedDimension) dims + \(codec.rawValue))" }
+        if codec != .none { s += " (LeanVec \(dimension) → \(reducedDimension) dims + \(codec.rawValue); heads routed on \(routerDimension) dims)" }
         s += ", training sample \(sampleSize), \(threads) thread(s)\n"
         s += "plan: heads: \(headChoice)\n"
         if let c = calibration { s += "plan: calibration: \(c.summary) (\(String(format: "%.1f", c.seconds)) s)\n" }
@@ -152,10 +154,12 @@ public enum BuildPlanner {
         }
         precondition(codec != .auto, "resolve .auto before planning")
         let reduced = options.reduceDims ?? LeanVecProjection.defaultDim(d)
+        let routerDims = min(reduced, options.routerDims ?? LeanVecProjection.defaultDim(d))
         if codec != .none {
             guard reduced >= 1 && reduced <= d else {
                 throw FathomError(.invalidArgument, "--reduce-dims \(reduced) must be between 1 and the dimension \(d)")
             }
+            guard routerDims >= 1 else { throw FathomError(.invalidArgument, "--router-dims \(routerDims) must be at least 1") }
         }
         let codeBytes = codec.lvqKind.map { LVQCodec.bytesPerVector(kind: $0, dim: reduced) } ?? d * storedType.size
         let recordBytes = 4 + codeBytes
@@ -303,7 +307,7 @@ public enum BuildPlanner {
 
         // Heads: given, or the calibration's choice for recall, bounded by the serving-RAM
         // target (and below by the build budget).
-        let serveRatio = servingRatio(n: n, d: d, reduced: codec == .none ? nil : reduced,
+        let serveRatio = servingRatio(n: n, d: d, reduced: codec == .none ? nil : reduced, router: routerDims,
                                       recordBytes: recordBytes, options: options)
         var why: String
         let ratio: Double
@@ -357,10 +361,11 @@ public enum BuildPlanner {
             throw FathomError(.invalidArgument, "postings cannot hold the assignment: \(H) heads × \(cap) records = \(Int(slots)) slots < \(n) vectors × \(String(format: "%.2f", rExp)) expected replicas = \(Int(Double(n) * rExp)); raise --posting-pages to at least \(Int((Double(n) * rExp / Double(H)).rounded(.up)) * recordBytes / 4096 + 1) or --head-ratio")
         }
         guard H < (1 << 31) else { throw FathomError(.invalidArgument, "\(H) heads exceed 2^31; lower --head-ratio") }
-        let serving = servingEstimate(n: n, heads: H, d: d, reduced: codec == .none ? nil : reduced,
+        let serving = servingEstimate(n: n, heads: H, d: d, reduced: codec == .none ? nil : reduced, router: routerDims,
                                       recordBytes: recordBytes, degree: R, replicas: options.replicas,
                                       threads: options.serveThreads ?? ProcessInfo.processInfo.activeProcessorCount)
         return BuildPlan(count: n, dimension: d, reducedDimension: codec == .none ? d : reduced,
+                         routerDimension: codec == .none ? d : routerDims,
                          codec: codec, inputType: shape.inputType, storedType: storedType,
                          heads: H, headRatio: Double(H) / Double(n), headChoice: why, calibration: calibration, sampleSize: t.S,
                          postingPages: pages, postingCapacity: cap, postingSlack: slackFor(cap), recordBytes: recordBytes, codeBytes: codeBytes,
@@ -373,16 +378,16 @@ public enum BuildPlanner {
     /// buffer holds the postings it reads: 32 × the mean posting, whose length is n·r̂/H with
     /// r̂ = 0.85 × replicas accepted by the closure rule; its dedup table 16 B per record;
     /// 64 KiB for re-rank reads).
-    static func servingEstimate(n: Int, heads H: Int, d: Int, reduced: Int?, recordBytes: Int, degree: Int,
+    static func servingEstimate(n: Int, heads H: Int, d: Int, reduced: Int?, router: Int?, recordBytes: Int, degree: Int,
                                 replicas: Int, threads: Int) -> ServingMemory {
-        ServingMemory.model(vectors: n, heads: H, dimension: d, reduced: reduced, degree: degree, recordBytes: recordBytes,
+        ServingMemory.model(vectors: n, heads: H, dimension: d, reduced: reduced, router: router, degree: degree, recordBytes: recordBytes,
                             meanRecords: Double(n) * replicaShare * Double(replicas) / Double(max(H, 1)), threads: threads)
     }
 
     /// The head ratio (≤ 0.1, ≥ 1 head per 1,000 vectors) with the most heads whose serving
     /// RAM stays within ``BuildOptions/serveMemoryPerVector``: more heads route better but
     /// cost RAM; fewer heads make longer postings, so each thread's read buffer grows.
-    static func servingRatio(n: Int, d: Int, reduced: Int?, recordBytes: Int, options: BuildOptions) -> Double {
+    static func servingRatio(n: Int, d: Int, reduced: Int?, router: Int?, recordBytes: Int, options: BuildOptions) -> Double {
         let threads = options.serveThreads ?? ProcessInfo.processInfo.activeProcessorCount
         let target = options.serveMemoryPerVector * Double(n)
         var best: Int? = nil
@@ -390,7 +395,7 @@ public enum BuildPlanner {
         var H = max(1, n / 10)
         let floor = max(1, n / 1000)
         while true {
-            let m = servingEstimate(n: n, heads: H, d: d, reduced: reduced, recordBytes: recordBytes,
+            let m = servingEstimate(n: n, heads: H, d: d, reduced: reduced, router: router, recordBytes: recordBytes,
                                     degree: options.graphDegree, replicas: options.replicas, threads: threads)
             if Double(m.total) <= target { best = H; break }
             if m.total < bestTotal { bestTotal = m.total; bestH = H }

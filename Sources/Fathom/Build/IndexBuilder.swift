@@ -48,12 +48,18 @@ public struct BuildOptions: Sendable, Equatable {
     public var sampleSize: Int? = nil
     /// Worker threads (the machine's two vCPUs give about one core: 1 is the default).
     public var threads: Int = 1
-    /// What postings store: LeanVec + LVQ codes of the D/2 principal components (full vectors
-    /// on disk for re-ranking) or full vectors (`.none`). `.auto` (the default) picks LVQ-4 or
-    /// LVQ-8 from a sample of the data (``IndexBuilder/codec``).
+    /// What postings store: LeanVec + LVQ codes of the leading principal components (full
+    /// vectors on disk for re-ranking) or full vectors (`.none`). `.auto` (the default) picks
+    /// LVQ-4 or LVQ-8 from a sample of the data (``IndexBuilder/codec``).
     public var codec: PostingCodec = .auto
-    /// LeanVec target dimension (`nil`: D/2 rounded up to a multiple of 8).
+    /// LeanVec target dimension d′ of the postings' codes (`nil`: chosen from a sample of the
+    /// data, the fewest components, a multiple of 8, that keep
+    /// ``IndexBuilder/keptVarianceTarget`` of the variance; ``IndexBuilder/reduceDims``).
     public var reduceDims: Int? = nil
+    /// Components of the projection the heads are coded in, for routing (≤ d′; `nil`: D/2
+    /// rounded up to a multiple of 8, at most d′). The heads are the serving RAM; the
+    /// postings' codes are on SSD, so they can keep more components than the heads.
+    public var routerDims: Int? = nil
     /// A sample of real queries: learn the query-aware LeanVec-OOD projection from it.
     public var trainQueries: String? = nil
     /// Attributes per vector (CSV with a header, or JSON lines `.jsonl`) for filtered search.
@@ -87,16 +93,16 @@ public final class IndexBuilder {
     let header: VectorFileHeader
     /// The posting codec: `options.codec`, with `.auto` resolved from the data.
     public let codec: PostingCodec
-    /// Why `.auto` chose ``codec`` (nil when the codec was given).
+    /// Why the build chose its reduced dimension and, for `.auto`, ``codec`` (nil when both were given).
     public let codecReason: String?
     /// The recall calibration of the head count (nil with a given head ratio or a tiny input).
     public let calibration: HeadCalibration?
 
-    public init(input: String, output: String, options: BuildOptions = BuildOptions(),
+    public init(input: String, output: String, options given: BuildOptions = BuildOptions(),
                 progress: ProgressReporter = .silent) throws {
         self.inputPath = input
         self.outputPath = output
-        self.options = options
+        var options = given
         self.progress = progress
         try Self.validate(options)
         self.header = try VectorFileHeader.inspect(path: input, format: nil)
@@ -112,20 +118,43 @@ public final class IndexBuilder {
         _ = try BuildPlanner.plan(shape: BuildShape(count: header.count, dimension: header.dimension, inputType: header.elementType),
                                   codec: options.codec == .auto ? .lvq8 : options.codec, storedType: stored, options: options)
         calibration = try Self.calibrate(input: input, header: header, options: options, progress: progress)
-        if options.codec == .auto {
-            (codec, codecReason) = try Self.chooseCodec(input: input, header: header, metric: options.metric,
-                                                        reduced: options.reduceDims ?? LeanVecProjection.defaultDim(header.dimension))
+        var reasons = [String]()
+        if options.codec != .none {
+            let sample = try Self.readCodecSample(input: input, header: header, metric: options.metric)
+            if options.reduceDims == nil {
+                let (d, why) = try Self.chooseReducedDimension(sample: sample, dimension: header.dimension)
+                options.reduceDims = d; reasons.append(why)
+            }
+            let reduced = options.reduceDims!
+            if let r = options.routerDims {
+                guard (1...reduced).contains(r) else {
+                    throw FathomError(.invalidArgument, "router dimension \(r) must be between 1 and the reduced dimension \(reduced)")
+                }
+            } else {
+                options.routerDims = min(reduced, LeanVecProjection.defaultDim(header.dimension))
+            }
+            if options.codec == .auto {
+                let (c, why) = try Self.chooseCodec(sample: sample, reduced: reduced)
+                codec = c; reasons.append(why)
+            } else {
+                codec = options.codec
+            }
         } else {
-            codec = options.codec; codecReason = nil
+            codec = .none
         }
+        codecReason = reasons.isEmpty ? nil : reasons.joined(separator: "; ")
+        self.options = options
     }
 
-    /// `.auto`: LVQ-4 halves the postings of LVQ-8, but its 16 levels per vector cost accuracy
-    /// where a few components dominate the range (e.g. PCA of raw pixels). On a sample of the
-    /// input (the first ≤ 4,000 rows), project to `reduced` principal components and compare
-    /// LVQ-4's relative quantization error with the variance the projection already drops:
-    /// LVQ-4 when it adds at most half as much error again, else LVQ-8.
-    static func chooseCodec(input: String, header: VectorFileHeader, metric: Metric, reduced: Int) throws -> (PostingCodec, String) {
+    /// The share of variance the default d′ keeps: the projection then drops at most 1% of
+    /// the data's energy (text embeddings spread it over most components: text300 needs 282
+    /// of 300 dims, pypi-minilm 313 of 384, fashion-mnist 459 of 784; a synthetic clustered
+    /// set 32 of 128).
+    public static let keptVarianceTarget: Float = 0.99
+
+    /// The first ≤ 4,000 finite rows of the input (normalized for cosine): the sample the
+    /// codec choices are measured on.
+    static func readCodecSample(input: String, header: VectorFileHeader, metric: Metric) throws -> Matrix {
         let d = header.dimension
         let rows = min(header.count, 4000)
         let sample = Matrix(rows: rows, cols: d)
@@ -144,9 +173,37 @@ public final class IndexBuilder {
             if kept != i { sample.row(kept).update(from: v, count: d) }
             kept += 1
         }
+        let out = Matrix(rows: kept, cols: d)
+        out.data.update(from: sample.data, count: kept * d)
+        return out
+    }
+
+    /// d′ for the postings' codes: the fewest leading principal components, rounded up to a
+    /// multiple of 8 (at most D), that keep ``keptVarianceTarget`` of the sample's variance.
+    /// The codes live on SSD: a posting read costs its request more than its bytes, while
+    /// every point of variance the projection drops has to be won back by re-ranking more
+    /// candidates (text300 short queries: d′ 152, 86% kept, needed 100 re-ranked rows for
+    /// recall 0.91 at 16 probes; d′ 296 reached 0.94 with 20).
+    static func chooseReducedDimension(sample: Matrix, dimension D: Int) throws -> (Int, String) {
+        guard sample.rows >= 16 else {
+            let d = LeanVecProjection.defaultDim(D)
+            return (d, "reduced dimension \(d) (D/2): too few sample rows to measure the spectrum")
+        }
+        let kept = try LeanVecProjection.keptVariance(sample: sample)
+        let need = (kept.firstIndex { $0 >= keptVarianceTarget } ?? (D - 1)) + 1
+        let d = min(D, (need + 7) / 8 * 8)
+        return (d, String(format: "reduced dimension %d: %d of %d components keep %.1f%% of the sample's variance (target %.0f%%), %d keep %.1f%%",
+                          d, need, D, 100 * kept[need - 1], 100 * keptVarianceTarget, d, 100 * kept[d - 1]))
+    }
+
+    /// `.auto`: LVQ-4 halves the postings of LVQ-8, but its 16 levels per vector cost accuracy
+    /// where a few components dominate the range (e.g. PCA of raw pixels). On a sample of the
+    /// input (the first ≤ 4,000 rows), project to `reduced` principal components and compare
+    /// LVQ-4's relative quantization error with the variance the projection already drops:
+    /// LVQ-4 when it adds at most half as much error again, else LVQ-8.
+    static func chooseCodec(sample train: Matrix, reduced: Int) throws -> (PostingCodec, String) {
+        let kept = train.rows, d = train.cols
         guard kept >= 16, reduced >= 1, reduced <= d else { return (.lvq8, "too few sample rows to measure: lvq8") }
-        let train = Matrix(rows: kept, cols: d)
-        train.data.update(from: sample.data, count: kept * d)
         let pca = try LeanVecProjection.trainPCA(sample: train, targetDim: reduced)
         let y = pca.projectData(train)
         let lvq4 = LVQCodec(kind: .lvq4, dim: reduced)
@@ -531,6 +588,7 @@ public final class IndexBuilder {
             files: files,
             codec: codec.rawValue,
             reduced_dimension: codec == .none ? nil : plan.reducedDimension,
+            router_dimension: codec == .none ? nil : plan.routerDimension,
             leanvec: try leanVecInfo(layout: layout),
             attributes: try attributeInfo()).sealed()
         let mpath = buildDirectory + "/manifest.json"

@@ -15,13 +15,13 @@ public enum IndexInfo {
         // posting lengths, with the search scratch of the machine's threads at 32 probes.
         let compressed = (m.codec ?? "none") != "none"
         let serving = ServingMemory.model(vectors: m.count, heads: m.heads, dimension: m.dimension,
-                                          reduced: compressed ? m.reduced_dimension : nil,
+                                          reduced: compressed ? m.reduced_dimension : nil, router: m.router_dimension,
                                           twoMatrices: m.leanvec?.kind == "ood", degree: m.parameters.graph_degree,
                                           recordBytes: m.record_bytes, meanRecords: Double(m.stats.records) / Double(max(m.heads, 1)),
                                           threads: ProcessInfo.processInfo.activeProcessorCount)
         let ram = UInt64(serving.total)
         let tierText = compressed
-            ? "LVQ-8 codes of the projected heads + graph + posting table + LeanVec query matrix in RAM; postings of \(m.codec!) codes (\(m.dimension) → \(m.reduced_dimension ?? 0) dims) on SSD; full-precision vectors on SSD for re-ranking"
+            ? "LVQ-8 codes of the projected heads (\(m.router_dimension ?? m.reduced_dimension ?? 0) dims) + graph + posting table + LeanVec query matrix in RAM; postings of \(m.codec!) codes (\(m.dimension) → \(m.reduced_dimension ?? 0) dims) on SSD; full-precision vectors on SSD for re-ranking"
             : "float32 heads + graph + posting table in RAM; postings of full-precision vectors on SSD"
         let recordVectorBytes = m.record_bytes - 4
         let fullBytes = m.dimension * 4

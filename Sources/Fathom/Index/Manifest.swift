@@ -82,6 +82,10 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// LeanVec projection to `reduced_dimension` dimensions (codec.bin).
     public var codec: String? = nil
     public var reduced_dimension: Int? = nil
+    /// Components of the projection the heads are coded in for routing (the first
+    /// `router_dimension` of `reduced_dimension`); absent: all of them (indexes built before
+    /// the router dimension was recorded).
+    public var router_dimension: Int? = nil
     public var leanvec: LeanVecInfo? = nil
     /// Filterable attributes (attrs.bin, summaries.bin), when built with `--attributes`.
     public var attributes: AttributeInfo? = nil
@@ -139,6 +143,11 @@ public struct Manifest: Codable, Sendable, Equatable {
             guard record_bytes > 4, record_bytes <= 64 + 4 * dimension else { throw bad("record size \(record_bytes) of a \(codec ?? "") index is out of range") }
         }
         if let r = reduced_dimension, !(1...dimension).contains(r) { throw bad("reduced dimension \(r) is not between 1 and \(dimension)") }
+        if let h = router_dimension {
+            guard let r = reduced_dimension, (1...r).contains(h) else {
+                throw bad("router dimension \(h) is not between 1 and the reduced dimension \(reduced_dimension.map(String.init) ?? "(none)")")
+            }
+        }
     }
 
     static let checksumPlaceholder = "00000000"

@@ -35,10 +35,11 @@ public struct ServingMemory: Sendable, Equatable, Codable {
     /// visited marks and 64 KiB for re-rank reads).
     /// - Parameters:
     ///   - dimension: D; `reduced`: the codec's d′ (nil: uncompressed, float32 heads);
+    ///     `router`: the components the heads are coded in (nil: d′);
     ///     `twoMatrices`: the codec keeps a query and a data matrix (LeanVec-OOD).
-    static func model(vectors: Int, heads: Int, dimension: Int, reduced: Int?, twoMatrices: Bool = false,
+    static func model(vectors: Int, heads: Int, dimension: Int, reduced: Int?, router: Int? = nil, twoMatrices: Bool = false,
                       degree: Int, recordBytes: Int, meanRecords: Double, probes: Int = 32, threads: Int) -> ServingMemory {
-        let headBytes = reduced.map { $0 + 4 } ?? dimension * 4
+        let headBytes = reduced.map { (router ?? $0) + 4 } ?? dimension * 4
         let codec = reduced.map { dimension * $0 * 4 * (twoMatrices ? 2 : 1) + dimension * 4 } ?? 0
         let perThread = probes * Int(meanRecords * Double(recordBytes + 16)) + 4 * heads + (64 << 10)
         return ServingMemory(heads: heads * headBytes, graph: heads * degree * 4, table: heads * tableEntryBytes,

@@ -9,10 +9,13 @@ import Foundation
 /// Two representations of the heads:
 /// - **float**: the heads as built (uncompressed indexes);
 /// - **compressed**: for an index with a LeanVec codec, every head is projected with the
-///   codec's data matrix and stored as an LVQ-8 code of the projected vector, so a head costs
-///   `d′ + 4` bytes instead of `4·D` (docs/memory.md). The query is projected the same way
-///   (`Bᵀ(q − μ)`) and the graph search runs on the codes; squared L2 between projected
-///   vectors approximates the full-space distance the graph was built with.
+///   codec's data matrix and the first `r` components (the router dimension, r ≤ d′) are
+///   stored as an LVQ-8 code, so a head costs `r + 4` bytes instead of `4·D`
+///   (docs/memory.md). The query is projected the same way (`Bᵀ(q − μ)`, its first `r`
+///   components) and the graph search runs on the codes; squared L2 between the projected
+///   prefixes approximates the full-space distance the graph was built with. The columns of
+///   a PCA projection are ordered by variance, so the prefix is the `r`-dimensional PCA: the
+///   heads can stay small while the postings' codes keep more dimensions.
 ///
 /// Thread safety: immutable after init and shared; per-thread state lives in ``Scratch``.
 final class HeadRouter: @unchecked Sendable {
@@ -31,15 +34,18 @@ final class HeadRouter: @unchecked Sendable {
         pivots = HeadPivots(heads: graph.count)
     }
 
-    /// Compressed heads: projects and encodes `graph.vectors`, then drops them.
-    init(compressing graph: HeadGraph, projection: LeanVecProjection) {
+    /// Compressed heads: projects `graph.vectors`, encodes the first `dimension` components
+    /// of each (1 ≤ dimension ≤ the projection's output), then drops the float heads.
+    init(compressing graph: HeadGraph, projection: LeanVecProjection, dimension r: Int) {
+        precondition(r >= 1 && r <= projection.outputDim)
         let heads = graph.vectors!
         let d = projection.outputDim
-        let codec = LVQCodec(kind: .lvq8, dim: d)
+        let codec = LVQCodec(kind: .lvq8, dim: r)
         let stride = codec.bytesPerVector
         let buf = UnsafeMutableRawPointer.allocate(byteCount: max(1, heads.rows * stride), alignment: 64)
         let y = UnsafeMutablePointer<Float>.allocate(capacity: d)
         defer { y.deallocate() }
+        // Encoding the first r of d components: the code reads y[0..<r].
         for i in 0..<heads.rows {
             projection.projectData(heads.row(i), into: y)
             codec.encode(UnsafePointer(y), into: buf + i * stride)
@@ -67,17 +73,21 @@ final class HeadRouter: @unchecked Sendable {
         let pivotCount: Int
         var sum: Float = 0
         var norm: Float = 0
+        /// Components the heads are coded in (the router dimension r).
         let dim: Int
+        /// Components of the projected query (d′ ≥ r).
+        let projectedDim: Int
         init(router: HeadRouter) {
             graph = HeadGraph.Scratch(graphSize: router.count, beam: 128)
-            dim = router.projection?.outputDim ?? 0
-            projected = .allocate(capacity: max(dim, 1))
+            dim = router.headCodec?.dim ?? 0
+            projectedDim = router.projection?.outputDim ?? 0
+            projected = .allocate(capacity: max(projectedDim, 1))
             pivotCount = router.pivots.count
             pivotDist = .allocate(capacity: max(1, router.pivots.count))
             entries = .allocate(capacity: HeadPivots.seeds)
         }
         deinit { projected.deallocate(); pivotDist.deallocate(); entries.deallocate() }
-        var bytes: Int { graph.visited.count * 4 + graph.beamDist.count * 9 + dim * 4 + pivotCount * 4 + HeadPivots.seeds * 4 }
+        var bytes: Int { graph.visited.count * 4 + graph.beamDist.count * 9 + projectedDim * 4 + pivotCount * 4 + HeadPivots.seeds * 4 }
     }
 
     func makeScratch() -> Scratch { Scratch(router: self) }

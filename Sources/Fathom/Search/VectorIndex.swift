@@ -191,7 +191,8 @@ public final class VectorIndex: @unchecked Sendable {
         }
         let codec = postingCodec == .none ? nil : try CompactCodec.read(from: layout.codecPath)
         self.codec = codec
-        router = codec.map { HeadRouter(compressing: graph, projection: $0.projection) } ?? HeadRouter(graph: graph)
+        router = codec.map { HeadRouter(compressing: graph, projection: $0.projection, dimension: m.router_dimension ?? $0.reducedDim) }
+            ?? HeadRouter(graph: graph)
         if let codec {
             guard codec.lvq.kind == postingCodec.lvqKind, codec.projection.inputDim == m.dimension,
                   Int(ph.dimension) == codec.reducedDim, Int(ph.recordBytes) == 4 + codec.codeBytes,

@@ -205,7 +205,7 @@ public final class MutableVectorIndex: @unchecked Sendable {
         o.graphDegree = m.parameters.graph_degree; o.candidateHeads = m.parameters.candidate_heads
         o.rngFactor = Float(m.parameters.rng_factor); o.seed = m.parameters.seed
         o.codec = PostingCodec(rawValue: m.codec ?? "none") ?? .none
-        o.reduceDims = m.reduced_dimension; o.labels = labelsPath
+        o.reduceDims = m.reduced_dimension; o.routerDims = m.router_dimension; o.labels = labelsPath
         try IndexBuilder(input: input, output: path, options: o, progress: progress).build()
         w = try WriterState(directory: path, writable: true, io: io, serveMemory: serveMemory)
         publish(w.makeSnapshot())
