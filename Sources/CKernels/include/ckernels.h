@@ -37,8 +37,8 @@ extern "C" {
 
 /* The level the dispatched entry points use. */
 int fk_simd_level(void);
-/* Name of that level ("scalar", "avx2+fma", "avx512", "avx512+vnni"), for `fathom info`
- * and benchmark output. */
+/* Name of that level ("scalar", "avx2+fma", "avx512", "avx512+vnni"), for diagnostics
+ * (Distance.simdName) and benchmark output. */
 const char *fk_simd_name(void);
 /* The highest level the CPU (and OS) supports. */
 int fk_simd_max_level(void);
