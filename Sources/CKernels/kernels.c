@@ -13,6 +13,8 @@
  *  - Nothing allocates.
  */
 #include "ckernels.h"
+#include <stdlib.h>
+#include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define FK_X86 1
@@ -101,17 +103,21 @@ FK_MIXED_SCALAR(dot_f32_i8, int8_t, 0)
 /* ======================================================================================
  * Kernel table (X-macro): name, return type, query element type, vector element type.
  * ====================================================================================== */
-#define FK_KERNELS(X)                              \
+/* FK_KERNELS_IDOT: the integer dot kernels, whose AVX-512 bodies need AVX512_VNNI (on an
+ * AVX-512 CPU without VNNI they keep the AVX2 bodies); FK_KERNELS_BASE: the others. */
+#define FK_KERNELS_BASE(X)                         \
     X(l2sq_f32, float, float, float)               \
     X(dot_f32, float, float, float)                \
     X(l2sq_u8, uint32_t, uint8_t, uint8_t)         \
-    X(dot_u8, uint32_t, uint8_t, uint8_t)          \
     X(l2sq_i8, uint32_t, int8_t, int8_t)           \
-    X(dot_i8, int32_t, int8_t, int8_t)             \
     X(l2sq_f32_u8, float, float, uint8_t)          \
     X(dot_f32_u8, float, float, uint8_t)           \
     X(l2sq_f32_i8, float, float, int8_t)           \
     X(dot_f32_i8, float, float, int8_t)
+#define FK_KERNELS_IDOT(X)                         \
+    X(dot_u8, uint32_t, uint8_t, uint8_t)          \
+    X(dot_i8, int32_t, int8_t, int8_t)
+#define FK_KERNELS(X) FK_KERNELS_BASE(X) FK_KERNELS_IDOT(X)
 
 /* Public scalar entry points (fk_*_scalar) and scalar batch loops (fk_*_batch_scalar). */
 #define FK_DEFINE_SCALAR(NAME, RT, QT, BT)                                                   \
@@ -364,10 +370,244 @@ FK_AVX2 static float l2sq_f32_plain_avx2(const float *a, const float *b, size_t 
     return r;
 }
 
+/* ======================================================================================
+ * AVX-512 bodies (x86 only): AVX512F + BW + VL + DQ, and AVX512_VNNI for the integer dot
+ * kernels. Same structure as the AVX2 bodies at twice the width; every tail is one masked
+ * load (vmovups / vmovdqu8 with a zeroing mask: masked-off bytes are not read, so no read
+ * leaves [p, p + d)), and the zeroed lanes add nothing to any sum.
+ * ====================================================================================== */
+#define FK_AVX512_FEATURES "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"
+#define FK_AVX512 __attribute__((target(FK_AVX512_FEATURES)))
+#define FK_AVX512_INLINE static inline __attribute__((always_inline, target(FK_AVX512_FEATURES)))
+#define FK_VNNI __attribute__((target(FK_AVX512_FEATURES ",avx512vnni")))
+#define FK_VNNI_INLINE static inline __attribute__((always_inline, target(FK_AVX512_FEATURES ",avx512vnni")))
+
+/* Lanes [0, r) of a 16-lane / 64-lane mask (r may exceed the width). */
+FK_AVX512_INLINE __mmask16 fk_m16(size_t r) { return r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << r) - 1u); }
+FK_AVX512_INLINE __mmask64 fk_m64(size_t r) { return r >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << r) - 1u); }
+
+/* ---- float32 x float32: 4 accumulators, 64 floats a step; the 1..3 whole vectors left go
+ * to separate accumulators, the last 1..15 floats through one masked load. ---- */
+#define FK_F32_BODY512(NAME, STEP)                                                           \
+    FK_AVX512_INLINE float NAME##_avx512_body(const float *a, const float *b, size_t d) {    \
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                          \
+        size_t i = 0;                                                                        \
+        for (; i + 64 <= d; i += 64) {                                                       \
+            s0 = STEP(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);                   \
+            s1 = STEP(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);         \
+            s2 = STEP(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);         \
+            s3 = STEP(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);         \
+        }                                                                                    \
+        if (i + 16 <= d) {                                                                   \
+            s0 = STEP(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0); i += 16;          \
+            if (i + 16 <= d) {                                                               \
+                s1 = STEP(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s1); i += 16;      \
+                if (i + 16 <= d) {                                                           \
+                    s2 = STEP(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s2); i += 16;  \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+        if (i < d) {                                                                         \
+            const __mmask16 m = fk_m16(d - i);                                               \
+            s3 = STEP(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s3); \
+        }                                                                                    \
+        return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3))); \
+    }
+
+FK_AVX512_INLINE __m512 step_l2_ps512(__m512 x, __m512 y, __m512 acc) {
+    __m512 t = _mm512_sub_ps(x, y);
+    return _mm512_fmadd_ps(t, t, acc);
+}
+FK_AVX512_INLINE __m512 step_dot_ps512(__m512 x, __m512 y, __m512 acc) { return _mm512_fmadd_ps(x, y, acc); }
+FK_F32_BODY512(l2sq_f32, step_l2_ps512)
+FK_F32_BODY512(dot_f32, step_dot_ps512)
+
+/* ---- u8 / i8 squared L2: as the AVX2 body (|a-b| = max - min as bytes, unpacked with zero
+ * to 16 bits, vpmaddwd), 64 bytes a vector, 128 a step, 2 accumulators; the tail is one
+ * masked 64-byte load of each side (masked-off bytes are 0 on both sides; for i8 both become
+ * 0x80 after the sign flip: difference 0). Lanes wrap mod 2^32 like the scalar sum. ---- */
+FK_AVX512_INLINE __m512i step_l2_u8_512(__m512i x, __m512i y, __m512i acc) {
+    const __m512i z = _mm512_setzero_si512();
+    __m512i t = _mm512_sub_epi8(_mm512_max_epu8(x, y), _mm512_min_epu8(x, y));
+    __m512i lo = _mm512_unpacklo_epi8(t, z), hi = _mm512_unpackhi_epi8(t, z);
+    return _mm512_add_epi32(acc, _mm512_add_epi32(_mm512_madd_epi16(lo, lo), _mm512_madd_epi16(hi, hi)));
+}
+
+#define FK_L2_BYTES_BODY512(NAME, T, FLIP)                                                   \
+    FK_AVX512_INLINE uint32_t NAME##_avx512_body(const T *a, const T *b, size_t d) {         \
+        const __m512i f = _mm512_set1_epi8((char)(FLIP ? 0x80 : 0));                         \
+        __m512i s0 = _mm512_setzero_si512(), s1 = s0;                                        \
+        size_t i = 0;                                                                        \
+        for (; i + 128 <= d; i += 128) {                                                     \
+            __m512i x0 = _mm512_loadu_si512((const void *)(a + i));                          \
+            __m512i y0 = _mm512_loadu_si512((const void *)(b + i));                          \
+            __m512i x1 = _mm512_loadu_si512((const void *)(a + i + 64));                     \
+            __m512i y1 = _mm512_loadu_si512((const void *)(b + i + 64));                     \
+            if (FLIP) { x0 = _mm512_xor_si512(x0, f); y0 = _mm512_xor_si512(y0, f);          \
+                        x1 = _mm512_xor_si512(x1, f); y1 = _mm512_xor_si512(y1, f); }        \
+            s0 = step_l2_u8_512(x0, y0, s0);                                                 \
+            s1 = step_l2_u8_512(x1, y1, s1);                                                 \
+        }                                                                                    \
+        if (i + 64 <= d) {                                                                   \
+            __m512i x = _mm512_loadu_si512((const void *)(a + i));                           \
+            __m512i y = _mm512_loadu_si512((const void *)(b + i));                           \
+            if (FLIP) { x = _mm512_xor_si512(x, f); y = _mm512_xor_si512(y, f); }            \
+            s0 = step_l2_u8_512(x, y, s0); i += 64;                                          \
+        }                                                                                    \
+        if (i < d) {                                                                         \
+            const __mmask64 m = fk_m64(d - i);                                               \
+            __m512i x = _mm512_maskz_loadu_epi8(m, (const void *)(a + i));                   \
+            __m512i y = _mm512_maskz_loadu_epi8(m, (const void *)(b + i));                   \
+            if (FLIP) { x = _mm512_xor_si512(x, f); y = _mm512_xor_si512(y, f); }            \
+            s1 = step_l2_u8_512(x, y, s1);                                                   \
+        }                                                                                    \
+        return (uint32_t)_mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));                  \
+    }
+FK_L2_BYTES_BODY512(l2sq_u8, uint8_t, 0)
+FK_L2_BYTES_BODY512(l2sq_i8, int8_t, 1)
+
+/* ---- u8 / i8 dot with VNNI. vpdpbusd multiplies unsigned bytes by signed bytes (each
+ * product fits 16 bits: 255·(-128) = -32640) and adds every group of 4 to a 32-bit lane.
+ * One side is moved by 128 so it fits (x ^ 0x80 = x - 128 for u8, = x + 128 for i8):
+ *   u8:  Σ q·b = Σ q·(b - 128) + 128·Σq     vpdpbusd(q unsigned, b ^ 0x80 signed)
+ *   i8:  Σ q·b = Σ (b + 128)·q - 128·Σq     vpdpbusd(b ^ 0x80 unsigned, q signed)
+ * Σq is a vpdpbusd against ones on the other side. vpdpbusd (not the saturating vpdpbusds)
+ * wraps, like every lane add here, so the results equal the scalar sums mod 2^32 for every
+ * d: bit-identical to the scalar bodies. The batch loops compute 128·Σq once per query.
+ * Masked-off tail bytes are 0 on the query side, so their products are 0. ---- */
+#define FK_DPB_U8(acc, x, y) _mm512_dpbusd_epi32((acc), (x), (y))   /* x = query (u8), y = b ^ 0x80 */
+#define FK_DPB_I8(acc, x, y) _mm512_dpbusd_epi32((acc), (y), (x))   /* y = b ^ 0x80 (u8), x = query (i8) */
+
+#define FK_DOT_BYTES_VNNI(NAME, T, RT, DPB, NEG)                                             \
+    /* Σ of the shifted products; with QSUM also Σq (mod 2^32) into *qsum */                 \
+    FK_VNNI_INLINE uint32_t NAME##_vnni_core(const T *q, const T *b, size_t d, const int QSUM, uint32_t *qsum) { \
+        const __m512i f = _mm512_set1_epi8((char)0x80), one = _mm512_set1_epi8(1);           \
+        __m512i s0 = _mm512_setzero_si512(), s1 = s0, t0 = s0, t1 = s0;                      \
+        size_t i = 0;                                                                        \
+        for (; i + 128 <= d; i += 128) {                                                     \
+            __m512i x0 = _mm512_loadu_si512((const void *)(q + i));                          \
+            __m512i x1 = _mm512_loadu_si512((const void *)(q + i + 64));                     \
+            s0 = DPB(s0, x0, _mm512_xor_si512(_mm512_loadu_si512((const void *)(b + i)), f)); \
+            s1 = DPB(s1, x1, _mm512_xor_si512(_mm512_loadu_si512((const void *)(b + i + 64)), f)); \
+            if (QSUM) { t0 = DPB(t0, x0, one); t1 = DPB(t1, x1, one); }                      \
+        }                                                                                    \
+        if (i + 64 <= d) {                                                                   \
+            __m512i x = _mm512_loadu_si512((const void *)(q + i));                           \
+            s0 = DPB(s0, x, _mm512_xor_si512(_mm512_loadu_si512((const void *)(b + i)), f)); \
+            if (QSUM) t0 = DPB(t0, x, one);                                                  \
+            i += 64;                                                                         \
+        }                                                                                    \
+        if (i < d) {                                                                         \
+            const __mmask64 m = fk_m64(d - i);                                               \
+            __m512i x = _mm512_maskz_loadu_epi8(m, (const void *)(q + i));                   \
+            __m512i y = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, (const void *)(b + i)), f); \
+            s1 = DPB(s1, x, y);                                                              \
+            if (QSUM) t1 = DPB(t1, x, one);                                                  \
+        }                                                                                    \
+        if (QSUM) *qsum = (uint32_t)_mm512_reduce_add_epi32(_mm512_add_epi32(t0, t1));       \
+        return (uint32_t)_mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));                  \
+    }                                                                                        \
+    /* ±128·Σq mod 2^32, the term added to the core sum */                                   \
+    FK_VNNI_INLINE uint32_t NAME##_vnni_corr(uint32_t qsum) {                                \
+        uint32_t c = qsum << 7;                                                              \
+        return NEG ? (uint32_t)0 - c : c;                                                    \
+    }                                                                                        \
+    FK_VNNI_INLINE uint32_t NAME##_vnni_qsum(const T *q, size_t d) {                         \
+        const __m512i one = _mm512_set1_epi8(1);                                             \
+        __m512i t = _mm512_setzero_si512();                                                  \
+        for (size_t i = 0; i < d; i += 64)                                                   \
+            t = DPB(t, _mm512_maskz_loadu_epi8(fk_m64(d - i), (const void *)(q + i)), one);  \
+        return (uint32_t)_mm512_reduce_add_epi32(t);                                         \
+    }                                                                                        \
+    FK_VNNI_INLINE RT NAME##_avx512_body(const T *q, const T *b, size_t d) {                 \
+        uint32_t qs = 0;                                                                     \
+        uint32_t r = NAME##_vnni_core(q, b, d, 1, &qs);                                      \
+        return (RT)(r + NAME##_vnni_corr(qs));                                               \
+    }                                                                                        \
+    FK_VNNI static RT NAME##_avx512(const T *q, const T *b, size_t d) { return NAME##_avx512_body(q, b, d); } \
+    FK_VNNI static void NAME##_batch_avx512(const T *q, const void *base, size_t n, size_t d, \
+                                            size_t stride, float *out) {                     \
+        const uint32_t corr = NAME##_vnni_corr(NAME##_vnni_qsum(q, d));                      \
+        const char *p = (const char *)base;                                                  \
+        for (size_t j = 0; j < n; j++, p += stride) {                                        \
+            if (j + 2 < n) {                                                                 \
+                _mm_prefetch(p + 2 * stride, _MM_HINT_T0);                                   \
+                _mm_prefetch(p + 2 * stride + 64, _MM_HINT_T0);                              \
+            }                                                                                \
+            uint32_t r = NAME##_vnni_core(q, (const T *)(const void *)p, d, 0, NULL);        \
+            out[j] = (float)(RT)(r + corr);                                                  \
+        }                                                                                    \
+    }
+FK_DOT_BYTES_VNNI(dot_u8, uint8_t, uint32_t, FK_DPB_U8, 0)
+FK_DOT_BYTES_VNNI(dot_i8, int8_t, int32_t, FK_DPB_I8, 1)
+
+/* ---- mixed float query x byte vector: 16 bytes -> 16 int32 (vpmovzxbd / vpmovsxbd) -> 16
+ * floats (exact), then FMA. 4 accumulators, 64 elements a step; the 1..3 whole vectors left
+ * go to separate accumulators, the last 1..15 elements through masked loads of both sides
+ * (masked-off lanes are 0 on both: they add 0 to L2 and to dot). ---- */
+#define FK_MIXED_BODY512(NAME, T, CVT, L2)                                                   \
+    FK_AVX512_INLINE __m512 NAME##_load16(const T *p) {                                      \
+        return _mm512_cvtepi32_ps(CVT(_mm_loadu_si128((const __m128i *)(const void *)p)));   \
+    }                                                                                        \
+    FK_AVX512_INLINE __m512 NAME##_step512(__m512 q, __m512 x, __m512 acc) {                 \
+        if (L2) { __m512 t = _mm512_sub_ps(q, x); return _mm512_fmadd_ps(t, t, acc); }       \
+        return _mm512_fmadd_ps(q, x, acc);                                                   \
+    }                                                                                        \
+    FK_AVX512_INLINE float NAME##_avx512_body(const float *q, const T *b, size_t d) {        \
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                          \
+        size_t i = 0;                                                                        \
+        for (; i + 64 <= d; i += 64) {                                                       \
+            s0 = NAME##_step512(_mm512_loadu_ps(q + i), NAME##_load16(b + i), s0);           \
+            s1 = NAME##_step512(_mm512_loadu_ps(q + i + 16), NAME##_load16(b + i + 16), s1); \
+            s2 = NAME##_step512(_mm512_loadu_ps(q + i + 32), NAME##_load16(b + i + 32), s2); \
+            s3 = NAME##_step512(_mm512_loadu_ps(q + i + 48), NAME##_load16(b + i + 48), s3); \
+        }                                                                                    \
+        if (i + 16 <= d) {                                                                   \
+            s0 = NAME##_step512(_mm512_loadu_ps(q + i), NAME##_load16(b + i), s0); i += 16;  \
+            if (i + 16 <= d) {                                                               \
+                s1 = NAME##_step512(_mm512_loadu_ps(q + i), NAME##_load16(b + i), s1); i += 16; \
+                if (i + 16 <= d) {                                                           \
+                    s2 = NAME##_step512(_mm512_loadu_ps(q + i), NAME##_load16(b + i), s2); i += 16; \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+        if (i < d) {                                                                         \
+            const __mmask16 m = fk_m16(d - i);                                               \
+            __m512 xv = _mm512_cvtepi32_ps(CVT(_mm_maskz_loadu_epi8(m, (const void *)(b + i)))); \
+            s3 = NAME##_step512(_mm512_maskz_loadu_ps(m, q + i), xv, s3);                    \
+        }                                                                                    \
+        return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3))); \
+    }
+FK_MIXED_BODY512(l2sq_f32_u8, uint8_t, _mm512_cvtepu8_epi32, 1)
+FK_MIXED_BODY512(dot_f32_u8, uint8_t, _mm512_cvtepu8_epi32, 0)
+FK_MIXED_BODY512(l2sq_f32_i8, int8_t, _mm512_cvtepi8_epi32, 1)
+FK_MIXED_BODY512(dot_f32_i8, int8_t, _mm512_cvtepi8_epi32, 0)
+
+/* Out-of-line AVX-512 single-vector functions and batch loops (the integer dot kernels have
+ * their own, above: they hoist 128·Σq out of the loop). Same prefetch as the AVX2 loops. */
+#define FK_DEFINE_AVX512(NAME, RT, QT, BT)                                                   \
+    FK_AVX512 static RT NAME##_avx512(const QT *q, const BT *b, size_t d) { return NAME##_avx512_body(q, b, d); } \
+    FK_AVX512 static void NAME##_batch_avx512(const QT *q, const void *base, size_t n, size_t d, \
+                                              size_t stride, float *out) {                   \
+        const char *p = (const char *)base;                                                  \
+        for (size_t j = 0; j < n; j++, p += stride) {                                        \
+            if (j + 2 < n) {                                                                 \
+                _mm_prefetch(p + 2 * stride, _MM_HINT_T0);                                   \
+                _mm_prefetch(p + 2 * stride + 64, _MM_HINT_T0);                              \
+            }                                                                                \
+            out[j] = (float)NAME##_avx512_body(q, (const BT *)(const void *)p, d);           \
+        }                                                                                    \
+    }
+FK_KERNELS_BASE(FK_DEFINE_AVX512)
+
 /* CPUID: FMA (leaf 1 ECX bit 12), OSXSAVE (bit 27), AVX (bit 28); XCR0 bits 1|2 (the OS
- * saves XMM and YMM state); AVX2 (leaf 7 EBX bit 5). */
-static int fk_detect_level(void) {
+ * saves XMM and YMM state); AVX2 (leaf 7 EBX bit 5) -> level 1.
+ * Level 2 also needs AVX512F (leaf 7 EBX bit 16), AVX512DQ (17), AVX512BW (30), AVX512VL
+ * (31) and XCR0 bits 5|6|7 (the OS saves the opmask registers and the upper halves of
+ * ZMM0-15 and ZMM16-31). AVX512_VNNI (leaf 7 ECX bit 11) is reported in *vnni. */
+static int fk_detect_level(int *vnni) {
     unsigned a, b, c, d;
+    *vnni = 0;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
     const unsigned need1 = (1u << 12) | (1u << 27) | (1u << 28);
     if ((c & need1) != need1) return 0;
@@ -377,16 +617,58 @@ static int fk_detect_level(void) {
     if ((xlo & 6u) != 6u) return 0;
     if (__get_cpuid_max(0, 0) < 7) return 0;
     __cpuid_count(7, 0, a, b, c, d);
-    return (b & (1u << 5)) ? 1 : 0;
+    if (!(b & (1u << 5))) return 0;
+    const unsigned need7 = (1u << 16) | (1u << 17) | (1u << 30) | (1u << 31);
+    const unsigned xcr0_zmm = (1u << 1) | (1u << 2) | (1u << 5) | (1u << 6) | (1u << 7);
+    if ((b & need7) != need7 || (xlo & xcr0_zmm) != xcr0_zmm) return 1;
+    *vnni = (c & (1u << 11)) ? 1 : 0;
+    return 2;
 }
 #else
-static int fk_detect_level(void) { return 0; }
+static int fk_detect_level(int *vnni) { *vnni = 0; return 0; }
 #endif /* FK_X86 */
 
 /* ======================================================================================
- * Dispatch: one function pointer per entry point, resolved once.
+ * Per-level tables and dispatch: one function pointer per entry point, set from a table.
  * ====================================================================================== */
-static int fk_level = -1;
+#define FK_T_SCALAR(NAME, RT, QT, BT) .NAME = fk_##NAME##_scalar, .NAME##_batch = fk_##NAME##_batch_scalar,
+static const fk_kernel_table fk_table_scalar = {.level = 0, .name = "scalar", FK_KERNELS(FK_T_SCALAR)};
+#if FK_X86
+#define FK_T_AVX2(NAME, RT, QT, BT) .NAME = NAME##_avx2, .NAME##_batch = NAME##_batch_avx2,
+#define FK_T_AVX512(NAME, RT, QT, BT) .NAME = NAME##_avx512, .NAME##_batch = NAME##_batch_avx512,
+static const fk_kernel_table fk_table_avx2 = {.level = 1, .name = "avx2+fma", FK_KERNELS(FK_T_AVX2)};
+/* AVX-512 without VNNI: the integer dot kernels keep their AVX2 bodies. */
+static const fk_kernel_table fk_table_avx512 = {.level = 2, .name = "avx512",
+                                                FK_KERNELS_BASE(FK_T_AVX512) FK_KERNELS_IDOT(FK_T_AVX2)};
+static const fk_kernel_table fk_table_avx512_vnni = {.level = 2, .name = "avx512+vnni", FK_KERNELS(FK_T_AVX512)};
+#endif
+
+/* What the CPU supports, detected once (racing detectors store the same values). */
+static int fk_max = -1, fk_vnni = 0;
+static int fk_max_level(void) {
+    int m = __atomic_load_n(&fk_max, __ATOMIC_ACQUIRE);
+    if (m < 0) {
+        int v;
+        m = fk_detect_level(&v);
+        __atomic_store_n(&fk_vnni, v, __ATOMIC_RELAXED);
+        __atomic_store_n(&fk_max, m, __ATOMIC_RELEASE);
+    }
+    return m;
+}
+
+static const fk_kernel_table *fk_table(int level) {
+    int m = fk_max_level();
+    if (level > m) level = m;
+#if FK_X86
+    if (level >= 2) return __atomic_load_n(&fk_vnni, __ATOMIC_RELAXED) ? &fk_table_avx512_vnni : &fk_table_avx512;
+    if (level == 1) return &fk_table_avx2;
+#endif
+    return &fk_table_scalar;
+}
+
+/* The active level, read by lvq.c too (hidden: not part of the library's interface). */
+__attribute__((visibility("hidden"))) int fk_simd_active = -1;
+static const fk_kernel_table *fk_active_table = &fk_table_scalar;
 
 #define FK_DECLARE_PTRS(NAME, RT, QT, BT)                                                    \
     typedef RT (*NAME##_fn)(const QT *, const BT *, size_t);                                 \
@@ -402,23 +684,44 @@ typedef float (*plain_fn)(const float *, const float *, size_t);
 static float plain_resolve(const float *a, const float *b, size_t d);
 static plain_fn p_plain = plain_resolve;
 
-/* Idempotent: racing callers store the same values. */
-static void fk_resolve_all(void) {
-    int level = fk_detect_level();
-#if FK_X86
+/* The default level: what the CPU supports, lowered by FATHOM_SIMD ("scalar"/"0",
+ * "avx2"/"1", "avx512"/"2"; anything else is ignored). */
+static int fk_default_level(void) {
+    int m = fk_max_level();
+    const char *e = getenv("FATHOM_SIMD");
+    if (!e) return m;
+    int want = m;
+    if (!strcmp(e, "scalar") || !strcmp(e, "0")) want = 0;
+    else if (!strcmp(e, "avx2") || !strcmp(e, "1")) want = 1;
+    else if (!strcmp(e, "avx512") || !strcmp(e, "2")) want = 2;
+    return want < m ? want : m;
+}
+
+/* Setters are serialised, so the pointers always come from one table. The stores are atomic
+ * and relaxed: a call running on another thread finishes on the body it started with. */
+static int fk_set_lock = 0;
+static int fk_apply(int level) {
+    while (__atomic_exchange_n(&fk_set_lock, 1, __ATOMIC_ACQUIRE)) { }
+    const fk_kernel_table *t = fk_table(level);
 #define FK_SET(NAME, RT, QT, BT)                                                             \
-    __atomic_store_n(&p_##NAME, level ? NAME##_avx2 : fk_##NAME##_scalar, __ATOMIC_RELAXED); \
-    __atomic_store_n(&p_##NAME##_batch, level ? NAME##_batch_avx2 : fk_##NAME##_batch_scalar, __ATOMIC_RELAXED);
-    __atomic_store_n(&p_plain, level ? l2sq_f32_plain_avx2 : fk_l2sq_f32_scalar, __ATOMIC_RELAXED);
-#else
-#define FK_SET(NAME, RT, QT, BT)                                                             \
-    __atomic_store_n(&p_##NAME, fk_##NAME##_scalar, __ATOMIC_RELAXED);                       \
-    __atomic_store_n(&p_##NAME##_batch, fk_##NAME##_batch_scalar, __ATOMIC_RELAXED);
-    __atomic_store_n(&p_plain, fk_l2sq_f32_scalar, __ATOMIC_RELAXED);
-#endif
+    __atomic_store_n(&p_##NAME, t->NAME, __ATOMIC_RELAXED);                                  \
+    __atomic_store_n(&p_##NAME##_batch, t->NAME##_batch, __ATOMIC_RELAXED);
     FK_KERNELS(FK_SET)
 #undef FK_SET
-    __atomic_store_n(&fk_level, level, __ATOMIC_RELEASE);
+#if FK_X86
+    __atomic_store_n(&p_plain, t->level >= 1 ? l2sq_f32_plain_avx2 : fk_l2sq_f32_scalar, __ATOMIC_RELAXED);
+#else
+    __atomic_store_n(&p_plain, fk_l2sq_f32_scalar, __ATOMIC_RELAXED);
+#endif
+    __atomic_store_n(&fk_active_table, t, __ATOMIC_RELAXED);
+    __atomic_store_n(&fk_simd_active, t->level, __ATOMIC_RELEASE);
+    __atomic_store_n(&fk_set_lock, 0, __ATOMIC_RELEASE);
+    return t->level;
+}
+
+/* First use: the default level (unless a setter came first). */
+static void fk_resolve_all(void) {
+    if (__atomic_load_n(&fk_simd_active, __ATOMIC_ACQUIRE) < 0) fk_apply(fk_default_level());
 }
 
 __attribute__((constructor)) static void fk_kernels_init(void) { fk_resolve_all(); }
@@ -454,12 +757,20 @@ float fk_l2sq_f32_plain_avx2(const float *a, const float *b, size_t d) {
 }
 
 int fk_simd_level(void) {
-    int l = __atomic_load_n(&fk_level, __ATOMIC_ACQUIRE);
-    if (l < 0) { fk_resolve_all(); l = __atomic_load_n(&fk_level, __ATOMIC_ACQUIRE); }
-    return l;
+    fk_resolve_all();
+    return __atomic_load_n(&fk_simd_active, __ATOMIC_ACQUIRE);
 }
 
-const char *fk_simd_name(void) { return fk_simd_level() == 1 ? "avx2+fma" : "scalar"; }
+const char *fk_simd_name(void) {
+    fk_resolve_all();
+    return __atomic_load_n(&fk_active_table, __ATOMIC_RELAXED)->name;
+}
+
+int fk_simd_max_level(void) { return fk_max_level(); }
+
+int fk_set_simd_level(int level) { return fk_apply(level < 0 ? fk_default_level() : level); }
+
+const fk_kernel_table *fk_kernels_at_level(int level) { return fk_table(level < 0 ? 0 : level); }
 
 /* Squared L2 from q to the rows ids[0..n) of a row-major float matrix (row stride d).
  * Every row's cache lines are prefetched first, so the misses of a graph node's

@@ -3,15 +3,16 @@
  * codes without decoding them. The contract is include/fk_lvq.h; docs/codecs.md has the
  * formats and formulas.
  *
- *  - Like kernels.c: no global -mavx2/-mfma; the AVX2 bodies carry target attributes and the
- *    public entry points pick a body from fk_simd_level() (CPUID + XGETBV, decided once).
+ *  - Like kernels.c: no global -mavx2/-mfma; the AVX2 and AVX-512 bodies carry target
+ *    attributes and the public entry points pick a body from kernels.c's level (CPUID +
+ *    XGETBV, decided once; FATHOM_SIMD / fk_set_simd_level can lower it).
  *  - Every kernel produces Σq_j·c_j in float (FMA over converted codes) and, when the norm is
  *    wanted, the exact integer sums Σc_j and Σc_j² (32-bit lanes, flushed to 64 bits where
  *    they could overflow). The per-code constants are applied once, in double:
  *        <q, x̂>  = s·Σq·c + b·Σq
  *        ||x̂||² = s²·Σc² + 2·s·b·Σc + d·b²
- *  - No read outside [q, q + d) or outside the code; tails go through small zero-padded
- *    stack copies. Nothing allocates.
+ *  - No read outside [q, q + d) or outside the code; AVX2 tails go through small
+ *    zero-padded stack copies, AVX-512 tails through masked loads. Nothing allocates.
  */
 #include "fk_lvq.h"
 #include "ckernels.h"
@@ -194,7 +195,11 @@ void fk_lvq_decode(int kind, const void *code, size_t d, float *out) {
  * ====================================================================================== */
 typedef struct { float qc; uint64_t cs, css; } lvq_sums;
 
+/* No FMA contraction here (these are inlined into FMA-enabled bodies too): every level
+ * rounds the same way, so ||x̂||² (from exact integer sums) is bit-identical across levels
+ * and <q, x̂> differs only by the float sum Σq·c. */
 LVQ_INLINE float lvq_finish(float s, float b, lvq_sums t, float qsum, size_t d, float *norm) {
+#pragma STDC FP_CONTRACT OFF
     if (norm) {
         double sd = s, bd = b;
         double n = sd * sd * (double)(int64_t)t.css + 2.0 * sd * bd * (double)(int64_t)t.cs
@@ -212,6 +217,7 @@ LVQ_INLINE void lvq_consts(int kind, const uint8_t *p, float *s, float *b) {
 }
 
 LVQ_INLINE float lvq_metric(int metric, float dot, float norm, float qnorm) {
+#pragma STDC FP_CONTRACT OFF
     if (metric == FK_LVQ_METRIC_L2) {
         float v = qnorm - 2.0f * dot + norm;
         return v > 0 ? v : 0.0f;
@@ -471,16 +477,16 @@ LVQ_AVX2_INLINE lvq_sums lvq4x8_sums_avx2(const float *q, const uint8_t *c, size
 }
 
 /* Single-code entry points and batch loops. The batch loop prefetches the code two ahead
- * (every cache line of it). */
-#define LVQ_DEFINE_AVX2(NAME, KIND)                                                          \
-    LVQ_AVX2 static float NAME##_dot_avx2(const float *q, float qsum, const void *code, size_t d, float *norm) { \
+ * (every cache line of it). SUF names the bodies (NAME##_sums_##SUF), ATTR their target. */
+#define LVQ_DEFINE_SIMD(NAME, KIND, SUF, ATTR)                                               \
+    ATTR static float NAME##_dot_##SUF(const float *q, float qsum, const void *code, size_t d, float *norm) { \
         const uint8_t *p = (const uint8_t *)code;                                            \
         float s, b;                                                                          \
         lvq_consts(KIND, p, &s, &b);                                                         \
-        lvq_sums t = norm ? NAME##_sums_avx2(q, p + 4, d, 1) : NAME##_sums_avx2(q, p + 4, d, 0); \
+        lvq_sums t = norm ? NAME##_sums_##SUF(q, p + 4, d, 1) : NAME##_sums_##SUF(q, p + 4, d, 0); \
         return lvq_finish(s, b, t, qsum, d, norm);                                           \
     }                                                                                        \
-    LVQ_AVX2 static void NAME##_batch_avx2(int metric, const float *q, float qsum, float qnorm, \
+    ATTR static void NAME##_batch_##SUF(int metric, const float *q, float qsum, float qnorm,  \
                                            const void *base, size_t n, size_t d, size_t stride, float *out) { \
         const uint8_t *p = (const uint8_t *)base;                                            \
         const size_t lines = (fk_lvq_code_size(KIND, d) + 63) / 64;                          \
@@ -490,7 +496,7 @@ LVQ_AVX2_INLINE lvq_sums lvq4x8_sums_avx2(const float *q, const uint8_t *c, size
                     for (size_t l = 0; l < lines; l++) _mm_prefetch((const char *)p + 2 * stride + 64 * l, _MM_HINT_T0); \
                 float s, b, norm;                                                            \
                 lvq_consts(KIND, p, &s, &b);                                                 \
-                float dot = lvq_finish(s, b, NAME##_sums_avx2(q, p + 4, d, 1), qsum, d, &norm); \
+                float dot = lvq_finish(s, b, NAME##_sums_##SUF(q, p + 4, d, 1), qsum, d, &norm); \
                 out[j] = lvq_metric(FK_LVQ_METRIC_L2, dot, norm, qnorm);                     \
             }                                                                                \
         } else {                                                                             \
@@ -499,30 +505,204 @@ LVQ_AVX2_INLINE lvq_sums lvq4x8_sums_avx2(const float *q, const uint8_t *c, size
                     for (size_t l = 0; l < lines; l++) _mm_prefetch((const char *)p + 2 * stride + 64 * l, _MM_HINT_T0); \
                 float s, b;                                                                  \
                 lvq_consts(KIND, p, &s, &b);                                                 \
-                out[j] = -lvq_finish(s, b, NAME##_sums_avx2(q, p + 4, d, 0), qsum, d, NULL); \
+                out[j] = -lvq_finish(s, b, NAME##_sums_##SUF(q, p + 4, d, 0), qsum, d, NULL); \
             }                                                                                \
         }                                                                                    \
     }
-LVQ_DEFINE_AVX2(lvq8, FK_LVQ8)
-LVQ_DEFINE_AVX2(lvq4, FK_LVQ4)
-LVQ_DEFINE_AVX2(lvq4x8, FK_LVQ4X8)
+LVQ_DEFINE_SIMD(lvq8, FK_LVQ8, avx2, LVQ_AVX2)
+LVQ_DEFINE_SIMD(lvq4, FK_LVQ4, avx2, LVQ_AVX2)
+LVQ_DEFINE_SIMD(lvq4x8, FK_LVQ4X8, avx2, LVQ_AVX2)
+
+/* ======================================================================================
+ * AVX-512 bodies (AVX512F + BW + VL + DQ; no VNNI: the dot is float). Same sums as the AVX2
+ * bodies, 16 float lanes; tails are masked loads (masked-off bytes and floats are not read
+ * and count 0), so there are no stack copies and no scalar tails.
+ * ====================================================================================== */
+#define LVQ_AVX512_FEATURES "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"
+#define LVQ_AVX512 __attribute__((target(LVQ_AVX512_FEATURES)))
+#define LVQ_AVX512_INLINE static inline __attribute__((always_inline, target(LVQ_AVX512_FEATURES)))
+
+LVQ_AVX512_INLINE __mmask16 lvq_m16(size_t r) { return r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << r) - 1u); }
+LVQ_AVX512_INLINE __mmask64 lvq_m64(size_t r) { return r >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << r) - 1u); }
+
+/* 16 code bytes -> 16 floats (exact) */
+LVQ_AVX512_INLINE __m512 lvq_cvt16(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
+
+/* Sum of 16 uint32 lanes into 64 bits. */
+LVQ_AVX512_INLINE uint64_t lvq_hsum_u32_512(__m512i v) {
+    const __m512i z = _mm512_setzero_si512();
+    return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_unpacklo_epi32(v, z), _mm512_unpackhi_epi32(v, z)));
+}
+
+/* Norm sums of up to 64 code bytes: Σc by vpsadbw (8 × u64), Σc² by in-lane unpacking to
+ * 16 bits and vpmaddwd (16 × u32; a lane gains <= 4·255² per call). */
+LVQ_AVX512_INLINE void lvq8_norm64(__m512i v, __m512i *ns, __m512i *nss) {
+    const __m512i z = _mm512_setzero_si512();
+    *ns = _mm512_add_epi64(*ns, _mm512_sad_epu8(v, z));
+    __m512i lo = _mm512_unpacklo_epi8(v, z), hi = _mm512_unpackhi_epi8(v, z);
+    *nss = _mm512_add_epi32(*nss, _mm512_add_epi32(_mm512_madd_epi16(lo, lo), _mm512_madd_epi16(hi, hi)));
+}
+
+/* 8-bit: 4 × (16 bytes -> 16 int32 -> 16 floats, FMA) per 64 dimensions; the norm sums on the
+ * 64 bytes at once. The last 1..63 dimensions: up to 4 masked 16-lane steps and one masked
+ * 64-byte load for the norm. */
+LVQ_AVX512_INLINE lvq_sums lvq8_sums_avx512(const float *q, const uint8_t *c, size_t d, const int NORM) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m512i ns = _mm512_setzero_si512(), nss = ns;   /* ns: 8 × u64; nss: 16 × u32 */
+    size_t i = 0;
+    for (; i + 64 <= d; i += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), lvq_cvt16(_mm_loadu_si128((const __m128i *)(const void *)(c + i))), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), lvq_cvt16(_mm_loadu_si128((const __m128i *)(const void *)(c + i + 16))), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 32), lvq_cvt16(_mm_loadu_si128((const __m128i *)(const void *)(c + i + 32))), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 48), lvq_cvt16(_mm_loadu_si128((const __m128i *)(const void *)(c + i + 48))), a3);
+        if (NORM) lvq8_norm64(_mm512_loadu_si512((const void *)(c + i)), &ns, &nss);
+    }
+    if (i < d) {
+        const size_t r = d - i;
+#define LVQ8_TAIL(ACC, K)                                                                    \
+        if (r > (K)) {                                                                       \
+            const __mmask16 m = lvq_m16(r - (K));                                            \
+            ACC = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i + (K)),                     \
+                                  lvq_cvt16(_mm_maskz_loadu_epi8(m, (const void *)(c + i + (K)))), ACC); \
+        }
+        LVQ8_TAIL(a0, 0)
+        LVQ8_TAIL(a1, 16)
+        LVQ8_TAIL(a2, 32)
+        LVQ8_TAIL(a3, 48)
+#undef LVQ8_TAIL
+        if (NORM) lvq8_norm64(_mm512_maskz_loadu_epi8(lvq_m64(r), (const void *)(c + i)), &ns, &nss);
+    }
+    lvq_sums t;
+    t.qc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    t.cs = 0; t.css = 0;
+    if (NORM) {
+        t.cs = (uint64_t)_mm512_reduce_add_epi64(ns);
+        t.css = lvq_hsum_u32_512(nss);
+    }
+    return t;
+}
+
+/* One block of 32 dimensions of 4-bit codes at CP (16 bytes, low nibble first) and, for 4x8
+ * (TWO), the residual bytes at RP; `rem` (1..32) dimensions are real: the block's bytes past
+ * them are not read, and the high nibble of the last byte of an odd block (the pad nibble) is
+ * cleared. Called with rem = 32 the masks are all ones and fold away. The nibbles are
+ * interleaved back into dimension order (vpunpck{l,h}bw of lo, hi) and widened to 2 × 16
+ * int32 lanes. Norm sums: for 4-bit on the nibble bytes (Σc by vpsadbw of lo + hi, Σc² by
+ * vpmaddubsw, c <= 15, then vpmaddwd with ones); for 4x8 per int32 lane of C = 255·c + r
+ * (Σ C, and Σ C² by vpmaddwd of C with itself: C < 2^15). */
+LVQ_AVX512_INLINE void lvq4_block_avx512(const float *qp, const uint8_t *cp, const uint8_t *rp, size_t rem,
+                                         const int NORM, const int TWO, __m512 *acc0, __m512 *acc1,
+                                         __m512i *ns, __m512i *nss, __m128i *ns4, __m128i *nss4) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    __m128i v = _mm_maskz_loadu_epi8(lvq_m16((rem + 1) / 2), (const void *)cp);
+    __m128i lo = _mm_and_si128(v, m4);
+    __m128i hi = _mm_maskz_mov_epi8(lvq_m16(rem / 2), _mm_and_si128(_mm_srli_epi16(v, 4), m4));
+    __m512i c0 = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+    __m512i c1 = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi));
+    const __mmask16 k0 = lvq_m16(rem), k1 = lvq_m16(rem > 16 ? rem - 16 : 0);
+    if (TWO) {
+        /* C = 255·c + r = (c << 8) − c + r */
+        c0 = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(c0, 8), c0),
+                              _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k0, (const void *)rp)));
+        c1 = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(c1, 8), c1),
+                              _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k1, (const void *)(rp + 16))));
+        if (NORM) {
+            *ns = _mm512_add_epi32(*ns, _mm512_add_epi32(c0, c1));
+            *nss = _mm512_add_epi32(*nss, _mm512_add_epi32(_mm512_madd_epi16(c0, c0), _mm512_madd_epi16(c1, c1)));
+        }
+    } else if (NORM) {
+        *ns4 = _mm_add_epi64(*ns4, _mm_sad_epu8(_mm_add_epi8(lo, hi), _mm_setzero_si128()));
+        __m128i sq = _mm_add_epi16(_mm_maddubs_epi16(lo, lo), _mm_maddubs_epi16(hi, hi));
+        *nss4 = _mm_add_epi32(*nss4, _mm_madd_epi16(sq, _mm_set1_epi16(1)));
+    }
+    *acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k0, qp), _mm512_cvtepi32_ps(c0), *acc0);
+    *acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k1, qp + 16), _mm512_cvtepi32_ps(c1), *acc1);
+}
+
+/* 4-bit codes (TWO = 0) or the two-level 4x8 codes (TWO = 1), 64 dimensions a step (two
+ * blocks, 4 accumulators). For 4x8 a lane of Σ C² gains up to 4·4080² per step, so it is
+ * flushed to 64 bits every 32 steps (2048 dimensions; the tail adds at most one step more). */
+LVQ_AVX512_INLINE lvq_sums lvq4_sums_generic_avx512(const float *q, const uint8_t *c, size_t d,
+                                                     const int NORM, const int TWO) {
+    const uint8_t *r = c + (d + 1) / 2;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m512i ns = _mm512_setzero_si512(), nss = ns;
+    __m128i ns4 = _mm_setzero_si128(), nss4 = ns4;
+    uint64_t css = 0;
+    unsigned steps = 0;
+    size_t i = 0;
+    for (; i + 64 <= d; i += 64) {
+        lvq4_block_avx512(q + i, c + i / 2, r + i, 32, NORM, TWO, &a0, &a1, &ns, &nss, &ns4, &nss4);
+        lvq4_block_avx512(q + i + 32, c + i / 2 + 16, r + i + 32, 32, NORM, TWO, &a2, &a3, &ns, &nss, &ns4, &nss4);
+        if (NORM && TWO && ++steps == 32) { css += lvq_hsum_u32_512(nss); nss = _mm512_setzero_si512(); steps = 0; }
+    }
+    if (i + 32 <= d) {
+        lvq4_block_avx512(q + i, c + i / 2, r + i, 32, NORM, TWO, &a0, &a1, &ns, &nss, &ns4, &nss4);
+        i += 32;
+    }
+    if (i < d) lvq4_block_avx512(q + i, c + i / 2, r + i, d - i, NORM, TWO, &a2, &a3, &ns, &nss, &ns4, &nss4);
+    lvq_sums t;
+    t.qc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    t.cs = 0; t.css = 0;
+    if (NORM && TWO) {
+        t.cs = lvq_hsum_u32_512(ns);
+        t.css = css + lvq_hsum_u32_512(nss);
+    } else if (NORM) {
+        t.cs = (uint64_t)_mm_cvtsi128_si64(ns4) + (uint64_t)_mm_extract_epi64(ns4, 1);
+        const __m128i z = _mm_setzero_si128();
+        __m128i w = _mm_add_epi64(_mm_unpacklo_epi32(nss4, z), _mm_unpackhi_epi32(nss4, z));
+        t.css = (uint64_t)_mm_cvtsi128_si64(w) + (uint64_t)_mm_extract_epi64(w, 1);
+    }
+    return t;
+}
+
+LVQ_AVX512_INLINE lvq_sums lvq4_sums_avx512(const float *q, const uint8_t *c, size_t d, const int NORM) {
+    return lvq4_sums_generic_avx512(q, c, d, NORM, 0);
+}
+LVQ_AVX512_INLINE lvq_sums lvq4x8_sums_avx512(const float *q, const uint8_t *c, size_t d, const int NORM) {
+    return lvq4_sums_generic_avx512(q, c, d, NORM, 1);
+}
+
+LVQ_DEFINE_SIMD(lvq8, FK_LVQ8, avx512, LVQ_AVX512)
+LVQ_DEFINE_SIMD(lvq4, FK_LVQ4, avx512, LVQ_AVX512)
+LVQ_DEFINE_SIMD(lvq4x8, FK_LVQ4X8, avx512, LVQ_AVX512)
 #endif /* FK_LVQ_X86 */
 
 /* ======================================================================================
- * Dispatch (the level comes from kernels.c, decided once; cached here)
+ * Dispatch: the level is kernels.c's (decided once, changed only by fk_set_simd_level).
  * ====================================================================================== */
-static int lvq_level = -1;
+extern int fk_simd_active __attribute__((visibility("hidden")));
 static inline int lvq_simd(void) {
-    int l = __atomic_load_n(&lvq_level, __ATOMIC_RELAXED);
-    if (l < 0) { l = fk_simd_level(); __atomic_store_n(&lvq_level, l, __ATOMIC_RELAXED); }
-    return l;
+    int l = __atomic_load_n(&fk_simd_active, __ATOMIC_RELAXED);
+    return l >= 0 ? l : fk_simd_level();
 }
 
+#define LVQ_BATCH_BY_KIND(SUF)                                                               \
+    static void lvq_batch_##SUF(int kind, int metric, const float *q, float qsum, float qnorm, \
+                                const void *base, size_t n, size_t d, size_t stride, float *out) { \
+        switch (kind) {                                                                      \
+        case FK_LVQ8: lvq8_batch_##SUF(metric, q, qsum, qnorm, base, n, d, stride, out); return; \
+        case FK_LVQ4: lvq4_batch_##SUF(metric, q, qsum, qnorm, base, n, d, stride, out); return; \
+        case FK_LVQ4X8: lvq4x8_batch_##SUF(metric, q, qsum, qnorm, base, n, d, stride, out); return; \
+        default: return;                                                                     \
+        }                                                                                    \
+    }
+
+static const fk_lvq_kernel_table lvq_table_scalar = {0, fk_lvq8_dot_scalar, fk_lvq4_dot_scalar,
+                                                     fk_lvq4x8_dot_scalar, fk_lvq_batch_scalar};
 #if FK_LVQ_X86
+LVQ_BATCH_BY_KIND(avx2)
+LVQ_BATCH_BY_KIND(avx512)
+static const fk_lvq_kernel_table lvq_table_avx2 = {1, lvq8_dot_avx2, lvq4_dot_avx2, lvq4x8_dot_avx2, lvq_batch_avx2};
+static const fk_lvq_kernel_table lvq_table_avx512 = {2, lvq8_dot_avx512, lvq4_dot_avx512, lvq4x8_dot_avx512,
+                                                     lvq_batch_avx512};
 #define LVQ_DISPATCH(NAME)                                                                   \
     float fk_##NAME##_dot(const float *q, float qsum, const void *code, size_t d, float *norm) { \
-        if (lvq_simd()) return NAME##_dot_avx2(q, qsum, code, d, norm);                      \
-        return fk_##NAME##_dot_scalar(q, qsum, code, d, norm);                               \
+        switch (lvq_simd()) {                                                                \
+        case 2: return NAME##_dot_avx512(q, qsum, code, d, norm);                            \
+        case 1: return NAME##_dot_avx2(q, qsum, code, d, norm);                              \
+        default: return fk_##NAME##_dot_scalar(q, qsum, code, d, norm);                      \
+        }                                                                                    \
     }
 #else
 #define LVQ_DISPATCH(NAME)                                                                   \
@@ -537,14 +717,21 @@ LVQ_DISPATCH(lvq4x8)
 void fk_lvq_batch(int kind, int metric, const float *q, float qsum, float qnorm,
                   const void *base, size_t n, size_t d, size_t stride, float *out) {
 #if FK_LVQ_X86
-    if (lvq_simd()) {
-        switch (kind) {
-        case FK_LVQ8: lvq8_batch_avx2(metric, q, qsum, qnorm, base, n, d, stride, out); return;
-        case FK_LVQ4: lvq4_batch_avx2(metric, q, qsum, qnorm, base, n, d, stride, out); return;
-        case FK_LVQ4X8: lvq4x8_batch_avx2(metric, q, qsum, qnorm, base, n, d, stride, out); return;
-        default: return;
-        }
+    switch (lvq_simd()) {
+    case 2: lvq_batch_avx512(kind, metric, q, qsum, qnorm, base, n, d, stride, out); return;
+    case 1: lvq_batch_avx2(kind, metric, q, qsum, qnorm, base, n, d, stride, out); return;
+    default: break;
     }
 #endif
     fk_lvq_batch_scalar(kind, metric, q, qsum, qnorm, base, n, d, stride, out);
+}
+
+const fk_lvq_kernel_table *fk_lvq_kernels_at_level(int level) {
+    int m = fk_simd_max_level();
+    if (level > m) level = m;
+#if FK_LVQ_X86
+    if (level >= 2) return &lvq_table_avx512;
+    if (level == 1) return &lvq_table_avx2;
+#endif
+    return &lvq_table_scalar;
 }

@@ -1,10 +1,10 @@
 import CKernels
 import FathomCore
 
-/// Swift entry points to the SIMD kernels in `CKernels` (AVX2+FMA with a scalar
-/// fallback, chosen at run time), plus metric-level helpers.
+/// Swift entry points to the SIMD kernels in `CKernels` (AVX-512 or AVX2+FMA with a scalar
+/// fallback, chosen at run time; `FATHOM_SIMD` lowers the level), plus metric-level helpers.
 public enum Distance {
-    /// The instruction set the kernels run on, e.g. `"avx2+fma"`.
+    /// The instruction set the kernels run on: `"avx512+vnni"`, `"avx512"`, `"avx2+fma"` or `"scalar"`.
     public static var simdName: String { String(cString: fk_simd_name()) }
 
     @inlinable @inline(__always)

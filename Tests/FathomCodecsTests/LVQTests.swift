@@ -225,9 +225,199 @@ func kernelsMatchFloat64Reference(kind: LVQKind) {
 private func got1(_ v: Double) -> Float { Float(v) }
 
 @Test func dispatchedKernelLevelIsReported() {
-    // On this project's machines the dispatched kernels run AVX2; either way both paths agree
-    // (tested above).
-    #expect(fk_simd_level() == 0 || fk_simd_level() == 1)
+    // 0 scalar, 1 AVX2+FMA, 2 AVX-512; whichever it is, every level agrees (tested above and
+    // in everyLevelMatchesScalar).
+    #expect((0...2).contains(fk_simd_level()) && fk_simd_level() <= fk_simd_max_level())
+    #expect(fk_lvq_kernels_at_level(fk_simd_max_level() + 1)!.pointee.level == fk_simd_max_level())
+    #expect(fk_lvq_kernels_at_level(-1)!.pointee.level == 0)
+}
+
+// MARK: - every SIMD level
+
+/// The LVQ tables of every level this CPU supports, lowest first (index = level).
+private func lvqTables() -> [fk_lvq_kernel_table] {
+    (0...Int(fk_simd_max_level())).map { fk_lvq_kernels_at_level(Int32($0))!.pointee }
+}
+
+/// The single-code kernel of `kind` in table `t`.
+private func lvqDot(_ t: fk_lvq_kernel_table, _ kind: LVQKind, _ q: UnsafePointer<Float>, _ qsum: Float,
+                    _ code: UnsafeRawPointer, _ d: Int, _ norm: UnsafeMutablePointer<Float>?) -> Float {
+    switch kind {
+    case .lvq8: return t.lvq8_dot!(q, qsum, code, d, norm)
+    case .lvq4: return t.lvq4_dot!(q, qsum, code, d, norm)
+    case .lvq4x8: return t.lvq4x8_dot!(q, qsum, code, d, norm)
+    }
+}
+
+/// The integer code values C_j a kernel sums: c_j (lvq8, lvq4) or 255·c_j + r_j (lvq4x8).
+private func codeValues(_ kind: LVQKind, _ code: UnsafeRawPointer, _ d: Int) -> [Double] {
+    let c = code.assumingMemoryBound(to: UInt8.self) + 4
+    return (0..<d).map { j in
+        switch kind {
+        case .lvq8: return Double(c[j])
+        case .lvq4: return Double((c[j / 2] >> (4 * UInt8(j & 1))) & 0x0F)
+        case .lvq4x8: return 255 * Double((c[j / 2] >> (4 * UInt8(j & 1))) & 0x0F) + Double(c[(d + 1) / 2 + j])
+        }
+    }
+}
+
+/// How far the dot of two levels can be apart. Both compute Σq_j·C_j in float (C_j exact
+/// integers, each product rounded once, then at most ⌈d/2⌉ + 2 rounded additions in the
+/// deepest body, the scalar one with 2 partial sums), so each is within γ_k·Σ|q_j|·C_j of the
+/// exact sum, k = ⌈d/2⌉ + 8, u = 2⁻²⁴ (the bound of `floatBound` in KernelTests). The kernel
+/// returns float(s·Σq·C + b·Σq), combined in double: scaled by |s|, plus the double rounding
+/// (2⁻⁵¹ of the terms) and the final float rounding of each result (2⁻²⁴ of each).
+private func crossLevelDotBound(d: Int, s: Float, b: Float, qsum: Float, absQC: Double, _ x: Float, _ y: Float) -> Double {
+    let k = Double((d + 1) / 2 + 8), u = 0x1p-24
+    let g = k * u / (1 - k * u)
+    let sq = Double(abs(s)) * absQC
+    return 2 * g * sq + 0x1p-51 * (sq + abs(Double(b) * Double(qsum))) + u * (abs(Double(x)) + abs(Double(y)))
+}
+
+/// Every LVQ kernel (single-code with and without the norm, and the batch for both metrics;
+/// for lvq4x8 also the 4-bit primary level) at every level the CPU supports, on codes at odd
+/// offsets in records padded with 0xFF, with the pad nibble of an odd d set:
+///  - ‖x̂‖² is bit-identical to the scalar body's at every level (it comes from exact integer
+///    sums, combined without FMA contraction);
+///  - ⟨q, x̂⟩ is within `crossLevelDotBound` of the scalar body's, and within the Float64
+///    tolerance of the decoded vector that kernelsMatchFloat64Reference uses;
+///  - the batch output of a level equals what its single-code kernel gives, exactly;
+///  - the dispatched entry points equal the bodies of the level in use, exactly.
+/// d covers 1...70, tails around 64/128/256, and 2100 / 4200 (past the 2048-dimension flush
+/// of the lvq4x8 squares in the AVX-512 body).
+@Test(arguments: LVQKind.allCases)
+func everyLevelMatchesScalar(kind: LVQKind) {
+    let dims = Array(1...70) + [96, 100, 127, 128, 129, 192, 255, 256, 300, 384, 768, 784, 1536, 2100, 4200]
+    let tables = lvqTables(), active = fk_lvq_kernels_at_level(fk_simd_level())!.pointee
+    var rng = SeededRandom(seed: 4242)
+    var failures: [String] = []
+    func fail(_ s: String) { if failures.count < 12 { failures.append(s) } }
+    for dim in dims {
+        let codec = LVQCodec(kind: kind, dim: dim)
+        let size = codec.bytesPerVector, stride = size + 7
+        let vectors = lvqTestVectors(count: 5, dim: dim, seed: UInt64(7000 + dim))
+        let n = vectors.count
+        var buffer = [UInt8](repeating: 0xFF, count: 3 + n * stride)
+        var decoded = [[Float]]()
+        buffer.withUnsafeMutableBytes { raw in
+            for (i, x) in vectors.enumerated() {
+                let code = raw.baseAddress! + 3 + i * stride
+                codec.encode(x, into: code)
+                if kind != .lvq8 && dim % 2 == 1 {
+                    code.storeBytes(of: code.load(fromByteOffset: 4 + dim / 2, as: UInt8.self) | 0xF0,
+                                    toByteOffset: 4 + dim / 2, as: UInt8.self)
+                }
+                var y = [Float](repeating: 0, count: dim)
+                codec.decode(code, into: &y); decoded.append(y)
+            }
+        }
+        var qbuf = [Float](repeating: 0, count: dim + 1)
+        for j in 0..<dim { qbuf[j + 1] = Float(rng.gaussian()) + (dim % 3 == 0 ? 1.5 : 0) }
+        let prepared = codec.prepare(query: Array(qbuf[1...]))
+        let qsum = prepared.sum, qnorm = prepared.normSquared
+        buffer.withUnsafeBytes { raw in
+            qbuf.withUnsafeBufferPointer { qp in
+                let q = qp.baseAddress! + 1, base = raw.baseAddress! + 3
+                // The kinds to score: the codes' own, and for lvq4x8 also their primary level.
+                let kinds: [LVQKind] = kind == .lvq4x8 ? [.lvq4x8, .lvq4] : [kind]
+                for k in kinds {
+                    var singles = [[(dot: Float, norm: Float)]]()   // [level][code]
+                    for t in tables {
+                        var row = [(dot: Float, norm: Float)]()
+                        for i in 0..<n {
+                            let code = base + i * stride
+                            var norm: Float = -1
+                            let dot = lvqDot(t, k, q, qsum, code, dim, &norm)
+                            if lvqDot(t, k, q, qsum, code, dim, nil) != dot {
+                                fail("\(k) level \(t.level) d=\(dim) vec \(i): dot without the norm differs")
+                            }
+                            row.append((dot, norm))
+                        }
+                        singles.append(row)
+                        // Batch = single, exactly, for both metrics.
+                        for metric in [FK_LVQ_METRIC_L2, FK_LVQ_METRIC_IP] {
+                            var out = [Float](repeating: -7, count: n + 1)
+                            t.batch!(k.cKind, metric, q, qsum, qnorm, base, n, dim, stride, &out)
+                            if out[n] != -7 { fail("\(k) level \(t.level) d=\(dim) batch wrote past n") }
+                            for i in 0..<n {
+                                let (dot, norm) = row[i]
+                                var want = -dot
+                                if metric == FK_LVQ_METRIC_L2 { let v = qnorm - 2 * dot + norm; want = v > 0 ? v : 0 }
+                                if out[i] != want {
+                                    fail("\(k) level \(t.level) d=\(dim) vec \(i) metric \(metric): batch \(out[i]) != single \(want)")
+                                }
+                            }
+                            // The dispatched batch runs the active level's body.
+                            var disp = [Float](repeating: 0, count: n), act = disp
+                            fk_lvq_batch(k.cKind, metric, q, qsum, qnorm, base, n, dim, stride, &disp)
+                            active.batch!(k.cKind, metric, q, qsum, qnorm, base, n, dim, stride, &act)
+                            if disp != act { fail("\(k) d=\(dim) metric \(metric): dispatched batch != level \(active.level)") }
+                        }
+                    }
+                    for i in 0..<n {
+                        let code = base + i * stride
+                        let (scale, bias) = codec.parameters(code)
+                        let (s, b) = k == .lvq4x8 ? (scale / 255, bias - 0.5 * scale) : (scale, bias)
+                        let cv = codeValues(k, code, dim)
+                        var absQC = 0.0
+                        for j in 0..<dim { absQC += abs(Double(q[j])) * cv[j] }
+                        let s0 = singles[0][i]
+                        for (level, row) in singles.enumerated() {
+                            let (dot, norm) = row[i]
+                            if norm != s0.norm { fail("\(k) level \(level) d=\(dim) vec \(i): norm \(norm) != scalar \(s0.norm)") }
+                            let tol = crossLevelDotBound(d: dim, s: s, b: b, qsum: qsum, absQC: absQC, dot, s0.dot)
+                            if abs(Double(dot) - Double(s0.dot)) > tol {
+                                fail("\(k) level \(level) d=\(dim) vec \(i): dot \(dot) vs scalar \(s0.dot) (bound \(tol))")
+                            }
+                            if k == kind {   // against the decoded vector, as in kernelsMatchFloat64Reference
+                                let r = reference(Array(qbuf[1...]), decoded[i])
+                                if abs(Double(dot) - r.dot) > 1e-4 * r.absDot + 1e-6 { fail("\(k) level \(level) d=\(dim) vec \(i): dot vs Float64") }
+                                if abs(Double(norm) - r.xn) > 1e-5 * r.xn + 1e-6 { fail("\(k) level \(level) d=\(dim) vec \(i): norm vs Float64") }
+                            }
+                        }
+                        var dn: Float = 0, an: Float = 0
+                        let disp: Float
+                        switch k {
+                        case .lvq8: disp = fk_lvq8_dot(q, qsum, code, dim, &dn)
+                        case .lvq4: disp = fk_lvq4_dot(q, qsum, code, dim, &dn)
+                        case .lvq4x8: disp = fk_lvq4x8_dot(q, qsum, code, dim, &dn)
+                        }
+                        let act = lvqDot(active, k, q, qsum, code, dim, &an)
+                        if disp != act || dn != an { fail("\(k) d=\(dim) vec \(i): dispatched != level \(active.level)") }
+                    }
+                }
+            }
+        }
+    }
+    #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+}
+
+/// The norm sums at the range limits, at every level: every code at its maximum (lvq8 255,
+/// lvq4 15, lvq4x8 C = 4080) with s = 1, b = 0 up to d = 65535, where Σc² reaches ~1.1e12 for
+/// lvq4x8 (the 32-bit lanes must be flushed) and 4.3e9 for lvq8. ‖x̂‖² must be what the
+/// formula gives from the exact sums; with q = 1 the dot of lvq8 / lvq4 is an integer below
+/// 2²⁴, so exact too.
+@Test func normSumsAtTheRangeLimit() {
+    for t in lvqTables() {
+        for kind in LVQKind.allCases {
+            for d in [1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129, 1000, 2047, 2048, 2049, 4097, 65535] {
+                var code = [UInt8](repeating: 0xFF, count: fk_lvq_code_size(kind.cKind, d))
+                code[0] = 0x00; code[1] = 0x3C; code[2] = 0; code[3] = 0   // s = 1 (fp16 0x3C00), b = 0
+                if kind != .lvq8 && d % 2 == 1 { code[4 + d / 2] = 0x0F }   // the pad nibble stays 0
+                let q = [Float](repeating: 1, count: d)
+                var norm: Float = 0
+                let dot = lvqDot(t, kind, q, Float(d), code, d, &norm)
+                let cmax = kind == .lvq8 ? 255.0 : kind == .lvq4 ? 15.0 : 4080.0
+                let cs = Double(d) * cmax, css = Double(d) * cmax * cmax
+                // lvq_finish's formula, in the same order (s' = s/255, b' = b − s/2 for lvq4x8).
+                let sf: Float = kind == .lvq4x8 ? Float(1) / 255 : 1, bf: Float = kind == .lvq4x8 ? Float(0) - 0.5 * Float(1) : 0
+                let sd = Double(sf), bd = Double(bf)
+                let wantNorm = Float(sd * sd * css + 2.0 * sd * bd * cs + Double(d) * bd * bd)
+                #expect(norm == wantNorm, "\(kind) level \(t.level) d=\(d): norm \(norm) != \(wantNorm)")
+                if kind != .lvq4x8 { #expect(dot == Float(cs), "\(kind) level \(t.level) d=\(d): dot \(dot) != \(cs)") }
+            }
+        }
+    }
 }
 
 @Test func encodeMatrixProducesDenseCodes() {

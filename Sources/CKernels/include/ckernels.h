@@ -3,10 +3,12 @@
 /*
  * Fathom distance kernels.
  *
- * Every kernel has an AVX2+FMA body (compiled with __attribute__((target("avx2,fma"))),
- * so no global build flags are needed) and a portable scalar body. The un-suffixed entry
- * points dispatch once, through CPUID/XGETBV, to the fastest body the CPU supports; the
- * `_scalar` entry points always run the portable body (tests and benchmarks compare them).
+ * Every kernel has an AVX-512 body, an AVX2+FMA body (compiled with
+ * __attribute__((target(...))), so no global build flags are needed) and a portable scalar
+ * body. The un-suffixed entry points dispatch, through CPUID/XGETBV decided once, to the
+ * fastest body the CPU supports (or the level set by FATHOM_SIMD / fk_set_simd_level); the
+ * `_scalar` entry points always run the portable body. `fk_kernels_at_level` hands out the
+ * bodies of any supported level without changing the dispatch (tests, benchmarks).
  *
  * Conventions
  *  - `l2sq` is the squared Euclidean distance, `dot` the inner product.
@@ -25,10 +27,56 @@
 extern "C" {
 #endif
 
-/* 0 = scalar, 1 = AVX2+FMA. The level the dispatched entry points use. */
+/* ---- SIMD levels: 0 = scalar, 1 = AVX2+FMA, 2 = AVX-512 (AVX512F+BW+VL+DQ with the OS
+ *      saving ZMM and opmask state; the integer dot kernels use AVX512_VNNI when the CPU has
+ *      it, their AVX2 bodies otherwise). ----
+ *
+ * The level is decided once, at load time: the highest the CPU supports, lowered by the
+ * environment variable FATHOM_SIMD ("scalar"/"0", "avx2"/"1", "avx512"/"2"; other values
+ * are ignored). The LVQ kernels (fk_lvq.h) follow the same level. */
+
+/* The level the dispatched entry points use. */
 int fk_simd_level(void);
-/* Name of the level ("scalar", "avx2+fma"), for `fathom info` and benchmark output. */
+/* Name of that level ("scalar", "avx2+fma", "avx512", "avx512+vnni"), for diagnostics
+ * (Distance.simdName) and benchmark output. */
 const char *fk_simd_name(void);
+/* The highest level the CPU (and OS) supports. */
+int fk_simd_max_level(void);
+/* Makes the dispatched entry points (these and the LVQ ones) use `level`, clamped to
+ * fk_simd_max_level(); a negative level restores the default (CPU, then FATHOM_SIMD, read
+ * again). Returns the level now in use. Process-wide: calls already running on other
+ * threads finish on the body they started with; float results can differ between levels in
+ * the last bits (summation order), integer results cannot. */
+int fk_set_simd_level(int level);
+
+/* The bodies of one level, called directly: a level above fk_simd_max_level() gives the
+ * highest supported one (check `level`), a negative one the scalar table. Static storage;
+ * changes nothing. */
+typedef struct fk_kernel_table {
+    int level;
+    const char *name;
+    float    (*l2sq_f32)(const float *a, const float *b, size_t d);
+    void     (*l2sq_f32_batch)(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+    float    (*dot_f32)(const float *a, const float *b, size_t d);
+    void     (*dot_f32_batch)(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+    uint32_t (*l2sq_u8)(const uint8_t *a, const uint8_t *b, size_t d);
+    void     (*l2sq_u8_batch)(const uint8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+    uint32_t (*dot_u8)(const uint8_t *a, const uint8_t *b, size_t d);
+    void     (*dot_u8_batch)(const uint8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+    uint32_t (*l2sq_i8)(const int8_t *a, const int8_t *b, size_t d);
+    void     (*l2sq_i8_batch)(const int8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+    int32_t  (*dot_i8)(const int8_t *a, const int8_t *b, size_t d);
+    void     (*dot_i8_batch)(const int8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+    float    (*l2sq_f32_u8)(const float *q, const uint8_t *b, size_t d);
+    void     (*l2sq_f32_u8_batch)(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+    float    (*dot_f32_u8)(const float *q, const uint8_t *b, size_t d);
+    void     (*dot_f32_u8_batch)(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+    float    (*l2sq_f32_i8)(const float *q, const int8_t *b, size_t d);
+    void     (*l2sq_f32_i8_batch)(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+    float    (*dot_f32_i8)(const float *q, const int8_t *b, size_t d);
+    void     (*dot_f32_i8_batch)(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+} fk_kernel_table;
+const fk_kernel_table *fk_kernels_at_level(int level);
 
 /* ---- one query against one vector ---- */
 float    fk_l2sq_f32(const float *a, const float *b, size_t d);

@@ -20,7 +20,8 @@
  *   LVQ4x8:       s'·(255·c_j + r_j) + b'  with s' = s/255, b' = b − s/2 (both computed in
  *                 float exactly like this); the 4-bit part alone is the LVQ4 reconstruction.
  *
- * Kernels (AVX2+FMA body with run-time dispatch, plus `_scalar` portable bodies):
+ * Kernels (AVX-512 and AVX2+FMA bodies with run-time dispatch at the level of ckernels.h's
+ * fk_simd_level(), plus `_scalar` portable bodies):
  *   fk_lvqK_dot(q, qsum, code, d, norm) returns <q, x̂> = s·Σq_j·c_j + b·qsum, where
  *   qsum = Σq_j is precomputed once per query; if `norm` is not NULL it also stores ||x̂||²,
  *   computed in the same pass from exact integer sums Σc_j, Σc_j² (||x̂||² = s²Σc² + 2sbΣc +
@@ -73,6 +74,19 @@ void fk_lvq_batch(int kind, int metric, const float *q, float qsum, float qnorm,
                   const void *base, size_t n, size_t d, size_t stride, float *out);
 void fk_lvq_batch_scalar(int kind, int metric, const float *q, float qsum, float qnorm,
                          const void *base, size_t n, size_t d, size_t stride, float *out);
+
+/* ---- the bodies of one SIMD level (0 scalar, 1 AVX2+FMA, 2 AVX-512), called directly; a
+ *      level above fk_simd_max_level() gives the highest supported one (check `level`), a
+ *      negative one the scalar table. Changes nothing (tests, benchmarks). ---- */
+typedef struct fk_lvq_kernel_table {
+    int level;
+    float (*lvq8_dot)(const float *q, float qsum, const void *code, size_t d, float *norm);
+    float (*lvq4_dot)(const float *q, float qsum, const void *code, size_t d, float *norm);
+    float (*lvq4x8_dot)(const float *q, float qsum, const void *code, size_t d, float *norm);
+    void (*batch)(int kind, int metric, const float *q, float qsum, float qnorm,
+                  const void *base, size_t n, size_t d, size_t stride, float *out);
+} fk_lvq_kernel_table;
+const fk_lvq_kernel_table *fk_lvq_kernels_at_level(int level);
 
 #ifdef __cplusplus
 }
