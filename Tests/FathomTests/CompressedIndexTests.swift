@@ -82,5 +82,8 @@ import Testing
         // A router dimension beyond the codes' is refused before any work.
         o.routerDims = 33
         #expect(throws: FathomError.self) { try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("bad"), options: o) }
+        // …and so is one given to an uncompressed build, which has no projection to route on.
+        o.routerDims = 8; o.codec = .none; o.reduceDims = nil
+        #expect(throws: FathomError.self) { try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("bad2"), options: o) }
     }
 }

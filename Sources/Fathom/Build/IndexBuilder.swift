@@ -149,7 +149,7 @@ public final class IndexBuilder {
     /// The share of variance the default d′ keeps: the projection then drops at most 1% of
     /// the data's energy (text embeddings spread it over most components: text300 needs 282
     /// of 300 dims, pypi-minilm 313 of 384, fashion-mnist 459 of 784; a synthetic clustered
-    /// set 32 of 128).
+    /// set 31 of 128).
     public static let keptVarianceTarget: Float = 0.99
 
     /// The first ≤ 4,000 finite rows of the input (normalized for cosine): the sample the
@@ -241,6 +241,10 @@ public final class IndexBuilder {
         }
         guard (1...1024).contains(o.targetProbes) else { throw FathomError(.invalidArgument, "target probes \(o.targetProbes) must be between 1 and 1024") }
         guard o.calibrationSample >= 1000 else { throw FathomError(.invalidArgument, "calibration sample \(o.calibrationSample) must be at least 1,000 vectors") }
+        if o.routerDims != nil && o.codec == .none {
+            throw FathomError(.invalidArgument, "a router dimension codes the heads in a LeanVec projection, which needs a compressing codec (lvq8, lvq4, lvq4x8)")
+        }
+        if let r = o.routerDims, r < 1 { throw FathomError(.invalidArgument, "router dimension \(r) must be at least 1") }
         if o.trainQueries != nil && o.codec == .none {
             throw FathomError(.invalidArgument, "--train-queries trains a LeanVec projection, which needs a compressing --codec (lvq8, lvq4, lvq4x8)")
         }
