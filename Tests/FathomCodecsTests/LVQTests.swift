@@ -29,6 +29,31 @@ func lvqTestVectors(count: Int, dim: Int, seed: UInt64) -> [[Float]] {
     return out
 }
 
+/// Encodes `vectors` into a buffer of 0xFF garbage (kernels must not read outside the codes),
+/// code i at byte 3 + i·stride (unaligned), with the unused high pad nibble of an odd-d 4-bit
+/// code set (it must be ignored); returns the buffer and each code's full and primary
+/// decoding.
+func guardedCodes(_ codec: LVQCodec, _ vectors: [[Float]], stride: Int) -> (buffer: [UInt8], decoded: [[Float]], primary: [[Float]]) {
+    let dim = codec.dim
+    var buffer = [UInt8](repeating: 0xFF, count: 3 + vectors.count * stride)
+    var decoded = [[Float]](), primary = [[Float]]()
+    buffer.withUnsafeMutableBytes { raw in
+        for (i, x) in vectors.enumerated() {
+            let code = raw.baseAddress! + 3 + i * stride
+            codec.encode(x, into: code)
+            if codec.kind != .lvq8 && dim % 2 == 1 {
+                code.storeBytes(of: code.load(fromByteOffset: 4 + dim / 2, as: UInt8.self) | 0xF0,
+                                toByteOffset: 4 + dim / 2, as: UInt8.self)
+            }
+            var y = [Float](repeating: 0, count: dim)
+            codec.decode(code, into: &y); decoded.append(y)
+            codec.decodePrimary(code, into: &y); primary.append(y)
+        }
+    }
+    return (buffer, decoded, primary)
+}
+
+
 func reference(_ q: [Float], _ x: [Float]) -> (dot: Double, l2: Double, absDot: Double, qn: Double, xn: Double) {
     var dot = 0.0, l2 = 0.0, absDot = 0.0, qn = 0.0, xn = 0.0
     for j in 0..<q.count {
@@ -149,23 +174,7 @@ func kernelsMatchFloat64Reference(kind: LVQKind) {
         let stride = size + 7                   // records {u32 id, code, pad}: odd stride
         let vectors = lvqTestVectors(count: 10, dim: dim, seed: UInt64(1000 + dim))
         let n = vectors.count
-        // Garbage everywhere outside the codes: kernels must not read it.
-        var buffer = [UInt8](repeating: 0xFF, count: 3 + n * stride)
-        var decoded = [[Float]](), primary = [[Float]]()
-        buffer.withUnsafeMutableBytes { raw in
-            for (i, x) in vectors.enumerated() {
-                let code = raw.baseAddress! + 3 + i * stride
-                codec.encode(x, into: code)
-                if kind != .lvq8 && dim % 2 == 1 {
-                    // Set the unused high pad nibble: it must be ignored.
-                    code.storeBytes(of: code.load(fromByteOffset: 4 + dim / 2, as: UInt8.self) | 0xF0,
-                                    toByteOffset: 4 + dim / 2, as: UInt8.self)
-                }
-                var y = [Float](repeating: 0, count: dim)
-                codec.decode(code, into: &y); decoded.append(y)
-                codec.decodePrimary(code, into: &y); primary.append(y)
-            }
-        }
+        let (buffer, decoded, primary) = guardedCodes(codec, vectors, stride: stride)
         for trial in 0..<3 {
             // Query stored at float offset 1 of its buffer.
             var qbuf = [Float](repeating: 0, count: dim + 1)
@@ -297,20 +306,7 @@ func everyLevelMatchesScalar(kind: LVQKind) {
         let size = codec.bytesPerVector, stride = size + 7
         let vectors = lvqTestVectors(count: 5, dim: dim, seed: UInt64(7000 + dim))
         let n = vectors.count
-        var buffer = [UInt8](repeating: 0xFF, count: 3 + n * stride)
-        var decoded = [[Float]]()
-        buffer.withUnsafeMutableBytes { raw in
-            for (i, x) in vectors.enumerated() {
-                let code = raw.baseAddress! + 3 + i * stride
-                codec.encode(x, into: code)
-                if kind != .lvq8 && dim % 2 == 1 {
-                    code.storeBytes(of: code.load(fromByteOffset: 4 + dim / 2, as: UInt8.self) | 0xF0,
-                                    toByteOffset: 4 + dim / 2, as: UInt8.self)
-                }
-                var y = [Float](repeating: 0, count: dim)
-                codec.decode(code, into: &y); decoded.append(y)
-            }
-        }
+        let (buffer, decoded, _) = guardedCodes(codec, vectors, stride: stride)
         var qbuf = [Float](repeating: 0, count: dim + 1)
         for j in 0..<dim { qbuf[j + 1] = Float(rng.gaussian()) + (dim % 3 == 0 ? 1.5 : 0) }
         let prepared = codec.prepare(query: Array(qbuf[1...]))

@@ -152,30 +152,12 @@ public final class IndexBuilder {
     /// set 31 of 128).
     public static let keptVarianceTarget: Float = 0.99
 
-    /// The first ≤ 4,000 finite rows of the input (normalized for cosine): the sample the
-    /// codec choices are measured on.
+    /// The first ≤ 4,000 rows of the input (normalized for cosine): the sample the codec
+    /// choices are measured on. A non-finite or (cosine) zero vector among them fails the
+    /// build here with the error the assignment would give it.
     static func readCodecSample(input: String, header: VectorFileHeader, metric: Metric) throws -> Matrix {
-        let d = header.dimension
         let rows = min(header.count, 4000)
-        let sample = Matrix(rows: rows, cols: d)
-        let reader = try VectorFileReader(path: input)
-        var got = 0
-        while got < rows {
-            let r = try reader.readFloats(maxRows: rows - got, into: sample.row(got))
-            if r == 0 { break }
-            got += r
-        }
-        var kept = 0
-        for i in 0..<got {
-            let v = sample.row(i)
-            guard (0..<d).allSatisfy({ v[$0].isFinite }) else { continue }
-            if metric == .cosine && !Distance.normalize(v, d) { continue }
-            if kept != i { sample.row(kept).update(from: v, count: d) }
-            kept += 1
-        }
-        let out = Matrix(rows: kept, cols: d)
-        out.data.update(from: sample.data, count: kept * d)
-        return out
+        return try readRows(Array(0..<rows), input: input, header: header, metric: metric, chunkRows: rows, progress: .silent)
     }
 
     /// d′ for the postings' codes: the fewest leading principal components, rounded up to a
