@@ -52,10 +52,9 @@ public final class IndexGeneration: @unchecked Sendable {
         if let closing { close(closing) }
     }
 
-    /// Last reference: free the pooled searchers (they refer back to the index), so the
-    /// index deallocates, closing its files and IO contexts, once this call returns.
+    /// Last reference: the index (with its pooled searchers) deallocates, closing its files
+    /// and IO contexts, once the caller drops `index`.
     private func close(_ index: VectorIndex) {
-        index.releasePooledSearchers()
         onClose(self)
     }
 

@@ -18,33 +18,26 @@ public struct ReadRequest {
 }
 
 
-/// Reads batches of blocks. One engine belongs to one thread at a time (each search
+/// Reads blocks asynchronously. One engine belongs to one thread at a time (each search
 /// thread owns its own, as SPTAG gives each thread its own aio context).
 ///
-/// `read` submits every request of the batch at once and calls `completed(i, result)` as
-/// each read `i` finishes, in completion order, so the caller can score a posting while
-/// the others are still in flight. `result` is the number of bytes read or a
-/// `FathomError`; a failed read is reported to `completed` and does not stop the others.
+/// Reads are submitted without waiting and reaped later, each identified by the tag it was
+/// submitted with, so one thread can keep the reads of several independent operations in
+/// flight (a search thread pipelining queries) and score one posting while others are
+/// still being read. A failed read is reported as its completion's result and does not stop
+/// the others. (The search's query executor drives it: Fathom/Search/QueryExecutor.swift.)
 public protocol IOEngine: AnyObject {
     /// A short name for reports ("libaio", "pread", ...).
     var name: String { get }
     /// Whether the engine reads with O_DIRECT (bypassing the page cache).
     var direct: Bool { get }
-    func read(_ requests: UnsafeBufferPointer<ReadRequest>, path: String,
-              completed: (Int, Result<Int, FathomError>) throws -> Void) throws
-}
-
-/// An engine that keeps the reads of several independent operations in flight at once (a
-/// search thread pipelining queries): reads are submitted without waiting and reaped later,
-/// each identified by the tag it was submitted with. Never mix `read` and `submit`/`reap` on
-/// one engine while asynchronous reads are in flight.
-public protocol AsyncIOEngine: IOEngine {
     /// Reads submitted and not yet reaped.
     var inFlight: Int { get }
     /// The most reads that may be in flight.
     var capacity: Int { get }
     /// Starts `requests` without waiting; request `i` completes with tag `tag + i`. Throws
-    /// when more than `capacity − inFlight` are given or the kernel refuses them.
+    /// when more than `capacity − inFlight` are given or the kernel refuses them (then none
+    /// of the requests from the first refused one on are in flight).
     func submit(_ requests: UnsafeBufferPointer<ReadRequest>, tag: UInt64, path: String) throws
     /// Waits for at least `min` completions (0: only those already done) and reports each
     /// as `(tag, bytes read or error)`; returns how many were reported.
@@ -52,10 +45,29 @@ public protocol AsyncIOEngine: IOEngine {
     func reap(min: Int, completed: (UInt64, Result<Int, FathomError>) throws -> Void) throws -> Int
 }
 
-/// Linux native async IO (libaio): one `io_submit` for the batch, completions reaped with
-/// `io_getevents`. Handles partial submission, `EAGAIN` and `EINTR`; a context the
-/// system's `aio-max-nr` cannot grant raises a `resourceLimit` error that says how to fix it.
-public final class AIOEngine: AsyncIOEngine {
+/// Reads `rq` fully with `pread` (retrying short reads and EINTR), starting `done` bytes in.
+/// The end of the file inside the range is an error: the file is truncated.
+func preadFully(_ rq: ReadRequest, path: String, from done: Int = 0) -> Result<Int, FathomError> {
+    var done = done
+    while done < rq.length {
+        let r = pread(rq.fd, rq.buffer + done, rq.length - done, off_t(rq.offset) + off_t(done))
+        if r < 0 {
+            if errno == EINTR { continue }
+            return .failure(FathomError.system("read", path: path, errno: errno, offset: rq.offset + UInt64(done)))
+        }
+        if r == 0 {
+            return .failure(FathomError(.corruptIndex, "unexpected end of file inside a read: the file is truncated; rebuild the index", path: path, offset: rq.offset + UInt64(done)))
+        }
+        done += r
+    }
+    return .success(done)
+}
+
+/// Linux native async IO (libaio): `io_submit` for a batch, completions reaped with
+/// `io_getevents`. Handles partial submission, `EAGAIN` and `EINTR`; requests the kernel
+/// refuses complete with the error at the next `reap`. A context the system's `aio-max-nr`
+/// cannot grant raises a `resourceLimit` error that says how to fix it.
+public final class AIOEngine: IOEngine {
     public let name = "libaio"
     public let direct = true
     let depth: Int
@@ -63,19 +75,19 @@ public final class AIOEngine: AsyncIOEngine {
     let iocbs: UnsafeMutablePointer<iocb>
     let iocbPtrs: UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>
     let events: UnsafeMutablePointer<io_event>
-    // Asynchronous reads: their own control blocks, a free list, and per block the request
-    // (to finish a short read), its tag and its file's path.
-    var asyncIocbs: UnsafeMutablePointer<iocb>? = nil
-    var asyncRequests: [ReadRequest] = []
-    var asyncTags: [UInt64] = []
-    var asyncPaths: [String] = []
-    var free: [Int32] = []
+    // Per control block: the request (to finish a short read), its tag and its file's path;
+    // the free blocks; requests refused by the kernel, completed at the next reap.
+    var slotRequests: [ReadRequest]
+    var slotTags: [UInt64]
+    var slotPaths: [String]
+    var free: [Int32]
+    var refused: [(tag: UInt64, error: FathomError)] = []
     public private(set) var inFlight = 0
     public var capacity: Int { depth }
     /// `io_submit` calls made so far (tests prove one per round trip with it).
     public private(set) var submits = 0
 
-    /// - Parameter depth: the most reads one batch may hold (the context's queue depth).
+    /// - Parameter depth: the most reads in flight at once (the context's queue depth).
     public init(depth: Int) throws {
         self.depth = max(1, depth)
         var c: io_context_t? = nil
@@ -94,64 +106,72 @@ public final class AIOEngine: AsyncIOEngine {
         iocbs = .allocate(capacity: self.depth)
         iocbPtrs = .allocate(capacity: self.depth)
         events = .allocate(capacity: self.depth)
+        slotRequests = [ReadRequest](repeating: ReadRequest(fd: -1, offset: 0, length: 0, buffer: UnsafeMutableRawPointer(bitPattern: 1)!), count: self.depth)
+        slotTags = [UInt64](repeating: 0, count: self.depth)
+        slotPaths = [String](repeating: "", count: self.depth)
+        free = (0..<Int32(self.depth)).reversed().map { $0 }
     }
 
     deinit {
         if let c = ctx { io_destroy(c) }
-        iocbs.deallocate(); iocbPtrs.deallocate(); events.deallocate(); asyncIocbs?.deallocate()
+        iocbs.deallocate(); iocbPtrs.deallocate(); events.deallocate()
     }
 
     public func submit(_ requests: UnsafeBufferPointer<ReadRequest>, tag: UInt64, path: String) throws {
         let n = requests.count
         if n == 0 { return }
-        if asyncIocbs == nil {
-            asyncIocbs = .allocate(capacity: depth)
-            asyncRequests = [ReadRequest](repeating: ReadRequest(fd: -1, offset: 0, length: 0, buffer: UnsafeMutableRawPointer(bitPattern: 1)!), count: depth)
-            asyncTags = [UInt64](repeating: 0, count: depth)
-            asyncPaths = [String](repeating: "", count: depth)
-            free = (0..<Int32(depth)).reversed().map { $0 }
-        }
         guard n <= free.count else {
             throw FathomError(.resourceLimit, "\(n) reads asked with room for \(free.count) (queue depth \(depth))", path: path)
         }
         for i in 0..<n {
             let slot = Int(free.removeLast())
             let rq = requests[i]
-            let cb = asyncIocbs! + slot
+            let cb = iocbs + slot
             io_prep_pread(cb, rq.fd, rq.buffer, rq.length, Int64(rq.offset))
             cb.pointee.data = UnsafeMutableRawPointer(bitPattern: slot + 1)
-            asyncRequests[slot] = rq; asyncTags[slot] = tag + UInt64(i); asyncPaths[slot] = path
+            slotRequests[slot] = rq; slotTags[slot] = tag + UInt64(i); slotPaths[slot] = path
             iocbPtrs[i] = cb
         }
+        inFlight += n
         var submitted = 0, retries = 0
         while submitted < n {
             let r = io_submit(ctx, n - submitted, iocbPtrs + submitted)
             submits += 1
-            if r > 0 { submitted += Int(r); inFlight += Int(r); retries = 0; continue }
+            if r > 0 { submitted += Int(r); retries = 0; continue }
             if r == -EINTR { continue }
             if r == -EAGAIN && retries < 1000 { retries += 1; usleep(50); continue }
-            // Give the unsubmitted blocks back and fail.
-            for i in submitted..<n { free.append(Int32(Int(bitPattern: iocbPtrs[i]!.pointee.data) - 1)) }
-            throw FathomError.system("io_submit", path: path, errno: r < 0 ? -Int32(r) : EIO, offset: requests[submitted].offset)
+            // The kernel refuses the rest: each completes with the error at the next reap.
+            let e = r < 0 ? -Int32(r) : EIO
+            for i in submitted..<n {
+                let slot = Int(bitPattern: iocbPtrs[i]!.pointee.data) - 1
+                free.append(Int32(slot))
+                refused.append((tag + UInt64(i), FathomError.system("io_submit", path: path, errno: e, offset: requests[i].offset)))
+            }
+            break
         }
     }
 
     @discardableResult
     public func reap(min: Int, completed: (UInt64, Result<Int, FathomError>) throws -> Void) throws -> Int {
-        if inFlight == 0 { return 0 }
+        var reported = 0
+        while let f = refused.popLast() {
+            inFlight -= 1; reported += 1
+            try completed(f.tag, .failure(f.error))
+        }
+        if inFlight == 0 { return reported }
         while true {
-            let got = io_getevents(ctx, Swift.min(min, inFlight), depth, events, nil)
+            let got = io_getevents(ctx, Swift.max(0, Swift.min(min - reported, inFlight)), depth, events, nil)
             if got == -EINTR { continue }
             if got < 0 { throw FathomError.system("io_getevents", path: nil, errno: -got) }
             for e in 0..<Int(got) {
                 let slot = Int(bitPattern: events[e].data) - 1
                 let res = Int(bitPattern: UInt(events[e].res))
-                let rq = asyncRequests[slot], tag = asyncTags[slot], path = asyncPaths[slot]
+                let rq = slotRequests[slot], tag = slotTags[slot], path = slotPaths[slot]
                 free.append(Int32(slot))
                 inFlight -= 1
                 try completed(tag, Self.result(res, rq, path: path))
             }
-            return Int(got)
+            return reported + Int(got)
         }
     }
 
@@ -159,108 +179,31 @@ public final class AIOEngine: AsyncIOEngine {
     /// finished synchronously (end of file is an error).
     static func result(_ res: Int, _ rq: ReadRequest, path: String) -> Result<Int, FathomError> {
         if res < 0 { return .failure(FathomError.system("read", path: path, errno: Int32(-res), offset: rq.offset)) }
-        var done = res
-        while done < rq.length {
-            let r = pread(rq.fd, rq.buffer + done, rq.length - done, off_t(rq.offset) + off_t(done))
-            if r < 0 { if errno == EINTR { continue }; return .failure(FathomError.system("read", path: path, errno: errno, offset: rq.offset + UInt64(done))) }
-            if r == 0 { return .failure(FathomError(.corruptIndex, "short read: the file ends inside a read; it is truncated — rebuild the index", path: path, offset: rq.offset + UInt64(done))) }
-            done += r
-        }
-        return .success(done)
-    }
-
-    public func read(_ requests: UnsafeBufferPointer<ReadRequest>, path: String,
-                     completed: (Int, Result<Int, FathomError>) throws -> Void) throws {
-        var start = 0
-        while start < requests.count {
-            let n = min(depth, requests.count - start)
-            try readWindow(requests, start: start, count: n, path: path, completed: completed)
-            start += n
-        }
-    }
-
-    private func readWindow(_ requests: UnsafeBufferPointer<ReadRequest>, start: Int, count n: Int, path: String,
-                            completed: (Int, Result<Int, FathomError>) throws -> Void) throws {
-        for i in 0..<n {
-            let rq = requests[start + i]
-            io_prep_pread(iocbs + i, rq.fd, rq.buffer, rq.length, Int64(rq.offset))
-            iocbs[i].data = UnsafeMutableRawPointer(bitPattern: i + 1)
-            iocbPtrs[i] = iocbs + i
-        }
-        var submitted = 0
-        var pending = 0
-        var retries = 0
-        // Submit everything; io_submit may take fewer than asked.
-        while submitted < n {
-            let r = io_submit(ctx, n - submitted, iocbPtrs + submitted)
-            submits += 1
-            if r > 0 { submitted += Int(r); pending += Int(r); retries = 0; continue }
-            if r == -EINTR { continue }
-            if r == -EAGAIN && pending > 0 {
-                // Queue full: reap some completions, then retry.
-                pending -= try reap(min: 1, requests: requests, start: start, path: path, completed: completed)
-                continue
-            }
-            if r == -EAGAIN && retries < 100 { retries += 1; usleep(100); continue }
-            let e = r < 0 ? -Int32(r) : EIO
-            // Report every unsubmitted request as failed; still reap those in flight.
-            for i in submitted..<n {
-                try completed(start + i, .failure(FathomError.system("io_submit", path: path, errno: e, offset: requests[start + i].offset)))
-            }
-            break
-        }
-        while pending > 0 {
-            pending -= try reap(min: 1, requests: requests, start: start, path: path, completed: completed)
-        }
-    }
-
-    private func reap(min: Int, requests: UnsafeBufferPointer<ReadRequest>, start: Int, path: String,
-                      completed: (Int, Result<Int, FathomError>) throws -> Void) throws -> Int {
-        while true {
-            let got = io_getevents(ctx, min, depth, events, nil)
-            if got == -EINTR { continue }
-            if got < 0 { throw FathomError.system("io_getevents", path: path, errno: -got) }
-            for e in 0..<Int(got) {
-                let i = Int(bitPattern: events[e].data) - 1
-                let res = Int(bitPattern: UInt(events[e].res))
-                try completed(start + i, Self.result(res, requests[start + i], path: path))
-            }
-            return Int(got)
-        }
+        return preadFully(rq, path: path, from: res)
     }
 }
 
 /// A pool of `pread`s: the fallback where O_DIRECT or libaio is unavailable (tmpfs, some
-/// network filesystems). The reads of a batch run on up to `width` threads at once (so a
-/// batch still overlaps its IO), then complete in request order on the calling thread.
+/// network filesystems). `submit` reads the batch at once, on up to `width` threads (so a
+/// batch still overlaps its IO), and `reap` hands out the completions, in request order.
 /// Reads go through the page cache.
 public final class PreadEngine: IOEngine {
     public let name = "pread"
     public let direct: Bool
     let width: Int
+    /// Completions read and not yet reaped (reaped from the front).
+    var done: [(tag: UInt64, result: Result<Int, FathomError>)] = []
+    var head = 0
+    public var inFlight: Int { done.count - head }
+    public var capacity: Int { Int(Int32.max) }
+
     public init(direct: Bool = false, width: Int = 8) { self.direct = direct; self.width = max(1, width) }
 
-    static func readFully(_ rq: ReadRequest, path: String) -> Result<Int, FathomError> {
-        var done = 0
-        while done < rq.length {
-            let r = pread(rq.fd, rq.buffer + done, rq.length - done, off_t(rq.offset) + off_t(done))
-            if r < 0 {
-                if errno == EINTR { continue }
-                return .failure(FathomError.system("read", path: path, errno: errno, offset: rq.offset + UInt64(done)))
-            }
-            if r == 0 {
-                return .failure(FathomError(.corruptIndex, "unexpected end of file inside a read; the file is truncated — rebuild the index", path: path, offset: rq.offset + UInt64(done)))
-            }
-            done += r
-        }
-        return .success(done)
-    }
-
-    public func read(_ requests: UnsafeBufferPointer<ReadRequest>, path: String,
-                     completed: (Int, Result<Int, FathomError>) throws -> Void) throws {
+    public func submit(_ requests: UnsafeBufferPointer<ReadRequest>, tag: UInt64, path: String) throws {
         let n = requests.count
+        if head == done.count { done.removeAll(keepingCapacity: true); head = 0 }
         if n <= 1 || width == 1 {
-            for i in 0..<n { try completed(i, Self.readFully(requests[i], path: path)) }
+            for i in 0..<n { done.append((tag + UInt64(i), preadFully(requests[i], path: path))) }
             return
         }
         let results = UnsafeMutablePointer<Result<Int, FathomError>>.allocate(capacity: n)
@@ -275,11 +218,22 @@ public final class PreadEngine: IOEngine {
         DispatchQueue.concurrentPerform(iterations: lanes) { lane in
             var i = lane
             while i < n {
-                shared.results[i] = PreadEngine.readFully(shared.requests[i], path: path)
+                shared.results[i] = preadFully(shared.requests[i], path: path)
                 i += lanes
             }
         }
-        for i in 0..<n { try completed(i, results[i]) }
+        for i in 0..<n { done.append((tag + UInt64(i), results[i])) }
+    }
+
+    @discardableResult
+    public func reap(min: Int, completed: (UInt64, Result<Int, FathomError>) throws -> Void) throws -> Int {
+        var reported = 0
+        while head < done.count {
+            let c = done[head]
+            head += 1; reported += 1
+            try completed(c.tag, c.result)
+        }
+        return reported
     }
 }
 
@@ -290,12 +244,16 @@ public final class PreadEngine: IOEngine {
 public final class FaultInjectingEngine: IOEngine {
     public var name: String { "faulty(\(inner.name))" }
     public var direct: Bool { inner.direct }
+    public var inFlight: Int { inner.inFlight }
+    public var capacity: Int { inner.capacity }
     let inner: IOEngine
     public var failOffsets: Set<UInt64>
     public var failRate: Double
     public var errno: Int32
     public var shortReads: Bool
     var rng: UInt64
+    /// The request and path of every read in flight, by tag.
+    var submitted: [UInt64: (ReadRequest, String)] = [:]
     /// Number of faults injected so far.
     public private(set) var injected = 0
 
@@ -305,21 +263,26 @@ public final class FaultInjectingEngine: IOEngine {
         self.errno = errno; self.shortReads = shortReads; self.rng = seed | 1
     }
 
-    public func read(_ requests: UnsafeBufferPointer<ReadRequest>, path: String,
-                     completed: (Int, Result<Int, FathomError>) throws -> Void) throws {
-        try inner.read(requests, path: path) { i, result in
+    public func submit(_ requests: UnsafeBufferPointer<ReadRequest>, tag: UInt64, path: String) throws {
+        try inner.submit(requests, tag: tag, path: path)
+        for i in 0..<requests.count { submitted[tag + UInt64(i)] = (requests[i], path) }
+    }
+
+    @discardableResult
+    public func reap(min: Int, completed: (UInt64, Result<Int, FathomError>) throws -> Void) throws -> Int {
+        try inner.reap(min: min) { tag, result in
+            let (rq, path) = submitted.removeValue(forKey: tag)!
             rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17
             let roll = Double(rng >> 11) * 0x1.0p-53
-            let rq = requests[i]
             let bad = failOffsets.first { $0 >= rq.offset && $0 < rq.offset + UInt64(rq.length) }
             if bad != nil || roll < failRate {
                 injected += 1
-                try completed(i, .failure(FathomError.system("read (injected fault)", path: path, errno: errno, offset: bad ?? rq.offset)))
+                try completed(tag, .failure(FathomError.system("read (injected fault)", path: path, errno: errno, offset: bad ?? rq.offset)))
             } else if shortReads, case .success(let n) = result {
                 injected += 1
-                try completed(i, .failure(FathomError(.io, "short read: \(n / 2) of \(n) bytes (injected)", path: path, offset: requests[i].offset)))
+                try completed(tag, .failure(FathomError(.io, "short read: \(n / 2) of \(n) bytes (injected)", path: path, offset: rq.offset)))
             } else {
-                try completed(i, result)
+                try completed(tag, result)
             }
         }
     }

@@ -9,20 +9,29 @@ import FathomStorage
 import Glibc
 #endif
 
-/// An engine that counts what the search pipeline asks of it: every `read` call is one
-/// dependent round trip; the wrapped libaio engine counts its `io_submit` calls.
+/// An engine that counts what the query executor asks of it: every `submit` call is one
+/// dependent round trip (the executor submits a phase's reads at once when they fit); the
+/// wrapped libaio engine counts its `io_submit` calls.
 final class CountingEngine: IOEngine {
     let inner: AIOEngine
     var reads = 0
     var requests = 0
+    /// The most reads in flight at once (several queries overlapping show as more than one
+    /// query's largest phase).
+    var maxInFlight = 0
     var name: String { "counting(\(inner.name))" }
     var direct: Bool { inner.direct }
+    var inFlight: Int { inner.inFlight }
+    var capacity: Int { inner.capacity }
     init() throws { inner = try AIOEngine(depth: 256) }
-    func read(_ requests: UnsafeBufferPointer<ReadRequest>, path: String,
-              completed: (Int, Result<Int, FathomError>) throws -> Void) throws {
+    func submit(_ requests: UnsafeBufferPointer<ReadRequest>, tag: UInt64, path: String) throws {
         reads += 1
         self.requests += requests.count
-        try inner.read(requests, path: path, completed: completed)
+        try inner.submit(requests, tag: tag, path: path)
+        maxInFlight = max(maxInFlight, inner.inFlight)
+    }
+    func reap(min: Int, completed: (UInt64, Result<Int, FathomError>) throws -> Void) throws -> Int {
+        try inner.reap(min: min, completed: completed)
     }
 }
 
@@ -51,7 +60,7 @@ final class EngineLog: @unchecked Sendable {
         let dir = TempDir()
         let (_, q) = try Self.build(dir, codec: codec)
         let index = try VectorIndex.open(at: dir.file("idx"), io: .aio)
-        #expect(index.canPipeline)
+        #expect(index.ioEngineName == "libaio")
         let flat = Array(UnsafeBufferPointer(start: q.data, count: q.rows * q.cols))
         for (threads, window, p) in [(1, 4, SearchParameters(probes: 6)), (2, 3, SearchParameters(probes: 6)),
                                      (1, 16, SearchParameters(probes: 6))] {
@@ -85,6 +94,101 @@ final class EngineLog: @unchecked Sendable {
             guard case .success(let got) = batch[i] else { Issue.record("query \(i) failed: \(batch[i])"); continue }
             #expect(got == one, "query \(i)")
         }
+    }
+
+    /// Filtered queries run on the same executor as plain ones: a batch with several in
+    /// flight per thread answers exactly what one query at a time answers, for every plan
+    /// (walk, exact, walk then exact), with more reads in flight than any one query's phase.
+    @Test(arguments: [PostingCodec.lvq8, .none])
+    func filteredBatchPipelinesAndEqualsOneQueryAtATime(codec: PostingCodec) throws {
+        let dir = TempDir()
+        let n = 3000
+        let (_, q) = try writeSynthetic(dir: dir, n: n, d: 32, nq: 40, seed: 9)
+        var rng = SeededRandom(seed: 4)
+        var csv = "id,u:float\n"
+        for i in 0..<n { csv += "\(i),\(rng.uniform())\n" }
+        try csv.write(toFile: dir.file("attrs.csv"), atomically: true, encoding: .utf8)
+        var o = BuildOptions()
+        o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.codec = codec; o.attributes = dir.file("attrs.csv")
+        try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
+        let log = EngineLog()
+        let index = try VectorIndex.open(at: dir.file("idx"), engine: { try log.make() })
+        // Per query a filter: plain, 50%, 5%, 0.5% (the exact path), in turn.
+        let texts: [String?] = [nil, "u < 0.5", "u < 0.05", "u < 0.005"]
+        let filters = try (0..<q.rows).map { i in try texts[i % texts.count].map { try index.prepareFilter($0) } }
+        let p = SearchParameters(probes: 6)
+        let flat = Array(UnsafeBufferPointer(start: q.data, count: q.rows * q.cols))
+        var plans = Set<FilterPlanKind>()
+        var largestPhase = 0
+        let one = try (0..<q.rows).map { i in
+            try index.withSearcher { s in
+                let r = try s.search(UnsafeBufferPointer(start: q.row(i), count: q.cols), k: 10, parameters: p, filter: filters[i])
+                if let plan = s.stats.filterPlan { plans.insert(plan.kind) }
+                let e = log.engines.first { $0 === s.engine }!
+                largestPhase = max(largestPhase, e.maxInFlight)
+                return r
+            }
+        }
+        #expect(plans.contains(.walk) && plans.contains(.exact), "\(plans)")
+        for window in [1, 4] {
+            let before = log.engines.count
+            let batch = flat.withUnsafeBufferPointer {
+                index.search(batch: $0, count: q.rows, k: 10, parameters: p, filters: filters, threads: 1, window: window)
+            }
+            for i in 0..<q.rows {
+                guard case .success(let got) = batch[i] else { Issue.record("query \(i) failed: \(batch[i])"); continue }
+                #expect(got == one[i], "query \(i) (\(texts[i % texts.count] ?? "no filter")), window \(window)")
+            }
+            let batchEngine = log.engines[before]
+            if window > 1 {
+                #expect(batchEngine.maxInFlight > largestPhase, "queries overlap: \(batchEngine.maxInFlight) reads in flight, one query's most \(largestPhase)")
+            } else {
+                #expect(batchEngine.maxInFlight <= largestPhase)
+            }
+        }
+    }
+
+    /// The pread engine and a fault-injecting wrapper serve the same asynchronous protocol:
+    /// tags come back once each, and failures name their file and offset.
+    @Test func engineProtocolTagsAndFailures() throws {
+        let dir = TempDir()
+        let path = dir.file("blob")
+        let bytes = (0..<(16 * 4096)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        let fd = open(path, O_RDONLY)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 16 * 4096, alignment: 4096)
+        defer { buffer.deallocate() }
+        var requests = (0..<16).map { ReadRequest(fd: fd, offset: UInt64($0 * 4096), length: 4096, buffer: buffer + $0 * 4096) }
+        requests.append(ReadRequest(fd: fd, offset: 16 * 4096, length: 4096, buffer: buffer))   // past the end
+        for engine in [PreadEngine() as IOEngine, PreadEngine(width: 1), FaultInjectingEngine(wrapping: PreadEngine(), failOffsets: [5 * 4096 + 10])] {
+            var seen = [Int: Result<Int, FathomError>]()
+            try requests.withUnsafeBufferPointer { rq in
+                try engine.submit(UnsafeBufferPointer(rebasing: rq[0..<10]), tag: 100, path: path)
+                try engine.submit(UnsafeBufferPointer(rebasing: rq[10...]), tag: 110, path: path)
+                #expect(engine.inFlight == 17)
+                while engine.inFlight > 0 {
+                    try engine.reap(min: 1) { tag, r in
+                        #expect(seen[Int(tag)] == nil, "tag \(tag) completed twice")
+                        seen[Int(tag)] = r
+                    }
+                }
+            }
+            #expect(seen.count == 17)
+            for i in 0..<16 {
+                if engine is FaultInjectingEngine && i == 5 {
+                    guard case .failure(let e) = seen[100 + i]! else { Issue.record("read 5 should fail"); continue }
+                    #expect(e.offset == 5 * 4096 + 10 && e.path == path)
+                } else {
+                    #expect((try? seen[100 + i]!.get()) == 4096, "\(engine.name) read \(i)")
+                }
+            }
+            guard case .failure(let past) = seen[116]! else { Issue.record("a read past the end must fail"); continue }
+            #expect(past.code == .corruptIndex && past.offset == 16 * 4096)
+            #expect(engine.inFlight == 0)
+        }
+        #expect(Array(UnsafeRawBufferPointer(start: buffer, count: 16 * 4096)) == bytes)
     }
 
     @Test func atMostTwoRoundTripsEachOneSubmit() throws {

@@ -72,148 +72,208 @@ struct FilterContext {
     let scratch: FilterScratch
 }
 
-/// Filtered search: the same route → fetch → score → re-rank stages as plain search with
-/// another plan, chosen per query by ``FilterPlanner`` (docs/filters.md):
+/// The state of a filtered walk between its rounds (``Searcher``): the plan as re-planned
+/// so far, the routed candidates' cursor, and the walk's tallies.
+struct FilterWalk {
+    var plan = FilterPlan(kind: .walk, estimatedMatches: 0, plannedPostings: 0, walkCost: 0, exactCost: 0)
+    var probes = 0
+    /// Global selectivity estimate (the prior of the re-plan).
+    var s0 = 0.0
+    /// Postings the walk may read at most, and while it has k matches.
+    var hardCap = 0, cap = 0
+    /// Candidate postings routed (or ranked), and the cursor into them.
+    var found = 0, routed = 0, cursor = 0
+    var ranked = false, rerouted = false
+    /// Candidates already counted as skipped (before a re-route).
+    var skippedUpTo = 0
+    /// Distinct matching records within the bound, postings read, and postings read when the
+    /// k-th match was met.
+    var passing = 0, probed = 0, firstK = 0
+    /// The re-planned postings to read, and the size of the next round.
+    var target = 0, round = 0
+}
+
+/// Filtered search: the same route → fetch → score → accept → re-rank steps as plain search
+/// with another plan, chosen per query by ``FilterPlanner`` (docs/filters.md), and run by the
+/// same executor (so filtered queries pipeline like plain ones):
 ///
 /// - **exact**: when the matches cost fewer reads than the walk, enumerate the matching ids
-///   (codes, then the compiled predicate, over blocks of rows) and rank their full vectors.
-/// - **walk**: read the nearest postings whose summaries can match, `probes·√(1/s)` of them
-///   reject records by codes and predicate before any
-///   distance (the plan in one round trip), and keep walking, re-planned from the
-///   selectivity observed in the postings read (the plan only grows), until `2·k` matching
-///   records were met (k distinct in the heap) and the re-planned count is read. If the affordable postings hold fewer than k matches, the exact path answers.
+///   (codes, then the compiled predicate, over blocks of rows) and rank their full vectors,
+///   in round trips of at most 256 rows.
+/// - **walk**: rounds of postings, nearest first, skipping postings whose summaries cannot
+///   match; the first round reads the whole plan (`probes·√(1/s)` postings), and the walk
+///   goes on, re-planned from the selectivity observed in the postings read (the plan only
+///   grows), until `2·k` matching records were met (k distinct in the heap) and the
+///   re-planned count is read. If the affordable postings hold fewer than k matches, the
+///   exact path answers.
 ///
 /// So a query always returns min(k, number of matches) results, never one failing the
 /// predicate.
 extension Searcher {
-    func searchFiltered(k: Int, parameters p: SearchParameters, filter: PreparedFilter,
-                        into out: UnsafeMutablePointer<Neighbor>) throws -> Int {
-        guard let attrs = index.attributes else {
-            throw FathomError(.invalidArgument, "this index has no attributes; rebuild it with --attributes FILE to filter", path: index.path)
+    /// Plans a filtered query and stages its first phase.
+    func startFiltered(parameters p: SearchParameters, filter f: PreparedFilter) throws {
+        guard let attrs = context.attributes else {
+            throw FathomError(.invalidArgument, "this index has no attributes to filter on; build it with attributes", path: context.path)
         }
-        stats.selectivity = filter.selectivity
-        let heads = index.graph.count
+        stats.selectivity = f.selectivity
+        let context = FilterContext(filter: f, attrs: attrs, scratch: filterScratch)
+        filter = context
+        let count = self.context.count, heads = self.context.headCount
         let probes = min(p.probes, heads)
         let rerank = scorer.exact ? 0 : candidates.capacity
-        var plan = FilterPlanner.plan(matches: filter.selectivity * Double(index.count), count: index.count,
+        var plan = FilterPlanner.plan(matches: f.selectivity * Double(count), count: count,
                                       heads: heads, probes: probes, rerank: rerank)
-        let context = FilterContext(filter: filter, attrs: attrs, scratch: filterScratch)
         if plan.kind == .exact {
-            let ids = matchingIds(context)
+            exactIds = matchingIds(context)
             // The estimate can be wrong (correlated columns): re-plan from the exact count.
-            let real = FilterPlanner.plan(matches: Double(ids.count), count: index.count, heads: heads, probes: probes, rerank: rerank)
+            let real = FilterPlanner.plan(matches: Double(exactIds.count), count: count, heads: heads, probes: probes, rerank: rerank)
             if real.kind == .exact || real.exactCost <= 2 * real.walkCost {
-                plan.estimatedMatches = Double(ids.count); plan.exactCost = Double(ids.count)
-                stats.filterPlan = plan
-                return try exactFiltered(k: k, ids: ids, into: out)
+                plan.estimatedMatches = Double(exactIds.count); plan.exactCost = Double(exactIds.count)
+                walk.plan = plan
+                kind = .exact
+                stats.exactPath = true
+                exactCursor = 0
+                if !stageExactBatch() { _ = done() }
+                return
             }
             plan = real
         }
-        return try walkFiltered(k: k, parameters: p, probes: probes, plan: plan, context: context, into: out)
+        kind = .walk
+        startWalk(probes: probes, plan: plan, context: context)
+        if !walkStageNext() { _ = try afterPostings() }
     }
 
-    func walkFiltered(k: Int, parameters p: SearchParameters, probes: Int, plan initial: FilterPlan,
-                      context: FilterContext, into out: UnsafeMutablePointer<Neighbor>) throws -> Int {
-        var plan = initial
-        let heads = index.graph.count
-        let s0 = max(plan.estimatedMatches / Double(max(index.count, 1)), 1e-6)
+    func startWalk(probes: Int, plan: FilterPlan, context f: FilterContext) {
+        let heads = context.headCount
+        walk = FilterWalk()
+        walk.plan = plan
+        walk.probes = probes
+        walk.s0 = max(plan.estimatedMatches / Double(max(context.count, 1)), 1e-6)
         // Read at most this many postings (4× the plan, and never more than the reads the
         // exact path would cost) — or, while fewer than k matches were found, up to the exact
         // path's cost (an anti-correlated neighbourhood: the matches lie farther out).
-        let hardCap = min(heads, max(64, Int(min(plan.exactCost, Double(heads)))))
-        let cap = min(hardCap, plan.plannedPostings * 4)
-        var found: Int
-        var routed = 0
-        let ranked: Bool
-        if let listed = context.filter.postingList, listed.count * 2 <= heads {
+        walk.hardCap = min(heads, max(64, Int(min(plan.exactCost, Double(heads)))))
+        walk.cap = min(walk.hardCap, plan.plannedPostings * 4)
+        if let listed = f.filter.postingList, listed.count * 2 <= heads {
             // Few postings can match (a correlated or narrow filter): rank exactly those by
             // their heads' distances, nearest first, so the walk meets no skipped posting.
-            found = rankPostings(listed)
-            plan.rankedMatchingPostings = true
-            ranked = true
+            walk.found = rankPostings(listed)
+            walk.plan.rankedMatchingPostings = true
+            walk.ranked = true
         } else {
             // Route enough heads that about 1.5× the plan's postings may match (summaries skip
             // the others); routed again, twice as wide, if the walk runs out.
-            let want = Double(plan.plannedPostings) * 1.5 / max(context.filter.admittedFraction, 1e-3)
-            routed = min(heads, max(64, Int(min(want, Double(heads)))))
-            found = route(count: routed, listSize: routed + 32)
-            ranked = false
+            let want = Double(plan.plannedPostings) * 1.5 / max(f.filter.admittedFraction, 1e-3)
+            walk.routed = min(heads, max(64, Int(min(want, Double(heads)))))
+            walk.found = route(count: walk.routed, listSize: walk.routed + 32)
         }
-        var readSoFar = [UInt32]()     // postings read, sorted (only consulted after a re-route)
-        var rerouted = false
+        readSoFar.removeAll(keepingCapacity: true)
         resetSeen(expected: 4096)
-        let sc = context.scratch
-        sc.records = 0; sc.matched = 0
-        let needed = 2 * k
-        var passing = 0, probed = 0, cursor = 0, firstK = 0
-        var target = plan.plannedPostings
+        f.scratch.records = 0; f.scratch.matched = 0
+        walk.target = plan.plannedPostings
         // The first round trip reads the whole plan.
-        var round = target
-        var skippedUpTo = 0           // candidates already counted as skipped
-        while probed < hardCap && (probed < cap || passing < k || (firstK > plan.plannedPostings && probed < firstK + firstK / 2)) {
+        walk.round = walk.target
+    }
+
+    /// Stages the walk's next round of postings; false when the walk is over (its caps
+    /// reached, or no candidate posting is left).
+    func walkStageNext() -> Bool {
+        guard let f = filter else { return false }
+        let heads = context.headCount
+        while walk.probed < walk.hardCap
+                && (walk.probed < walk.cap || walk.passing < k
+                    || (walk.firstK > walk.plan.plannedPostings && walk.probed < walk.firstK + walk.firstK / 2)) {
             lists.removeAll(keepingCapacity: true)
-            while cursor < found && lists.count < round {
-                let h = Int(candIds[cursor]); cursor += 1
-                if index.postingStore.count(of: h) == 0 { continue }
-                if !context.filter.postingMayMatch(h) {
-                    if cursor > skippedUpTo { stats.postingsSkipped += 1 }
+            while walk.cursor < walk.found && lists.count < walk.round {
+                let h = Int(candIds[walk.cursor]); walk.cursor += 1
+                if context.postingStore.count(of: h) == 0 { continue }
+                if !f.filter.postingMayMatch(h) {
+                    if walk.cursor > walk.skippedUpTo { stats.postingsSkipped += 1 }
                     continue
                 }
-                if rerouted && Self.sortedContains(readSoFar, UInt32(h)) { continue }
+                if walk.rerouted && Self.sortedContains(readSoFar, UInt32(h)) { continue }
                 lists.append(UInt32(h))
             }
             if lists.isEmpty {
                 // The routed heads ran out before the walk was done: route twice as wide and
                 // go on past the postings already read.
-                guard !ranked, routed < heads else { break }
-                skippedUpTo = max(skippedUpTo, cursor)
-                routed = min(heads, routed * 2)
-                found = route(count: routed, listSize: routed + 32)
-                cursor = 0
-                rerouted = true
+                guard !walk.ranked, walk.routed < heads else { return false }
+                walk.skippedUpTo = max(walk.skippedUpTo, walk.cursor)
+                walk.routed = min(heads, walk.routed * 2)
+                walk.found = route(count: walk.routed, listSize: walk.routed + 32)
+                walk.cursor = 0
+                walk.rerouted = true
                 readSoFar.sort()
                 continue
             }
             readSoFar.append(contentsOf: lists)
-            if rerouted { readSoFar.sort() }
-            probed += lists.count
-            plan.rounds += 1
-            passing += try fetchAndScoreFiltered(verify: p.verifyChecksums, context: context)
-            // Re-plan from the postings read: a filter anti-correlated with this neighbourhood
-            // (fewer matches here than overall) needs more postings. The plan only grows: the
-            // postings read are biased towards matches (summaries skipped or excluded the
-            // others), so a high local rate does not show that fewer would do. The prior (64
-            // records at the global estimate) steadies the first rounds.
-            let prior = 64.0
-            let local = (Double(sc.matched) + prior * s0) / (Double(sc.records) + prior)
-            plan.observedSelectivity = sc.records > 0 ? Double(sc.matched) / Double(sc.records) : nil
-            target = max(plan.plannedPostings, FilterPlanner.walkPostings(selectivity: local, probes: probes, heads: heads))
-            // Quality: when the plan's postings held fewer than k matches (the matches lie
-            // farther out), the first k found are the nearest of a thin set; read half as many
-            // postings again past that point before stopping.
-            if firstK == 0 && passing >= k { firstK = probed }
-            let enough = firstK > plan.plannedPostings ? max(target, firstK + firstK / 2) : target
-            // (2·k matches met — records, replicas included — and k distinct in the heap.)
-            if sc.matched >= needed && passing >= k && probed >= enough { break }
-            if probed >= cap && passing >= k && probed >= enough { break }
-            // Grow by at least 2·probes a round (an anti-correlated neighbourhood raises the
-            // target a little after every round, and each round is a round trip), by half
-            // the postings read so far while fewer than k matched, and to the quality margin.
-            round = max(2 * probes, min(target - probed, cap - probed), passing < k ? probed / 2 : 0,
-                        firstK > plan.plannedPostings ? firstK + firstK / 2 - probed : 0)
+            if walk.rerouted { readSoFar.sort() }
+            walk.probed += lists.count
+            walk.plan.rounds += 1
+            stagePostings()
+            return true
         }
-        if !scorer.exact { try rerank() }
-        if heap.count < k {
-            // The postings walked hold fewer than k matches: rank every match exactly.
-            heap.reset()
-            plan.kind = .walkThenExact
-            let ids = matchingIds(context)
-            plan.exactCost = Double(ids.count)
-            stats.filterPlan = plan
-            return try exactFiltered(k: k, ids: ids, into: out)
+        return false
+    }
+
+    /// After a round's postings were scored: re-plans and says whether the walk goes on.
+    func walkRoundDone() -> Bool {
+        guard let f = filter else { return false }
+        let sc = f.scratch
+        walk.passing += roundPassing
+        // Re-plan from the postings read: a filter anti-correlated with this neighbourhood
+        // (fewer matches here than overall) needs more postings. The plan only grows: the
+        // postings read are biased towards matches (summaries skipped or excluded the
+        // others), so a high local rate does not show that fewer would do. The prior (64
+        // records at the global estimate) steadies the first rounds.
+        let prior = 64.0
+        let local = (Double(sc.matched) + prior * walk.s0) / (Double(sc.records) + prior)
+        walk.plan.observedSelectivity = sc.records > 0 ? Double(sc.matched) / Double(sc.records) : nil
+        walk.target = max(walk.plan.plannedPostings,
+                          FilterPlanner.walkPostings(selectivity: local, probes: walk.probes, heads: context.headCount))
+        // Quality: when the plan's postings held fewer than k matches (the matches lie
+        // farther out), the first k found are the nearest of a thin set; read half as many
+        // postings again past that point before stopping.
+        if walk.firstK == 0 && walk.passing >= k { walk.firstK = walk.probed }
+        let thin = walk.firstK > walk.plan.plannedPostings
+        let enough = thin ? max(walk.target, walk.firstK + walk.firstK / 2) : walk.target
+        // (2·k matches met — records, replicas included — and k distinct in the heap.)
+        if sc.matched >= 2 * k && walk.passing >= k && walk.probed >= enough { return false }
+        if walk.probed >= walk.cap && walk.passing >= k && walk.probed >= enough { return false }
+        // Grow by at least 2·probes a round (an anti-correlated neighbourhood raises the
+        // target a little after every round, and each round is a round trip), by half
+        // the postings read so far while fewer than k matched, and to the quality margin.
+        walk.round = max(2 * walk.probes, min(walk.target - walk.probed, walk.cap - walk.probed),
+                         walk.passing < k ? walk.probed / 2 : 0,
+                         thin ? walk.firstK + walk.firstK / 2 - walk.probed : 0)
+        return true
+    }
+
+    /// The postings walked hold fewer than k matches: rank every match exactly instead.
+    func startExactFallback() {
+        guard let f = filter else { return }
+        heap.reset()
+        walk.plan.kind = .walkThenExact
+        exactIds = matchingIds(f)
+        walk.plan.exactCost = Double(exactIds.count)
+        kind = .exact
+        stats.exactPath = true
+        exactCursor = 0
+    }
+
+    /// Stages the exact path's next batch of at most 256 matching rows; false when every
+    /// match was ranked.
+    func stageExactBatch() -> Bool {
+        let n = min(256, exactIds.count - exactCursor)
+        guard n > 0 else { return false }
+        ensureRerank(n)
+        exactIds.withUnsafeBufferPointer { all in
+            rerankIds.update(from: all.baseAddress! + exactCursor, count: n)
         }
-        stats.filterPlan = plan
-        return finish(k: k, into: out)
+        exactCursor += n
+        stats.candidatesScored += n
+        stageVectors(n)
+        return true
     }
 
     static func sortedContains(_ a: [UInt32], _ x: UInt32) -> Bool {
@@ -226,7 +286,7 @@ extension Searcher {
     /// first; returns how many.
     func rankPostings(_ heads: [UInt32]) -> Int {
         ensureRouteCapacity(max(heads.count, 1))
-        heads.withUnsafeBufferPointer { index.router.distances(query, to: $0, scratch: routeScratch, into: candDist) }
+        heads.withUnsafeBufferPointer { context.router.distances(query, to: $0, scratch: routeScratch, into: candDist) }
         let sc = filterScratch
         sc.reservePairs(heads.count)
         let pairs = sc.pairs
@@ -237,12 +297,12 @@ extension Searcher {
         return heads.count
     }
 
-    /// Every id matching the filter: codes over blocks of rows, then the compiled predicate
-    /// on the survivors.
+    /// Every live id matching the filter: codes over blocks of rows, then the compiled
+    /// predicate on the survivors.
     func matchingIds(_ f: FilterContext) -> [UInt32] {
         var out = [UInt32]()
-        let n = index.count, block = 4096
-        let tombstones = index.tombstones
+        let n = context.count, block = 4096
+        let tombstones = context.tombstones
         let sc = f.scratch
         sc.reserveRows(block, recordBytes: 0)
         var start = 0
@@ -255,90 +315,6 @@ extension Searcher {
             start += m0
         }
         return out
-    }
-
-    /// Ranks `ids` by their exact distances (vectors read in round trips of at most 256 rows).
-    func exactFiltered(k: Int, ids: [UInt32], into out: UnsafeMutablePointer<Neighbor>) throws -> Int {
-        stats.exactPath = true
-        let batch = 256
-        try ids.withUnsafeBufferPointer { all in
-            var start = 0
-            while start < all.count {
-                let n = min(batch, all.count - start)
-                stats.candidatesScored += n
-                try rankExactly(UnsafeBufferPointer(rebasing: all[start..<(start + n)]))
-                start += n
-            }
-        }
-        return finish(k: k, into: out)
-    }
-
-    /// Reads the postings in `lists` (one round trip) and offers their matching records;
-    /// returns how many distinct matching records scored within the current bound.
-    func fetchAndScoreFiltered(verify: Bool, context: FilterContext) throws -> Int {
-        var passing = 0
-        let recordBytes = index.postingStore.recordBytes
-        try lists.withUnsafeBufferPointer { l in
-            let c = try postings.fetch(l, verify: verify) { h, records, count in
-                passing += collectFiltered(records, count: count, recordBytes: recordBytes, filter: context, list: h)
-            }
-            stats.add(c, postings: true)
-        }
-        try checkIds()
-        return passing
-    }
-
-    /// One posting of the walk: the ids are checked (a corrupt id fails the query), the codes
-    /// and then the compiled predicate keep the matching records (a block at a time), and
-    /// only those are scored: the whole posting in one kernel call when most match, else
-    /// the survivors gathered into one contiguous block and scored in one call.
-    func collectFiltered(_ records: UnsafeRawPointer, count: Int, recordBytes: Int, filter f: FilterContext, list: UInt32) -> Int {
-        let sc = f.scratch
-        sc.reserveRows(count, recordBytes: recordBytes)
-        if count > scoreCapacity {
-            scores.deallocate(); scoreCapacity = count; scores = .allocate(capacity: count)
-        }
-        let ids = sc.ids, slots = sc.slots
-        let n = UInt32(index.count)
-        let tombstones = index.tombstones
-        var m = 0
-        for j in 0..<count {
-            let id = UInt32(littleEndian: records.loadUnaligned(fromByteOffset: j * recordBytes, as: UInt32.self))
-            if id >= n { if badId == nil { badId = (id, list, j) }; continue }
-            if tombstones.contains(id) { continue }
-            ids[m] = id; slots[m] = Int32(j); m += 1
-        }
-        sc.records += m
-        m = f.filter.codes.select(ids, aux: slots, count: m, quantized: f.attrs.quantized)
-        if m > 0 && !f.filter.codes.decides {
-            m = f.filter.program.select(ids, aux: slots, count: m, table: f.attrs.table, scratch: sc)
-        }
-        sc.matched += m
-        if m == 0 { return 0 }
-        let whole = 2 * m >= count
-        if whole {
-            scorer.score(records + 4, count: count, stride: recordBytes, into: scores)
-            stats.candidatesScored += count
-        } else {
-            let g = sc.gathered
-            for i in 0..<m {
-                (g + i * recordBytes).copyMemory(from: records + Int(slots[i]) * recordBytes, byteCount: recordBytes)
-            }
-            scorer.score(UnsafeRawPointer(g) + 4, count: m, stride: recordBytes, into: scores)
-            stats.candidatesScored += m
-        }
-        let target = scorer.exact ? heap : candidates
-        var bound = target.bound
-        var passing = 0
-        for i in 0..<m {
-            let dist = whole ? scores[Int(slots[i])] : scores[i]
-            if dist > bound { continue }
-            let id = ids[i]
-            if !insertSeen(id) { continue }
-            passing += 1
-            if target.push(dist, id) { bound = target.bound }
-        }
-        return passing
     }
 }
 

@@ -42,28 +42,40 @@ public struct IOCounts: Sendable, Equatable {
 }
 
 /// One thread's access to a ``PostingStore``. Never shared between threads.
+///
+/// A fetch is asynchronous, in steps driven by the query executor (``Searcher``):
+/// `stage` coalesces the lists' reads into requests (in this reader's buffers) for the
+/// caller to submit on the thread's ``IOEngine``; `visitResident` visits at once the staged
+/// lists (or parts of lists) that need no IO (a RAM tier, the delta of updates); `deliver`
+/// takes each request's completion and visits its lists. `visit(h, records, count)` gets
+/// a list's records as one contiguous buffer, valid only during the call.
 public protocol PostingReader: AnyObject {
     /// Bytes of buffers this reader holds.
     var scratchBytes: Int { get }
-    /// Reads the lists `lists` (head ids; empty lists are skipped) in one round trip (a
-    /// single batch handed to the IO engine) and calls `visit(h, records, count)` once per
-    /// list as its bytes arrive, in completion order. `records` is valid only during the
-    /// call. With `verify`, each list's CRC32C is checked first and a mismatch throws
-    /// `corruptIndex` naming the file and offset. A failed read throws after the other
-    /// lists of the batch were visited. Returns what the fetch cost.
-    func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
-               visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts
-
-    /// The asynchronous form, in two steps, for a thread that keeps several queries in
-    /// flight on one ``AsyncIOEngine``: `stage` coalesces the lists' reads into requests (into
-    /// this reader's buffers) and returns them for the caller to submit; `deliver` then takes
-    /// each request's completion and visits its lists. A store without IO stages nothing:
-    /// call `fetch` instead.
+    /// The file its requests read (for the IO engine's error messages).
+    var path: String { get }
+    /// Stages the reads of lists `lists` (head ids; empty lists are skipped): the requests
+    /// of one round trip, and what they cost (0 requests and round trips when no list
+    /// needs IO).
     func stage(_ lists: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts)
-    /// Visits the lists of staged request `r` (see `fetch`); returns the error of this
-    /// request (a failed read or a checksum mismatch), if any.
+    /// Visits the staged lists held in RAM; returns how many lists (or list parts) it visited.
+    func visitResident(visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> Int
+    /// Visits the lists of staged request `r`; returns the error of this request (a failed
+    /// read, or with `verify` a list failing its CRC32C, naming the file and offset), if any.
+    /// The lists of a failed request are not visited.
     func deliver(_ r: Int, _ result: Result<Int, FathomError>, verify: Bool,
                  visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> FathomError?
+}
+
+extension PostingEntry {
+    /// The error of posting `h` whose `count` records of `recordBytes` start at `base`, if
+    /// their CRC32C differs from the table's (the one posting checksum check: disk reads,
+    /// resident loads and the verifier).
+    func checksumError(_ base: UnsafeRawPointer, recordBytes: Int, list h: Int, path: String) -> FathomError? {
+        let c = crc32c(base, Int(count) * recordBytes, 0)
+        if c == crc { return nil }
+        return FathomError(.corruptIndex, String(format: "posting %d fails its checksum (stored %08x, read %08x): postings.dat is corrupt; verify the index and rebuild it", h, crc, c), path: path, offset: offset)
+    }
 }
 
 /// postings.dat on SSD, read with the thread's IO engine (libaio + O_DIRECT by default).
@@ -113,6 +125,7 @@ final class DiskPostingReader: PostingReader {
     }
 
     var scratchBytes: Int { order.capacity * 4 + plan.scratchBytes }
+    var path: String { store.path }
 
     func stage(_ lists: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
         let table = store.table
@@ -142,26 +155,16 @@ final class DiskPostingReader: PostingReader {
             let h = order[i]
             let e = table[Int(h)]
             let base = UnsafeRawPointer(req.buffer) + Int(e.offset - req.offset)
-            if verify {
-                let c = crc32c(base, Int(e.count) * recordBytes, 0)
-                if c != e.crc {
-                    if failure == nil {
-                        failure = FathomError(.corruptIndex, String(format: "posting %d fails its checksum (stored %08x, read %08x): postings.dat is corrupt — run `fathom verify` and rebuild", Int(h), e.crc, c), path: store.path, offset: e.offset)
-                    }
-                    continue
-                }
+            if verify, let error = e.checksumError(base, recordBytes: recordBytes, list: Int(h), path: store.path) {
+                if failure == nil { failure = error }
+                continue
             }
             try visit(h, base, Int(e.count))
         }
         return failure
     }
 
-    func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
-               visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts {
-        let (staged, counts) = stage(lists)
-        try readStaged(staged, engine: engine, path: store.path) { try deliver($0, $1, verify: verify, visit: visit) }
-        return counts
-    }
+    func visitResident(visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> Int { 0 }
 }
 
 /// The postings held in RAM (loaded once at open): for indexes small enough, or a serving
@@ -181,10 +184,9 @@ public final class ResidentPostingStore: PostingStore, @unchecked Sendable {
         bytes = .allocate(byteCount: max(byteCount, 1), alignment: 4096)
         do { try file.read(into: bytes, count: byteCount, at: 0) } catch { bytes.deallocate(); throw error }
         for (h, e) in table.enumerated() where e.count > 0 {
-            let c = crc32c(bytes + Int(e.offset), Int(e.count) * recordBytes, 0)
-            guard c == e.crc else {
+            if let error = e.checksumError(bytes + Int(e.offset), recordBytes: recordBytes, list: h, path: path) {
                 bytes.deallocate()
-                throw FathomError(.corruptIndex, String(format: "posting %d fails its checksum (stored %08x, read %08x): postings.dat is corrupt — run `fathom verify` and rebuild", h, e.crc, c), path: path, offset: e.offset)
+                throw error
             }
         }
     }
@@ -200,40 +202,32 @@ public final class ResidentPostingStore: PostingStore, @unchecked Sendable {
 
 final class ResidentPostingReader: PostingReader {
     let store: ResidentPostingStore
+    /// The lists of the staged fetch.
+    var staged = [UInt32]()
     init(store: ResidentPostingStore) { self.store = store }
-    var scratchBytes: Int { 0 }
+    var scratchBytes: Int { staged.capacity * 4 }
+    var path: String { store.path }
 
     func stage(_ lists: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
-        (UnsafeBufferPointer(start: nil, count: 0), IOCounts())
+        staged.removeAll(keepingCapacity: true)
+        staged.append(contentsOf: lists)
+        return (UnsafeBufferPointer(start: nil, count: 0), IOCounts())
+    }
+
+    func visitResident(visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> Int {
+        // Checksums were verified when the store was loaded.
+        var n = 0
+        for h in staged {
+            let e = store.table[Int(h)]
+            if e.count == 0 { continue }
+            n += 1
+            try visit(h, UnsafeRawPointer(store.bytes) + Int(e.offset), Int(e.count))
+        }
+        return n
     }
 
     func deliver(_ r: Int, _ result: Result<Int, FathomError>, verify: Bool,
                  visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> FathomError? { nil }
-
-    func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
-               visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts {
-        // Checksums were verified when the store was loaded.
-        var counts = IOCounts()
-        for h in lists {
-            let e = store.table[Int(h)]
-            if e.count == 0 { continue }
-            counts.items += 1
-            try visit(h, UnsafeRawPointer(store.bytes) + Int(e.offset), Int(e.count))
-        }
-        return counts
-    }
-}
-
-/// One round trip of staged requests: hands each completion to `deliver` (which returns the
-/// request's error, if any) and throws the first error once every request was delivered.
-func readStaged(_ requests: UnsafeBufferPointer<ReadRequest>, engine: IOEngine, path: String,
-                deliver: (Int, Result<Int, FathomError>) throws -> FathomError?) throws {
-    if requests.isEmpty { return }
-    var firstError: FathomError? = nil
-    try engine.read(requests, path: path) { r, result in
-        if let e = try deliver(r, result), firstError == nil { firstError = e }
-    }
-    if let e = firstError { throw e }
 }
 
 /// How a reader turns sorted byte ranges into few requests: ranges that touch or lie at

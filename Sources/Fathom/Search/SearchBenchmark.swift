@@ -46,8 +46,8 @@ public enum SearchBenchmark {
 
     /// - Returns: one row per entry of `probes`, plus the labels of the last run (for `--output`;
     ///   recall compares labels with the ground truth: build it in label space).
-    /// - Parameter window: queries in flight per thread (``SearchPipeline``; plain queries on
-    ///   the libaio engine), 1: one at a time.
+    /// - Parameter window: queries in flight per thread (``QueryExecutor``: plain and filtered
+    ///   queries alike), 1: one at a time.
     public static func run(index: VectorIndex, queries: Matrix, k: Int, probes: [Int], threads: Int,
                            window: Int = 1,
                            gt: GroundTruth?, base: SearchParameters = SearchParameters(),
@@ -77,7 +77,6 @@ public enum SearchBenchmark {
             var ids = [[UInt32]](repeating: [], count: nq)
             var dists = [[Float]](repeating: [], count: nq)
             var failures = [FathomError?](repeating: nil, count: nq)
-            let next = Counter()
             let start = DispatchTime.now().uptimeNanoseconds
             lat.withUnsafeMutableBufferPointer { latB in
             qstats.withUnsafeMutableBufferPointer { statsB in
@@ -87,67 +86,29 @@ public enum SearchBenchmark {
                 let statsP = SendablePointer(statsB.baseAddress!)
                 let latP = SendablePointer(latB.baseAddress!), idsP = SendablePointer(idsB.baseAddress!)
                 let distsP = SendablePointer(distsB.baseAddress!), failP = SendablePointer(failB.baseAddress!)
-                let pipelined = window > 1 && index.canPipeline && filters == nil && !postFilter
-                let work: @Sendable (Int) -> Void = { _ in
-                    if pipelined {
-                        let begun = UnsafeMutablePointer<UInt64>.allocate(capacity: nq)
-                        defer { begun.deallocate() }
-                        do {
-                            try SearchPipeline(index: index, window: window).run(
-                                queries: queries.data, k: k, parameters: params,
-                                next: { let i = next.next(); return i < nq ? i : nil },
-                                started: { begun[$0] = DispatchTime.now().uptimeNanoseconds },
-                                out: { i, r, st in
-                                    latP.p[i] = Double(DispatchTime.now().uptimeNanoseconds - begun[i]) / 1000
-                                    statsP.p[i] = st
-                                    switch r {
-                                    case .success(let hits): idsP.p[i] = hits.map(Self.resultKey); distsP.p[i] = hits.map(\.distance)
-                                    case .failure(let e): failP.p[i] = e
-                                    }
-                                })
-                        } catch {
-                            let e = error as? FathomError ?? FathomError(.io, "\(error)")
-                            while true { let i = next.next(); if i >= nq { break }; failP.p[i] = e }
-                        }
-                        return
-                    }
-                    do {
-                        try index.withSearcher { s in
-                            // Post-filtering baseline: ask for k / selectivity × 2 unfiltered
-                            // neighbours, keep the first k that match.
-                            let widest = postFilter ? min(index.count, (filters ?? []).compactMap { $0 }.map { Int(Double(k) * 2 / max($0.selectivity, 1e-4)) }.max() ?? k) : k
-                            let out = UnsafeMutablePointer<Neighbor>.allocate(capacity: max(k, widest))
-                            defer { out.deallocate() }
-                            while true {
-                                let i = next.next()
-                                if i >= nq { break }
-                                let q = UnsafeBufferPointer(start: queries.row(i), count: queries.cols)
-                                let t0 = DispatchTime.now().uptimeNanoseconds
-                                do {
-                                    var n: Int
-                                    if postFilter, let f = filters?[i] ?? nil {
-                                        let kk = min(index.count, Int(Double(k) * 2 / max(f.selectivity, 1e-4)))
-                                        let m = try s.search(q, k: kk, parameters: params, into: out)
-                                        n = 0
-                                        for j in 0..<m where n < k && index.matches(f, id: out[j].id) { out[n] = out[j]; n += 1 }
-                                    } else {
-                                        n = try s.search(q, k: k, parameters: params, filter: filters?[i] ?? nil, into: out)
-                                    }
-                                    latP.p[i] = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000
-                                    statsP.p[i] = s.stats
-                                    idsP.p[i] = (0..<n).map { Self.resultKey(out[$0]) }
-                                    distsP.p[i] = (0..<n).map { out[$0].distance }
-                                } catch let e as FathomError {
-                                    failP.p[i] = e
-                                }
-                            }
-                        }
-                    } catch {
-                        let e = error as? FathomError ?? FathomError(.io, "\(error)")
-                        while true { let i = next.next(); if i >= nq { break }; failP.p[i] = e }
-                    }
+                if postFilter {
+                    postFiltered(index: index, queries: queries, k: k, parameters: params, filters: filters, threads: t,
+                                 lat: latP, stats: statsP, ids: idsP, dists: distsP, failures: failP)
+                    return
                 }
-                if t == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: t, execute: work) }
+                // Every other query runs on the executor, `window` in flight per thread; a
+                // query's latency runs from its start to its answer.
+                let begun = UnsafeMutablePointer<UInt64>.allocate(capacity: nq)
+                defer { begun.deallocate() }
+                let begunP = SendablePointer(begun)
+                do {
+                    let qb = UnsafeBufferPointer(start: queries.data, count: nq * queries.cols)
+                    index.search(batch: qb, count: nq, k: k, parameters: params, filters: filters, threads: t, window: window,
+                                 started: { begunP.p[$0] = DispatchTime.now().uptimeNanoseconds },
+                                 completed: { i, r, st in
+                                     latP.p[i] = Double(DispatchTime.now().uptimeNanoseconds - begunP.p[i]) / 1000
+                                     statsP.p[i] = st
+                                     switch r {
+                                     case .success(let hits): idsP.p[i] = hits.map(Self.resultKey); distsP.p[i] = hits.map(\.distance)
+                                     case .failure(let e): failP.p[i] = e
+                                     }
+                                 })
+                }
             }}}}}
             let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             let failed = failures.compactMap { $0 }
@@ -174,6 +135,51 @@ public enum SearchBenchmark {
             lastIds = ids; lastDists = dists
         }
         return (rows, lastIds, lastDists)
+    }
+
+    /// The post-filtering baseline: each query asks for k / selectivity × 2 unfiltered
+    /// neighbours, one query at a time per thread, and keeps the first k that match.
+    static func postFiltered(index: VectorIndex, queries: Matrix, k: Int, parameters: SearchParameters,
+                             filters: [PreparedFilter?]?, threads: Int,
+                             lat: SendablePointer<Double>, stats: SendablePointer<QueryStats>, ids: SendablePointer<[UInt32]>,
+                             dists: SendablePointer<[Float]>, failures: SendablePointer<FathomError?>) {
+        let nq = queries.rows
+        let next = Counter()
+        let work: @Sendable (Int) -> Void = { _ in
+            do {
+                try index.withSearcher { s in
+                    let widest = min(index.count, (filters ?? []).compactMap { $0 }.map { Int(Double(k) * 2 / max($0.selectivity, 1e-4)) }.max() ?? k)
+                    let out = UnsafeMutablePointer<Neighbor>.allocate(capacity: max(k, widest))
+                    defer { out.deallocate() }
+                    while true {
+                        let i = next.next()
+                        if i >= nq { break }
+                        let q = UnsafeBufferPointer(start: queries.row(i), count: queries.cols)
+                        let t0 = DispatchTime.now().uptimeNanoseconds
+                        do {
+                            var n = 0
+                            if let f = filters?[i] ?? nil {
+                                let kk = min(index.count, Int(Double(k) * 2 / max(f.selectivity, 1e-4)))
+                                let m = try s.search(q, k: kk, parameters: parameters, into: out)
+                                for j in 0..<m where n < k && index.matches(f, id: out[j].id) { out[n] = out[j]; n += 1 }
+                            } else {
+                                n = try s.search(q, k: k, parameters: parameters, into: out)
+                            }
+                            lat.p[i] = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000
+                            stats.p[i] = s.stats
+                            ids.p[i] = (0..<n).map { Self.resultKey(out[$0]) }
+                            dists.p[i] = (0..<n).map { out[$0].distance }
+                        } catch let e as FathomError {
+                            failures.p[i] = e
+                        }
+                    }
+                }
+            } catch {
+                let e = error as? FathomError ?? FathomError(.io, "\(error)")
+                while true { let i = next.next(); if i >= nq { break }; failures.p[i] = e }
+            }
+        }
+        if threads == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: threads, execute: work) }
     }
 
     /// The rows as a DiskANN-style table.

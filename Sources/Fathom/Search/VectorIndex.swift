@@ -115,13 +115,14 @@ public final class VectorIndex: @unchecked Sendable {
     public let ioMode: IOMode
     /// The engine actually used ("libaio" or "pread").
     public let ioEngineName: String
-    let engineFactory: @Sendable () throws -> IOEngine
-    /// Whether `open` was given an engine factory (tests inject faults with one).
-    let customEngine: Bool
+    /// Makes an IO engine with room for at least the given number of reads in flight (a
+    /// custom engine keeps its own depth).
+    let engineFactory: @Sendable (Int) throws -> IOEngine
+    /// What the searchers search (this version's router, stores, codec, labels, tombstones).
+    /// Searchers hold it, not the index: no reference cycle through the pool.
+    private(set) var context: SearchContext! = nil
     private let poolLock = NSLock()
     private var pool: [Searcher] = []
-    /// A retired snapshot (a ``MutableVectorIndex`` published a newer one) pools no searchers.
-    private var retired = false
     /// Id → external label.
     public let labels: LabelMap
     /// Deleted ids (all clear for an index without updates).
@@ -131,11 +132,10 @@ public final class VectorIndex: @unchecked Sendable {
     public let count: Int
     /// Number of live (not deleted) vectors.
     public var liveCount: Int { count - tombstones.deleted }
-    /// Queries a batch search keeps in flight per thread by default (libaio engine).
+    /// Queries a batch search keeps in flight per thread by default.
     public static let defaultWindow = 4
-    /// Whether batch searches can keep several queries in flight per thread: the index reads
-    /// through libaio (not a custom or pread engine).
-    var canPipeline: Bool { customEngine == false && ioEngineName == "libaio" }
+    /// IO depth of a pooled searcher's engine.
+    static let searcherDepth = 256
     /// Whether the postings are held in RAM (``open(at:io:engine:serveMemory:warn:)``).
     public var postingsResident: Bool { postingStore is ResidentPostingStore }
     /// Number of heads (postings).
@@ -230,9 +230,8 @@ public final class VectorIndex: @unchecked Sendable {
         var file = plain
         var vfile = plainVectors
         var mode = io
-        customEngine = engine != nil
         if let engine {
-            engineFactory = engine
+            engineFactory = { _ in try engine() }
             ioMode = io
             ioEngineName = try engine().name
         } else {
@@ -251,12 +250,11 @@ public final class VectorIndex: @unchecked Sendable {
                 }
             }
             ioMode = mode
-            let depth = 256
             if mode == .aio {
-                engineFactory = { try AIOEngine(depth: depth) }
+                engineFactory = { try AIOEngine(depth: $0) }
                 ioEngineName = "libaio"
             } else {
-                engineFactory = { PreadEngine() }
+                engineFactory = { _ in PreadEngine() }
                 ioEngineName = "pread"
             }
         }
@@ -273,6 +271,7 @@ public final class VectorIndex: @unchecked Sendable {
         }
         vectorStore = DiskVectorStore(file: engine == nil ? vfile : plainVectors, path: layout.vectorsPath,
                                       dimension: m.dimension, elementType: m.element_type)
+        context = makeContext()
     }
 
     /// A version of `base` with other stores, more rows, labels and tombstones: a snapshot of
@@ -283,15 +282,24 @@ public final class VectorIndex: @unchecked Sendable {
         elementType = base.elementType; router = base.router; table = base.table
         self.postingStore = postingStore; self.vectorStore = vectorStore
         codec = base.codec; attributes = base.attributes; ioMode = base.ioMode
-        ioEngineName = base.ioEngineName; engineFactory = base.engineFactory; customEngine = base.customEngine
+        ioEngineName = base.ioEngineName; engineFactory = base.engineFactory
         self.count = count; self.labels = labels; self.tombstones = tombstones
+        context = makeContext()
     }
 
-    /// Marks this snapshot superseded: its idle searchers are freed, and searchers returned
-    /// later are dropped (searchers refer back to their index, so pooling them would keep
-    /// every old snapshot alive).
-    func retire() {
-        poolLock.lock(); retired = true; let p = pool; pool = []; poolLock.unlock(); _ = p
+    /// This version's search context (called once, at the end of init).
+    private func makeContext() -> SearchContext {
+        let (codec, metric, elementType, dimension) = (codec, metric, elementType, dimension)
+        let scorer: @Sendable () -> QueryScorer = {
+            if let codec { return LVQScorer(codec: codec, metric: metric) }
+            return FlatScorer(metric: metric, type: elementType, dimension: dimension)
+        }
+        let lvq4 = codec?.lvq.kind == .lvq4
+        return SearchContext(path: path, metric: metric, dimension: dimension, count: count, router: router,
+                             postingStore: postingStore, vectorStore: vectorStore, attributes: attributes,
+                             tombstones: tombstones, labels: labels,
+                             postingCapacity: manifest.parameters.posting_capacity,
+                             makeScorer: scorer, defaultRerank: { max(20, $0 * (lvq4 ? 4 : 2)) })
     }
 
     /// RAM the index holds while open to serve (heads, graph, posting table, codec), in bytes;
@@ -310,17 +318,9 @@ public final class VectorIndex: @unchecked Sendable {
         return pool.reduce(0) { $0 + $1.scratchBytes }
     }
 
-    /// A scorer for this index's posting codec (one per search thread).
-    func makeScorer() -> QueryScorer {
-        if let codec { return LVQScorer(codec: codec, metric: metric) }
-        return FlatScorer(metric: metric, type: elementType, dimension: dimension)
-    }
-
     /// Candidates re-ranked with full vectors when ``SearchParameters/rerank`` is nil:
     /// max(20, 2·k) for lvq8 and lvq4x8, max(20, 4·k) for lvq4.
-    public func defaultRerank(k: Int) -> Int {
-        max(20, k * (codec?.lvq.kind == .lvq4 ? 4 : 2))
-    }
+    public func defaultRerank(k: Int) -> Int { context.defaultRerank(k) }
 
     // MARK: filters
 
@@ -363,19 +363,17 @@ public final class VectorIndex: @unchecked Sendable {
         poolLock.lock()
         if let s = pool.popLast() { poolLock.unlock(); return s }
         poolLock.unlock()
-        return try Searcher(index: self, engine: engineFactory())
+        return Searcher(context: context, engine: try engineFactory(Self.searcherDepth))
     }
 
     /// Searchers idle in the pool now (each holds its own IO context); for metrics. Thread-safe.
     public var pooledSearcherCount: Int { poolLock.lock(); defer { poolLock.unlock() }; return pool.count }
 
-    /// Frees the idle searchers (their IO contexts and buffers). Pooled searchers refer back to
-    /// the index, so an index that served queries is only deallocated (files closed, RAM
-    /// freed) after this; later searches refill the pool. Thread-safe.
-    public func releasePooledSearchers() { poolLock.lock(); let p = pool; pool = []; poolLock.unlock(); _ = p }
-
+    /// Takes a searcher back (one whose engine still has reads in flight, after an engine
+    /// failure, is dropped).
     func returnSearcher(_ s: Searcher) {
-        poolLock.lock(); if !retired { pool.append(s) }; poolLock.unlock()
+        guard s.engine.inFlight == 0 else { return }
+        poolLock.lock(); pool.append(s); poolLock.unlock()
     }
 
     /// Runs `body` with a searcher of its own (one per thread; reused across calls).
@@ -410,57 +408,82 @@ public final class VectorIndex: @unchecked Sendable {
     }
 
     /// Searches `count` queries stored row-major in `queries` (`count × dimension` floats)
-    /// over `threads` threads. Each query's failure (an IO error, a bad value) is reported
-    /// in its own slot; the other queries are unaffected.
+    /// over `threads` threads, query `i` filtered by `filters[i]` when given. Each query's
+    /// failure (an IO error, a bad value) is reported in its own slot; the other queries are
+    /// unaffected.
     ///
-    /// With the libaio engine each thread keeps up to `window` queries in flight
-    /// (``SearchPipeline``): while some wait for their reads, the thread scores others.
+    /// Each thread keeps up to `window` queries in flight on its IO engine
+    /// (``QueryExecutor``): while some wait for their reads, the thread scores others.
     /// `window: 1` answers one query at a time per thread.
     public func search(batch queries: UnsafeBufferPointer<Float>, count: Int, k: Int,
-                       parameters: SearchParameters = SearchParameters(),
+                       parameters: SearchParameters = SearchParameters(), filters: [PreparedFilter?]? = nil,
                        threads: Int = ProcessInfo.processInfo.activeProcessorCount,
                        window: Int = VectorIndex.defaultWindow) -> [Result<[Neighbor], FathomError>] {
-        precondition(queries.count >= count * dimension, "the query buffer holds fewer than count × dimension values")
         var results = [Result<[Neighbor], FathomError>](repeating: .success([]), count: count)
-        let d = dimension
-        let t = max(1, min(threads, count))
-        let next = Counter()
         results.withUnsafeMutableBufferPointer { out in
             let outPtr = SendablePointer(out.baseAddress!)
-            let qPtr = SendablePointer(UnsafeMutablePointer(mutating: queries.baseAddress!))
-            if canPipeline && window > 1 {
-                DispatchQueue.concurrentPerform(iterations: t) { _ in
-                    do {
-                        try SearchPipeline(index: self, window: window).run(
-                            queries: qPtr.p, k: k, parameters: parameters,
-                            next: { let i = next.next(); return i < count ? i : nil },
-                            out: { i, r, _ in outPtr.p[i] = r })
-                    } catch {
-                        let e = error as? FathomError ?? FathomError(.io, "\(error)")
-                        while true { let i = next.next(); if i >= count { break }; outPtr.p[i] = .failure(e) }
-                    }
-                }
-                return
-            }
-            DispatchQueue.concurrentPerform(iterations: t) { _ in
-                let searcher: Searcher
-                do { searcher = try borrowSearcher() } catch {
-                    let e = error as? FathomError ?? FathomError(.io, "\(error)")
-                    while true { let i = next.next(); if i >= count { break }; outPtr.p[i] = .failure(e) }
-                    return
-                }
-                defer { returnSearcher(searcher) }
-                while true {
-                    let i = next.next()
-                    if i >= count { break }
-                    let q = UnsafeBufferPointer(start: qPtr.p + i * d, count: d)
-                    do { outPtr.p[i] = .success(try searcher.search(q, k: k, parameters: parameters)) }
-                    catch let e as FathomError { outPtr.p[i] = .failure(e) }
-                    catch { outPtr.p[i] = .failure(FathomError(.io, "\(error)")) }
-                }
-            }
+            search(batch: queries, count: count, k: k, parameters: parameters, filters: filters, threads: threads,
+                   window: window, completed: { i, r, _ in outPtr.p[i] = r })
         }
         return results
+    }
+
+    /// The streaming form of the batch search: calls `started(i)` when query `i` begins and
+    /// `completed(i, result, stats)` when it ends, on the thread that ran it (up to `threads`
+    /// threads call them concurrently, each for its own queries: the callbacks must be safe
+    /// to call from several threads for distinct `i`). Returns when every query completed.
+    public func search(batch queries: UnsafeBufferPointer<Float>, count: Int, k: Int,
+                       parameters: SearchParameters = SearchParameters(), filters: [PreparedFilter?]? = nil,
+                       threads: Int = ProcessInfo.processInfo.activeProcessorCount,
+                       window: Int = VectorIndex.defaultWindow,
+                       started: @Sendable (Int) -> Void = { _ in },
+                       completed: @Sendable (Int, Result<[Neighbor], FathomError>, QueryStats) -> Void) {
+        precondition(queries.count >= count * dimension, "the query buffer holds fewer than count × dimension values")
+        precondition(filters == nil || filters!.count >= count, "filters holds fewer than count entries")
+        guard count > 0 else { return }
+        let d = dimension
+        let t = max(1, min(threads, count))
+        let w = max(1, window)
+        let next = Counter()
+        let qPtr = SendablePointer(UnsafeMutablePointer(mutating: queries.baseAddress!))
+        let context = context!
+        // A query's phase submits at most `probes` posting requests (coalescing only merges)
+        // or its re-rank depth of vector requests; filtered rounds and exact batches may
+        // submit more, and wait for room.
+        let perQuery = max(parameters.probes, parameters.rerank ?? defaultRerank(k: k), 1)
+        DispatchQueue.concurrentPerform(iterations: t) { _ in
+            func failRest(_ e: FathomError) {
+                while true { let i = next.next(); if i >= count { break }; completed(i, .failure(e), QueryStats()) }
+            }
+            let engine: IOEngine
+            do { engine = try engineFactory(max(Self.searcherDepth, w * perQuery)) } catch {
+                failRest(error as? FathomError ?? FathomError(.io, "\(error)")); return
+            }
+            let searchers = (0..<w).map { _ in Searcher(context: context, engine: engine) }
+            let result = UnsafeMutablePointer<Neighbor>.allocate(capacity: k)
+            defer { result.deallocate() }
+            do {
+                try QueryExecutor.run(
+                    engine: engine, window: w, searcher: { searchers[$0] },
+                    next: {
+                        let i = next.next()
+                        guard i < count else { return nil }
+                        return QueryExecutor.Query(id: i, vector: UnsafeBufferPointer(start: qPtr.p + i * d, count: d),
+                                                   filter: filters?[i] ?? nil)
+                    },
+                    k: k, parameters: parameters, started: started,
+                    out: { i, s, error in
+                        if let error {
+                            completed(i, .failure(error as? FathomError ?? FathomError(.io, "\(error)")), s.stats)
+                        } else {
+                            let n = s.finish(into: result)
+                            completed(i, .success(Array(UnsafeBufferPointer(start: result, count: n))), s.stats)
+                        }
+                    })
+            } catch {
+                failRest(error as? FathomError ?? FathomError(.io, "\(error)"))
+            }
+        }
     }
 
     /// Async variant of the single-query search, for use from Swift concurrency.

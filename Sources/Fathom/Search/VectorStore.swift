@@ -19,19 +19,21 @@ public protocol VectorStore: AnyObject, Sendable {
 }
 
 /// One thread's access to a ``VectorStore``. Never shared between threads.
+///
+/// Reads run in the same steps as a ``PostingReader``'s: `stage` the rows' reads (rows on
+/// the same page share one request) for the caller to submit, `visitResident` the rows held
+/// in RAM, `deliver` each request's completion. `visit(i, row)` gets row `ids[i]`, valid
+/// only during the call.
 public protocol VectorReader: AnyObject {
     /// Bytes of buffers this reader holds.
     var scratchBytes: Int { get }
-    /// Reads the rows `ids` in one round trip (rows on the same or adjacent pages share one
-    /// request) and calls `visit(i, row)` for `ids[i]` as its page arrives; `row` is valid
-    /// only during the call. A failed read throws after the other rows were visited.
-    /// Returns what the fetch cost.
-    func fetch(_ ids: UnsafeBufferPointer<UInt32>,
-               visit: (Int, UnsafeRawPointer) throws -> Void) throws -> IOCounts
-
-    /// The asynchronous form (see ``PostingReader/stage(_:)``): stages the rows' reads and
-    /// returns them for the caller to submit. `ids` must stay valid until the last delivery.
+    /// The file its requests read (for the IO engine's error messages).
+    var path: String { get }
+    /// Stages the reads of rows `ids` (one round trip); `ids` must stay valid until the last
+    /// delivery. `counts.items` counts every row, with IO or not.
     func stage(_ ids: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts)
+    /// Visits the staged rows held in RAM.
+    func visitResident(visit: (Int, UnsafeRawPointer) throws -> Void) rethrows
     /// Visits the rows of staged request `r`; returns its error, if any.
     func deliver(_ r: Int, _ result: Result<Int, FathomError>, visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError?
 }
@@ -67,6 +69,7 @@ final class DiskVectorReader: VectorReader {
     }
 
     var scratchBytes: Int { order.capacity * 4 + plan.scratchBytes }
+    var path: String { store.path }
 
     func stage(_ ids: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
         let n = ids.count
@@ -100,10 +103,5 @@ final class DiskVectorReader: VectorReader {
         return nil
     }
 
-    func fetch(_ ids: UnsafeBufferPointer<UInt32>,
-               visit: (Int, UnsafeRawPointer) throws -> Void) throws -> IOCounts {
-        let (rq, counts) = stage(ids)
-        try readStaged(rq, engine: engine, path: store.path) { try deliver($0, $1, visit: visit) }
-        return counts
-    }
+    func visitResident(visit: (Int, UnsafeRawPointer) throws -> Void) rethrows {}
 }

@@ -129,19 +129,26 @@ final class LayeredPostingStore: PostingStore, @unchecked Sendable {
 final class LayeredPostingReader: PostingReader {
     let store: LayeredPostingStore
     let base: PostingReader
-    /// Lists of the staged fetch, and how many of its requests are not yet delivered.
+    /// Lists of the staged fetch.
     var staged = [UInt32]()
-    var undelivered = 0
 
     init(store: LayeredPostingStore, base: PostingReader) { self.store = store; self.base = base }
 
     var scratchBytes: Int { base.scratchBytes + staged.capacity * 4 }
+    var path: String { base.path }
 
-    @inline(__always)
-    func visitDelta(_ lists: UnsafeBufferPointer<UInt32>, visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> Int {
+    func stage(_ lists: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
+        staged.removeAll(keepingCapacity: true)
+        staged.append(contentsOf: lists)
+        return base.stage(lists)
+    }
+
+    /// The base's resident lists, then every staged list's delta records (a list with both
+    /// is visited as two runs).
+    func visitResident(visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> Int {
+        var n = try base.visitResident(visit: visit)
         let d = store.delta
-        var n = 0
-        for h in lists {
+        for h in staged {
             let c = Int(d.counts[Int(h)])
             if c == 0 { continue }
             n += 1
@@ -150,31 +157,9 @@ final class LayeredPostingReader: PostingReader {
         return n
     }
 
-    func fetch(_ lists: UnsafeBufferPointer<UInt32>, verify: Bool,
-               visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) throws -> IOCounts {
-        var c = try base.fetch(lists, verify: verify, visit: visit)
-        c.items += try visitDelta(lists, visit: visit)
-        return c
-    }
-
-    func stage(_ lists: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
-        let r = base.stage(lists)
-        // No base IO: the caller falls back to `fetch`, which visits the delta too.
-        if r.requests.isEmpty { return r }
-        staged.removeAll(keepingCapacity: true)
-        staged.append(contentsOf: lists)
-        undelivered = r.requests.count
-        return r
-    }
-
     func deliver(_ r: Int, _ result: Result<Int, FathomError>, verify: Bool,
                  visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> FathomError? {
-        let e = try base.deliver(r, result, verify: verify, visit: visit)
-        undelivered -= 1
-        if undelivered == 0 {
-            _ = try staged.withUnsafeBufferPointer { try visitDelta($0, visit: visit) }
-        }
-        return e
+        try base.deliver(r, result, verify: verify, visit: visit)
     }
 }
 
@@ -211,12 +196,12 @@ final class LayeredVectorReader: VectorReader {
     /// Positions of staged ids in the delta.
     var deltaPos = [Int32]()
     var staged = UnsafeBufferPointer<UInt32>(start: nil, count: 0)
-    var undelivered = 0
 
     init(store: LayeredVectorStore, base: VectorReader) { self.store = store; self.base = base }
     deinit { baseIds.deallocate() }
 
     var scratchBytes: Int { base.scratchBytes + (baseCapacity + basePos.capacity + deltaPos.capacity) * 4 }
+    var path: String { base.path }
 
     var baseBuffer: UnsafeBufferPointer<UInt32> { UnsafeBufferPointer(start: baseIds, count: baseCount) }
 
@@ -233,35 +218,23 @@ final class LayeredVectorReader: VectorReader {
         staged = ids
     }
 
-    func visitDelta(_ visit: (Int, UnsafeRawPointer) throws -> Void) rethrows {
+    func stage(_ ids: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
+        split(ids)
+        var r = base.stage(baseBuffer)
+        r.counts.items += deltaPos.count
+        return r
+    }
+
+    /// The base's resident rows, then the inserted rows (from the arena).
+    func visitResident(visit: (Int, UnsafeRawPointer) throws -> Void) rethrows {
+        let pos = basePos
+        try base.visitResident { i, row in try visit(Int(pos[i]), row) }
         let b = store.baseCount
         for p in deltaPos { try visit(Int(p), UnsafeRawPointer(store.delta.row(Int(staged[Int(p)]) - b))) }
     }
 
-    func fetch(_ ids: UnsafeBufferPointer<UInt32>, visit: (Int, UnsafeRawPointer) throws -> Void) throws -> IOCounts {
-        split(ids)
-        let pos = basePos
-        var c = try base.fetch(baseBuffer) { i, row in try visit(Int(pos[i]), row) }
-        try visitDelta(visit)
-        c.items += deltaPos.count
-        return c
-    }
-
-    func stage(_ ids: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
-        split(ids)
-        let r = base.stage(baseBuffer)
-        if r.requests.isEmpty { return r }   // no base IO: the caller falls back to `fetch`
-        undelivered = r.requests.count
-        var c = r.counts
-        c.items += deltaPos.count
-        return (r.requests, c)
-    }
-
     func deliver(_ r: Int, _ result: Result<Int, FathomError>, visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError? {
         let pos = basePos
-        let e = try base.deliver(r, result) { i, row in try visit(Int(pos[i]), row) }
-        undelivered -= 1
-        if undelivered == 0 { try visitDelta(visit) }
-        return e
+        return try base.deliver(r, result) { i, row in try visit(Int(pos[i]), row) }
     }
 }

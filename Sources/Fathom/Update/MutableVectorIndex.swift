@@ -216,7 +216,9 @@ public final class MutableVectorIndex: @unchecked Sendable {
         let old = current
         current = snap
         snapLock.unlock()
-        old.retire()
+        // The superseded snapshot (and its pooled searchers) is freed when its last reader
+        // lets go of it, here or after a search still running on it.
+        _ = old
     }
 
     private func checkWritable() throws {
