@@ -10,7 +10,9 @@ matplotlib):
 
 Options: --queries-limit N (1000), --fathom-bin PATH (.build/release/fathom), --probes LIST,
 --post-probes LIST, --nprobe LIST (FAISS), --skip-faiss, --only SUBSTRING (filters whose label
-or expression contains it).
+or expression contains it), --windows LIST (Fathom's queries in flight per thread, default
+"1,4": `fathom` is window 1, one query at a time as the peers run; `fathom_window_W` the
+others, on the same single thread).
 
 Attributes: the dataset's real columns plus two synthetic ones added here: `u` (uniform in
 [0,1), independent of the vectors) and `c` (the rank of each vector's projection on the first
@@ -109,6 +111,7 @@ def main():
     ap.add_argument("--nprobe", default="4,8,16,32,64,128,256")
     ap.add_argument("--skip-faiss", action="store_true")
     ap.add_argument("--only", help="run only the filters whose label or expression contains this")
+    ap.add_argument("--windows", default="1,4", help="Fathom's queries in flight per thread; the first is reported as `fathom`")
     a = ap.parse_args()
     cfg = SETS[a.dataset]
     src = os.path.join(HERE, "..", "..", "shared", "datasets", a.dataset)
@@ -159,11 +162,14 @@ def main():
              "--attributes", apath, "--filter", expr, "--quiet"])
         entry = dict(filter=expr, label=label, matches=int(len(allowed)), selectivity_measured=len(allowed) / n)
         common_args = ["--index", idx, "--queries", qpath, "--gt", gt, "-k", "10", "--threads", "1", "--filter", expr, "--json", "--quiet"]
+        windows = [int(w) for w in a.windows.split(",")]
+        for i, w in enumerate(windows):
+            key = "fathom" if i == 0 else f"fathom_window_{w}"
+            rec = {"window": w}
+            entry[key] = disk_run([F, "search", *common_args, "--probes", a.probes, "--window", str(w)], rec)
+            entry[key + "_run"] = rec
         rec = {}
-        entry["fathom"] = disk_run([F, "search", *common_args, "--probes", a.probes], rec)
-        entry["fathom_run"] = rec
-        rec = {}
-        entry["post_filter"] = disk_run([F, "search", *common_args, "--probes", a.post_probes, "--post-filter"], rec)
+        entry["post_filter"] = disk_run([F, "search", *common_args, "--probes", a.post_probes, "--post-filter", "--window", "1"], rec)
         entry["post_filter_run"] = rec
         print(f"{label:30s} {expr:46s} matches {len(allowed):6d} (s = {len(allowed) / n:.4f}, "
               f"estimated {entry['fathom'][0].get('selectivity', 0):.4f})", flush=True)
@@ -186,9 +192,17 @@ def main():
             entry["faiss_idselector"] = res.get("rows", res)
             for r in entry["faiss_idselector"]:
                 print(f"   faiss   nprobe {r.get('nprobe'):4d}  recall {r['recall']:.4f}  QPS {r['qps']:8.1f}", flush=True)
+        for w in windows[1:]:
+            for r in entry[f"fathom_window_{w}"]:
+                print(f"   fathom window {w}  probes {r['probes']:4d}  recall {r['recall']:.4f}  QPS {r['qps']:8.1f}", flush=True)
         bf, bp = best_qps(entry["fathom"]), best_qps(entry["post_filter"])
         bq = best_qps(entry.get("faiss_idselector", []))
-        entry["best_qps_at_0.90"] = dict(fathom=bf, post_filter=bp, faiss=bq)
+        entry["best_qps_at_0.90"] = dict(fathom=bf, post_filter=bp, faiss=bq,
+                                         **{f"fathom_window_{w}": best_qps(entry[f"fathom_window_{w}"]) for w in windows[1:]})
+        for w in windows[1:]:
+            bw = entry["best_qps_at_0.90"][f"fathom_window_{w}"]
+            if bf and bw:
+                print(f"   window {w} / window {windows[0]} at recall >= 0.90: {bw / bf:.2f}x", flush=True)
         print(f"   best QPS at recall >= 0.90: fathom {bf}, post-filter {bp}, faiss {bq}"
               + (f"; fathom/post {bf / bp:.2f}x" if bf and bp else "") + (f"; fathom/faiss {bf / bq:.2f}x" if bf and bq else ""), flush=True)
         out["filters"].append(entry)
@@ -209,8 +223,11 @@ def plot(out, path):
     rows = (len(fs) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     for ax, e in zip(axes.flat, fs):
-        for key, name, style in (("fathom", "Fathom (disk)", "o-"), ("post_filter", "post-filter (disk)", "s--"),
-                                 ("faiss_idselector", "FAISS IVF+IDSelector (RAM)", "^:")):
+        series = [("fathom", "Fathom (disk, window 1)", "o-")]
+        series += [(key, f"Fathom (disk, window {key.rsplit('_', 1)[1]})", "d-.") for key in e
+                   if key.startswith("fathom_window_") and not key.endswith("_run")]
+        series += [("post_filter", "post-filter (disk)", "s--"), ("faiss_idselector", "FAISS IVF+IDSelector (RAM)", "^:")]
+        for key, name, style in series:
             r = e.get(key) or []
             if r:
                 ax.plot([x["recall"] for x in r], [x["qps"] for x in r], style, label=name, ms=4)
