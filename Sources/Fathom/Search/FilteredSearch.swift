@@ -16,7 +16,7 @@ public enum FilterPlanKind: String, Sendable, Codable, CaseIterable {
 }
 
 /// The planner's choice for one filtered query and the figures it chose by, reported in
-/// ``QueryStats/filterPlan`` and by `fathom search` (docs/filters.md, "The planner").
+/// ``QueryStats/filterPlan`` and by the search reports (docs/filters.md, "The planner").
 /// A value type, `Sendable`.
 public struct FilterPlan: Sendable, Equatable {
     public var kind: FilterPlanKind

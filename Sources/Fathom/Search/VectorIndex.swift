@@ -11,7 +11,7 @@ public struct Neighbor: Sendable, Hashable, Codable {
     /// Internal id: the row in the index (dense; changes when a checkpoint rebuilds the index).
     public var id: UInt32
     public var distance: Float
-    /// External label (`--labels` at build, or given at insert; by default the row number).
+    /// External label (``BuildOptions/labels`` at build, or given at insert; by default the row number).
     public var label: UInt64
     public init(id: UInt32, distance: Float, label: UInt64? = nil) {
         self.id = id; self.distance = distance; self.label = label ?? UInt64(id)
@@ -110,7 +110,7 @@ public final class VectorIndex: @unchecked Sendable {
     let vectorStore: VectorStore
     /// How posting records are coded: the compact tier's codec (compressed indexes), else nil.
     let codec: CompactCodec?
-    /// Attributes and per-posting summaries (indexes built with `--attributes`).
+    /// Attributes and per-posting summaries (indexes built with ``BuildOptions/attributes``).
     let attributes: AttributeStore?
     public let ioMode: IOMode
     /// The engine actually used ("libaio" or "pread").
@@ -328,7 +328,7 @@ public final class VectorIndex: @unchecked Sendable {
     /// against this index's attributes, ready to pass to `search(…, filter:)`.
     public func prepareFilter(_ text: String) throws -> PreparedFilter {
         guard let a = attributes else {
-            throw FathomError(.invalidArgument, "this index has no attributes; rebuild it with --attributes FILE to filter", path: path)
+            throw FathomError(.invalidArgument, "this index has no attributes to filter on; build it with attributes", path: path)
         }
         return prepare(try FilterParser.parse(text).bind(to: a.table.schema), text: text, store: a)
     }
@@ -336,7 +336,7 @@ public final class VectorIndex: @unchecked Sendable {
     /// Binds a filter built in Swift (`.column("price") < 100 && …`).
     public func prepareFilter(_ expression: FilterExpression) throws -> PreparedFilter {
         guard let a = attributes else {
-            throw FathomError(.invalidArgument, "this index has no attributes; rebuild it with --attributes FILE to filter", path: path)
+            throw FathomError(.invalidArgument, "this index has no attributes to filter on; build it with attributes", path: path)
         }
         return prepare(try expression.bind(to: a.table.schema), text: "\(expression)", store: a)
     }
