@@ -321,7 +321,7 @@ final class EngineLog: @unchecked Sendable {
         _ = try Self.build(dir, codec: .lvq4)
         let index = try VectorIndex.open(at: dir.file("idx"))
         let m = index.servingMemory
-        #expect(m.heads == index.headCount * (index.codec!.reducedDim + 4), "LVQ-8 codes of the projected heads")
+        #expect(m.heads == index.headCount * (index.codec.recordDimension + 4), "LVQ-8 codes of the projected heads")
         #expect(m.graph == index.headCount * index.graph.degree * 4)
         #expect(index.graph.vectors == nil, "the float heads are dropped")
         #expect(m.codec == 32 * 16 * 4 + 32 * 4, "PCA query matrix (= data matrix) and mean")

@@ -16,24 +16,25 @@ final class AssignWorker: @unchecked Sendable {
     let candIds: UnsafeMutablePointer<UInt32>
     let candDist: UnsafeMutablePointer<Float>
     let chosen: UnsafeMutablePointer<Int>
-    let reduced: UnsafeMutablePointer<Float>
+    /// The record codec's encode scratch.
+    let encodeScratch: UnsafeMutablePointer<Float>
     let gatherIds: UnsafeMutablePointer<UInt32>
     let gatherDist: UnsafeMutablePointer<Float>
     let pivotDist: UnsafeMutablePointer<Float>
     let entries: UnsafeMutablePointer<UInt32>
-    init(heads: Int, beam: Int, degree: Int, pivots: Int, reducedDim: Int) {
+    init(heads: Int, beam: Int, degree: Int, pivots: Int, encodeScratch floats: Int) {
         scratch = HeadGraph.Scratch(graphSize: heads, beam: beam)
         candIds = .allocate(capacity: beam + 1)
         candDist = .allocate(capacity: beam + 1)
         chosen = .allocate(capacity: 8)
-        reduced = .allocate(capacity: max(1, reducedDim))
+        encodeScratch = .allocate(capacity: max(1, floats))
         gatherIds = .allocate(capacity: degree)
         gatherDist = .allocate(capacity: degree)
         pivotDist = .allocate(capacity: max(1, pivots))
         entries = .allocate(capacity: HeadPivots.seeds)
     }
     deinit {
-        candIds.deallocate(); candDist.deallocate(); chosen.deallocate(); reduced.deallocate()
+        candIds.deallocate(); candDist.deallocate(); chosen.deallocate(); encodeScratch.deallocate()
         gatherIds.deallocate(); gatherDist.deallocate(); pivotDist.deallocate(); entries.deallocate()
     }
 }
@@ -67,7 +68,7 @@ struct AssignChunk: @unchecked Sendable {
     let graph: HeadGraph
     let heads: Matrix
     let pivots: SearchPivots
-    let codec: CompactCodec?
+    let codec: any RecordCodec
     let floats: UnsafeMutablePointer<Float>
     let d: Int
     let K: Int
@@ -91,7 +92,7 @@ struct AssignChunk: @unchecked Sendable {
                 outDist[i * 8 + c] = w.candDist[w.chosen[c]]
             }
             outCount[i] = UInt8(m)
-            if let codec { codec.encode(v, scratch: w.reduced, into: codes + i * codeBytes) }
+            codec.encode(v, scratch: w.encodeScratch, into: codes + i * codeBytes)
         }
     }
 }
@@ -166,10 +167,11 @@ extension IndexBuilder {
         let (heads, _) = try layout.readHeads()
         let graph = try layout.readGraph(heads: heads)
         let H = heads.rows
-        let compact = codec == .none ? nil : try CompactCodec.read(from: layout.codecPath)
-        let codeBytes = compact?.codeBytes ?? 0
+        let coder = try recordCodec(layout: layout)
+        let codeBytes = coder.codeBytes
         let vectorsOut = try layout.createVectors(count: n, dimension: d, type: storedType)
-        let codesOut = compact == nil ? nil : try SequentialFileWriter(path: layout.codesPath)
+        // Flat codes are the vectors.dat rows themselves (pack reads them from there).
+        let codesOut = coder.codesAreVectorRows ? nil : try SequentialFileWriter(path: layout.codesPath)
         let placement = IndexLayout.VectorPlacement(rowBytes: d * storedType.size)
         let reader = try VectorFileReader(path: inputPath)
         let rowBytes = d * header.elementType.size
@@ -184,7 +186,7 @@ extension IndexBuilder {
         let K = min(options.candidateHeads, H)
         let T = max(1, plan.threads)
         let pivots = SearchPivots(heads: heads)
-        let workers = (0..<T).map { _ in AssignWorker(heads: H, beam: K + 32, degree: graph.degree, pivots: pivots.count, reducedDim: plan.reducedDimension) }
+        let workers = (0..<T).map { _ in AssignWorker(heads: H, beam: K + 32, degree: graph.degree, pivots: pivots.count, encodeScratch: coder.encodeScratchFloats) }
         let spiller = RunSpiller(directory: buildDirectory, prefix: Self.assignRunPrefix, capacityRecords: plan.runRecords, progress: progress)
         var row = 0
         progress.begin("assign: closure assignment (≤ \(options.replicas) of \(K) nearest heads, \(T) thread(s))", total: UInt64(n))
@@ -197,9 +199,7 @@ extension IndexBuilder {
                 try checkFinite(v, d: d, row: row + i)
                 if options.metric == .cosine { try normalizeOrThrow(v, d: d, row: row + i) }
             }
-            try layout.appendVectors(vectorsOut, options.metric == .cosine ? UnsafeRawPointer(floats.data) : UnsafeRawPointer(raw),
-                                     first: row, count: got, placement: placement)
-            let job = AssignChunk(graph: graph, heads: heads, pivots: pivots, codec: compact, floats: floats.data, d: d, K: K,
+            let job = AssignChunk(graph: graph, heads: heads, pivots: pivots, codec: coder, floats: floats.data, d: d, K: K,
                                   replicas: options.replicas, rngFactor: options.rngFactor, outHeads: outHeads, outDist: outDist,
                                   outCount: outCount, codes: codes, codeBytes: codeBytes)
             if T == 1 {
@@ -210,6 +210,9 @@ extension IndexBuilder {
                     job.run(rows: (got * t / T)..<(got * (t + 1) / T), worker: ws[t])
                 }
             }
+            let vectorRows = coder.codesAreVectorRows ? UnsafeRawPointer(codes)
+                : options.metric == .cosine ? UnsafeRawPointer(floats.data) : UnsafeRawPointer(raw)
+            try layout.appendVectors(vectorsOut, vectorRows, first: row, count: got, placement: placement)
             for i in 0..<got {
                 let m = Int(outCount[i])
                 for c in 0..<m {
@@ -332,8 +335,11 @@ extension IndexBuilder {
         // them here put the build over its budget by their size.
         let H = try layout.headCount()
         let cap = plan.postingCapacity
-        let recordBytes = plan.recordBytes
-        let codeBytes = recordBytes - 4
+        let coder = try recordCodec(layout: layout)
+        let recordBytes = coder.recordBytes, codeBytes = coder.codeBytes
+        guard recordBytes == plan.recordBytes else {
+            throw FathomError(.corruptIndex, "the codec \(coder.summary) makes \(recordBytes)-byte records, the plan \(plan.recordBytes); delete the build directory and rebuild", path: layout.codecPath)
+        }
         var counts = [UInt32](repeating: 0, count: H)
         do {
             let f = try RandomAccessFile(path: layout.countsPath)
@@ -351,10 +357,10 @@ extension IndexBuilder {
         let runs = try layout.runFiles(prefix: Self.assignRunPrefix) + layout.runFiles(prefix: Self.orphanRunPrefix)
         let merger = try RunMerger.open(runs: runs, bufferBytes: plan.mergeBufferBytes, maxFanIn: 4096,
                                         scratchDirectory: buildDirectory, prefix: "pack", deleteInputs: false)
-        let source = codec == .none
+        let source = coder.codesAreVectorRows
             ? try RowChunkReader(path: layout.vectorsPath, rowBytes: codeBytes, placement: IndexLayout.VectorPlacement(rowBytes: codeBytes))
             : try RowChunkReader(path: layout.codesPath, rowBytes: codeBytes, placement: nil)
-        if codec != .none {
+        if !coder.codesAreVectorRows {
             guard source.file.size == UInt64(n) * UInt64(codeBytes) else {
                 throw FathomError(.corruptIndex, "codes.tmp has \(source.file.size) bytes, \(n) codes of \(codeBytes) B need \(n * codeBytes); delete the build directory and rebuild", path: layout.codesPath)
             }
@@ -452,11 +458,7 @@ extension IndexBuilder {
         // Pad to whole pages so every posting read stays inside the file.
         let end = (cursor + 4095) / 4096 * 4096
         try out.pad(to: end)
-        let compact = codec == .none ? nil : try CompactCodec.read(from: layout.codecPath)
-        let hdr = IndexFileHeader(magic: IndexLayout.postingsMagic, count: UInt64(records), dimension: UInt32(plan.reducedDimension),
-                                  elementType: compact == nil ? IndexFileHeader.code(storedType) : 100 + (compact!.lvq.kind == .lvq8 ? 0 : (compact!.lvq.kind == .lvq4 ? 1 : 2)), payloadOffset: 4096,
-                                  payloadBytes: end - 4096, recordBytes: UInt32(recordBytes), aux: 4096)
-        try out.patch(hdr.encode(), at: 0)
+        try out.patch(coder.postingsHeader(records: records, payloadBytes: end - 4096).encode(), at: 0)
         try out.finish()
         try layout.writePostingTable(entries)
         if attrs != nil { try AttributeStore.writeSummaries(summaries, path: buildDirectory + "/" + AttributeStore.summariesFile) }

@@ -233,6 +233,13 @@ public final class IndexBuilder {
     }
 
     var storedType: ElementType { options.metric == .cosine ? .float32 : header.elementType }
+
+    /// The postings' record codec: flat rows of ``storedType``, or LeanVec + LVQ over the
+    /// codec.bin the train stage wrote to `layout`.
+    func recordCodec(layout: IndexLayout) throws -> any RecordCodec {
+        try RecordCodecs.load(codec, metric: options.metric, elementType: storedType, dimension: header.dimension, codecPath: layout.codecPath)
+    }
+
     var buildDirectory: String { outputPath + ".fathom-build" }
 
     // MARK: planning

@@ -42,6 +42,8 @@ struct CompactCodec: Sendable {
         projection.queryMatrix.byteCount + (projection.kind == .pca ? 0 : projection.dataMatrix.byteCount) + projection.inputDim * 4
     }
     var codeBytes: Int { lvq.bytesPerVector }
+    /// The LVQ kind as codec.bin's header stores it (0 lvq8, 1 lvq4, 2 lvq4x8).
+    var kindCode: UInt32 { lvq.kind == .lvq8 ? 0 : (lvq.kind == .lvq4 ? 1 : 2) }
 
     /// Encodes a full-precision float vector (already normalized for cosine).
     func encode(_ x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>, into code: UnsafeMutableRawPointer) {
@@ -54,7 +56,6 @@ struct CompactCodec: Sendable {
     func write(to path: String) throws {
         let body = projection.encode()
         let w = try SequentialFileWriter(path: path)
-        let kindCode: UInt32 = lvq.kind == .lvq8 ? 0 : (lvq.kind == .lvq4 ? 1 : 2)
         let h = IndexFileHeader(magic: Self.magic, count: 0, dimension: UInt32(reducedDim), elementType: kindCode,
                                 payloadBytes: UInt64(body.count), recordBytes: UInt32(codeBytes))
         try w.write(h.encode())

@@ -317,21 +317,3 @@ extension Searcher {
         return out
     }
 }
-
-extension HeadRouter {
-    /// Distances (as in ``route``) from `query` to each of `heads`, by brute force: for
-    /// ranking a small set of postings directly. Uses `scratch` (one thread at a time).
-    func distances(_ query: UnsafePointer<Float>, to heads: UnsafeBufferPointer<UInt32>, scratch s: Scratch,
-                   into out: UnsafeMutablePointer<Float>) {
-        if let codes, let headCodec, let projection {
-            projection.projectData(query, into: s.projected)
-            var sum: Float = 0, norm: Float = 0
-            for j in 0..<s.dim { let v = s.projected[j]; sum += v; norm += v * v }
-            let m = CompressedHeads(query: s.projected, sum: sum, norm: norm, codes: codes, codec: headCodec)
-            for i in 0..<heads.count { out[i] = m.distance(Int(heads[i])) }
-        } else {
-            let m = FloatHeads(query: query, heads: graph.vectors!)
-            for i in 0..<heads.count { out[i] = m.distance(Int(heads[i])) }
-        }
-    }
-}

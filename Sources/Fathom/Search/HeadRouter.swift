@@ -6,44 +6,133 @@ import Foundation
 /// What is searched (FAISS's coarse quantizer): the heads and their graph, answering "which
 /// postings are nearest to this query, and how near".
 ///
-/// Two representations of the heads:
-/// - **float**: the heads as built (uncompressed indexes);
-/// - **compressed**: for an index with a LeanVec codec, every head is projected with the
-///   codec's data matrix and the first `r` components (the router dimension, r ≤ d′) are
-///   stored as an LVQ-8 code, so a head costs `r + 4` bytes instead of `4·D`
-///   (docs/memory.md). The query is projected the same way (`Bᵀ(q − μ)`, its first `r`
-///   components) and the graph search runs on the codes; squared L2 between the projected
-///   prefixes approximates the full-space distance the graph was built with. The columns of
-///   a PCA projection are ordered by variance, so the prefix is the `r`-dimensional PCA: the
-///   heads can stay small while the postings' codes keep more dimensions.
+/// Two forms, made by the index's ``RecordCodec`` (``RecordCodec/makeRouter(graph:dimension:)``):
+/// - ``FloatHeadRouter``: the heads as built (uncompressed indexes);
+/// - ``CompressedHeadRouter``: for an index with a LeanVec codec, every head is projected with
+///   the codec's data matrix and the first `r` components (the router dimension, r ≤ d′) are
+///   stored as an LVQ-8 code, so a head costs `r + 4` bytes instead of `4·D` (docs/memory.md).
 ///
-/// Thread safety: immutable after init and shared; per-thread state lives in ``Scratch``.
-final class HeadRouter: @unchecked Sendable {
+/// A search makes one dynamic call per query (``route(_:k:listSize:scratch:outIds:outDist:)``
+/// or ``distances(_:to:scratch:into:)``); the per-head distance loop runs inside the concrete
+/// form, specialized for its head representation.
+///
+/// Thread safety: a router is immutable after init and shared by all threads; per-thread
+/// state lives in a ``RouteScratch`` (``makeScratch()``), used by one thread at a time.
+protocol HeadRouter: AnyObject, Sendable {
+    /// The head graph (its float vectors only in the float form).
+    var graph: HeadGraph { get }
+    /// RAM of the heads in their serving representation.
+    var headBytes: Int { get }
+    /// Per-thread routing state sized for this router.
+    func makeScratch() -> RouteScratch
+    /// The `k` heads nearest to `query` (full dimension, normalized for cosine), nearest
+    /// first, into `outIds` / `outDist` (squared L2 in the heads' representation); returns
+    /// how many. `listSize` is the beam width of the graph search.
+    func route(_ query: UnsafePointer<Float>, k: Int, listSize: Int, scratch: RouteScratch,
+               outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>) -> Int
+    /// Distances (as in ``route(_:k:listSize:scratch:outIds:outDist:)``) from `query` to each
+    /// of `heads`, by brute force: for ranking a small set of postings directly.
+    func distances(_ query: UnsafePointer<Float>, to heads: UnsafeBufferPointer<UInt32>, scratch: RouteScratch,
+                   into out: UnsafeMutablePointer<Float>)
+}
+
+extension HeadRouter {
+    /// The scratch type every form uses (`HeadRouter.Scratch` in the searcher).
+    typealias Scratch = RouteScratch
+    /// Number of heads (postings).
+    var count: Int { graph.count }
+    /// RAM of the graph topology.
+    var graphBytes: Int { graph.count * graph.degree * 4 }
+}
+
+/// One thread's routing state: the graph search's scratch, the pivot distances, the beam's
+/// entry points and (compressed heads) the projected query.
+///
+/// Thread safety: one thread at a time.
+final class RouteScratch {
+    let graph: HeadGraph.Scratch
+    /// The projected query (``CompressedHeadRouter``; `projectedDim` floats, at least one).
+    let projected: UnsafeMutablePointer<Float>
+    let pivotDist: UnsafeMutablePointer<Float>
+    let entries: UnsafeMutablePointer<UInt32>
+    let pivotCount: Int
+    /// Components of the projected query (d′; 0 for float heads).
+    let projectedDim: Int
+
+    init(heads: Int, pivots: Int, projectedDim: Int) {
+        graph = HeadGraph.Scratch(graphSize: heads, beam: 128)
+        self.projectedDim = projectedDim
+        projected = .allocate(capacity: max(projectedDim, 1))
+        pivotCount = pivots
+        pivotDist = .allocate(capacity: max(1, pivots))
+        entries = .allocate(capacity: HeadPivots.seeds)
+    }
+    deinit { projected.deallocate(); pivotDist.deallocate(); entries.deallocate() }
+
+    /// Bytes this scratch holds.
+    var bytes: Int { graph.visited.count * 4 + graph.beamDist.count * 9 + projectedDim * 4 + pivotCount * 4 + HeadPivots.seeds * 4 }
+}
+
+/// Float32 heads: the graph keeps its vectors and distances are exact squared L2 in the
+/// input space.
+///
+/// Thread safety: immutable, shared; see ``HeadRouter``.
+final class FloatHeadRouter: HeadRouter, @unchecked Sendable {
     let graph: HeadGraph
-    /// Compressed heads: LVQ-8 codes of the projected heads, `codec.bytesPerVector` apart.
-    let codes: UnsafeMutableRawPointer?
-    let headCodec: LVQCodec?
-    let projection: LeanVecProjection?
+    let heads: Matrix
     /// Where each search's beam starts: the nearest of ≈ √H pivot heads.
     let pivots: HeadPivots
 
-    /// Float heads (the graph keeps its vectors).
+    /// `graph` must hold its float vectors.
     init(graph: HeadGraph) {
         self.graph = graph
-        codes = nil; headCodec = nil; projection = nil
+        heads = graph.vectors!
         pivots = HeadPivots(heads: graph.count)
     }
 
-    /// Compressed heads: projects `graph.vectors`, encodes the first `dimension` components
-    /// of each (1 ≤ dimension ≤ the projection's output), then drops the float heads.
+    var headBytes: Int { heads.byteCount }
+
+    func makeScratch() -> RouteScratch { RouteScratch(heads: graph.count, pivots: pivots.count, projectedDim: 0) }
+
+    func route(_ query: UnsafePointer<Float>, k: Int, listSize: Int, scratch s: RouteScratch,
+               outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>) -> Int {
+        let metric = FloatHeads(query: query, heads: heads)
+        let e = UnsafeBufferPointer(start: s.entries, count: pivots.nearest(metric, scratch: s.pivotDist, out: s.entries))
+        return graph.search(metric, k: k, listSize: listSize, scratch: s.graph, outIds: outIds, outDist: outDist, entries: e)
+    }
+
+    func distances(_ query: UnsafePointer<Float>, to ids: UnsafeBufferPointer<UInt32>, scratch s: RouteScratch,
+                   into out: UnsafeMutablePointer<Float>) {
+        let m = FloatHeads(query: query, heads: heads)
+        for i in 0..<ids.count { out[i] = m.distance(Int(ids[i])) }
+    }
+}
+
+/// Compressed heads: LVQ-8 codes of the first `r` components of the LeanVec-projected heads
+/// (`Bᵀ(h − μ)`). The query is projected the same way (its first `r` components) and the
+/// graph search runs on the codes; squared L2 between the projected prefixes approximates
+/// the full-space distance the graph was built with. The columns of a PCA projection are
+/// ordered by variance, so the prefix is the `r`-dimensional PCA: the heads can stay small
+/// while the postings' codes keep more dimensions.
+///
+/// Thread safety: immutable, shared; see ``HeadRouter``.
+final class CompressedHeadRouter: HeadRouter, @unchecked Sendable {
+    let graph: HeadGraph
+    /// LVQ-8 codes of the projected heads, `headCodec.bytesPerVector` apart.
+    let codes: UnsafeMutableRawPointer
+    let headCodec: LVQCodec
+    let projection: LeanVecProjection
+    let pivots: HeadPivots
+
+    /// Projects `graph.vectors`, encodes the first `dimension` components of each
+    /// (1 ≤ dimension ≤ the projection's output), then drops the float heads.
     init(compressing graph: HeadGraph, projection: LeanVecProjection, dimension r: Int) {
         precondition(r >= 1 && r <= projection.outputDim)
         let heads = graph.vectors!
-        let d = projection.outputDim
         let codec = LVQCodec(kind: .lvq8, dim: r)
         let stride = codec.bytesPerVector
         let buf = UnsafeMutableRawPointer.allocate(byteCount: max(1, heads.rows * stride), alignment: 64)
-        let y = UnsafeMutablePointer<Float>.allocate(capacity: d)
+        let y = UnsafeMutablePointer<Float>.allocate(capacity: projection.outputDim)
         defer { y.deallocate() }
         // Encoding the first r of d components: the code reads y[0..<r].
         for i in 0..<heads.rows {
@@ -55,59 +144,36 @@ final class HeadRouter: @unchecked Sendable {
         pivots = HeadPivots(heads: graph.count)
     }
 
-    deinit { codes?.deallocate() }
+    deinit { codes.deallocate() }
 
-    var count: Int { graph.count }
+    /// Components the heads are coded in (the router dimension r).
+    var dimension: Int { headCodec.dim }
+    var headBytes: Int { headCodec.bytesPerVector * graph.count }
 
-    /// RAM of the heads in their serving representation.
-    var headBytes: Int { headCodec.map { $0.bytesPerVector * count } ?? (graph.vectors?.byteCount ?? 0) }
-    /// RAM of the graph topology.
-    var graphBytes: Int { count * graph.degree * 4 }
-
-    /// Per-thread routing state.
-    final class Scratch {
-        let graph: HeadGraph.Scratch
-        let projected: UnsafeMutablePointer<Float>
-        let pivotDist: UnsafeMutablePointer<Float>
-        let entries: UnsafeMutablePointer<UInt32>
-        let pivotCount: Int
-        var sum: Float = 0
-        var norm: Float = 0
-        /// Components the heads are coded in (the router dimension r).
-        let dim: Int
-        /// Components of the projected query (d′ ≥ r).
-        let projectedDim: Int
-        init(router: HeadRouter) {
-            graph = HeadGraph.Scratch(graphSize: router.count, beam: 128)
-            dim = router.headCodec?.dim ?? 0
-            projectedDim = router.projection?.outputDim ?? 0
-            projected = .allocate(capacity: max(projectedDim, 1))
-            pivotCount = router.pivots.count
-            pivotDist = .allocate(capacity: max(1, router.pivots.count))
-            entries = .allocate(capacity: HeadPivots.seeds)
-        }
-        deinit { projected.deallocate(); pivotDist.deallocate(); entries.deallocate() }
-        var bytes: Int { graph.visited.count * 4 + graph.beamDist.count * 9 + projectedDim * 4 + pivotCount * 4 + HeadPivots.seeds * 4 }
+    func makeScratch() -> RouteScratch {
+        RouteScratch(heads: graph.count, pivots: pivots.count, projectedDim: projection.outputDim)
     }
 
-    func makeScratch() -> Scratch { Scratch(router: self) }
-
-    /// The `k` heads nearest to `query` (full dimension, normalized for cosine), nearest
-    /// first, into `outIds` / `outDist` (squared L2 in the heads' representation); returns
-    /// how many.
-    func route(_ query: UnsafePointer<Float>, k: Int, listSize: Int, scratch s: Scratch,
-               outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>) -> Int {
-        guard let codes, let headCodec, let projection else {
-            let metric = FloatHeads(query: query, heads: graph.vectors!)
-            let e = UnsafeBufferPointer(start: s.entries, count: pivots.nearest(metric, scratch: s.pivotDist, out: s.entries))
-            return graph.search(metric, k: k, listSize: listSize, scratch: s.graph, outIds: outIds, outDist: outDist, entries: e)
-        }
+    /// The head metric for `query`: projects it into `s.projected` (all d′ components; the
+    /// codes read the first r).
+    @inline(__always) private func metric(_ query: UnsafePointer<Float>, _ s: RouteScratch) -> CompressedHeads {
         projection.projectData(query, into: s.projected)
         var sum: Float = 0, norm: Float = 0
-        for j in 0..<s.dim { let v = s.projected[j]; sum += v; norm += v * v }
-        let metric = CompressedHeads(query: s.projected, sum: sum, norm: norm, codes: codes, codec: headCodec)
-        let e = UnsafeBufferPointer(start: s.entries, count: pivots.nearest(metric, scratch: s.pivotDist, out: s.entries))
-        return graph.search(metric, k: k, listSize: listSize, scratch: s.graph, outIds: outIds, outDist: outDist, entries: e)
+        for j in 0..<dimension { let v = s.projected[j]; sum += v; norm += v * v }
+        return CompressedHeads(query: s.projected, sum: sum, norm: norm, codes: codes, codec: headCodec)
+    }
+
+    func route(_ query: UnsafePointer<Float>, k: Int, listSize: Int, scratch s: RouteScratch,
+               outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>) -> Int {
+        let m = metric(query, s)
+        let e = UnsafeBufferPointer(start: s.entries, count: pivots.nearest(m, scratch: s.pivotDist, out: s.entries))
+        return graph.search(m, k: k, listSize: listSize, scratch: s.graph, outIds: outIds, outDist: outDist, entries: e)
+    }
+
+    func distances(_ query: UnsafePointer<Float>, to ids: UnsafeBufferPointer<UInt32>, scratch s: RouteScratch,
+                   into out: UnsafeMutablePointer<Float>) {
+        let m = metric(query, s)
+        for i in 0..<ids.count { out[i] = m.distance(Int(ids[i])) }
     }
 }
 

@@ -9,7 +9,8 @@ import Foundation
 ///
 /// Implementations: ``FlatScorer`` (full-precision float32 / uint8 / int8 records: the
 /// scores are exact distances) and ``LVQScorer`` (LeanVec projection + LVQ codes: the
-/// scores are estimates, re-ranked with full vectors).
+/// scores are estimates, re-ranked with full vectors), made by the index's ``RecordCodec``
+/// (``RecordCodec/makeScorer()``).
 ///
 /// Thread safety: one scorer per search thread (it holds the prepared query).
 public protocol QueryScorer: AnyObject {

@@ -17,7 +17,7 @@ final class SearchContext: @unchecked Sendable {
     let dimension: Int
     /// Ids of this version (base rows plus inserted rows, deleted ones included).
     let count: Int
-    let router: HeadRouter
+    let router: any HeadRouter
     let postingStore: PostingStore
     let vectorStore: VectorStore
     let attributes: AttributeStore?
@@ -30,7 +30,7 @@ final class SearchContext: @unchecked Sendable {
     /// Candidates re-ranked when ``SearchParameters/rerank`` is nil (``VectorIndex/defaultRerank(k:)``).
     let defaultRerank: @Sendable (Int) -> Int
 
-    init(path: String, metric: Metric, dimension: Int, count: Int, router: HeadRouter,
+    init(path: String, metric: Metric, dimension: Int, count: Int, router: any HeadRouter,
          postingStore: PostingStore, vectorStore: VectorStore, attributes: AttributeStore?,
          tombstones: Tombstones, labels: LabelMap, postingCapacity: Int,
          makeScorer: @escaping @Sendable () -> QueryScorer, defaultRerank: @escaping @Sendable (Int) -> Int) {

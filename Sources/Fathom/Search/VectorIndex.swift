@@ -100,16 +100,16 @@ public final class VectorIndex: @unchecked Sendable {
     public let metric: Metric
     public let dimension: Int
     public let elementType: ElementType
-    /// What is searched: the heads (compressed for a compressed index) and their graph.
-    let router: HeadRouter
+    /// What is searched: the heads (in the form ``codec`` serves them) and their graph.
+    let router: any HeadRouter
     var graph: HeadGraph { router.graph }
     let table: [PostingEntry]
     /// Where posting lists live.
     let postingStore: PostingStore
     /// Where full-precision vectors live (the re-rank tier).
     let vectorStore: VectorStore
-    /// How posting records are coded: the compact tier's codec (compressed indexes), else nil.
-    let codec: CompactCodec?
+    /// How posting records are coded (flat full-precision rows, or LeanVec + LVQ codes).
+    let codec: any RecordCodec
     /// Attributes and per-posting summaries (indexes built with ``BuildOptions/attributes``).
     let attributes: AttributeStore?
     public let ioMode: IOMode
@@ -182,29 +182,13 @@ public final class VectorIndex: @unchecked Sendable {
             throw FathomError(.corruptIndex, "heads.bin holds \(heads.rows) × \(heads.cols), manifest says \(m.heads) × \(m.dimension)", path: layout.headsPath)
         }
         let graph = try layout.readGraph(heads: heads)
-        // Postings header: check it agrees with the manifest.
+        // The codec the manifest names; postings.dat's header and record size must agree with it.
         let plain = try RandomAccessFile(path: layout.postingsPath)
         let ph = try plain.readHeader(magic: IndexLayout.postingsMagic)
-        let codecName = m.codec ?? "none"
-        guard let postingCodec = PostingCodec(rawValue: codecName) else {
-            throw FathomError(.incompatibleIndex, "unknown posting codec '\(codecName)' in manifest.json; this Fathom knows \(PostingCodec.allCases.map(\.rawValue))", path: path + "/manifest.json")
-        }
-        let codec = postingCodec == .none ? nil : try CompactCodec.read(from: layout.codecPath)
+        let codec = try RecordCodecs.open(manifest: m, layout: layout)
+        try codec.checkPostings(ph, manifest: m, path: layout.postingsPath)
         self.codec = codec
-        router = codec.map { HeadRouter(compressing: graph, projection: $0.projection, dimension: m.router_dimension ?? $0.reducedDim) }
-            ?? HeadRouter(graph: graph)
-        if let codec {
-            guard codec.lvq.kind == postingCodec.lvqKind, codec.projection.inputDim == m.dimension,
-                  Int(ph.dimension) == codec.reducedDim, Int(ph.recordBytes) == 4 + codec.codeBytes,
-                  m.record_bytes == 4 + codec.codeBytes else {
-                throw FathomError(.incompatibleIndex, "codec.bin (\(codec.lvq.kind.rawValue), \(codec.projection.inputDim) → \(codec.reducedDim) dims) disagrees with postings.dat (\(ph.dimension)-d records of \(ph.recordBytes) B) or the manifest", path: layout.codecPath)
-            }
-        } else {
-            guard Int(ph.dimension) == m.dimension, Int(ph.recordBytes) == m.record_bytes,
-                  IndexFileHeader.elementType(code: ph.elementType) == m.element_type else {
-                throw FathomError(.incompatibleIndex, "postings.dat holds \(ph.dimension)-d records of \(ph.recordBytes) B, manifest says \(m.dimension)-d \(m.element_type.rawValue) records of \(m.record_bytes) B", path: layout.postingsPath, offset: 24)
-            }
-        }
+        router = try codec.makeRouter(graph: graph, routerDimension: m.router_dimension)
         if m.attributes != nil {
             let (t, q) = try AttributeStore.readAttributes(path: path + "/" + AttributeStore.attrsFile)
             guard t.count == m.count else {
@@ -259,7 +243,7 @@ public final class VectorIndex: @unchecked Sendable {
             }
         }
         // Where postings live: in RAM when the serving budget holds them beside everything else.
-        let minimum = router.headBytes + router.graphBytes + (codec?.servingBytes ?? 0) + table.count * ServingMemory.tableEntryBytes
+        let minimum = router.headBytes + router.graphBytes + codec.servingBytes + table.count * ServingMemory.tableEntryBytes
         let scratch = 2 * (4 << 20) * ProcessInfo.processInfo.activeProcessorCount   // generous: 8 MiB per thread
         if let budget = serveMemory, UInt64(minimum) + plain.size + UInt64(scratch) <= budget {
             postingStore = try ResidentPostingStore(table: table, file: plain, path: layout.postingsPath, recordBytes: m.record_bytes)
@@ -289,17 +273,12 @@ public final class VectorIndex: @unchecked Sendable {
 
     /// This version's search context (called once, at the end of init).
     private func makeContext() -> SearchContext {
-        let (codec, metric, elementType, dimension) = (codec, metric, elementType, dimension)
-        let scorer: @Sendable () -> QueryScorer = {
-            if let codec { return LVQScorer(codec: codec, metric: metric) }
-            return FlatScorer(metric: metric, type: elementType, dimension: dimension)
-        }
-        let lvq4 = codec?.lvq.kind == .lvq4
+        let codec = codec
         return SearchContext(path: path, metric: metric, dimension: dimension, count: count, router: router,
                              postingStore: postingStore, vectorStore: vectorStore, attributes: attributes,
                              tombstones: tombstones, labels: labels,
                              postingCapacity: manifest.parameters.posting_capacity,
-                             makeScorer: scorer, defaultRerank: { max(20, $0 * (lvq4 ? 4 : 2)) })
+                             makeScorer: { codec.makeScorer() }, defaultRerank: { codec.defaultRerank(k: $0) })
     }
 
     /// RAM the index holds while open to serve (heads, graph, posting table, codec), in bytes;
@@ -309,7 +288,7 @@ public final class VectorIndex: @unchecked Sendable {
     /// RAM by part (docs/memory.md).
     public var servingMemory: ServingMemory {
         ServingMemory(heads: router.headBytes, graph: router.graphBytes, table: postingStore.residentBytes + labels.residentBytes + tombstones.residentBytes,
-                      codec: codec?.servingBytes ?? 0, scratch: scratchBytes, vectors: count)
+                      codec: codec.servingBytes, scratch: scratchBytes, vectors: count)
     }
 
     /// Bytes of per-thread scratch the searchers made so far hold (IO buffers, dedup tables).
@@ -318,9 +297,10 @@ public final class VectorIndex: @unchecked Sendable {
         return pool.reduce(0) { $0 + $1.scratchBytes }
     }
 
-    /// Candidates re-ranked with full vectors when ``SearchParameters/rerank`` is nil:
-    /// max(20, 2·k) for lvq8 and lvq4x8, max(20, 4·k) for lvq4.
-    public func defaultRerank(k: Int) -> Int { context.defaultRerank(k) }
+    /// Candidates re-ranked with full vectors when ``SearchParameters/rerank`` is nil, as the
+    /// codec sets it: max(20, 2·k) for lvq8 and lvq4x8, max(20, 4·k) for lvq4, 0 for an
+    /// uncompressed index (its scores are exact: nothing is re-ranked). Thread-safe.
+    public func defaultRerank(k: Int) -> Int { codec.defaultRerank(k: k) }
 
     // MARK: filters
 

@@ -248,7 +248,8 @@ final class WriterState {
     let assigned: UnsafeMutablePointer<UInt32>
     let record: UnsafeMutableRawPointer
     let work: UnsafeMutablePointer<Float>
-    let reduced: UnsafeMutablePointer<Float>
+    /// The record codec's encode scratch.
+    let encodeScratch: UnsafeMutablePointer<Float>
     let delta: DeltaPostings
     let vectors: RowArena
     let labelRows: RowArena
@@ -286,7 +287,7 @@ final class WriterState {
         assigned = .allocate(capacity: WriteAheadLog.maxHeads)
         record = .allocate(byteCount: b.postingStore.recordBytes, alignment: 16)
         work = .allocate(capacity: b.dimension)
-        reduced = .allocate(capacity: max(1, b.codec?.reducedDim ?? 1))
+        encodeScratch = .allocate(capacity: max(1, b.codec.encodeScratchFloats))
         delta = DeltaPostings(heads: b.postingStore.listCount, recordBytes: b.postingStore.recordBytes)
         vectors = RowArena(rowBytes: b.dimension * 4)
         labelRows = RowArena(rowBytes: 8)
@@ -317,7 +318,7 @@ final class WriterState {
 
     deinit {
         candIds.deallocate(); candDist.deallocate(); chosen.deallocate(); assigned.deallocate(); record.deallocate()
-        work.deallocate(); reduced.deallocate(); pivotDist.deallocate(); entries.deallocate()
+        work.deallocate(); encodeScratch.deallocate(); pivotDist.deallocate(); entries.deallocate()
     }
 
     static func identity(_ m: Manifest) -> UInt64 { UInt64(m.manifest_crc32c ?? "0", radix: 16) ?? 0 }
@@ -381,11 +382,7 @@ final class WriterState {
             if base.metric == .cosine { _ = Distance.normalize(work, d) }
         }
         record.storeBytes(of: id.littleEndian, as: UInt32.self)
-        if let codec = base.codec {
-            codec.encode(work, scratch: reduced, into: record + 4)
-        } else {
-            (record + 4).copyMemory(from: work, byteCount: d * 4)
-        }
+        base.codec.encode(work, scratch: encodeScratch, into: record + 4)   // as the build's assign encodes
         for h in postings { delta.append(head: Int(h), record: record) }
         vectors.append(work)
         var l = label.littleEndian
