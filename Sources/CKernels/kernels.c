@@ -13,15 +13,12 @@
  *  - Nothing allocates.
  */
 #include "ckernels.h"
+#include "fk_simd.h"
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define FK_X86 1
-#include <immintrin.h>
+#if FK_X86
 #include <cpuid.h>
-#else
-#define FK_X86 0
 #endif
 
 /* ======================================================================================
@@ -29,54 +26,23 @@
  * on machines without AVX2 this is the only path). Integer kernels are exact.
  * ====================================================================================== */
 
-static inline float l2sq_f32_scalar_body(const float *a, const float *b, size_t d) {
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    size_t i = 0;
-    for (; i + 4 <= d; i += 4) {
-        float t0 = a[i] - b[i], t1 = a[i + 1] - b[i + 1];
-        float t2 = a[i + 2] - b[i + 2], t3 = a[i + 3] - b[i + 3];
-        s0 += t0 * t0; s1 += t1 * t1; s2 += t2 * t2; s3 += t3 * t3;
+/* u8 and i8 differ only in the element type (and the dot's result type). */
+#define FK_BYTES_SCALAR(SUF, T, DOT_RT)                                                      \
+    static inline uint32_t l2sq_##SUF##_scalar_body(const T *a, const T *b, size_t d) {      \
+        uint32_t s = 0;                                                                      \
+        for (size_t i = 0; i < d; i++) { int32_t t = (int32_t)a[i] - (int32_t)b[i]; s += (uint32_t)(t * t); } \
+        return s;                                                                            \
+    }                                                                                        \
+    static inline DOT_RT dot_##SUF##_scalar_body(const T *a, const T *b, size_t d) {         \
+        DOT_RT s = 0;                                                                        \
+        for (size_t i = 0; i < d; i++) s += (DOT_RT)a[i] * (DOT_RT)b[i];                     \
+        return s;                                                                            \
     }
-    for (; i < d; i++) { float t = a[i] - b[i]; s0 += t * t; }
-    return (s0 + s1) + (s2 + s3);
-}
+FK_BYTES_SCALAR(u8, uint8_t, uint32_t)
+FK_BYTES_SCALAR(i8, int8_t, int32_t)
 
-static inline float dot_f32_scalar_body(const float *a, const float *b, size_t d) {
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    size_t i = 0;
-    for (; i + 4 <= d; i += 4) {
-        s0 += a[i] * b[i]; s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2]; s3 += a[i + 3] * b[i + 3];
-    }
-    for (; i < d; i++) s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
-}
-
-static inline uint32_t l2sq_u8_scalar_body(const uint8_t *a, const uint8_t *b, size_t d) {
-    uint32_t s = 0;
-    for (size_t i = 0; i < d; i++) { int32_t t = (int32_t)a[i] - (int32_t)b[i]; s += (uint32_t)(t * t); }
-    return s;
-}
-
-static inline uint32_t dot_u8_scalar_body(const uint8_t *a, const uint8_t *b, size_t d) {
-    uint32_t s = 0;
-    for (size_t i = 0; i < d; i++) s += (uint32_t)a[i] * (uint32_t)b[i];
-    return s;
-}
-
-static inline uint32_t l2sq_i8_scalar_body(const int8_t *a, const int8_t *b, size_t d) {
-    uint32_t s = 0;
-    for (size_t i = 0; i < d; i++) { int32_t t = (int32_t)a[i] - (int32_t)b[i]; s += (uint32_t)(t * t); }
-    return s;
-}
-
-static inline int32_t dot_i8_scalar_body(const int8_t *a, const int8_t *b, size_t d) {
-    int32_t s = 0;
-    for (size_t i = 0; i < d; i++) s += (int32_t)a[i] * (int32_t)b[i];
-    return s;
-}
-
-#define FK_MIXED_SCALAR(NAME, BT, L2)                                                         \
+/* A float query against float (BT = float) or byte vectors: 4 partial sums. */
+#define FK_FLOAT_SCALAR(NAME, BT, L2)                                                        \
     static inline float NAME##_scalar_body(const float *q, const BT *b, size_t d) {           \
         float s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                 \
         size_t i = 0;                                                                         \
@@ -95,29 +61,15 @@ static inline int32_t dot_i8_scalar_body(const int8_t *a, const int8_t *b, size_
         }                                                                                     \
         return (s0 + s1) + (s2 + s3);                                                         \
     }
-FK_MIXED_SCALAR(l2sq_f32_u8, uint8_t, 1)
-FK_MIXED_SCALAR(dot_f32_u8, uint8_t, 0)
-FK_MIXED_SCALAR(l2sq_f32_i8, int8_t, 1)
-FK_MIXED_SCALAR(dot_f32_i8, int8_t, 0)
+FK_FLOAT_SCALAR(l2sq_f32, float, 1)
+FK_FLOAT_SCALAR(dot_f32, float, 0)
+FK_FLOAT_SCALAR(l2sq_f32_u8, uint8_t, 1)
+FK_FLOAT_SCALAR(dot_f32_u8, uint8_t, 0)
+FK_FLOAT_SCALAR(l2sq_f32_i8, int8_t, 1)
+FK_FLOAT_SCALAR(dot_f32_i8, int8_t, 0)
 
-/* ======================================================================================
- * Kernel table (X-macro): name, return type, query element type, vector element type.
- * ====================================================================================== */
-/* FK_KERNELS_IDOT: the integer dot kernels, whose AVX-512 bodies need AVX512_VNNI (on an
- * AVX-512 CPU without VNNI they keep the AVX2 bodies); FK_KERNELS_BASE: the others. */
-#define FK_KERNELS_BASE(X)                         \
-    X(l2sq_f32, float, float, float)               \
-    X(dot_f32, float, float, float)                \
-    X(l2sq_u8, uint32_t, uint8_t, uint8_t)         \
-    X(l2sq_i8, uint32_t, int8_t, int8_t)           \
-    X(l2sq_f32_u8, float, float, uint8_t)          \
-    X(dot_f32_u8, float, float, uint8_t)           \
-    X(l2sq_f32_i8, float, float, int8_t)           \
-    X(dot_f32_i8, float, float, int8_t)
-#define FK_KERNELS_IDOT(X)                         \
-    X(dot_u8, uint32_t, uint8_t, uint8_t)          \
-    X(dot_i8, int32_t, int8_t, int8_t)
-#define FK_KERNELS(X) FK_KERNELS_BASE(X) FK_KERNELS_IDOT(X)
+/* The kernel list, FK_KERNELS (X-macro: name, return type, query element type, vector
+ * element type), is in ckernels.h. */
 
 /* Public scalar entry points (fk_*_scalar) and scalar batch loops (fk_*_batch_scalar). */
 #define FK_DEFINE_SCALAR(NAME, RT, QT, BT)                                                   \
@@ -131,11 +83,10 @@ FK_MIXED_SCALAR(dot_f32_i8, int8_t, 0)
 FK_KERNELS(FK_DEFINE_SCALAR)
 
 /* ======================================================================================
- * AVX2 + FMA bodies (x86 only).
+ * AVX2 + FMA bodies (x86 only). The target attributes, horizontal sums and AVX-512 masks
+ * are in fk_simd.h (shared with lvq.c).
  * ====================================================================================== */
 #if FK_X86
-#define FK_AVX2 __attribute__((target("avx2,fma")))
-#define FK_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
 
 /* Float lane masks: loadu(fk_mask_first + 8 - r) keeps lanes [0, r);
  * loadu(fk_mask_last + r) keeps lanes [8 - r, 8). */
@@ -147,21 +98,44 @@ static const uint8_t fk_bmask_last[64] = {
     255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
     255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255};
 
-FK_AVX2_INLINE float hsum_ps(__m256 v) {
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    __m128 sh = _mm_movehdup_ps(lo);
-    __m128 s = _mm_add_ps(lo, sh);
-    sh = _mm_movehl_ps(sh, s);
-    s = _mm_add_ss(s, sh);
-    return _mm_cvtss_f32(s);
-}
+#define FK_LOAD256(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+#define FK_LOAD512(p) _mm512_loadu_si512((const void *)(p))
 
-FK_AVX2_INLINE uint32_t hsum_epi32(__m256i v) {
-    __m128i x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    x = _mm_add_epi32(x, _mm_shuffle_epi32(x, _MM_SHUFFLE(1, 0, 3, 2)));
-    x = _mm_add_epi32(x, _mm_shuffle_epi32(x, _MM_SHUFFLE(2, 3, 0, 1)));
-    return (uint32_t)_mm_cvtsi128_si32(x);
+/* The main loop of every float-accumulating body, at any width W (floats a vector): 4
+ * accumulators s0..s3, 4·W elements a step, then the 1..3 whole vectors left to separate
+ * accumulators. LQ loads W query floats, LB the W vector elements as floats; STEP(q, x, acc).
+ * Uses (and advances) `i`; leaves the last < W elements to the caller's tail. */
+#define FK_ACC4_LOOP(W, Q, B, LQ, LB, STEP)                                                  \
+    for (; i + 4 * (W) <= d; i += 4 * (W)) {                                                 \
+        s0 = STEP(LQ((Q) + i), LB((B) + i), s0);                                             \
+        s1 = STEP(LQ((Q) + i + (W)), LB((B) + i + (W)), s1);                                 \
+        s2 = STEP(LQ((Q) + i + 2 * (W)), LB((B) + i + 2 * (W)), s2);                         \
+        s3 = STEP(LQ((Q) + i + 3 * (W)), LB((B) + i + 3 * (W)), s3);                         \
+    }                                                                                        \
+    if (i + (W) <= d) {                                                                      \
+        s0 = STEP(LQ((Q) + i), LB((B) + i), s0); i += (W);                                   \
+        if (i + (W) <= d) {                                                                  \
+            s1 = STEP(LQ((Q) + i), LB((B) + i), s1); i += (W);                               \
+            if (i + (W) <= d) { s2 = STEP(LQ((Q) + i), LB((B) + i), s2); i += (W); }         \
+        }                                                                                    \
+    }
+
+/* The main loop of the byte bodies at any width W (bytes a vector): 2 accumulators s0, s1,
+ * 2·W bytes a step, then one whole vector left to s0. LD(p) loads a vector (for i8 L2 with
+ * the sign bit flipped); STEP(x, y, acc). Uses (and advances) `i`; leaves the last < W bytes
+ * to the caller's tail. */
+#define FK_ACC2_BYTES_LOOP(W, LD, STEP)                                                      \
+    for (; i + 2 * (W) <= d; i += 2 * (W)) {                                                 \
+        s0 = STEP(LD(a + i), LD(b + i), s0);                                                 \
+        s1 = STEP(LD(a + i + (W)), LD(b + i + (W)), s1);                                     \
+    }                                                                                        \
+    if (i + (W) <= d) { s0 = STEP(LD(a + i), LD(b + i), s0); i += (W); }
+
+FK_AVX2_INLINE __m256 step_l2_ps(__m256 x, __m256 y, __m256 acc) {
+    __m256 t = _mm256_sub_ps(x, y);
+    return _mm256_fmadd_ps(t, t, acc);
 }
+FK_AVX2_INLINE __m256 step_dot_ps(__m256 x, __m256 y, __m256 acc) { return _mm256_fmadd_ps(x, y, acc); }
 
 /* ---- float32 x float32: 4 accumulators, 32 floats a step; the 1..3 whole vectors left go
  * to separate accumulators, the last 1..7 floats through a masked load (vmaskmovps does not
@@ -170,33 +144,13 @@ FK_AVX2_INLINE uint32_t hsum_epi32(__m256i v) {
     FK_AVX2_INLINE float NAME##_avx2_body(const float *a, const float *b, size_t d) {        \
         __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                          \
         size_t i = 0;                                                                        \
-        for (; i + 32 <= d; i += 32) {                                                       \
-            s0 = STEP(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);                   \
-            s1 = STEP(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);           \
-            s2 = STEP(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);         \
-            s3 = STEP(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);         \
-        }                                                                                    \
-        if (i + 8 <= d) {                                                                    \
-            s0 = STEP(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0); i += 8;           \
-            if (i + 8 <= d) {                                                                \
-                s1 = STEP(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s1); i += 8;       \
-                if (i + 8 <= d) {                                                            \
-                    s2 = STEP(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s2); i += 8;   \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
+        FK_ACC4_LOOP(8, a, b, _mm256_loadu_ps, _mm256_loadu_ps, STEP)                        \
         if (i < d) {                                                                         \
-            __m256i m = _mm256_loadu_si256((const __m256i *)(const void *)(fk_mask_first + 8 - (d - i))); \
+            __m256i m = FK_LOAD256(fk_mask_first + 8 - (d - i));                             \
             s3 = STEP(_mm256_maskload_ps(a + i, m), _mm256_maskload_ps(b + i, m), s3);       \
         }                                                                                    \
-        return hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));         \
+        return fk_hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));      \
     }
-
-FK_AVX2_INLINE __m256 step_l2_ps(__m256 x, __m256 y, __m256 acc) {
-    __m256 t = _mm256_sub_ps(x, y);
-    return _mm256_fmadd_ps(t, t, acc);
-}
-FK_AVX2_INLINE __m256 step_dot_ps(__m256 x, __m256 y, __m256 acc) { return _mm256_fmadd_ps(x, y, acc); }
 FK_F32_BODY(l2sq_f32, step_l2_ps)
 FK_F32_BODY(dot_f32, step_dot_ps)
 
@@ -205,45 +159,34 @@ FK_F32_BODY(dot_f32, step_dot_ps)
  * mapped to u8 by flipping the sign bit (x ^ 0x80 = x + 128), which keeps every difference.
  * 64 bytes a step; the last 1..31 bytes through an overlapping load of the final 32 bytes
  * with the already-counted bytes neutralised (d >= 32), or the scalar loop (d < 32). ---- */
-FK_AVX2_INLINE __m256i step_l2_u8(__m256i x, __m256i y, __m256i acc) {
-    const __m256i z = _mm256_setzero_si256();
-    __m256i t = _mm256_sub_epi8(_mm256_max_epu8(x, y), _mm256_min_epu8(x, y));
-    __m256i lo = _mm256_unpacklo_epi8(t, z), hi = _mm256_unpackhi_epi8(t, z);
-    return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(lo, lo), _mm256_madd_epi16(hi, hi)));
-}
+/* The step at a width of BITS (256 or 512; P the intrinsics' prefix), for both levels. */
+#define FK_STEP_L2_BYTES(NAME, INLINE, V, P, BITS)                                           \
+    INLINE V NAME(V x, V y, V acc) {                                                         \
+        const V z = P##_setzero_si##BITS();                                                  \
+        V t = P##_sub_epi8(P##_max_epu8(x, y), P##_min_epu8(x, y));                          \
+        V lo = P##_unpacklo_epi8(t, z), hi = P##_unpackhi_epi8(t, z);                        \
+        return P##_add_epi32(acc, P##_add_epi32(P##_madd_epi16(lo, lo), P##_madd_epi16(hi, hi))); \
+    }
+FK_STEP_L2_BYTES(step_l2_u8, FK_AVX2_INLINE, __m256i, _mm256, 256)
 
 #define FK_L2_BYTES_BODY(NAME, T, FLIP)                                                      \
+    FK_AVX2_INLINE __m256i NAME##_ld(const T *p) {                                           \
+        const __m256i v = FK_LOAD256(p);                                                     \
+        return FLIP ? _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)) : v;                 \
+    }                                                                                        \
     FK_AVX2_INLINE uint32_t NAME##_avx2_body(const T *a, const T *b, size_t d) {             \
         if (d < 32) return NAME##_scalar_body(a, b, d);                                      \
-        const __m256i f = _mm256_set1_epi8((char)(FLIP ? 0x80 : 0));                         \
         __m256i s0 = _mm256_setzero_si256(), s1 = s0;                                        \
         size_t i = 0;                                                                        \
-        for (; i + 64 <= d; i += 64) {                                                       \
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)(a + i));         \
-            __m256i y0 = _mm256_loadu_si256((const __m256i *)(const void *)(b + i));         \
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(a + i + 32));    \
-            __m256i y1 = _mm256_loadu_si256((const __m256i *)(const void *)(b + i + 32));    \
-            if (FLIP) { x0 = _mm256_xor_si256(x0, f); y0 = _mm256_xor_si256(y0, f);          \
-                        x1 = _mm256_xor_si256(x1, f); y1 = _mm256_xor_si256(y1, f); }        \
-            s0 = step_l2_u8(x0, y0, s0);                                                     \
-            s1 = step_l2_u8(x1, y1, s1);                                                     \
-        }                                                                                    \
-        if (i + 32 <= d) {                                                                   \
-            __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(a + i));          \
-            __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)(b + i));          \
-            if (FLIP) { x = _mm256_xor_si256(x, f); y = _mm256_xor_si256(y, f); }            \
-            s0 = step_l2_u8(x, y, s0); i += 32;                                              \
-        }                                                                                    \
+        FK_ACC2_BYTES_LOOP(32, NAME##_ld, step_l2_u8)                                        \
         if (i < d) {                                                                         \
-            __m256i m = _mm256_loadu_si256((const __m256i *)(const void *)(fk_bmask_last + (d - i))); \
-            __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(a + d - 32));     \
-            __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)(b + d - 32));     \
-            if (FLIP) { x = _mm256_xor_si256(x, f); y = _mm256_xor_si256(y, f); }            \
+            __m256i m = FK_LOAD256(fk_bmask_last + (d - i));                                 \
+            __m256i x = NAME##_ld(a + d - 32), y = NAME##_ld(b + d - 32);                    \
             /* already-counted bytes: y := x, so they add 0 */                               \
             y = _mm256_blendv_epi8(x, y, m);                                                 \
             s1 = step_l2_u8(x, y, s1);                                                       \
         }                                                                                    \
-        return hsum_epi32(_mm256_add_epi32(s0, s1));                                         \
+        return fk_hsum_epi32(_mm256_add_epi32(s0, s1));                                      \
     }
 FK_L2_BYTES_BODY(l2sq_u8, uint8_t, 0)
 FK_L2_BYTES_BODY(l2sq_i8, int8_t, 1)
@@ -272,24 +215,14 @@ FK_AVX2_INLINE __m256i step_dot_i8(__m256i x, __m256i y, __m256i acc) {
         if (d < 32) return NAME##_scalar_body(a, b, d);                                      \
         __m256i s0 = _mm256_setzero_si256(), s1 = s0;                                        \
         size_t i = 0;                                                                        \
-        for (; i + 64 <= d; i += 64) {                                                       \
-            s0 = STEP(_mm256_loadu_si256((const __m256i *)(const void *)(a + i)),            \
-                      _mm256_loadu_si256((const __m256i *)(const void *)(b + i)), s0);       \
-            s1 = STEP(_mm256_loadu_si256((const __m256i *)(const void *)(a + i + 32)),       \
-                      _mm256_loadu_si256((const __m256i *)(const void *)(b + i + 32)), s1);  \
-        }                                                                                    \
-        if (i + 32 <= d) {                                                                   \
-            s0 = STEP(_mm256_loadu_si256((const __m256i *)(const void *)(a + i)),            \
-                      _mm256_loadu_si256((const __m256i *)(const void *)(b + i)), s0);       \
-            i += 32;                                                                         \
-        }                                                                                    \
+        FK_ACC2_BYTES_LOOP(32, FK_LOAD256, STEP)                                             \
         if (i < d) {                                                                         \
             /* already-counted bytes of a zeroed, so their products are 0 */                 \
-            __m256i m = _mm256_loadu_si256((const __m256i *)(const void *)(fk_bmask_last + (d - i))); \
-            __m256i x = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(a + d - 32)), m); \
-            s1 = STEP(x, _mm256_loadu_si256((const __m256i *)(const void *)(b + d - 32)), s1); \
+            __m256i m = FK_LOAD256(fk_bmask_last + (d - i));                                 \
+            __m256i x = _mm256_and_si256(FK_LOAD256(a + d - 32), m);                         \
+            s1 = STEP(x, FK_LOAD256(b + d - 32), s1);                                        \
         }                                                                                    \
-        return (RT)hsum_epi32(_mm256_add_epi32(s0, s1));                                     \
+        return (RT)fk_hsum_epi32(_mm256_add_epi32(s0, s1));                                  \
     }
 FK_DOT_BYTES_BODY(dot_u8, uint8_t, uint32_t, step_dot_u8)
 FK_DOT_BYTES_BODY(dot_i8, int8_t, int32_t, step_dot_i8)
@@ -303,28 +236,13 @@ FK_DOT_BYTES_BODY(dot_i8, int8_t, int32_t, step_dot_i8)
         return _mm256_cvtepi32_ps(CVT(_mm_loadl_epi64((const __m128i *)(const void *)p)));   \
     }                                                                                        \
     FK_AVX2_INLINE __m256 NAME##_step(__m256 q, __m256 x, __m256 acc) {                      \
-        if (L2) { __m256 t = _mm256_sub_ps(q, x); return _mm256_fmadd_ps(t, t, acc); }       \
-        return _mm256_fmadd_ps(q, x, acc);                                                   \
+        return L2 ? step_l2_ps(q, x, acc) : step_dot_ps(q, x, acc);                          \
     }                                                                                        \
     FK_AVX2_INLINE float NAME##_avx2_body(const float *q, const T *b, size_t d) {            \
         if (d < 8) return NAME##_scalar_body(q, b, d);                                       \
         __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                          \
         size_t i = 0;                                                                        \
-        for (; i + 32 <= d; i += 32) {                                                       \
-            s0 = NAME##_step(_mm256_loadu_ps(q + i), NAME##_load8(b + i), s0);               \
-            s1 = NAME##_step(_mm256_loadu_ps(q + i + 8), NAME##_load8(b + i + 8), s1);       \
-            s2 = NAME##_step(_mm256_loadu_ps(q + i + 16), NAME##_load8(b + i + 16), s2);     \
-            s3 = NAME##_step(_mm256_loadu_ps(q + i + 24), NAME##_load8(b + i + 24), s3);     \
-        }                                                                                    \
-        if (i + 8 <= d) {                                                                    \
-            s0 = NAME##_step(_mm256_loadu_ps(q + i), NAME##_load8(b + i), s0); i += 8;       \
-            if (i + 8 <= d) {                                                                \
-                s1 = NAME##_step(_mm256_loadu_ps(q + i), NAME##_load8(b + i), s1); i += 8;   \
-                if (i + 8 <= d) {                                                            \
-                    s2 = NAME##_step(_mm256_loadu_ps(q + i), NAME##_load8(b + i), s2); i += 8; \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
+        FK_ACC4_LOOP(8, q, b, _mm256_loadu_ps, NAME##_load8, NAME##_step)                    \
         if (i < d) {                                                                         \
             __m256 m = _mm256_loadu_ps((const float *)(const void *)(fk_mask_last + (d - i))); \
             __m256 qv = _mm256_loadu_ps(q + d - 8), xv = NAME##_load8(b + d - 8);            \
@@ -332,28 +250,27 @@ FK_DOT_BYTES_BODY(dot_i8, int8_t, int32_t, step_dot_i8)
             qv = L2 ? _mm256_blendv_ps(xv, qv, m) : _mm256_and_ps(qv, m);                    \
             s3 = NAME##_step(qv, xv, s3);                                                    \
         }                                                                                    \
-        return hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));         \
+        return fk_hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));      \
     }
 FK_MIXED_BODY(l2sq_f32_u8, uint8_t, _mm256_cvtepu8_epi32, 1)
 FK_MIXED_BODY(dot_f32_u8, uint8_t, _mm256_cvtepu8_epi32, 0)
 FK_MIXED_BODY(l2sq_f32_i8, int8_t, _mm256_cvtepi8_epi32, 1)
 FK_MIXED_BODY(dot_f32_i8, int8_t, _mm256_cvtepi8_epi32, 0)
 
-/* Out-of-line AVX2 single-vector functions and batch loops (the body inlined in the loop).
- * The batch loop prefetches the first two cache lines of the vector two ahead. */
-#define FK_DEFINE_AVX2(NAME, RT, QT, BT)                                                     \
-    FK_AVX2 static RT NAME##_avx2(const QT *q, const BT *b, size_t d) { return NAME##_avx2_body(q, b, d); } \
-    FK_AVX2 static void NAME##_batch_avx2(const QT *q, const void *base, size_t n, size_t d, \
-                                          size_t stride, float *out) {                       \
+/* Out-of-line single-vector functions and batch loops of one level (SUF: avx2 or avx512,
+ * ATTR its target), the body (NAME##_##SUF##_body) inlined in the loop. The batch loop
+ * prefetches the first two cache lines of the vector two ahead. */
+#define FK_DEFINE_LEVEL(SUF, ATTR, NAME, RT, QT, BT)                                         \
+    ATTR static RT NAME##_##SUF(const QT *q, const BT *b, size_t d) { return NAME##_##SUF##_body(q, b, d); } \
+    ATTR static void NAME##_batch_##SUF(const QT *q, const void *base, size_t n, size_t d,   \
+                                        size_t stride, float *out) {                         \
         const char *p = (const char *)base;                                                  \
         for (size_t j = 0; j < n; j++, p += stride) {                                        \
-            if (j + 2 < n) {                                                                 \
-                _mm_prefetch(p + 2 * stride, _MM_HINT_T0);                                   \
-                _mm_prefetch(p + 2 * stride + 64, _MM_HINT_T0);                              \
-            }                                                                                \
-            out[j] = (float)NAME##_avx2_body(q, (const BT *)(const void *)p, d);             \
+            FK_PREFETCH_AHEAD(p, j, n, stride, 2);                                           \
+            out[j] = (float)NAME##_##SUF##_body(q, (const BT *)(const void *)p, d);          \
         }                                                                                    \
     }
+#define FK_DEFINE_AVX2(NAME, RT, QT, BT) FK_DEFINE_LEVEL(avx2, FK_AVX2, NAME, RT, QT, BT)
 FK_KERNELS(FK_DEFINE_AVX2)
 
 /* The benchmark reference: the simplest AVX2 loop (one accumulator, 8 floats a step, FMA,
@@ -365,7 +282,7 @@ FK_AVX2 static float l2sq_f32_plain_avx2(const float *a, const float *b, size_t 
         __m256 t = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
         s = _mm256_fmadd_ps(t, t, s);
     }
-    float r = hsum_ps(s);
+    float r = fk_hsum_ps(s);
     for (; i < d; i++) { float t = a[i] - b[i]; r += t * t; }
     return r;
 }
@@ -376,95 +293,75 @@ FK_AVX2 static float l2sq_f32_plain_avx2(const float *a, const float *b, size_t 
  * load (vmovups / vmovdqu8 with a zeroing mask: masked-off bytes are not read, so no read
  * leaves [p, p + d)), and the zeroed lanes add nothing to any sum.
  * ====================================================================================== */
-#define FK_AVX512_FEATURES "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"
-#define FK_AVX512 __attribute__((target(FK_AVX512_FEATURES)))
-#define FK_AVX512_INLINE static inline __attribute__((always_inline, target(FK_AVX512_FEATURES)))
-#define FK_VNNI __attribute__((target(FK_AVX512_FEATURES ",avx512vnni")))
-#define FK_VNNI_INLINE static inline __attribute__((always_inline, target(FK_AVX512_FEATURES ",avx512vnni")))
-
-/* Lanes [0, r) of a 16-lane / 64-lane mask (r may exceed the width). */
-FK_AVX512_INLINE __mmask16 fk_m16(size_t r) { return r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << r) - 1u); }
-FK_AVX512_INLINE __mmask64 fk_m64(size_t r) { return r >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << r) - 1u); }
-
-/* ---- float32 x float32: 4 accumulators, 64 floats a step; the 1..3 whole vectors left go
- * to separate accumulators, the last 1..15 floats through one masked load. ---- */
-#define FK_F32_BODY512(NAME, STEP)                                                           \
-    FK_AVX512_INLINE float NAME##_avx512_body(const float *a, const float *b, size_t d) {    \
-        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                          \
-        size_t i = 0;                                                                        \
-        for (; i + 64 <= d; i += 64) {                                                       \
-            s0 = STEP(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);                   \
-            s1 = STEP(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);         \
-            s2 = STEP(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);         \
-            s3 = STEP(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);         \
-        }                                                                                    \
-        if (i + 16 <= d) {                                                                   \
-            s0 = STEP(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0); i += 16;          \
-            if (i + 16 <= d) {                                                               \
-                s1 = STEP(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s1); i += 16;      \
-                if (i + 16 <= d) {                                                           \
-                    s2 = STEP(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s2); i += 16;  \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
-        if (i < d) {                                                                         \
-            const __mmask16 m = fk_m16(d - i);                                               \
-            s3 = STEP(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s3); \
-        }                                                                                    \
-        return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3))); \
-    }
-
 FK_AVX512_INLINE __m512 step_l2_ps512(__m512 x, __m512 y, __m512 acc) {
     __m512 t = _mm512_sub_ps(x, y);
     return _mm512_fmadd_ps(t, t, acc);
 }
 FK_AVX512_INLINE __m512 step_dot_ps512(__m512 x, __m512 y, __m512 acc) { return _mm512_fmadd_ps(x, y, acc); }
-FK_F32_BODY512(l2sq_f32, step_l2_ps512)
-FK_F32_BODY512(dot_f32, step_dot_ps512)
+
+/* ---- float query x float or byte vector: 4 accumulators, 64 elements a step; the 1..3
+ * whole vectors left go to separate accumulators, the last 1..15 elements through one masked
+ * load of each side (masked-off lanes are 0 on both: they add 0 to L2 and to dot). LOADB
+ * loads 16 vector elements as floats, TAILB(m, p) the lanes m of them. ---- */
+#define FK_FLOAT_BODY512(NAME, BT, LOADB, TAILB, STEP)                                       \
+    FK_AVX512_INLINE float NAME##_avx512_body(const float *a, const BT *b, size_t d) {       \
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                          \
+        size_t i = 0;                                                                        \
+        FK_ACC4_LOOP(16, a, b, _mm512_loadu_ps, LOADB, STEP)                                 \
+        if (i < d) {                                                                         \
+            const __mmask16 m = fk_m16(d - i);                                               \
+            s3 = STEP(_mm512_maskz_loadu_ps(m, a + i), TAILB(m, b + i), s3);                 \
+        }                                                                                    \
+        return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3))); \
+    }
+FK_FLOAT_BODY512(l2sq_f32, float, _mm512_loadu_ps, _mm512_maskz_loadu_ps, step_l2_ps512)
+FK_FLOAT_BODY512(dot_f32, float, _mm512_loadu_ps, _mm512_maskz_loadu_ps, step_dot_ps512)
+
+/* Mixed: 16 bytes -> 16 int32 (vpmovzxbd / vpmovsxbd) -> 16 floats (exact), then FMA. */
+#define FK_MIXED_BODY512(NAME, T, CVT, L2)                                                   \
+    FK_AVX512_INLINE __m512 NAME##_load16(const T *p) {                                      \
+        return _mm512_cvtepi32_ps(CVT(_mm_loadu_si128((const __m128i *)(const void *)p)));   \
+    }                                                                                        \
+    FK_AVX512_INLINE __m512 NAME##_tail16(__mmask16 m, const T *p) {                         \
+        return _mm512_cvtepi32_ps(CVT(_mm_maskz_loadu_epi8(m, (const void *)p)));            \
+    }                                                                                        \
+    FK_AVX512_INLINE __m512 NAME##_step512(__m512 q, __m512 x, __m512 acc) {                 \
+        return L2 ? step_l2_ps512(q, x, acc) : step_dot_ps512(q, x, acc);                    \
+    }                                                                                        \
+    FK_FLOAT_BODY512(NAME, T, NAME##_load16, NAME##_tail16, NAME##_step512)
+FK_MIXED_BODY512(l2sq_f32_u8, uint8_t, _mm512_cvtepu8_epi32, 1)
+FK_MIXED_BODY512(dot_f32_u8, uint8_t, _mm512_cvtepu8_epi32, 0)
+FK_MIXED_BODY512(l2sq_f32_i8, int8_t, _mm512_cvtepi8_epi32, 1)
+FK_MIXED_BODY512(dot_f32_i8, int8_t, _mm512_cvtepi8_epi32, 0)
 
 /* ---- u8 / i8 squared L2: as the AVX2 body (|a-b| = max - min as bytes, unpacked with zero
  * to 16 bits, vpmaddwd), 64 bytes a vector, 128 a step, 2 accumulators; the tail is one
  * masked 64-byte load of each side (masked-off bytes are 0 on both sides; for i8 both become
  * 0x80 after the sign flip: difference 0). Lanes wrap mod 2^32 like the scalar sum. ---- */
-FK_AVX512_INLINE __m512i step_l2_u8_512(__m512i x, __m512i y, __m512i acc) {
-    const __m512i z = _mm512_setzero_si512();
-    __m512i t = _mm512_sub_epi8(_mm512_max_epu8(x, y), _mm512_min_epu8(x, y));
-    __m512i lo = _mm512_unpacklo_epi8(t, z), hi = _mm512_unpackhi_epi8(t, z);
-    return _mm512_add_epi32(acc, _mm512_add_epi32(_mm512_madd_epi16(lo, lo), _mm512_madd_epi16(hi, hi)));
-}
+FK_STEP_L2_BYTES(step_l2_u8_512, FK_AVX512_INLINE, __m512i, _mm512, 512)
 
 #define FK_L2_BYTES_BODY512(NAME, T, FLIP)                                                   \
+    FK_AVX512_INLINE __m512i NAME##_flip512(__m512i v) {                                     \
+        return FLIP ? _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)) : v;                 \
+    }                                                                                        \
+    FK_AVX512_INLINE __m512i NAME##_ld512(const T *p) { return NAME##_flip512(FK_LOAD512(p)); } \
     FK_AVX512_INLINE uint32_t NAME##_avx512_body(const T *a, const T *b, size_t d) {         \
-        const __m512i f = _mm512_set1_epi8((char)(FLIP ? 0x80 : 0));                         \
         __m512i s0 = _mm512_setzero_si512(), s1 = s0;                                        \
         size_t i = 0;                                                                        \
-        for (; i + 128 <= d; i += 128) {                                                     \
-            __m512i x0 = _mm512_loadu_si512((const void *)(a + i));                          \
-            __m512i y0 = _mm512_loadu_si512((const void *)(b + i));                          \
-            __m512i x1 = _mm512_loadu_si512((const void *)(a + i + 64));                     \
-            __m512i y1 = _mm512_loadu_si512((const void *)(b + i + 64));                     \
-            if (FLIP) { x0 = _mm512_xor_si512(x0, f); y0 = _mm512_xor_si512(y0, f);          \
-                        x1 = _mm512_xor_si512(x1, f); y1 = _mm512_xor_si512(y1, f); }        \
-            s0 = step_l2_u8_512(x0, y0, s0);                                                 \
-            s1 = step_l2_u8_512(x1, y1, s1);                                                 \
-        }                                                                                    \
-        if (i + 64 <= d) {                                                                   \
-            __m512i x = _mm512_loadu_si512((const void *)(a + i));                           \
-            __m512i y = _mm512_loadu_si512((const void *)(b + i));                           \
-            if (FLIP) { x = _mm512_xor_si512(x, f); y = _mm512_xor_si512(y, f); }            \
-            s0 = step_l2_u8_512(x, y, s0); i += 64;                                          \
-        }                                                                                    \
+        FK_ACC2_BYTES_LOOP(64, NAME##_ld512, step_l2_u8_512)                                 \
         if (i < d) {                                                                         \
             const __mmask64 m = fk_m64(d - i);                                               \
-            __m512i x = _mm512_maskz_loadu_epi8(m, (const void *)(a + i));                   \
-            __m512i y = _mm512_maskz_loadu_epi8(m, (const void *)(b + i));                   \
-            if (FLIP) { x = _mm512_xor_si512(x, f); y = _mm512_xor_si512(y, f); }            \
+            __m512i x = NAME##_flip512(_mm512_maskz_loadu_epi8(m, (const void *)(a + i)));   \
+            __m512i y = NAME##_flip512(_mm512_maskz_loadu_epi8(m, (const void *)(b + i)));   \
             s1 = step_l2_u8_512(x, y, s1);                                                   \
         }                                                                                    \
         return (uint32_t)_mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));                  \
     }
 FK_L2_BYTES_BODY512(l2sq_u8, uint8_t, 0)
 FK_L2_BYTES_BODY512(l2sq_i8, int8_t, 1)
+
+#define FK_DEFINE_AVX512(NAME, RT, QT, BT) FK_DEFINE_LEVEL(avx512, FK_AVX512, NAME, RT, QT, BT)
+FK_KERNELS_BASE(FK_DEFINE_AVX512)
 
 /* ---- u8 / i8 dot with VNNI. vpdpbusd multiplies unsigned bytes by signed bytes (each
  * product fits 16 bits: 255·(-128) = -32640) and adds every group of 4 to a 32-bit lane.
@@ -473,8 +370,9 @@ FK_L2_BYTES_BODY512(l2sq_i8, int8_t, 1)
  *   i8:  Σ q·b = Σ (b + 128)·q - 128·Σq     vpdpbusd(b ^ 0x80 unsigned, q signed)
  * Σq is a vpdpbusd against ones on the other side. vpdpbusd (not the saturating vpdpbusds)
  * wraps, like every lane add here, so the results equal the scalar sums mod 2^32 for every
- * d: bit-identical to the scalar bodies. The batch loops compute 128·Σq once per query.
- * Masked-off tail bytes are 0 on the query side, so their products are 0. ---- */
+ * d: bit-identical to the scalar bodies. The batch loops compute 128·Σq once per query
+ * (their own loops, not FK_DEFINE_LEVEL's, for that). Masked-off tail bytes are 0 on the
+ * query side, so their products are 0. ---- */
 #define FK_DPB_U8(acc, x, y) _mm512_dpbusd_epi32((acc), (x), (y))   /* x = query (u8), y = b ^ 0x80 */
 #define FK_DPB_I8(acc, x, y) _mm512_dpbusd_epi32((acc), (y), (x))   /* y = b ^ 0x80 (u8), x = query (i8) */
 
@@ -530,10 +428,7 @@ FK_L2_BYTES_BODY512(l2sq_i8, int8_t, 1)
         const uint32_t corr = NAME##_vnni_corr(NAME##_vnni_qsum(q, d));                      \
         const char *p = (const char *)base;                                                  \
         for (size_t j = 0; j < n; j++, p += stride) {                                        \
-            if (j + 2 < n) {                                                                 \
-                _mm_prefetch(p + 2 * stride, _MM_HINT_T0);                                   \
-                _mm_prefetch(p + 2 * stride + 64, _MM_HINT_T0);                              \
-            }                                                                                \
+            FK_PREFETCH_AHEAD(p, j, n, stride, 2);                                           \
             uint32_t r = NAME##_vnni_core(q, (const T *)(const void *)p, d, 0, NULL);        \
             out[j] = (float)(RT)(r + corr);                                                  \
         }                                                                                    \
@@ -541,64 +436,6 @@ FK_L2_BYTES_BODY512(l2sq_i8, int8_t, 1)
 FK_DOT_BYTES_VNNI(dot_u8, uint8_t, uint32_t, FK_DPB_U8, 0)
 FK_DOT_BYTES_VNNI(dot_i8, int8_t, int32_t, FK_DPB_I8, 1)
 
-/* ---- mixed float query x byte vector: 16 bytes -> 16 int32 (vpmovzxbd / vpmovsxbd) -> 16
- * floats (exact), then FMA. 4 accumulators, 64 elements a step; the 1..3 whole vectors left
- * go to separate accumulators, the last 1..15 elements through masked loads of both sides
- * (masked-off lanes are 0 on both: they add 0 to L2 and to dot). ---- */
-#define FK_MIXED_BODY512(NAME, T, CVT, L2)                                                   \
-    FK_AVX512_INLINE __m512 NAME##_load16(const T *p) {                                      \
-        return _mm512_cvtepi32_ps(CVT(_mm_loadu_si128((const __m128i *)(const void *)p)));   \
-    }                                                                                        \
-    FK_AVX512_INLINE __m512 NAME##_step512(__m512 q, __m512 x, __m512 acc) {                 \
-        if (L2) { __m512 t = _mm512_sub_ps(q, x); return _mm512_fmadd_ps(t, t, acc); }       \
-        return _mm512_fmadd_ps(q, x, acc);                                                   \
-    }                                                                                        \
-    FK_AVX512_INLINE float NAME##_avx512_body(const float *q, const T *b, size_t d) {        \
-        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                          \
-        size_t i = 0;                                                                        \
-        for (; i + 64 <= d; i += 64) {                                                       \
-            s0 = NAME##_step512(_mm512_loadu_ps(q + i), NAME##_load16(b + i), s0);           \
-            s1 = NAME##_step512(_mm512_loadu_ps(q + i + 16), NAME##_load16(b + i + 16), s1); \
-            s2 = NAME##_step512(_mm512_loadu_ps(q + i + 32), NAME##_load16(b + i + 32), s2); \
-            s3 = NAME##_step512(_mm512_loadu_ps(q + i + 48), NAME##_load16(b + i + 48), s3); \
-        }                                                                                    \
-        if (i + 16 <= d) {                                                                   \
-            s0 = NAME##_step512(_mm512_loadu_ps(q + i), NAME##_load16(b + i), s0); i += 16;  \
-            if (i + 16 <= d) {                                                               \
-                s1 = NAME##_step512(_mm512_loadu_ps(q + i), NAME##_load16(b + i), s1); i += 16; \
-                if (i + 16 <= d) {                                                           \
-                    s2 = NAME##_step512(_mm512_loadu_ps(q + i), NAME##_load16(b + i), s2); i += 16; \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
-        if (i < d) {                                                                         \
-            const __mmask16 m = fk_m16(d - i);                                               \
-            __m512 xv = _mm512_cvtepi32_ps(CVT(_mm_maskz_loadu_epi8(m, (const void *)(b + i)))); \
-            s3 = NAME##_step512(_mm512_maskz_loadu_ps(m, q + i), xv, s3);                    \
-        }                                                                                    \
-        return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3))); \
-    }
-FK_MIXED_BODY512(l2sq_f32_u8, uint8_t, _mm512_cvtepu8_epi32, 1)
-FK_MIXED_BODY512(dot_f32_u8, uint8_t, _mm512_cvtepu8_epi32, 0)
-FK_MIXED_BODY512(l2sq_f32_i8, int8_t, _mm512_cvtepi8_epi32, 1)
-FK_MIXED_BODY512(dot_f32_i8, int8_t, _mm512_cvtepi8_epi32, 0)
-
-/* Out-of-line AVX-512 single-vector functions and batch loops (the integer dot kernels have
- * their own, above: they hoist 128·Σq out of the loop). Same prefetch as the AVX2 loops. */
-#define FK_DEFINE_AVX512(NAME, RT, QT, BT)                                                   \
-    FK_AVX512 static RT NAME##_avx512(const QT *q, const BT *b, size_t d) { return NAME##_avx512_body(q, b, d); } \
-    FK_AVX512 static void NAME##_batch_avx512(const QT *q, const void *base, size_t n, size_t d, \
-                                              size_t stride, float *out) {                   \
-        const char *p = (const char *)base;                                                  \
-        for (size_t j = 0; j < n; j++, p += stride) {                                        \
-            if (j + 2 < n) {                                                                 \
-                _mm_prefetch(p + 2 * stride, _MM_HINT_T0);                                   \
-                _mm_prefetch(p + 2 * stride + 64, _MM_HINT_T0);                              \
-            }                                                                                \
-            out[j] = (float)NAME##_avx512_body(q, (const BT *)(const void *)p, d);           \
-        }                                                                                    \
-    }
-FK_KERNELS_BASE(FK_DEFINE_AVX512)
 
 /* CPUID: FMA (leaf 1 ECX bit 12), OSXSAVE (bit 27), AVX (bit 28); XCR0 bits 1|2 (the OS
  * saves XMM and YMM state); AVX2 (leaf 7 EBX bit 5) -> level 1.

@@ -16,16 +16,10 @@
  */
 #include "fk_lvq.h"
 #include "ckernels.h"
+#include "fk_simd.h"
 #include <string.h>
 
 #define LVQ_INLINE static inline __attribute__((always_inline))
-
-#if defined(__x86_64__) || defined(__i386__)
-#define FK_LVQ_X86 1
-#include <immintrin.h>
-#else
-#define FK_LVQ_X86 0
-#endif
 
 /* ======================================================================================
  * fp16
@@ -306,41 +300,51 @@ void fk_lvq_batch_scalar(int kind, int metric, const float *q, float qsum, float
 /* ======================================================================================
  * AVX2 + FMA bodies
  * ====================================================================================== */
-#if FK_LVQ_X86
-#define LVQ_AVX2 __attribute__((target("avx2,fma")))
-#define LVQ_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
-
-LVQ_AVX2_INLINE float lvq_hsum_ps(__m256 v) {
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    __m128 sh = _mm_movehdup_ps(lo);
-    __m128 s = _mm_add_ps(lo, sh);
-    sh = _mm_movehl_ps(sh, s);
-    s = _mm_add_ss(s, sh);
-    return _mm_cvtss_f32(s);
-}
+#if FK_X86
+/* The target attributes (FK_AVX2, FK_AVX512 and their _INLINE forms), fk_hsum_ps and the
+ * other horizontal sums, the AVX-512 masks and FK_PREFETCH_AHEAD are fk_simd.h's. */
 
 /* Sum of 8 uint32 lanes into 64 bits. */
-LVQ_AVX2_INLINE uint64_t lvq_hsum_u32(__m256i v) {
+FK_AVX2_INLINE uint64_t lvq_hsum_u32(__m256i v) {
     const __m256i z = _mm256_setzero_si256();
     __m256i w = _mm256_add_epi64(_mm256_unpacklo_epi32(v, z), _mm256_unpackhi_epi32(v, z));
-    __m128i x = _mm_add_epi64(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
-    return (uint64_t)_mm_cvtsi128_si64(x) + (uint64_t)_mm_extract_epi64(x, 1);
+    return fk_hsum_u64x2(_mm_add_epi64(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
 }
 
+/* The result of both 4-bit bodies: Σq·c = qc; with NORM the norm sums, for 4x8 (TWO) the
+ * wide ones the body summed (cs2, css2), for 4-bit those of its nibble-byte accumulators
+ * (Σc from ns4: 2 × u64, Σc² from nss4: 4 × u32). */
+FK_AVX2_INLINE lvq_sums lvq4_result(float qc, const int NORM, const int TWO, uint64_t cs2, uint64_t css2,
+                                    __m128i ns4, __m128i nss4) {
+    lvq_sums t = {qc, 0, 0};
+    if (NORM && TWO) { t.cs = cs2; t.css = css2; }
+    else if (NORM) { t.cs = fk_hsum_u64x2(ns4); t.css = fk_hsum_u32x4(nss4); }
+    return t;
+}
+
+/* The 4-bit and 4x8 bodies of one level (SUF), from its lvq4_sums_generic_##SUF. */
+#define LVQ4_SUMS(SUF, INLINE)                                                               \
+    INLINE lvq_sums lvq4_sums_##SUF(const float *q, const uint8_t *c, size_t d, const int NORM) { \
+        return lvq4_sums_generic_##SUF(q, c, d, NORM, 0);                                    \
+    }                                                                                        \
+    INLINE lvq_sums lvq4x8_sums_##SUF(const float *q, const uint8_t *c, size_t d, const int NORM) { \
+        return lvq4_sums_generic_##SUF(q, c, d, NORM, 1);                                    \
+    }
+
 /* 8 bytes -> 8 int32 lanes */
-LVQ_AVX2_INLINE __m256i lvq_load8(const uint8_t *p) {
+FK_AVX2_INLINE __m256i lvq_load8(const uint8_t *p) {
     return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p));
 }
 
 /* 16 packed bytes (32 nibbles, low nibble first) -> the nibbles as bytes: lo holds dims
  * 0, 2, ..., 30 and hi dims 1, 3, ..., 31; then 4 × 8 int32 lanes in dimension order. */
-LVQ_AVX2_INLINE void lvq_nibbles(const uint8_t *p, __m128i *lo, __m128i *hi) {
+FK_AVX2_INLINE void lvq_nibbles(const uint8_t *p, __m128i *lo, __m128i *hi) {
     const __m128i m = _mm_set1_epi8(0x0F);
     __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
     *lo = _mm_and_si128(v, m);
     *hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
 }
-LVQ_AVX2_INLINE void lvq_widen32(__m128i lo, __m128i hi, __m256i *c0, __m256i *c1, __m256i *c2, __m256i *c3) {
+FK_AVX2_INLINE void lvq_widen32(__m128i lo, __m128i hi, __m256i *c0, __m256i *c1, __m256i *c2, __m256i *c3) {
     __m128i v0 = _mm_unpacklo_epi8(lo, hi), v1 = _mm_unpackhi_epi8(lo, hi);
     *c0 = _mm256_cvtepu8_epi32(v0);
     *c1 = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v0, v0));
@@ -362,7 +366,7 @@ LVQ_AVX2_INLINE void lvq_widen32(__m128i lo, __m128i hi, __m256i *c0, __m256i *c
 /* 8-bit: the dot through 4 × (8 bytes -> 8 int32 -> 8 floats, FMA) per 32 dimensions; the
  * norm sums on the 32 bytes at once: Σc by vpsadbw, Σc² by in-lane unpacking to 16 bits and
  * vpmaddwd (order does not matter for sums). */
-LVQ_AVX2_INLINE lvq_sums lvq8_sums_avx2(const float *q, const uint8_t *c, size_t d, const int NORM) {
+FK_AVX2_INLINE lvq_sums lvq8_sums_avx2(const float *q, const uint8_t *c, size_t d, const int NORM) {
     const __m256i z = _mm256_setzero_si256();
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m256i ns = z, nss = z;   /* ns: 4 × u64 (vpsadbw); nss: 8 × u32 */
@@ -389,11 +393,10 @@ LVQ_AVX2_INLINE lvq_sums lvq8_sums_avx2(const float *q, const uint8_t *c, size_t
         }
     }
     lvq_sums t;
-    t.qc = lvq_hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    t.qc = fk_hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     t.cs = 0; t.css = 0;
     if (NORM) {
-        __m128i x = _mm_add_epi64(_mm256_castsi256_si128(ns), _mm256_extracti128_si256(ns, 1));
-        t.cs = (uint64_t)_mm_cvtsi128_si64(x) + (uint64_t)_mm_extract_epi64(x, 1);
+        t.cs = fk_hsum_u64x2(_mm_add_epi64(_mm256_castsi256_si128(ns), _mm256_extracti128_si256(ns, 1)));
         t.css = lvq_hsum_u32(nss);
     }
     for (; i < d; i++) { uint32_t cv = c[i]; t.qc += q[i] * (float)cv; t.cs += cv; t.css += cv * cv; }
@@ -430,7 +433,7 @@ LVQ_AVX2_INLINE lvq_sums lvq8_sums_avx2(const float *q, const uint8_t *c, size_t
 /* 4-bit codes (TWO = 0) or the two-level 4x8 codes (TWO = 1). For 4x8, C² reaches 4080² and
  * a lane gains up to 4·4080² per block, so the squares are flushed to 64 bits every 32
  * blocks (1024 dimensions). */
-LVQ_AVX2_INLINE lvq_sums lvq4_sums_generic_avx2(const float *q, const uint8_t *c, size_t d,
+FK_AVX2_INLINE lvq_sums lvq4_sums_generic_avx2(const float *q, const uint8_t *c, size_t d,
                                                  const int NORM, const int TWO) {
     const int NORM4X8 = NORM && TWO;
     const uint8_t *r = c + (d + 1) / 2;
@@ -456,25 +459,11 @@ LVQ_AVX2_INLINE lvq_sums lvq4_sums_generic_avx2(const float *q, const uint8_t *c
         if (TWO) memcpy(rb, r + i, rem);
         LVQ4_BLOCK(qb, cb, rb, TWO);
     }
-    lvq_sums t;
-    t.qc = lvq_hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    t.cs = 0; t.css = 0;
-    if (NORM && TWO) {
-        t.cs = lvq_hsum_u32(ns);
-        t.css = css + lvq_hsum_u32(nss);
-    } else if (NORM) {
-        t.cs = (uint64_t)_mm_cvtsi128_si64(ns4) + (uint64_t)_mm_extract_epi64(ns4, 1);
-        t.css = lvq_hsum_u32(_mm256_zextsi128_si256(nss4));
-    }
-    return t;
+    const int WIDE = NORM && TWO;
+    return lvq4_result(fk_hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))), NORM, TWO,
+                       WIDE ? lvq_hsum_u32(ns) : 0, WIDE ? css + lvq_hsum_u32(nss) : 0, ns4, nss4);
 }
-
-LVQ_AVX2_INLINE lvq_sums lvq4_sums_avx2(const float *q, const uint8_t *c, size_t d, const int NORM) {
-    return lvq4_sums_generic_avx2(q, c, d, NORM, 0);
-}
-LVQ_AVX2_INLINE lvq_sums lvq4x8_sums_avx2(const float *q, const uint8_t *c, size_t d, const int NORM) {
-    return lvq4_sums_generic_avx2(q, c, d, NORM, 1);
-}
+LVQ4_SUMS(avx2, FK_AVX2_INLINE)
 
 /* Single-code entry points and batch loops. The batch loop prefetches the code two ahead
  * (every cache line of it). SUF names the bodies (NAME##_sums_##SUF), ATTR their target. */
@@ -492,8 +481,7 @@ LVQ_AVX2_INLINE lvq_sums lvq4x8_sums_avx2(const float *q, const uint8_t *c, size
         const size_t lines = (fk_lvq_code_size(KIND, d) + 63) / 64;                          \
         if (metric == FK_LVQ_METRIC_L2) {                                                    \
             for (size_t j = 0; j < n; j++, p += stride) {                                    \
-                if (j + 2 < n)                                                               \
-                    for (size_t l = 0; l < lines; l++) _mm_prefetch((const char *)p + 2 * stride + 64 * l, _MM_HINT_T0); \
+                FK_PREFETCH_AHEAD(p, j, n, stride, lines);                                   \
                 float s, b, norm;                                                            \
                 lvq_consts(KIND, p, &s, &b);                                                 \
                 float dot = lvq_finish(s, b, NAME##_sums_##SUF(q, p + 4, d, 1), qsum, d, &norm); \
@@ -501,42 +489,34 @@ LVQ_AVX2_INLINE lvq_sums lvq4x8_sums_avx2(const float *q, const uint8_t *c, size
             }                                                                                \
         } else {                                                                             \
             for (size_t j = 0; j < n; j++, p += stride) {                                    \
-                if (j + 2 < n)                                                               \
-                    for (size_t l = 0; l < lines; l++) _mm_prefetch((const char *)p + 2 * stride + 64 * l, _MM_HINT_T0); \
+                FK_PREFETCH_AHEAD(p, j, n, stride, lines);                                   \
                 float s, b;                                                                  \
                 lvq_consts(KIND, p, &s, &b);                                                 \
                 out[j] = -lvq_finish(s, b, NAME##_sums_##SUF(q, p + 4, d, 0), qsum, d, NULL); \
             }                                                                                \
         }                                                                                    \
     }
-LVQ_DEFINE_SIMD(lvq8, FK_LVQ8, avx2, LVQ_AVX2)
-LVQ_DEFINE_SIMD(lvq4, FK_LVQ4, avx2, LVQ_AVX2)
-LVQ_DEFINE_SIMD(lvq4x8, FK_LVQ4X8, avx2, LVQ_AVX2)
+LVQ_DEFINE_SIMD(lvq8, FK_LVQ8, avx2, FK_AVX2)
+LVQ_DEFINE_SIMD(lvq4, FK_LVQ4, avx2, FK_AVX2)
+LVQ_DEFINE_SIMD(lvq4x8, FK_LVQ4X8, avx2, FK_AVX2)
 
 /* ======================================================================================
  * AVX-512 bodies (AVX512F + BW + VL + DQ; no VNNI: the dot is float). Same sums as the AVX2
  * bodies, 16 float lanes; tails are masked loads (masked-off bytes and floats are not read
  * and count 0), so there are no stack copies and no scalar tails.
  * ====================================================================================== */
-#define LVQ_AVX512_FEATURES "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"
-#define LVQ_AVX512 __attribute__((target(LVQ_AVX512_FEATURES)))
-#define LVQ_AVX512_INLINE static inline __attribute__((always_inline, target(LVQ_AVX512_FEATURES)))
-
-LVQ_AVX512_INLINE __mmask16 lvq_m16(size_t r) { return r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << r) - 1u); }
-LVQ_AVX512_INLINE __mmask64 lvq_m64(size_t r) { return r >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << r) - 1u); }
-
 /* 16 code bytes -> 16 floats (exact) */
-LVQ_AVX512_INLINE __m512 lvq_cvt16(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
+FK_AVX512_INLINE __m512 lvq_cvt16(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
 
 /* Sum of 16 uint32 lanes into 64 bits. */
-LVQ_AVX512_INLINE uint64_t lvq_hsum_u32_512(__m512i v) {
+FK_AVX512_INLINE uint64_t lvq_hsum_u32_512(__m512i v) {
     const __m512i z = _mm512_setzero_si512();
     return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_unpacklo_epi32(v, z), _mm512_unpackhi_epi32(v, z)));
 }
 
 /* Norm sums of up to 64 code bytes: Σc by vpsadbw (8 × u64), Σc² by in-lane unpacking to
  * 16 bits and vpmaddwd (16 × u32; a lane gains <= 4·255² per call). */
-LVQ_AVX512_INLINE void lvq8_norm64(__m512i v, __m512i *ns, __m512i *nss) {
+FK_AVX512_INLINE void lvq8_norm64(__m512i v, __m512i *ns, __m512i *nss) {
     const __m512i z = _mm512_setzero_si512();
     *ns = _mm512_add_epi64(*ns, _mm512_sad_epu8(v, z));
     __m512i lo = _mm512_unpacklo_epi8(v, z), hi = _mm512_unpackhi_epi8(v, z);
@@ -546,7 +526,7 @@ LVQ_AVX512_INLINE void lvq8_norm64(__m512i v, __m512i *ns, __m512i *nss) {
 /* 8-bit: 4 × (16 bytes -> 16 int32 -> 16 floats, FMA) per 64 dimensions; the norm sums on the
  * 64 bytes at once. The last 1..63 dimensions: up to 4 masked 16-lane steps and one masked
  * 64-byte load for the norm. */
-LVQ_AVX512_INLINE lvq_sums lvq8_sums_avx512(const float *q, const uint8_t *c, size_t d, const int NORM) {
+FK_AVX512_INLINE lvq_sums lvq8_sums_avx512(const float *q, const uint8_t *c, size_t d, const int NORM) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m512i ns = _mm512_setzero_si512(), nss = ns;   /* ns: 8 × u64; nss: 16 × u32 */
     size_t i = 0;
@@ -561,7 +541,7 @@ LVQ_AVX512_INLINE lvq_sums lvq8_sums_avx512(const float *q, const uint8_t *c, si
         const size_t r = d - i;
 #define LVQ8_TAIL(ACC, K)                                                                    \
         if (r > (K)) {                                                                       \
-            const __mmask16 m = lvq_m16(r - (K));                                            \
+            const __mmask16 m = fk_m16(r - (K));                                            \
             ACC = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i + (K)),                     \
                                   lvq_cvt16(_mm_maskz_loadu_epi8(m, (const void *)(c + i + (K)))), ACC); \
         }
@@ -570,7 +550,7 @@ LVQ_AVX512_INLINE lvq_sums lvq8_sums_avx512(const float *q, const uint8_t *c, si
         LVQ8_TAIL(a2, 32)
         LVQ8_TAIL(a3, 48)
 #undef LVQ8_TAIL
-        if (NORM) lvq8_norm64(_mm512_maskz_loadu_epi8(lvq_m64(r), (const void *)(c + i)), &ns, &nss);
+        if (NORM) lvq8_norm64(_mm512_maskz_loadu_epi8(fk_m64(r), (const void *)(c + i)), &ns, &nss);
     }
     lvq_sums t;
     t.qc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
@@ -590,16 +570,16 @@ LVQ_AVX512_INLINE lvq_sums lvq8_sums_avx512(const float *q, const uint8_t *c, si
  * int32 lanes. Norm sums: for 4-bit on the nibble bytes (Σc by vpsadbw of lo + hi, Σc² by
  * vpmaddubsw, c <= 15, then vpmaddwd with ones); for 4x8 per int32 lane of C = 255·c + r
  * (Σ C, and Σ C² by vpmaddwd of C with itself: C < 2^15). */
-LVQ_AVX512_INLINE void lvq4_block_avx512(const float *qp, const uint8_t *cp, const uint8_t *rp, size_t rem,
+FK_AVX512_INLINE void lvq4_block_avx512(const float *qp, const uint8_t *cp, const uint8_t *rp, size_t rem,
                                          const int NORM, const int TWO, __m512 *acc0, __m512 *acc1,
                                          __m512i *ns, __m512i *nss, __m128i *ns4, __m128i *nss4) {
     const __m128i m4 = _mm_set1_epi8(0x0F);
-    __m128i v = _mm_maskz_loadu_epi8(lvq_m16((rem + 1) / 2), (const void *)cp);
+    __m128i v = _mm_maskz_loadu_epi8(fk_m16((rem + 1) / 2), (const void *)cp);
     __m128i lo = _mm_and_si128(v, m4);
-    __m128i hi = _mm_maskz_mov_epi8(lvq_m16(rem / 2), _mm_and_si128(_mm_srli_epi16(v, 4), m4));
+    __m128i hi = _mm_maskz_mov_epi8(fk_m16(rem / 2), _mm_and_si128(_mm_srli_epi16(v, 4), m4));
     __m512i c0 = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
     __m512i c1 = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi));
-    const __mmask16 k0 = lvq_m16(rem), k1 = lvq_m16(rem > 16 ? rem - 16 : 0);
+    const __mmask16 k0 = fk_m16(rem), k1 = fk_m16(rem > 16 ? rem - 16 : 0);
     if (TWO) {
         /* C = 255·c + r = (c << 8) − c + r */
         c0 = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(c0, 8), c0),
@@ -622,7 +602,7 @@ LVQ_AVX512_INLINE void lvq4_block_avx512(const float *qp, const uint8_t *cp, con
 /* 4-bit codes (TWO = 0) or the two-level 4x8 codes (TWO = 1), 64 dimensions a step (two
  * blocks, 4 accumulators). For 4x8 a lane of Σ C² gains up to 4·4080² per step, so it is
  * flushed to 64 bits every 32 steps (2048 dimensions; the tail adds at most one step more). */
-LVQ_AVX512_INLINE lvq_sums lvq4_sums_generic_avx512(const float *q, const uint8_t *c, size_t d,
+FK_AVX512_INLINE lvq_sums lvq4_sums_generic_avx512(const float *q, const uint8_t *c, size_t d,
                                                      const int NORM, const int TWO) {
     const uint8_t *r = c + (d + 1) / 2;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -641,32 +621,16 @@ LVQ_AVX512_INLINE lvq_sums lvq4_sums_generic_avx512(const float *q, const uint8_
         i += 32;
     }
     if (i < d) lvq4_block_avx512(q + i, c + i / 2, r + i, d - i, NORM, TWO, &a2, &a3, &ns, &nss, &ns4, &nss4);
-    lvq_sums t;
-    t.qc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    t.cs = 0; t.css = 0;
-    if (NORM && TWO) {
-        t.cs = lvq_hsum_u32_512(ns);
-        t.css = css + lvq_hsum_u32_512(nss);
-    } else if (NORM) {
-        t.cs = (uint64_t)_mm_cvtsi128_si64(ns4) + (uint64_t)_mm_extract_epi64(ns4, 1);
-        const __m128i z = _mm_setzero_si128();
-        __m128i w = _mm_add_epi64(_mm_unpacklo_epi32(nss4, z), _mm_unpackhi_epi32(nss4, z));
-        t.css = (uint64_t)_mm_cvtsi128_si64(w) + (uint64_t)_mm_extract_epi64(w, 1);
-    }
-    return t;
+    const int WIDE = NORM && TWO;
+    return lvq4_result(_mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))), NORM, TWO,
+                       WIDE ? lvq_hsum_u32_512(ns) : 0, WIDE ? css + lvq_hsum_u32_512(nss) : 0, ns4, nss4);
 }
+LVQ4_SUMS(avx512, FK_AVX512_INLINE)
 
-LVQ_AVX512_INLINE lvq_sums lvq4_sums_avx512(const float *q, const uint8_t *c, size_t d, const int NORM) {
-    return lvq4_sums_generic_avx512(q, c, d, NORM, 0);
-}
-LVQ_AVX512_INLINE lvq_sums lvq4x8_sums_avx512(const float *q, const uint8_t *c, size_t d, const int NORM) {
-    return lvq4_sums_generic_avx512(q, c, d, NORM, 1);
-}
-
-LVQ_DEFINE_SIMD(lvq8, FK_LVQ8, avx512, LVQ_AVX512)
-LVQ_DEFINE_SIMD(lvq4, FK_LVQ4, avx512, LVQ_AVX512)
-LVQ_DEFINE_SIMD(lvq4x8, FK_LVQ4X8, avx512, LVQ_AVX512)
-#endif /* FK_LVQ_X86 */
+LVQ_DEFINE_SIMD(lvq8, FK_LVQ8, avx512, FK_AVX512)
+LVQ_DEFINE_SIMD(lvq4, FK_LVQ4, avx512, FK_AVX512)
+LVQ_DEFINE_SIMD(lvq4x8, FK_LVQ4X8, avx512, FK_AVX512)
+#endif /* FK_X86 */
 
 /* ======================================================================================
  * Dispatch: the level is kernels.c's (decided once, changed only by fk_set_simd_level).
@@ -690,7 +654,7 @@ static inline int lvq_simd(void) {
 
 static const fk_lvq_kernel_table lvq_table_scalar = {0, fk_lvq8_dot_scalar, fk_lvq4_dot_scalar,
                                                      fk_lvq4x8_dot_scalar, fk_lvq_batch_scalar};
-#if FK_LVQ_X86
+#if FK_X86
 LVQ_BATCH_BY_KIND(avx2)
 LVQ_BATCH_BY_KIND(avx512)
 static const fk_lvq_kernel_table lvq_table_avx2 = {1, lvq8_dot_avx2, lvq4_dot_avx2, lvq4x8_dot_avx2, lvq_batch_avx2};
@@ -716,7 +680,7 @@ LVQ_DISPATCH(lvq4x8)
 
 void fk_lvq_batch(int kind, int metric, const float *q, float qsum, float qnorm,
                   const void *base, size_t n, size_t d, size_t stride, float *out) {
-#if FK_LVQ_X86
+#if FK_X86
     switch (lvq_simd()) {
     case 2: lvq_batch_avx512(kind, metric, q, qsum, qnorm, base, n, d, stride, out); return;
     case 1: lvq_batch_avx2(kind, metric, q, qsum, qnorm, base, n, d, stride, out); return;
@@ -729,7 +693,7 @@ void fk_lvq_batch(int kind, int metric, const float *q, float qsum, float qnorm,
 const fk_lvq_kernel_table *fk_lvq_kernels_at_level(int level) {
     int m = fk_simd_max_level();
     if (level > m) level = m;
-#if FK_LVQ_X86
+#if FK_X86
     if (level >= 2) return &lvq_table_avx512;
     if (level == 1) return &lvq_table_avx2;
 #endif

@@ -454,9 +454,7 @@ extension QuantizedAttributes {
     /// The binary form (little-endian; layout in docs/attributes.md), ending with a CRC32C.
     /// The schema's dictionaries are not stored: pass the table's schema to ``decode(_:schema:)``.
     public func encode() -> [UInt8] {
-        var w = AttributeBinaryWriter()
-        w.raw(Self.magic)
-        w.u32(1)
+        var w = AttributeBinaryWriter(magic: Self.magic, version: 1)
         w.u64(UInt64(count))
         w.u32(UInt32(bytesPerVector))
         w.u32(UInt32(columns.count))
@@ -484,11 +482,8 @@ extension QuantizedAttributes {
     public static func decode(_ data: [UInt8], schema: AttributeSchema) throws -> QuantizedAttributes {
         let what = "quantized attributes"
         return try data.withUnsafeBytes { raw in
-            let body = try AttributeBinaryReader.verifyChecksum(raw, what: what)
-            var r = AttributeBinaryReader(body, what: what)
-            guard try r.raw(8) == magic else { throw r.fail("bad magic") }
-            let version = try r.u32()
-            guard version == 1 else { throw FathomError(.incompatibleIndex, "\(what): format version \(version); this Fathom reads version 1") }
+            var r = try AttributeBinaryReader(sealed: raw, what: what, magic: magic, badMagic: "bad magic", version: 1)
+            let body = r.bytes
             let n = try r.size()
             let bpv = Int(try r.u32())
             let nc = Int(try r.u32())

@@ -929,6 +929,9 @@ struct JSONLineParser {
 /// Little-endian writer for the attribute binary forms.
 struct AttributeBinaryWriter {
     var bytes = [UInt8]()
+    init() {}
+    /// Starts a binary form: its magic, then its format version.
+    init(magic: [UInt8], version: UInt32) { raw(magic); u32(version) }
     mutating func u8(_ v: UInt8) { bytes.append(v) }
     mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
     mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
@@ -937,25 +940,16 @@ struct AttributeBinaryWriter {
     mutating func f64(_ v: Double) { u64(v.bitPattern) }
     mutating func string(_ s: String) { let u = Array(s.utf8); u32(UInt32(u.count)); bytes += u }
     mutating func raw(_ a: [UInt8]) { bytes += a }
-    mutating func u32s(_ a: [UInt32]) {
+    mutating func u32s(_ a: [UInt32]) { elements(a) { $0.u32($1) } }
+    mutating func i64s(_ a: [Int64]) { elements(a) { $0.i64($1) } }
+    mutating func f64s(_ a: [Double]) { elements(a) { $0.f64($1) } }
+    /// The elements of `a`, little-endian: its bytes as they are on a little-endian host,
+    /// else one `write` each.
+    private mutating func elements<T>(_ a: [T], _ write: (inout Self, T) -> Void) {
         #if _endian(little)
         a.withUnsafeBytes { bytes += $0 }
         #else
-        for v in a { u32(v) }
-        #endif
-    }
-    mutating func i64s(_ a: [Int64]) {
-        #if _endian(little)
-        a.withUnsafeBytes { bytes += $0 }
-        #else
-        for v in a { i64(v) }
-        #endif
-    }
-    mutating func f64s(_ a: [Double]) {
-        #if _endian(little)
-        a.withUnsafeBytes { bytes += $0 }
-        #else
-        for v in a { f64(v) }
+        for v in a { write(&self, v) }
         #endif
     }
     mutating func dictionary(_ d: AttributeDictionary) {
@@ -973,6 +967,18 @@ struct AttributeBinaryReader {
     let what: String
 
     init(_ bytes: UnsafeRawBufferPointer, what: String) { self.bytes = bytes; self.what = what }
+
+    /// A reader of a binary form started by ``AttributeBinaryWriter/init(magic:version:)``
+    /// and sealed with its checksum: checks the trailing CRC32C (the reader then covers the
+    /// bytes before it), `magic` (else `badMagic`) and `version`, and starts after them.
+    init(sealed data: UnsafeRawBufferPointer, what: String, magic: [UInt8], badMagic: String, version: UInt32) throws {
+        self.init(try Self.verifyChecksum(data, what: what), what: what)
+        guard try raw(magic.count) == magic else { throw fail(badMagic) }
+        let v = try u32()
+        guard v == version else {
+            throw FathomError(.incompatibleIndex, "\(what): format version \(v); this Fathom reads version \(version)")
+        }
+    }
 
     func fail(_ m: String) -> FathomError { FathomError(.corruptIndex, "\(what): \(m)", offset: UInt64(pos)) }
     mutating func need(_ k: Int) throws {
@@ -1006,17 +1012,16 @@ struct AttributeBinaryReader {
         defer { pos += k }
         return [UInt8](UnsafeRawBufferPointer(rebasing: bytes[pos..<pos + k]))
     }
-    mutating func u32s(_ k: Int) throws -> [UInt32] {
-        guard k <= (bytes.count - pos) / 4 else { try need(Int.max / 2); return [] }
-        return try (0..<k).map { _ in try u32() }
-    }
-    mutating func i64s(_ k: Int) throws -> [Int64] {
-        guard k <= (bytes.count - pos) / 8 else { try need(Int.max / 2); return [] }
-        return try (0..<k).map { _ in try i64() }
-    }
-    mutating func f64s(_ k: Int) throws -> [Double] {
-        guard k <= (bytes.count - pos) / 8 else { try need(Int.max / 2); return [] }
-        return try (0..<k).map { _ in try f64() }
+    mutating func u32s(_ k: Int) throws -> [UInt32] { try elements(k) { try $0.u32() } }
+    mutating func i64s(_ k: Int) throws -> [Int64] { try elements(k) { try $0.i64() } }
+    mutating func f64s(_ k: Int) throws -> [Double] { try elements(k) { try $0.f64() } }
+    /// `k` elements of T, one `read` each; a `k` the remaining bytes cannot hold is truncation.
+    private mutating func elements<T>(_ k: Int, _ read: (inout Self) throws -> T) throws -> [T] {
+        guard k <= (bytes.count - pos) / MemoryLayout<T>.size else { try need(Int.max / 2); return [] }
+        var out = [T]()
+        out.reserveCapacity(k)
+        for _ in 0..<k { out.append(try read(&self)) }
+        return out
     }
     mutating func dictionary() throws -> AttributeDictionary {
         let k = Int(try u32())
@@ -1045,9 +1050,7 @@ extension AttributeTable {
 
     /// The binary form (little-endian; layout in docs/attributes.md), ending with a CRC32C.
     public func encode() -> [UInt8] {
-        var w = AttributeBinaryWriter()
-        w.raw(Self.magic)
-        w.u32(1)                           // version
+        var w = AttributeBinaryWriter(magic: Self.magic, version: 1)
         w.u32(UInt32(columns.count))
         w.u64(UInt64(count))
         for (i, col) in columns.enumerated() {
@@ -1071,13 +1074,9 @@ extension AttributeTable {
 
     public static func decode(_ data: UnsafeRawBufferPointer) throws -> AttributeTable {
         let what = "attribute table"
-        let body = try AttributeBinaryReader.verifyChecksum(data, what: what)
-        var r = AttributeBinaryReader(body, what: what)
-        guard try r.raw(8) == magic else { throw r.fail("bad magic: not a Fathom attribute table") }
-        let version = try r.u32()
-        guard version == 1 else {
-            throw FathomError(.incompatibleIndex, "\(what): format version \(version); this Fathom reads version 1")
-        }
+        var r = try AttributeBinaryReader(sealed: data, what: what, magic: magic,
+                                          badMagic: "bad magic: not a Fathom attribute table", version: 1)
+        let body = r.bytes
         let nc = Int(try r.u32())
         let n = try r.size()
         guard n >= 0, nc == 0 || n <= body.count else { throw r.fail("row count \(n) exceeds the data") }

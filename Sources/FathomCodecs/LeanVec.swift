@@ -267,23 +267,25 @@ public struct LeanVecProjection: Sendable {
         let lmo = try FrankWolfeLMO(D: D, d: d)
         var history = [Float]()
         var prev = Double.nan
+        /// One block step on X (A with K = K_Q, or B with K = K_X), the other block entering
+        /// through its product with its K (`other`: R or P) and Gram matrix (`otherGram`: N or
+        /// M): ∇_X = 2·(K·X)·otherGram − 2·K·other, X ← (1−γ)X + γ·LMO(∇_X), then
+        /// `product` = K·X and `gram` = Xᵀ·K·X for the next step.
+        func step(_ x: Matrix, k: Matrix, other: Matrix, otherGram: Matrix, product: Matrix, gram: Matrix,
+                  gamma: Float) throws {
+            BLAS.gemm(m: D, n: d, k: D, alpha: -2, a: k.data, b: other.data, beta: 0, c: g.data)
+            BLAS.gemm(m: D, n: d, k: d, alpha: 2, a: product.data, b: otherGram.data, beta: 1, c: g.data)
+            try lmo.direction(gradient: g)
+            blend(x, g, gamma)
+            BLAS.gemm(m: D, n: d, k: D, a: k.data, b: x.data, c: product.data)
+            gemmAtB(D, d, x, product, gram)
+        }
 
         for t in 0..<maxSteps {
             let gamma = Float(1 / pow(Double(t + 1), 0.999))
-            // A step: ∇_A = 2·P·N − 2·K_Q·R
-            BLAS.gemm(m: D, n: d, k: D, alpha: -2, a: kq.data, b: r.data, beta: 0, c: g.data)
-            BLAS.gemm(m: D, n: d, k: d, alpha: 2, a: p.data, b: nn.data, beta: 1, c: g.data)
-            try lmo.direction(gradient: g)
-            blend(a, g, gamma)
-            BLAS.gemm(m: D, n: d, k: D, a: kq.data, b: a.data, c: p.data)
-            gemmAtB(D, d, a, p, m)
-            // B step: ∇_B = 2·R·M − 2·K_X·P
-            BLAS.gemm(m: D, n: d, k: D, alpha: -2, a: kx.data, b: p.data, beta: 0, c: g.data)
-            BLAS.gemm(m: D, n: d, k: d, alpha: 2, a: r.data, b: m.data, beta: 1, c: g.data)
-            try lmo.direction(gradient: g)
-            blend(b, g, gamma)
-            BLAS.gemm(m: D, n: d, k: D, a: kx.data, b: b.data, c: r.data)
-            gemmAtB(D, d, b, r, nn)
+            // A step: ∇_A = 2·P·N − 2·K_Q·R; then the B step: ∇_B = 2·R·M − 2·K_X·P
+            try step(a, k: kq, other: r, otherGram: nn, product: p, gram: m, gamma: gamma)
+            try step(b, k: kx, other: p, otherGram: m, product: r, gram: nn, gamma: gamma)
             // L = ⟨M, N⟩ − 2⟨R, P⟩ + ⟨K_Q, K_X⟩
             let loss = frobeniusDot(m.data, nn.data, d * d) - 2 * frobeniusDot(r.data, p.data, D * d) + constant
             history.append(Float(loss))

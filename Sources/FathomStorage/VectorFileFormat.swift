@@ -168,33 +168,52 @@ public struct VectorFileHeader: Sendable, Equatable {
         }
     }
 
+    /// The little-endian T at byte `offset` of `file`.
+    static func readLE<T: FixedWidthInteger>(_ file: SystemFile, _: T.Type, at offset: Int) throws -> T {
+        var raw = T.zero
+        _ = try withUnsafeMutableBytes(of: &raw) { try file.read(into: $0.baseAddress!, count: MemoryLayout<T>.size, at: offset) }
+        return T(littleEndian: raw)
+    }
+
+    /// The data bytes of n × d elements of `size` bytes and where they end after a `header`
+    /// of that many bytes; nil when either overflows.
+    static func dataExtent(n: Int, d: Int, elementSize: Int, header: Int) -> (bytes: Int, end: Int)? {
+        let (nd, o1) = n.multipliedReportingOverflow(by: d)
+        let (bytes, o2) = nd.multipliedReportingOverflow(by: elementSize)
+        let (end, o3) = bytes.addingReportingOverflow(header)
+        return o1 || o2 || o3 ? nil : (bytes, end)
+    }
+
+    /// A file of `size` bytes shorter than the `needed` its header takes is `.malformedFile`
+    /// at its end, with `message`.
+    static func requireHeader(_ needed: Int, size: Int, path: String, _ message: @autoclosure () -> String) throws {
+        guard size >= needed else { throw FathomError(.malformedFile, message(), path: path, offset: UInt64(size)) }
+    }
+
+    /// How a file of `size` bytes differs from the `expected` its header implies.
+    static func sizeMismatch(size: Int, expected: Int) -> String {
+        size < expected ? "it is truncated (\(expected - size) bytes missing)" : "\(size - expected) unexpected bytes follow the data"
+    }
+
     private static func inspectBigANN(file: SystemFile, format: VectorFileFormat, size: Int) throws -> VectorFileHeader {
         let path = file.path
         let et = format.elementType!
-        guard size >= 8 else {
-            throw FathomError(.malformedFile, "the header is incomplete: the file has \(size) byte\(size == 1 ? "" : "s") but a \(format.rawValue) header needs 8 (uint32 n, uint32 d)",
-                              path: path, offset: UInt64(size))
-        }
-        var hdr = (UInt32(0), UInt32(0))
-        _ = try withUnsafeMutableBytes(of: &hdr) { try file.read(into: $0.baseAddress!, count: 8, at: 0) }
-        let n = Int(UInt32(littleEndian: hdr.0)), d = Int(UInt32(littleEndian: hdr.1))
+        try requireHeader(8, size: size, path: path,
+                          "the header is incomplete: the file has \(size) byte\(size == 1 ? "" : "s") but a \(format.rawValue) header needs 8 (uint32 n, uint32 d)")
+        let n = Int(try readLE(file, UInt32.self, at: 0)), d = Int(try readLE(file, UInt32.self, at: 4))
         guard d > 0 else {
             throw FathomError(.malformedFile, "the header says dimension 0 (n = \(n)); vectors need at least one component", path: path, offset: 4)
         }
-        let (nd, o1) = n.multipliedReportingOverflow(by: d)
-        let (dataBytes, o2) = nd.multipliedReportingOverflow(by: et.size)
-        let (expected, o3) = dataBytes.addingReportingOverflow(8)
-        if o1 || o2 || o3 {
+        guard let (_, expected) = dataExtent(n: n, d: d, elementSize: et.size, header: 8) else {
             throw FathomError(.malformedFile,
                               "the header says n = \(n), d = \(d): n·d·\(et.size) overflows a 64-bit byte count, so the header is corrupt or the file is not in \(format.rawValue) format (it has \(size) bytes)",
                               path: path, offset: 0)
         }
         guard expected == size else {
             var msg = "the header says \(n) × \(d) \(et.rawValue) = \(expected) bytes (8-byte header + n·d·\(et.size)) but the file has \(size) bytes: "
-            msg += size < expected ? "it is truncated (\(expected - size) bytes missing)" : "\(size - expected) unexpected bytes follow the data"
+            msg += sizeMismatch(size: size, expected: expected)
             for other in [(4, "fbin"), (1, "u8bin or i8bin")] where other.0 != et.size {
-                let (b, o) = nd.multipliedReportingOverflow(by: other.0)
-                if !o, b + 8 == size { msg += "; the size fits \(other.1): is the extension wrong?" }
+                if dataExtent(n: n, d: d, elementSize: other.0, header: 8)?.end == size { msg += "; the size fits \(other.1): is the extension wrong?" }
             }
             throw FathomError(.malformedFile, msg, path: path, offset: UInt64(min(size, expected)))
         }
@@ -205,13 +224,9 @@ public struct VectorFileHeader: Sendable, Equatable {
     private static func inspectTexmex(file: SystemFile, format: VectorFileFormat, size: Int) throws -> VectorFileHeader {
         let path = file.path
         let et = format.elementType!
-        guard size >= 4 else {
-            throw FathomError(.malformedFile, "the first record is incomplete: the file has \(size) byte\(size == 1 ? "" : "s"), fewer than its 4-byte int32 dimension",
-                              path: path, offset: UInt64(size))
-        }
-        var raw: Int32 = 0
-        _ = try withUnsafeMutableBytes(of: &raw) { try file.read(into: $0.baseAddress!, count: 4, at: 0) }
-        let dim = Int(Int32(littleEndian: raw))
+        try requireHeader(4, size: size, path: path,
+                          "the first record is incomplete: the file has \(size) byte\(size == 1 ? "" : "s"), fewer than its 4-byte int32 dimension")
+        let dim = Int(try readLE(file, Int32.self, at: 0))
         guard dim > 0 else {
             throw FathomError(.malformedFile, "record 0 has dimension \(dim); each \(format.rawValue) record starts with a positive int32 dimension",
                               path: path, offset: 0)
@@ -220,10 +235,8 @@ public struct VectorFileHeader: Sendable, Equatable {
         guard size % stride == 0 else {
             let whole = size / stride, left = size % stride
             // Tell a mid-file dimension change from a truncated last record.
-            var prefix: Int32 = 0
             for r in 1..<max(whole + 1, 1) where r * stride + 4 <= size {
-                _ = try withUnsafeMutableBytes(of: &prefix) { try file.read(into: $0.baseAddress!, count: 4, at: r * stride) }
-                let p = Int(Int32(littleEndian: prefix))
+                let p = Int(try readLE(file, Int32.self, at: r * stride))
                 if p != dim {
                     throw FathomError(.malformedFile, TexmexCheck.changeMessage(record: r, found: p, expected: dim, format: format),
                                       path: path, offset: UInt64(r * stride))
@@ -275,10 +288,8 @@ enum NpyHeader {
 
     static func inspect(file: SystemFile, size: Int) throws -> VectorFileHeader {
         let path = file.path
-        guard size >= 10 else {
-            throw FathomError(.malformedFile, "the file has \(size) bytes, too few for an .npy header (at least 10: magic, version, length)",
-                              path: path, offset: UInt64(size))
-        }
+        try VectorFileHeader.requireHeader(10, size: size, path: path,
+                                           "the file has \(size) bytes, too few for an .npy header (at least 10: magic, version, length)")
         var pre = [UInt8](repeating: 0, count: 12)
         let got = try pre.withUnsafeMutableBytes { try file.read(into: $0.baseAddress!, count: min(12, size), at: 0) }
         guard Array(pre[0..<6]) == magic else {
@@ -326,50 +337,51 @@ enum NpyHeader {
             throw FathomError(.malformedFile, "unexpected key '\(entry.key)' in the .npy header (expected exactly 'descr', 'fortran_order', 'shape')",
                               path: path, offset: UInt64(entry.offset))
         }
-        func lookup(_ k: String) throws -> (value: PyValue, offset: Int) {
+        /// A header key's value; errors about it point at the value.
+        struct Field {
+            let value: PyValue, offset: Int, path: String
+            func error(_ code: FathomError.Code, _ message: String) -> FathomError {
+                FathomError(code, message, path: path, offset: UInt64(offset))
+            }
+        }
+        func lookup(_ k: String) throws -> Field {
             guard let e = dict.last(where: { $0.key == k }) else {
                 throw FathomError(.malformedFile, "the .npy header has no '\(k)' key (it needs 'descr', 'fortran_order' and 'shape')",
                                   path: path, offset: UInt64(prelude))
             }
-            return (e.value, e.valueOffset)
+            return Field(value: e.value, offset: e.valueOffset, path: path)
         }
 
         // dtype
-        let (descrValue, descrOffset) = try lookup("descr")
-        guard case .string(let descr) = descrValue else {
-            throw FathomError(.unsupportedFormat,
-                              "the .npy dtype is a structured (record) dtype \(descrValue); supported: \(supportedList); save a plain 2-D array",
-                              path: path, offset: UInt64(descrOffset))
+        let descrField = try lookup("descr")
+        guard case .string(let descr) = descrField.value else {
+            throw descrField.error(.unsupportedFormat,
+                                   "the .npy dtype is a structured (record) dtype \(descrField.value); supported: \(supportedList); save a plain 2-D array")
         }
         guard let et = elementType(descr: descr) else {
-            throw FathomError(.unsupportedFormat,
-                              "unsupported .npy dtype '\(descr)' (\(describe(descr: descr))); supported: \(supportedList); convert with numpy, e.g. np.save(path, a.astype('<f4'))",
-                              path: path, offset: UInt64(descrOffset))
+            throw descrField.error(.unsupportedFormat,
+                                   "unsupported .npy dtype '\(descr)' (\(describe(descr: descr))); supported: \(supportedList); convert with numpy, e.g. np.save(path, a.astype('<f4'))")
         }
 
         // order
-        let (orderValue, orderOffset) = try lookup("fortran_order")
-        guard case .bool(let fortran) = orderValue else {
-            throw FathomError(.malformedFile, "'fortran_order' in the .npy header is \(orderValue), not True or False",
-                              path: path, offset: UInt64(orderOffset))
+        let order = try lookup("fortran_order")
+        guard case .bool(let fortran) = order.value else {
+            throw order.error(.malformedFile, "'fortran_order' in the .npy header is \(order.value), not True or False")
         }
         if fortran {
-            throw FathomError(.unsupportedFormat,
-                              "the .npy array is in Fortran (column-major) order; Fathom reads C-order (row-major) arrays: save np.ascontiguousarray(a) instead",
-                              path: path, offset: UInt64(orderOffset))
+            throw order.error(.unsupportedFormat,
+                              "the .npy array is in Fortran (column-major) order; Fathom reads C-order (row-major) arrays: save np.ascontiguousarray(a) instead")
         }
 
         // shape
-        let (shapeValue, shapeOffset) = try lookup("shape")
+        let shape = try lookup("shape"), shapeValue = shape.value
         guard case .tuple(let items) = shapeValue else {
-            throw FathomError(.malformedFile, "'shape' in the .npy header is \(shapeValue), not a tuple of integers",
-                              path: path, offset: UInt64(shapeOffset))
+            throw shape.error(.malformedFile, "'shape' in the .npy header is \(shapeValue), not a tuple of integers")
         }
         var dims = [Int]()
         for item in items {
             guard case .int(let v) = item, v >= 0 else {
-                throw FathomError(.malformedFile, "'shape' in the .npy header is \(shapeValue): every entry must be a non-negative integer",
-                                  path: path, offset: UInt64(shapeOffset))
+                throw shape.error(.malformedFile, "'shape' in the .npy header is \(shapeValue): every entry must be a non-negative integer")
             }
             dims.append(v)
         }
@@ -378,24 +390,19 @@ enum NpyHeader {
         case 2: n = dims[0]; d = dims[1]
         case 1: n = 1; d = dims[0]
         default:
-            throw FathomError(.unsupportedFormat,
-                              "the .npy array has shape \(shapeValue) (\(dims.count)-D); Fathom reads 2-D arrays (n, d), or a 1-D array (d,) as one vector: reshape it, e.g. a.reshape(len(a), -1)",
-                              path: path, offset: UInt64(shapeOffset))
+            throw shape.error(.unsupportedFormat,
+                              "the .npy array has shape \(shapeValue) (\(dims.count)-D); Fathom reads 2-D arrays (n, d), or a 1-D array (d,) as one vector: reshape it, e.g. a.reshape(len(a), -1)")
         }
         guard d > 0 else {
-            throw FathomError(.malformedFile, "the .npy array has shape \(shapeValue): vectors of dimension 0", path: path, offset: UInt64(shapeOffset))
+            throw shape.error(.malformedFile, "the .npy array has shape \(shapeValue): vectors of dimension 0")
         }
         let dataOffset = prelude + headerLen
-        let (nd, o1) = n.multipliedReportingOverflow(by: d)
-        let (bytes, o2) = nd.multipliedReportingOverflow(by: et.size)
-        let (expected, o3) = bytes.addingReportingOverflow(dataOffset)
-        if o1 || o2 || o3 {
-            throw FathomError(.malformedFile, "the .npy shape \(shapeValue) overflows a 64-bit byte count: the header is corrupt",
-                              path: path, offset: UInt64(shapeOffset))
+        guard let (bytes, expected) = VectorFileHeader.dataExtent(n: n, d: d, elementSize: et.size, header: dataOffset) else {
+            throw shape.error(.malformedFile, "the .npy shape \(shapeValue) overflows a 64-bit byte count: the header is corrupt")
         }
         guard expected == size else {
             var msg = "the .npy header says shape \(shapeValue) of \(et.rawValue) = \(bytes) data bytes after a \(dataOffset)-byte header (\(expected) in all) but the file has \(size) bytes: "
-            msg += size < expected ? "it is truncated (\(expected - size) bytes missing)" : "\(size - expected) unexpected bytes follow the data"
+            msg += VectorFileHeader.sizeMismatch(size: size, expected: expected)
             throw FathomError(.malformedFile, msg, path: path, offset: UInt64(min(size, expected)))
         }
         return VectorFileHeader(path: path, format: .npy, elementType: et, count: n, dimension: d, dataOffset: dataOffset,

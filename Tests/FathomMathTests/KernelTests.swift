@@ -16,21 +16,13 @@
 //    result) of the same level exactly.
 import Testing
 import CKernels
+import FathomMath
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// SplitMix64: a tiny deterministic PRNG (no Foundation randomness).
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+/// The kernels' inputs from SplitMix64 (FathomMath): a tiny deterministic PRNG.
+extension SplitMix64 {
     /// Uniform in [-1, 1).
     mutating func unit() -> Float { Float(Int64(next() >> 40) - (1 << 23)) / Float(1 << 23) }
     mutating func u8() -> UInt8 { UInt8(truncatingIfNeeded: next() >> 56) }
@@ -83,20 +75,38 @@ private struct Family<Q, V> {
     var scalarBatchEntry: (UnsafePointer<Q>, UnsafeRawPointer, Int, Int, Int, UnsafeMutablePointer<Float>) -> Void
 }
 
-private func l2Ref<Q, V>(_ q: @escaping (Q) -> Double, _ v: @escaping (V) -> Double) -> (UnsafePointer<Q>, UnsafePointer<V>, Int) -> (Double, Double) {
-    { a, b, d in
-        var s = 0.0
-        for i in 0..<d { let t = q(a[i]) - v(b[i]); s += t * t }
-        return (s, s)
-    }
-}
+/// A kernel's element or result type, as Float64 (exactly).
+private protocol KernelValue { var double: Double { get } }
+extension Float: KernelValue { fileprivate var double: Double { Double(self) } }
+extension UInt8: KernelValue { fileprivate var double: Double { Double(self) } }
+extension Int8: KernelValue { fileprivate var double: Double { Double(self) } }
+extension UInt32: KernelValue { fileprivate var double: Double { Double(self) } }
+extension Int32: KernelValue { fileprivate var double: Double { Double(self) } }
 
-private func dotRef<Q, V>(_ q: @escaping (Q) -> Double, _ v: @escaping (V) -> Double) -> (UnsafePointer<Q>, UnsafePointer<V>, Int) -> (Double, Double) {
-    { a, b, d in
-        var s = 0.0, m = 0.0
-        for i in 0..<d { let t = q(a[i]) * v(b[i]); s += t; m += abs(t) }
-        return (s, m)
-    }
+private typealias SingleFn<Q, V, R> = (UnsafePointer<Q>?, UnsafePointer<V>?, Int) -> R
+private typealias BatchFn<Q> = (UnsafePointer<Q>?, UnsafeRawPointer?, Int, Int, Int, UnsafeMutablePointer<Float>?) -> Void
+
+/// The family of one kernel: the Float64 reference (squared L2 with `l2`, else dot), its two
+/// fields of `fk_kernel_table` and its four public entry points.
+private func family<Q: KernelValue, V: KernelValue, R: KernelValue>(
+    _ name: String, l2: Bool, exact: Bool, _ genQ: @escaping (inout SplitMix64) -> Q, _ genV: @escaping (inout SplitMix64) -> V,
+    table single: @escaping (fk_kernel_table) -> SingleFn<Q, V, R>, _ batch: @escaping (fk_kernel_table) -> BatchFn<Q>,
+    entries dispatched: @escaping SingleFn<Q, V, R>, _ dispatchedBatch: @escaping BatchFn<Q>,
+    _ scalar: @escaping SingleFn<Q, V, R>, _ scalarBatch: @escaping BatchFn<Q>
+) -> Family<Q, V> {
+    Family(name: name, exact: exact, genQ: genQ, genV: genV,
+           ref: { a, b, d in
+               var s = 0.0, m = 0.0
+               for i in 0..<d {
+                   let x = a[i].double, y = b[i].double
+                   let t = l2 ? (x - y) * (x - y) : x * y
+                   s += t; m += abs(t)
+               }
+               return (s, m)
+           },
+           single: { single($0)($1, $2, $3).double }, batch: { batch($0)($1, $2, $3, $4, $5, $6) },
+           dispatched: { dispatched($0, $1, $2).double }, dispatchedBatch: { dispatchedBatch($0, $1, $2, $3, $4, $5) },
+           scalarEntry: { scalar($0, $1, $2).double }, scalarBatchEntry: { scalarBatch($0, $1, $2, $3, $4, $5) })
 }
 
 /// Runs one family over every dimension at every level; returns failure descriptions.
@@ -185,71 +195,27 @@ private func check<Q, V>(_ f: Family<Q, V>, seed: UInt64, dims: [Int] = kernelDi
     return failures
 }
 
-private func f32Family(l2: Bool) -> Family<Float, Float> {
-    Family(name: l2 ? "l2sq_f32" : "dot_f32", exact: false,
-           genQ: { $0.unit() }, genV: { $0.unit() },
-           ref: l2 ? l2Ref({ Double($0) }, { Double($0) }) : dotRef({ Double($0) }, { Double($0) }),
-           single: l2 ? { Double($0.l2sq_f32!($1, $2, $3)) } : { Double($0.dot_f32!($1, $2, $3)) },
-           batch: l2 ? { $0.l2sq_f32_batch!($1, $2, $3, $4, $5, $6) } : { $0.dot_f32_batch!($1, $2, $3, $4, $5, $6) },
-           dispatched: l2 ? { Double(fk_l2sq_f32($0, $1, $2)) } : { Double(fk_dot_f32($0, $1, $2)) },
-           dispatchedBatch: l2 ? { fk_l2sq_f32_batch($0, $1, $2, $3, $4, $5) } : { fk_dot_f32_batch($0, $1, $2, $3, $4, $5) },
-           scalarEntry: l2 ? { Double(fk_l2sq_f32_scalar($0, $1, $2)) } : { Double(fk_dot_f32_scalar($0, $1, $2)) },
-           scalarBatchEntry: l2 ? { fk_l2sq_f32_batch_scalar($0, $1, $2, $3, $4, $5) }
-                                : { fk_dot_f32_batch_scalar($0, $1, $2, $3, $4, $5) })
-}
-
-private func u8Family(l2: Bool, extreme: Bool = false) -> Family<UInt8, UInt8> {
-    let gen: (inout SplitMix64) -> UInt8 = extreme ? { ($0.next() & 1) == 0 ? 0 : 255 } : { $0.u8() }
-    return Family(name: (l2 ? "l2sq_u8" : "dot_u8") + (extreme ? " (extremes)" : ""), exact: true,
-                  genQ: gen, genV: gen,
-                  ref: l2 ? l2Ref({ Double($0) }, { Double($0) }) : dotRef({ Double($0) }, { Double($0) }),
-                  single: l2 ? { Double($0.l2sq_u8!($1, $2, $3)) } : { Double($0.dot_u8!($1, $2, $3)) },
-                  batch: l2 ? { $0.l2sq_u8_batch!($1, $2, $3, $4, $5, $6) } : { $0.dot_u8_batch!($1, $2, $3, $4, $5, $6) },
-                  dispatched: l2 ? { Double(fk_l2sq_u8($0, $1, $2)) } : { Double(fk_dot_u8($0, $1, $2)) },
-                  dispatchedBatch: l2 ? { fk_l2sq_u8_batch($0, $1, $2, $3, $4, $5) } : { fk_dot_u8_batch($0, $1, $2, $3, $4, $5) },
-                  scalarEntry: l2 ? { Double(fk_l2sq_u8_scalar($0, $1, $2)) } : { Double(fk_dot_u8_scalar($0, $1, $2)) },
-                  scalarBatchEntry: l2 ? { fk_l2sq_u8_batch_scalar($0, $1, $2, $3, $4, $5) }
-                                       : { fk_dot_u8_batch_scalar($0, $1, $2, $3, $4, $5) })
-}
-
-private func i8Family(l2: Bool, extreme: Bool = false) -> Family<Int8, Int8> {
-    let gen: (inout SplitMix64) -> Int8 = extreme ? { ($0.next() & 1) == 0 ? -128 : 127 } : { $0.i8() }
-    return Family(name: (l2 ? "l2sq_i8" : "dot_i8") + (extreme ? " (extremes)" : ""), exact: true,
-                  genQ: gen, genV: gen,
-                  ref: l2 ? l2Ref({ Double($0) }, { Double($0) }) : dotRef({ Double($0) }, { Double($0) }),
-                  single: l2 ? { Double($0.l2sq_i8!($1, $2, $3)) } : { Double($0.dot_i8!($1, $2, $3)) },
-                  batch: l2 ? { $0.l2sq_i8_batch!($1, $2, $3, $4, $5, $6) } : { $0.dot_i8_batch!($1, $2, $3, $4, $5, $6) },
-                  dispatched: l2 ? { Double(fk_l2sq_i8($0, $1, $2)) } : { Double(fk_dot_i8($0, $1, $2)) },
-                  dispatchedBatch: l2 ? { fk_l2sq_i8_batch($0, $1, $2, $3, $4, $5) } : { fk_dot_i8_batch($0, $1, $2, $3, $4, $5) },
-                  scalarEntry: l2 ? { Double(fk_l2sq_i8_scalar($0, $1, $2)) } : { Double(fk_dot_i8_scalar($0, $1, $2)) },
-                  scalarBatchEntry: l2 ? { fk_l2sq_i8_batch_scalar($0, $1, $2, $3, $4, $5) }
-                                       : { fk_dot_i8_batch_scalar($0, $1, $2, $3, $4, $5) })
-}
-
-private func f32u8Family(l2: Bool) -> Family<Float, UInt8> {
-    Family(name: l2 ? "l2sq_f32_u8" : "dot_f32_u8", exact: false,
-           genQ: { 160 * $0.unit() + 128 }, genV: { $0.u8() },
-           ref: l2 ? l2Ref({ Double($0) }, { Double($0) }) : dotRef({ Double($0) }, { Double($0) }),
-           single: l2 ? { Double($0.l2sq_f32_u8!($1, $2, $3)) } : { Double($0.dot_f32_u8!($1, $2, $3)) },
-           batch: l2 ? { $0.l2sq_f32_u8_batch!($1, $2, $3, $4, $5, $6) } : { $0.dot_f32_u8_batch!($1, $2, $3, $4, $5, $6) },
-           dispatched: l2 ? { Double(fk_l2sq_f32_u8($0, $1, $2)) } : { Double(fk_dot_f32_u8($0, $1, $2)) },
-           dispatchedBatch: l2 ? { fk_l2sq_f32_u8_batch($0, $1, $2, $3, $4, $5) } : { fk_dot_f32_u8_batch($0, $1, $2, $3, $4, $5) },
-           scalarEntry: l2 ? { Double(fk_l2sq_f32_u8_scalar($0, $1, $2)) } : { Double(fk_dot_f32_u8_scalar($0, $1, $2)) },
-           scalarBatchEntry: l2 ? { fk_l2sq_f32_u8_batch_scalar($0, $1, $2, $3, $4, $5) }
-                                : { fk_dot_f32_u8_batch_scalar($0, $1, $2, $3, $4, $5) })
-}
-
-private func f32i8Family(l2: Bool) -> Family<Float, Int8> {
-    Family(name: l2 ? "l2sq_f32_i8" : "dot_f32_i8", exact: false,
-           genQ: { 160 * $0.unit() }, genV: { $0.i8() },
-           ref: l2 ? l2Ref({ Double($0) }, { Double($0) }) : dotRef({ Double($0) }, { Double($0) }),
-           single: l2 ? { Double($0.l2sq_f32_i8!($1, $2, $3)) } : { Double($0.dot_f32_i8!($1, $2, $3)) },
-           batch: l2 ? { $0.l2sq_f32_i8_batch!($1, $2, $3, $4, $5, $6) } : { $0.dot_f32_i8_batch!($1, $2, $3, $4, $5, $6) },
-           dispatched: l2 ? { Double(fk_l2sq_f32_i8($0, $1, $2)) } : { Double(fk_dot_f32_i8($0, $1, $2)) },
-           dispatchedBatch: l2 ? { fk_l2sq_f32_i8_batch($0, $1, $2, $3, $4, $5) } : { fk_dot_f32_i8_batch($0, $1, $2, $3, $4, $5) },
-           scalarEntry: l2 ? { Double(fk_l2sq_f32_i8_scalar($0, $1, $2)) } : { Double(fk_dot_f32_i8_scalar($0, $1, $2)) },
-           scalarBatchEntry: l2 ? { fk_l2sq_f32_i8_batch_scalar($0, $1, $2, $3, $4, $5) }
-                                : { fk_dot_f32_i8_batch_scalar($0, $1, $2, $3, $4, $5) })
+/// Checks the kernel `name` (one of `kernelNames`) with `check`; `extreme`: integer inputs
+/// only at the ends of their range.
+private func check(kernel name: String, seed: UInt64, dims: [Int] = kernelDims, extreme: Bool = false) -> [String] {
+    let unit: (inout SplitMix64) -> Float = { $0.unit() }
+    let u8: (inout SplitMix64) -> UInt8 = extreme ? { ($0.next() & 1) == 0 ? 0 : 255 } : { $0.u8() }
+    let i8: (inout SplitMix64) -> Int8 = extreme ? { ($0.next() & 1) == 0 ? -128 : 127 } : { $0.i8() }
+    let qu8: (inout SplitMix64) -> Float = { 160 * $0.unit() + 128 }, qi8: (inout SplitMix64) -> Float = { 160 * $0.unit() }
+    let n = name + (extreme ? " (extremes)" : "")
+    switch name {
+    case "l2sq_f32": return check(family(n, l2: true, exact: false, unit, unit, table: { $0.l2sq_f32! }, { $0.l2sq_f32_batch! }, entries: fk_l2sq_f32, fk_l2sq_f32_batch, fk_l2sq_f32_scalar, fk_l2sq_f32_batch_scalar), seed: seed, dims: dims)
+    case "dot_f32": return check(family(n, l2: false, exact: false, unit, unit, table: { $0.dot_f32! }, { $0.dot_f32_batch! }, entries: fk_dot_f32, fk_dot_f32_batch, fk_dot_f32_scalar, fk_dot_f32_batch_scalar), seed: seed, dims: dims)
+    case "l2sq_u8": return check(family(n, l2: true, exact: true, u8, u8, table: { $0.l2sq_u8! }, { $0.l2sq_u8_batch! }, entries: fk_l2sq_u8, fk_l2sq_u8_batch, fk_l2sq_u8_scalar, fk_l2sq_u8_batch_scalar), seed: seed, dims: dims)
+    case "dot_u8": return check(family(n, l2: false, exact: true, u8, u8, table: { $0.dot_u8! }, { $0.dot_u8_batch! }, entries: fk_dot_u8, fk_dot_u8_batch, fk_dot_u8_scalar, fk_dot_u8_batch_scalar), seed: seed, dims: dims)
+    case "l2sq_i8": return check(family(n, l2: true, exact: true, i8, i8, table: { $0.l2sq_i8! }, { $0.l2sq_i8_batch! }, entries: fk_l2sq_i8, fk_l2sq_i8_batch, fk_l2sq_i8_scalar, fk_l2sq_i8_batch_scalar), seed: seed, dims: dims)
+    case "dot_i8": return check(family(n, l2: false, exact: true, i8, i8, table: { $0.dot_i8! }, { $0.dot_i8_batch! }, entries: fk_dot_i8, fk_dot_i8_batch, fk_dot_i8_scalar, fk_dot_i8_batch_scalar), seed: seed, dims: dims)
+    case "l2sq_f32_u8": return check(family(n, l2: true, exact: false, qu8, u8, table: { $0.l2sq_f32_u8! }, { $0.l2sq_f32_u8_batch! }, entries: fk_l2sq_f32_u8, fk_l2sq_f32_u8_batch, fk_l2sq_f32_u8_scalar, fk_l2sq_f32_u8_batch_scalar), seed: seed, dims: dims)
+    case "dot_f32_u8": return check(family(n, l2: false, exact: false, qu8, u8, table: { $0.dot_f32_u8! }, { $0.dot_f32_u8_batch! }, entries: fk_dot_f32_u8, fk_dot_f32_u8_batch, fk_dot_f32_u8_scalar, fk_dot_f32_u8_batch_scalar), seed: seed, dims: dims)
+    case "l2sq_f32_i8": return check(family(n, l2: true, exact: false, qi8, i8, table: { $0.l2sq_f32_i8! }, { $0.l2sq_f32_i8_batch! }, entries: fk_l2sq_f32_i8, fk_l2sq_f32_i8_batch, fk_l2sq_f32_i8_scalar, fk_l2sq_f32_i8_batch_scalar), seed: seed, dims: dims)
+    case "dot_f32_i8": return check(family(n, l2: false, exact: false, qi8, i8, table: { $0.dot_f32_i8! }, { $0.dot_f32_i8_batch! }, entries: fk_dot_f32_i8, fk_dot_f32_i8_batch, fk_dot_f32_i8_scalar, fk_dot_f32_i8_batch_scalar), seed: seed, dims: dims)
+    default: return ["unknown kernel \(name)"]
+    }
 }
 
 private let kernelNames = ["l2sq_f32", "dot_f32", "l2sq_u8", "dot_u8", "l2sq_i8", "dot_i8",
@@ -276,21 +242,7 @@ private func levelName(_ level: Int32, vnni: Bool) -> String {
 @Suite struct KernelTests {
     @Test(arguments: Array(kernelNames.enumerated()))
     func everyLevelMatchesScalarAndFloat64Reference(index: Int, kernel: String) {
-        let seed = 0xFA7_0000 + UInt64(index)
-        let failures: [String]
-        switch kernel {
-        case "l2sq_f32": failures = check(f32Family(l2: true), seed: seed)
-        case "dot_f32": failures = check(f32Family(l2: false), seed: seed)
-        case "l2sq_u8": failures = check(u8Family(l2: true), seed: seed)
-        case "dot_u8": failures = check(u8Family(l2: false), seed: seed)
-        case "l2sq_i8": failures = check(i8Family(l2: true), seed: seed)
-        case "dot_i8": failures = check(i8Family(l2: false), seed: seed)
-        case "l2sq_f32_u8": failures = check(f32u8Family(l2: true), seed: seed)
-        case "dot_f32_u8": failures = check(f32u8Family(l2: false), seed: seed)
-        case "l2sq_f32_i8": failures = check(f32i8Family(l2: true), seed: seed)
-        case "dot_f32_i8": failures = check(f32i8Family(l2: false), seed: seed)
-        default: failures = ["unknown kernel \(kernel)"]
-        }
+        let failures = check(kernel: kernel, seed: 0xFA7_0000 + UInt64(index))
         #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
     }
 
@@ -300,10 +252,9 @@ private func levelName(_ level: Int32, vnni: Bool) -> String {
     @Test func integerKernelsAtExtremes() {
         let dims = Array(1...70) + [100, 127, 128, 129, 255, 256, 300, 384, 768, 784, 1024, 1536]
         var failures: [String] = []
-        failures += check(u8Family(l2: true, extreme: true), seed: 11, dims: dims)
-        failures += check(u8Family(l2: false, extreme: true), seed: 12, dims: dims)
-        failures += check(i8Family(l2: true, extreme: true), seed: 13, dims: dims)
-        failures += check(i8Family(l2: false, extreme: true), seed: 14, dims: dims)
+        for (seed, kernel) in [(11, "l2sq_u8"), (12, "dot_u8"), (13, "l2sq_i8"), (14, "dot_i8")] {
+            failures += check(kernel: kernel, seed: UInt64(seed), dims: dims, extreme: true)
+        }
         #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
         // Constant vectors: the largest sums, at every level.
         for t in kernelTables() {

@@ -181,14 +181,8 @@ struct VectorFileErrorTests {
             let h = try VectorFileHeader.inspect(path: p)
             #expect(h.dataOffset % 64 == 0 && h.count == n && h.dimension == d && h.elementType == .int8)
             let r = try VectorFileReader(path: p, blockBytes: 17)
-            var out = [UInt8](repeating: 0, count: n * d)
-            var got = 0
-            try out.withUnsafeMutableBytes { o in
-                while true {
-                    let k = try r.read(maxRows: 4, into: o.baseAddress! + got * d)
-                    if k == 0 { break }
-                    got += k
-                }
+            let (out, got) = try readToEnd(capacity: n * d, fill: UInt8(0), rowLength: d, requests: [4]) {
+                try r.read(maxRows: $0, into: $1)
             }
             #expect(got == n && out == data)
             let m = try MappedVectorFile(path: p), m1 = try MappedVectorFile(path: v1)

@@ -25,6 +25,26 @@ func referenceFloats(_ bytes: [UInt8], _ type: ElementType) -> [Float] {
     }
 }
 
+/// Reads a file to its end through `read(maxRows, into)` (a reader's `read` or `readFloats`),
+/// asking for `sizes` rows in turn (cycled), into `capacity` elements first set to `fill`,
+/// `rowLength` elements a row; `afterEach` gets the rows read so far after every request.
+/// Returns the elements and the rows read.
+func readToEnd<T>(capacity: Int, fill: T, rowLength: Int, requests sizes: [Int],
+                  _ read: (Int, UnsafeMutablePointer<T>) throws -> Int,
+                  afterEach: (Int) -> Void = { _ in }) rethrows -> (out: [T], rows: Int) {
+    var out = [T](repeating: fill, count: capacity)
+    var got = 0, i = 0
+    try out.withUnsafeMutableBufferPointer { o in
+        while true {
+            let k = try read(sizes[i % sizes.count], o.baseAddress! + got * rowLength)
+            if k == 0 { break }
+            got += k; i += 1
+            afterEach(got)
+        }
+    }
+    return (out, got)
+}
+
 @Suite("Vector files: round trips")
 struct VectorFileRoundTripTests {
     let n = 1037, d = 13
@@ -71,21 +91,13 @@ struct VectorFileRoundTripTests {
         // Streaming: small internal blocks and odd request sizes (crossing block edges).
         for blockBytes in [100, 1000, 4 << 20] {
             let reader = try VectorFileReader(path: path, blockBytes: blockBytes)
-            var out = [UInt8](repeating: 0, count: n * rowBytes)
-            var got = 0
-            var i = 0
-            let sizes = [1, 7, 3, 64, 500, 2, 29]
-            try out.withUnsafeMutableBytes { o in
-                while true {
-                    let k = try reader.read(maxRows: sizes[i % sizes.count], into: o.baseAddress! + got * rowBytes)
-                    if k == 0 { break }
-                    got += k; i += 1
-                    #expect(reader.position == got)
-                }
-            }
+            let (out, got) = try readToEnd(capacity: n * rowBytes, fill: UInt8(0), rowLength: rowBytes,
+                                           requests: [1, 7, 3, 64, 500, 2, 29], { try reader.read(maxRows: $0, into: $1) },
+                                           afterEach: { #expect(reader.position == $0) })
             #expect(got == n)
             #expect(out == data, "blockBytes \(blockBytes)")
-            #expect(try reader.read(maxRows: 10, into: &out) == 0)
+            var more = out
+            #expect(try reader.read(maxRows: 10, into: &more) == 0)
         }
 
         // One large read (the direct path for prefix-free formats).
@@ -97,14 +109,8 @@ struct VectorFileRoundTripTests {
         // Floats, in chunks.
         let ref = referenceFloats(data, c.type)
         let fr = try VectorFileReader(path: path, blockBytes: 333)
-        var floats = [Float](repeating: .nan, count: n * d)
-        var fgot = 0
-        try floats.withUnsafeMutableBufferPointer { f in
-            while true {
-                let k = try fr.readFloats(maxRows: 41, into: f.baseAddress! + fgot * d)
-                if k == 0 { break }
-                fgot += k
-            }
+        let (floats, fgot) = try readToEnd(capacity: n * d, fill: Float.nan, rowLength: d, requests: [41]) {
+            try fr.readFloats(maxRows: $0, into: $1)
         }
         #expect(fgot == n)
         #expect(floats == ref)
@@ -186,14 +192,8 @@ struct VectorFileRoundTripTests {
         try data.withUnsafeBytes { try w.append($0.baseAddress!, count: n) }
         try w.close(sync: false)
         let r = try VectorFileReader(path: path)
-        var out = [UInt8](repeating: 0, count: n * d)
-        var got = 0
-        try out.withUnsafeMutableBytes { o in
-            while true {
-                let k = try r.read(maxRows: 7_777, into: o.baseAddress! + got * d)
-                if k == 0 { break }
-                got += k
-            }
+        let (out, got) = try readToEnd(capacity: n * d, fill: UInt8(0), rowLength: d, requests: [7_777]) {
+            try r.read(maxRows: $0, into: $1)
         }
         #expect(got == n && out == data)
     }

@@ -66,23 +66,19 @@ import FathomStorage
     @Test func planInvariantsAreCheckedWithTheNumbers() throws {
         var o = BuildOptions(); o.memoryBudget = 4 << 30; o.headRatio = 0.001; o.postingPages = 1
         // 1,000 heads × 56 records < 1M × 5.28 expected records.
-        do {
-            _ = try BuildPlanner.plan(shape: BuildShape(count: 1_000_000, dimension: 128, inputType: .uint8),
-                                      codec: .lvq8, storedType: .uint8, options: o)
-            Issue.record("expected the slot check to refuse")
-        } catch let e as FathomError {
-            #expect(e.code == .invalidArgument)
-            #expect(e.message.contains("slots") && e.message.contains("5280000"), "\(e.message)")
+        let slots = try #require(throws: FathomError.self, "expected the slot check to refuse") {
+            try BuildPlanner.plan(shape: BuildShape(count: 1_000_000, dimension: 128, inputType: .uint8),
+                                  codec: .lvq8, storedType: .uint8, options: o)
         }
+        #expect(slots.code == .invalidArgument)
+        #expect(slots.message.contains("slots") && slots.message.contains("5280000"), "\(slots.message)")
         o = BuildOptions(); o.memoryBudget = 128 << 20
-        do {
-            _ = try BuildPlanner.plan(shape: BuildShape(count: 1_000_000_000, dimension: 128, inputType: .uint8),
-                                      codec: .lvq8, storedType: .uint8, options: o)
-            Issue.record("expected the budget to be refused")
-        } catch let e as FathomError {
-            #expect(e.code == .memoryBudget)
-            #expect(e.message.contains("raise --memory-budget"))
+        let e = try #require(throws: FathomError.self, "expected the budget to be refused") {
+            try BuildPlanner.plan(shape: BuildShape(count: 1_000_000_000, dimension: 128, inputType: .uint8),
+                                  codec: .lvq8, storedType: .uint8, options: o)
         }
+        #expect(e.code == .memoryBudget)
+        #expect(e.message.contains("raise --memory-budget"))
     }
 
     @Test func billionScalePlansFitTheirBudgets() throws {

@@ -91,13 +91,11 @@ import FathomStorage
         let dir = TempDir()
         try writeSynthetic(dir: dir, n: 1000, d: 16)
         var o = BuildOptions(); o.codec = .none; o.memoryBudget = 16 << 20; o.headRatio = 0.1
-        do {
-            _ = try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("x"), options: o).plan()
-            Issue.record("expected a memory budget error")
-        } catch let e as FathomError {
-            #expect(e.code == .memoryBudget)
-            #expect(e.message.contains("raise --memory-budget"))
+        let e = try #require(throws: FathomError.self, "expected a memory budget error") {
+            try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("x"), options: o).plan()
         }
+        #expect(e.code == .memoryBudget)
+        #expect(e.message.contains("raise --memory-budget"))
     }
 
     @Test func nanInputIsAnErrorNamingTheRow() throws {
@@ -109,14 +107,12 @@ import FathomStorage
         try v.withUnsafeBytes { try w.append($0.baseAddress!, count: 100) }
         try w.close()
         var o = smallOptions(); o.headRatio = 0.1
-        do {
-            _ = try IndexBuilder(input: dir.file("nan.fbin"), output: dir.file("x"), options: o).build()
-            Issue.record("expected a non-finite error")
-        } catch let e as FathomError {
-            #expect(e.code == .nonFiniteValue)
-            #expect(e.message.contains("vector 37"))
-            #expect(e.offset == 8 + UInt64(37 * 8 + 3) * 4)
+        let e = try #require(throws: FathomError.self, "expected a non-finite error") {
+            try IndexBuilder(input: dir.file("nan.fbin"), output: dir.file("x"), options: o).build()
         }
+        #expect(e.code == .nonFiniteValue)
+        #expect(e.message.contains("vector 37"))
+        #expect(e.offset == 8 + UInt64(37 * 8 + 3) * 4)
     }
 
     @Test func headGraphFindsTrueNearestHead() throws {

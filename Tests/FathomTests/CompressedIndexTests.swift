@@ -4,12 +4,9 @@ import Testing
 
 @Suite struct CompressedIndexTests {
     func build(_ dir: TempDir, codec: PostingCodec, metric: Metric = .l2, trainQueries: String? = nil) throws -> (Matrix, Matrix, Manifest) {
-        let (b, q) = try writeSynthetic(dir: dir, n: 2000, d: 32, nq: 40)
-        var o = BuildOptions()
-        o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.metric = metric; o.codec = codec
-        o.trainQueries = trainQueries
-        let m = try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx-\(codec)"), options: o).build()
-        return (b, q, m)
+        try buildSyntheticIndex(dir, n: 2000, d: 32, nq: 40, output: "idx-\(codec)") { o in
+            o.metric = metric; o.codec = codec; o.trainQueries = trainQueries
+        }
     }
 
     @Test(arguments: [PostingCodec.lvq8, .lvq4, .lvq4x8])
@@ -30,12 +27,7 @@ import Testing
         let (base, q, m) = try build(dir, codec: .lvq8)
         #expect(m.record_bytes == 4 + 16 + 4, "id + 16 one-byte codes + fp16 scale and bias")
         let index = try VectorIndex.open(at: dir.file("idx-lvq8"))
-        var hits = 0
-        for i in 0..<q.rows {
-            let got = Set(try index.search(Array(UnsafeBufferPointer(start: q.row(i), count: q.cols)), k: 10).map(\.id))
-            hits += bruteForce(base, q.row(i), k: 10, metric: .l2).filter { got.contains($0) }.count
-        }
-        #expect(Double(hits) / Double(q.rows * 10) >= 0.9)
+        #expect(try recallAt(index, base: base, queries: q, probes: SearchParameters().probes) >= 0.9)
     }
 
     @Test func oodProjectionIsRecordedForInnerProduct() throws {

@@ -3,22 +3,17 @@ import Testing
 @testable import Fathom
 @testable import FathomCodecs
 import FathomCore
+import FathomMath
 
 // Filter language, attribute tables, attribute codes and summaries (docs/filters.md).
 
 // MARK: - Test support
 
-/// SplitMix64: a small seeded generator for reproducible tests.
-struct FilterTestRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(_ seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+/// The filter tests' seeded generator: SplitMix64 (FathomMath) with the draws below.
+typealias FilterTestRNG = SplitMix64
+
+extension SplitMix64 {
+    init(_ seed: UInt64) { self.init(seed: seed) }
     mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
     mutating func int(_ r: ClosedRange<Int>) -> Int { Int.random(in: r, using: &self) }
     mutating func chance(_ p: Double) -> Bool { unit() < p }
@@ -188,6 +183,24 @@ func filterErrorPosition(_ e: FathomError) -> (offset: Int?, caret: Int?) {
     return (offset, caret)
 }
 
+/// Expects `body` (parsing or binding `input`) to throw a `.parse` error whose message
+/// contains `phrase` and points at `offset`, by its " at N" and by its caret.
+func expectParseError(_ input: String, at offset: Int, containing phrase: String,
+                      sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
+    do {
+        try body()
+        Issue.record("no error for \(input)", sourceLocation: sourceLocation)
+    } catch let e as FathomError {
+        #expect(e.code == .parse, sourceLocation: sourceLocation)
+        #expect(e.message.contains(phrase), "\(e.message)", sourceLocation: sourceLocation)
+        let pos = filterErrorPosition(e)
+        #expect(pos.offset == offset, "\(e.message)", sourceLocation: sourceLocation)
+        #expect(pos.caret == offset, "\(e.message)", sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("unexpected error type \(error)", sourceLocation: sourceLocation)
+    }
+}
+
 func writeFilterTestFile(_ dir: TempDir, _ name: String, _ text: String) -> String {
     let p = dir.file(name)
     _ = FileManager.default.createFile(atPath: p, contents: Data(text.utf8))
@@ -312,18 +325,7 @@ func writeFilterTestFile(_ dir: TempDir, _ name: String, _ text: String) -> Stri
 
     @Test(arguments: syntaxErrors)
     func syntaxErrorPointsAtTheToken(input: String, offset: Int, phrase: String) {
-        do {
-            _ = try FilterParser.parse(input)
-            Issue.record("no error for \(input)")
-        } catch let e as FathomError {
-            #expect(e.code == .parse)
-            #expect(e.message.contains(phrase), "\(e.message)")
-            let pos = filterErrorPosition(e)
-            #expect(pos.offset == offset, "\(e.message)")
-            #expect(pos.caret == offset, "\(e.message)")
-        } catch {
-            Issue.record("unexpected error type \(error)")
-        }
+        expectParseError(input, at: offset, containing: phrase) { _ = try FilterParser.parse(input) }
     }
 
     @Test func nestingAndOperatorLimits() {
@@ -374,16 +376,7 @@ func writeFilterTestFile(_ dir: TempDir, _ name: String, _ text: String) -> Stri
     @Test(arguments: bindErrors)
     func bindErrorPointsAtTheToken(input: String, offset: Int, phrase: String) throws {
         let parsed = try FilterParser.parse(input)
-        do {
-            _ = try parsed.bind(to: Self.schema)
-            Issue.record("no error for \(input)")
-        } catch let e as FathomError {
-            #expect(e.code == .parse)
-            #expect(e.message.contains(phrase), "\(e.message)")
-            let pos = filterErrorPosition(e)
-            #expect(pos.offset == offset, "\(e.message)")
-            #expect(pos.caret == offset, "\(e.message)")
-        }
+        expectParseError(input, at: offset, containing: phrase) { _ = try parsed.bind(to: Self.schema) }
     }
 
     @Test func builtExpressionsGetErrorsWithoutPositions() {

@@ -48,11 +48,8 @@ final class EngineLog: @unchecked Sendable {
 
 @Suite struct PipelineTests {
     static func build(_ dir: TempDir, codec: PostingCodec, metric: Metric = .l2) throws -> (Matrix, Matrix) {
-        let (b, q) = try writeSynthetic(dir: dir, n: 3000, d: 32, nq: 60)
-        var o = BuildOptions()
-        o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.metric = metric; o.codec = codec
-        try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
-        return (b, q)
+        let built = try buildSyntheticIndex(dir, n: 3000, d: 32, nq: 60) { o in o.metric = metric; o.codec = codec }
+        return (built.base, built.queries)
     }
 
     @Test(arguments: [PostingCodec.lvq4, .none])

@@ -5,13 +5,25 @@ import FathomCore
 import FathomMath
 import FathomStorage
 
+/// Writes a synthetic base.fbin (n × d, and nq queries) into `dir` and builds the index
+/// `output` over it: 512 MiB budget, head ratio 0.05, then `configure`.
+@discardableResult
+func buildSyntheticIndex(_ dir: TempDir, n: Int, d: Int, nq: Int, output: String = "idx",
+                         configure: (inout BuildOptions) -> Void) throws -> (base: Matrix, queries: Matrix, manifest: Manifest) {
+    let (b, q) = try writeSynthetic(dir: dir, n: n, d: d, nq: nq)
+    var o = BuildOptions()
+    o.memoryBudget = 512 << 20; o.headRatio = 0.05
+    configure(&o)
+    let m = try IndexBuilder(input: dir.file("base.fbin"), output: dir.file(output), options: o).build()
+    return (b, q, m)
+}
+
 @Suite struct SearchTests {
     static func buildSmall(_ dir: TempDir, metric: Metric = .l2, n: Int = 2000, d: Int = 16) throws -> (Matrix, Matrix) {
-        let (b, q) = try writeSynthetic(dir: dir, n: n, d: d, nq: 50)
-        var o = BuildOptions(); o.codec = .none
-        o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.postingPages = 2; o.metric = metric
-        try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
-        return (b, q)
+        let built = try buildSyntheticIndex(dir, n: n, d: d, nq: 50) { o in
+            o.codec = .none; o.postingPages = 2; o.metric = metric
+        }
+        return (built.base, built.queries)
     }
 
     @Test(arguments: [Metric.l2, .ip])
@@ -32,12 +44,7 @@ import FathomStorage
         let dir = TempDir()
         let (base, q) = try Self.buildSmall(dir)
         let index = try VectorIndex.open(at: dir.file("idx"))
-        var hits = 0
-        for i in 0..<q.rows {
-            let got = Set(try index.search(Array(UnsafeBufferPointer(start: q.row(i), count: q.cols)), k: 10).map(\.id))
-            hits += bruteForce(base, q.row(i), k: 10, metric: .l2).filter { got.contains($0) }.count
-        }
-        #expect(Double(hits) / Double(q.rows * 10) >= 0.95)
+        #expect(try recallAt(index, base: base, queries: q, probes: SearchParameters().probes) >= 0.95)
     }
 
     @Test func injectedIOErrorFailsOnlyThatQuery() throws {

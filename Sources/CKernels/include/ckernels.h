@@ -49,87 +49,58 @@ int fk_simd_max_level(void);
  * the last bits (summation order), integer results cannot. */
 int fk_set_simd_level(int level);
 
+/* ---- The kernels, as an X-macro list: X(NAME, RT, QT, BT) for the kernel fk_NAME that
+ *      scores a QT query against BT vectors and returns RT. Every kernel has four entry
+ *      points, declared below from this list:
+ *        RT   fk_NAME(const QT *q, const BT *b, size_t d)          one query, one vector
+ *        RT   fk_NAME_scalar(const QT *q, const BT *b, size_t d)   the portable body, always
+ *        void fk_NAME_batch(const QT *q, const void *base, size_t n, size_t d, size_t stride,
+ *                           float *out)                          one query, a block of n
+ *                                                                vectors `stride` BYTES apart
+ *        void fk_NAME_batch_scalar(...)                          the batch loop over the
+ *                                                                portable body (tests, benchmarks)
+ *      FK_KERNELS_IDOT: the integer dot kernels, whose AVX-512 bodies need AVX512_VNNI (on an
+ *      AVX-512 CPU without VNNI they keep the AVX2 bodies); FK_KERNELS_BASE: the others. ---- */
+#define FK_KERNELS_BASE(X)                         \
+    X(l2sq_f32, float, float, float)               \
+    X(dot_f32, float, float, float)                \
+    X(l2sq_u8, uint32_t, uint8_t, uint8_t)         \
+    X(l2sq_i8, uint32_t, int8_t, int8_t)           \
+    X(l2sq_f32_u8, float, float, uint8_t)          \
+    X(dot_f32_u8, float, float, uint8_t)           \
+    X(l2sq_f32_i8, float, float, int8_t)           \
+    X(dot_f32_i8, float, float, int8_t)
+#define FK_KERNELS_IDOT(X)                         \
+    X(dot_u8, uint32_t, uint8_t, uint8_t)          \
+    X(dot_i8, int32_t, int8_t, int8_t)
+#define FK_KERNELS(X) FK_KERNELS_BASE(X) FK_KERNELS_IDOT(X)
+
+#define FK_DECLARE_KERNEL(NAME, RT, QT, BT)                                                  \
+    RT fk_##NAME(const QT *q, const BT *b, size_t d);                                        \
+    RT fk_##NAME##_scalar(const QT *q, const BT *b, size_t d);                               \
+    void fk_##NAME##_batch(const QT *q, const void *base, size_t n, size_t d, size_t stride, float *out); \
+    void fk_##NAME##_batch_scalar(const QT *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+FK_KERNELS(FK_DECLARE_KERNEL)
+
 /* The bodies of one level, called directly: a level above fk_simd_max_level() gives the
  * highest supported one (check `level`), a negative one the scalar table. Static storage;
- * changes nothing. */
+ * changes nothing. One single-vector and one batch pointer per kernel: NAME, NAME_batch. */
+#define FK_KERNEL_TABLE_FIELDS(NAME, RT, QT, BT)                                             \
+    RT (*NAME)(const QT *q, const BT *b, size_t d);                                          \
+    void (*NAME##_batch)(const QT *q, const void *base, size_t n, size_t d, size_t stride, float *out);
 typedef struct fk_kernel_table {
     int level;
     const char *name;
-    float    (*l2sq_f32)(const float *a, const float *b, size_t d);
-    void     (*l2sq_f32_batch)(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-    float    (*dot_f32)(const float *a, const float *b, size_t d);
-    void     (*dot_f32_batch)(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-    uint32_t (*l2sq_u8)(const uint8_t *a, const uint8_t *b, size_t d);
-    void     (*l2sq_u8_batch)(const uint8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-    uint32_t (*dot_u8)(const uint8_t *a, const uint8_t *b, size_t d);
-    void     (*dot_u8_batch)(const uint8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-    uint32_t (*l2sq_i8)(const int8_t *a, const int8_t *b, size_t d);
-    void     (*l2sq_i8_batch)(const int8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-    int32_t  (*dot_i8)(const int8_t *a, const int8_t *b, size_t d);
-    void     (*dot_i8_batch)(const int8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-    float    (*l2sq_f32_u8)(const float *q, const uint8_t *b, size_t d);
-    void     (*l2sq_f32_u8_batch)(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-    float    (*dot_f32_u8)(const float *q, const uint8_t *b, size_t d);
-    void     (*dot_f32_u8_batch)(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-    float    (*l2sq_f32_i8)(const float *q, const int8_t *b, size_t d);
-    void     (*l2sq_f32_i8_batch)(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-    float    (*dot_f32_i8)(const float *q, const int8_t *b, size_t d);
-    void     (*dot_f32_i8_batch)(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+    FK_KERNELS(FK_KERNEL_TABLE_FIELDS)
 } fk_kernel_table;
 const fk_kernel_table *fk_kernels_at_level(int level);
 
-/* ---- one query against one vector ---- */
-float    fk_l2sq_f32(const float *a, const float *b, size_t d);
 /* Prefetches the `lines` 64-byte cache lines from p (a graph node's neighbour list before it is expanded). */
 static inline void fk_prefetch(const void *p, int lines) {
     for (int i = 0; i < lines; i++) __builtin_prefetch((const char *)p + 64 * i, 0, 3);
 }
 /* Squared L2 from q to rows ids[0..n) of base (row stride d), prefetching every row first. */
-void     fk_l2sq_f32_gather(const float *q, const float *base, const uint32_t *ids, size_t n, size_t d, float *out);
-float    fk_dot_f32(const float *a, const float *b, size_t d);
-uint32_t fk_l2sq_u8(const uint8_t *a, const uint8_t *b, size_t d);
-uint32_t fk_dot_u8(const uint8_t *a, const uint8_t *b, size_t d);
-uint32_t fk_l2sq_i8(const int8_t *a, const int8_t *b, size_t d);
-int32_t  fk_dot_i8(const int8_t *a, const int8_t *b, size_t d);
-float    fk_l2sq_f32_u8(const float *q, const uint8_t *b, size_t d);
-float    fk_dot_f32_u8(const float *q, const uint8_t *b, size_t d);
-float    fk_l2sq_f32_i8(const float *q, const int8_t *b, size_t d);
-float    fk_dot_f32_i8(const float *q, const int8_t *b, size_t d);
-
-float    fk_l2sq_f32_scalar(const float *a, const float *b, size_t d);
-float    fk_dot_f32_scalar(const float *a, const float *b, size_t d);
-uint32_t fk_l2sq_u8_scalar(const uint8_t *a, const uint8_t *b, size_t d);
-uint32_t fk_dot_u8_scalar(const uint8_t *a, const uint8_t *b, size_t d);
-uint32_t fk_l2sq_i8_scalar(const int8_t *a, const int8_t *b, size_t d);
-int32_t  fk_dot_i8_scalar(const int8_t *a, const int8_t *b, size_t d);
-float    fk_l2sq_f32_u8_scalar(const float *q, const uint8_t *b, size_t d);
-float    fk_dot_f32_u8_scalar(const float *q, const uint8_t *b, size_t d);
-float    fk_l2sq_f32_i8_scalar(const float *q, const int8_t *b, size_t d);
-float    fk_dot_f32_i8_scalar(const float *q, const int8_t *b, size_t d);
-
-/* ---- one query against a block of n vectors, `stride` bytes apart ---- */
-void fk_l2sq_f32_batch(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_dot_f32_batch(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_l2sq_u8_batch(const uint8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_dot_u8_batch(const uint8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_l2sq_i8_batch(const int8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_dot_i8_batch(const int8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_l2sq_f32_u8_batch(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_dot_f32_u8_batch(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_l2sq_f32_i8_batch(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_dot_f32_i8_batch(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-
-/* ---- added: the batch loops over the portable scalar bodies (tests, benchmarks) ---- */
-void fk_l2sq_f32_batch_scalar(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_dot_f32_batch_scalar(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_l2sq_u8_batch_scalar(const uint8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_dot_u8_batch_scalar(const uint8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_l2sq_i8_batch_scalar(const int8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_dot_i8_batch_scalar(const int8_t *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_l2sq_f32_u8_batch_scalar(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_dot_f32_u8_batch_scalar(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_l2sq_f32_i8_batch_scalar(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
-void fk_dot_f32_i8_batch_scalar(const float *q, const void *base, size_t n, size_t d, size_t stride, float *out);
+void fk_l2sq_f32_gather(const float *q, const float *base, const uint32_t *ids, size_t n, size_t d, float *out);
 
 /* ---- benchmark reference: a plain AVX2 C loop (one accumulator, no unrolling); runs the
  *      scalar body on CPUs without AVX2 ---- */

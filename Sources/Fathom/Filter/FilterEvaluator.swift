@@ -110,29 +110,26 @@ indirect enum BoundNode: Sendable, Equatable {
             if case .constant(let b) = s { return .constant(!b) }
             if case .not(let inner) = s { return inner }
             return .not(s)
-        case .and(let cs):
-            var out = [BoundNode]()
-            for c in cs {
-                switch c.simplified {
-                case .constant(true): continue
-                case .constant(false): return .constant(false)
-                case .and(let inner): out += inner
-                case let s: out.append(s)
-                }
-            }
-            return out.isEmpty ? .constant(true) : (out.count == 1 ? out[0] : .and(out))
-        case .or(let cs):
-            var out = [BoundNode]()
-            for c in cs {
-                switch c.simplified {
-                case .constant(false): continue
-                case .constant(true): return .constant(true)
-                case .or(let inner): out += inner
-                case let s: out.append(s)
-                }
-            }
-            return out.isEmpty ? .constant(false) : (out.count == 1 ? out[0] : .or(out))
+        case .and(let cs): return Self.simplified(junction: cs, and: true)
+        case .or(let cs): return Self.simplified(junction: cs, and: false)
         }
+    }
+
+    /// The simplified AND (`and`) or OR of `cs`: the operation's identity (true for AND,
+    /// false for OR) drops out, the other constant decides, nested nodes of the same
+    /// operation are flattened.
+    private static func simplified(junction cs: [BoundNode], and: Bool) -> BoundNode {
+        var out = [BoundNode]()
+        for c in cs {
+            switch c.simplified {
+            case .constant(let b) where b == and: continue
+            case .constant(let b): return .constant(b)
+            case .and(let inner) where and: out += inner
+            case .or(let inner) where !and: out += inner
+            case let s: out.append(s)
+            }
+        }
+        return out.isEmpty ? .constant(and) : (out.count == 1 ? out[0] : (and ? .and(out) : .or(out)))
     }
 }
 

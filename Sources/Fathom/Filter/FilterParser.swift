@@ -44,6 +44,23 @@ struct FilterLexer {
     }
     static func isDigit(_ c: Unicode.Scalar) -> Bool { c >= "0" && c <= "9" }
 
+    /// The text of the quoted token whose opening quote is `s[i]` (a doubled quote stands for
+    /// one); `i` ends after the closing quote. nil: the input ends first.
+    static func quoted(_ s: [Unicode.Scalar], _ i: inout Int) -> String? {
+        let quote = s[i]
+        var v = String.UnicodeScalarView()
+        i += 1
+        while i < s.count {
+            if s[i] == quote {
+                if i + 1 < s.count && s[i + 1] == quote { v.append(quote); i += 2; continue }
+                i += 1
+                return String(v)
+            }
+            v.append(s[i]); i += 1
+        }
+        return nil
+    }
+
     static func tokenize(_ s: [Unicode.Scalar], text: String) throws -> [FilterToken] {
         var out = [FilterToken]()
         var i = 0
@@ -71,32 +88,16 @@ struct FilterLexer {
                 if i + 1 < n && s[i + 1] == "=" { out.append(FilterToken(kind: .op(.greaterOrEqual), span: FilterSpan(offset: i, length: 2))); i += 2 }
                 else { out.append(FilterToken(kind: .op(.greater), span: FilterSpan(offset: i, length: 1))); i += 1 }
             case "'":
-                var v = String.UnicodeScalarView()
-                i += 1
-                while true {
-                    guard i < n else { throw err("unterminated string starting at \(start); close it with ' (write '' for a quote inside)", start, n - start) }
-                    if s[i] == "'" {
-                        if i + 1 < n && s[i + 1] == "'" { v.append("'"); i += 2; continue }
-                        i += 1
-                        break
-                    }
-                    v.append(s[i]); i += 1
+                guard let v = quoted(s, &i) else {
+                    throw err("unterminated string starting at \(start); close it with ' (write '' for a quote inside)", start, n - start)
                 }
-                out.append(FilterToken(kind: .string(String(v)), span: FilterSpan(offset: start, length: i - start)))
+                out.append(FilterToken(kind: .string(v), span: FilterSpan(offset: start, length: i - start)))
             case "\"":
-                var v = String.UnicodeScalarView()
-                i += 1
-                while true {
-                    guard i < n else { throw err("unterminated quoted column name starting at \(start); close it with \"", start, n - start) }
-                    if s[i] == "\"" {
-                        if i + 1 < n && s[i + 1] == "\"" { v.append("\""); i += 2; continue }
-                        i += 1
-                        break
-                    }
-                    v.append(s[i]); i += 1
+                guard let v = quoted(s, &i) else {
+                    throw err("unterminated quoted column name starting at \(start); close it with \"", start, n - start)
                 }
                 guard !v.isEmpty else { throw err("empty column name \"\" at \(start)", start, 2) }
-                out.append(FilterToken(kind: .identifier(String(v)), span: FilterSpan(offset: start, length: i - start)))
+                out.append(FilterToken(kind: .identifier(v), span: FilterSpan(offset: start, length: i - start)))
             default:
                 if isDigit(c) || c == "." || c == "-" || c == "+" {
                     out.append(try number(s, &i, text: text))
@@ -273,19 +274,20 @@ public enum FilterParser {
         }
 
         mutating func orExpr(depth: Int) throws -> FilterExpression {
-            var e = try andExpr(depth: depth)
-            while isKeyword("OR") {
-                try countOperator(advance())
-                e = .or(e, try andExpr(depth: depth))
-            }
-            return e
+            try chain("OR", depth: depth, { try $0.andExpr(depth: $1) }, FilterExpression.or)
         }
 
         mutating func andExpr(depth: Int) throws -> FilterExpression {
-            var e = try notExpr(depth: depth)
-            while isKeyword("AND") {
+            try chain("AND", depth: depth, { try $0.notExpr(depth: $1) }, FilterExpression.and)
+        }
+
+        /// Operands (`operand`) joined by the keyword `word`, left to right (`join`).
+        mutating func chain(_ word: String, depth: Int, _ operand: (inout Self, Int) throws -> FilterExpression,
+                            _ join: (FilterExpression, FilterExpression) -> FilterExpression) throws -> FilterExpression {
+            var e = try operand(&self, depth)
+            while isKeyword(word) {
                 try countOperator(advance())
-                e = .and(e, try notExpr(depth: depth))
+                e = join(e, try operand(&self, depth))
             }
             return e
         }

@@ -60,8 +60,8 @@ public final class HeadGraph: @unchecked Sendable {
 
     // MARK: search
 
-    /// Per-thread scratch for searches: visited marks (epoch-stamped, so clearing is O(1))
-    /// and the beam. Reuse one per thread; never share between threads.
+    /// Per-thread scratch for searches: visited marks (epoch-stamped, so clearing is O(1)),
+    /// the beam and the neighbour batch. Reuse one per thread; never share between threads.
     public final class Scratch {
         var visited: [UInt32]
         var epoch: UInt32 = 0
@@ -72,6 +72,10 @@ public final class HeadGraph: @unchecked Sendable {
         /// Every node whose distance was computed in the last search (for graph building).
         var evaluated: [(Float, UInt32)] = []
         var trackEvaluated = false
+        /// The unvisited neighbours of the node being expanded and their distances.
+        private(set) var gatherIds = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+        private(set) var gatherDist = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+        private var gatherCapacity = 1
 
         public init(graphSize: Int, beam: Int) {
             visited = [UInt32](repeating: 0, count: graphSize)
@@ -80,6 +84,8 @@ public final class HeadGraph: @unchecked Sendable {
             beamDone = [Bool](repeating: false, count: beam + 1)
         }
 
+        deinit { gatherIds.deallocate(); gatherDist.deallocate() }
+
         func ensure(beam: Int, graphSize: Int) {
             if beamDist.count < beam + 1 {
                 beamDist = [Float](repeating: 0, count: beam + 1)
@@ -87,6 +93,14 @@ public final class HeadGraph: @unchecked Sendable {
                 beamDone = [Bool](repeating: false, count: beam + 1)
             }
             if visited.count < graphSize { visited += [UInt32](repeating: 0, count: graphSize - visited.count) }
+        }
+
+        func ensure(gather degree: Int) {
+            guard gatherCapacity < degree else { return }
+            gatherIds.deallocate(); gatherDist.deallocate()
+            gatherIds = .allocate(capacity: degree)
+            gatherDist = .allocate(capacity: degree)
+            gatherCapacity = degree
         }
     }
 
@@ -111,73 +125,86 @@ public final class HeadGraph: @unchecked Sendable {
     public func search<M: HeadDistance>(_ metric: M, k: Int, listSize: Int, scratch s: Scratch,
                                         outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>,
                                         limit: Int? = nil, entries: UnsafeBufferPointer<UInt32>? = nil) -> Int {
-        let n = limit ?? count
+        s.ensure(gather: degree)
+        return beamSearch(metric, k: k, listSize: listSize, scratch: s, limit: limit ?? count, entries: entries,
+                          gatherIds: s.gatherIds, gatherDist: s.gatherDist, outIds: outIds, outDist: outDist)
+    }
+
+    /// The beam search behind every head search. The beam starts at `entries` (those with id
+    /// < `n`; none valid: the graph's entry); it then expands its nearest unexpanded node
+    /// until none is left: the node's unvisited neighbours with id < `n` are collected into
+    /// `gatherIds` (room for `degree`), scored in one ``HeadDistance/distances(_:count:into:)``
+    /// call and inserted in neighbour-list order. Every distance computed is recorded in
+    /// `scratch.evaluated` when tracking. Returns the number of results, nearest first.
+    @inline(__always)
+    func beamSearch<M: HeadDistance>(_ metric: M, k: Int, listSize: Int, scratch s: Scratch, limit n: Int,
+                                     entries: UnsafeBufferPointer<UInt32>?,
+                                     gatherIds: UnsafeMutablePointer<UInt32>, gatherDist: UnsafeMutablePointer<Float>,
+                                     outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>) -> Int {
         if n == 0 { return 0 }
         let L = max(listSize, k)
         s.ensure(beam: L, graphSize: count)
         s.epoch &+= 1
         if s.epoch == 0 { for i in 0..<s.visited.count { s.visited[i] = 0 }; s.epoch = 1 }
         let epoch = s.epoch
+        let track = s.trackEvaluated
+        let nbLines = (degree * 4 + 63) / 64
         s.evaluated.removeAll(keepingCapacity: true)
         return s.visited.withUnsafeMutableBufferPointer { vis -> Int in
             s.beamDist.withUnsafeMutableBufferPointer { bd -> Int in
                 s.beamId.withUnsafeMutableBufferPointer { bi -> Int in
                     s.beamDone.withUnsafeMutableBufferPointer { bdone -> Int in
-                        let vis = vis.baseAddress!, bd = bd.baseAddress!, bi = bi.baseAddress!, bdone = bdone.baseAddress!
-                        var cnt = 0
-                        if let entries, !entries.isEmpty {
+                        let vis = vis.baseAddress!
+                        var beam = Beam(dist: bd.baseAddress!, ids: bi.baseAddress!, done: bdone.baseAddress!, width: L)
+                        if let entries {
                             for e in entries where Int(e) < n && vis[Int(e)] != epoch {
                                 vis[Int(e)] = epoch
                                 let dv = metric.distance(Int(e))
-                                if s.trackEvaluated { s.evaluated.append((dv, e)) }
-                                if cnt == L && dv >= bd[L - 1] { continue }
-                                var pos = cnt < L ? cnt : L - 1
-                                while pos > 0 && bd[pos - 1] > dv { bd[pos] = bd[pos - 1]; bi[pos] = bi[pos - 1]; pos -= 1 }
-                                bd[pos] = dv; bi[pos] = e
-                                if cnt < L { cnt += 1 }
+                                if track { s.evaluated.append((dv, e)) }
+                                _ = beam.insert(dv, e)
                             }
-                            for i in 0..<cnt { bdone[i] = false }
                         }
-                        if cnt == 0 {
+                        if beam.count == 0 {
                             let e = Int(entry) < n ? entry : 0
                             vis[Int(e)] = epoch
-                            let d0 = metric.distance(Int(e))
-                            bd[0] = d0; bi[0] = e; bdone[0] = false; cnt = 1
-                            if s.trackEvaluated { s.evaluated.append((d0, e)) }
+                            let dv = metric.distance(Int(e))
+                            if track { s.evaluated.append((dv, e)) }
+                            _ = beam.insert(dv, e)
                         }
                         var cursor = 0
-                        while cursor < cnt {
+                        while cursor < beam.count {
                             // nearest unexpanded
-                            bdone[cursor] = true
-                            let node = Int(bi[cursor])
-                            let nb = neighbors + node * degree
-                            var nextCursor = cnt
+                            beam.done[cursor] = true
+                            let nb = neighbors + Int(beam.ids[cursor]) * degree
+                            var m = 0
                             for j in 0..<degree {
                                 let v = nb[j]
                                 if v == HeadGraph.empty { break }
                                 let vi = Int(v)
                                 if vi >= n || vis[vi] == epoch { continue }
                                 vis[vi] = epoch
-                                let dv = metric.distance(vi)
-                                if s.trackEvaluated { s.evaluated.append((dv, v)) }
-                                if cnt == L && dv >= bd[L - 1] { continue }
-                                // insert sorted
-                                var pos = cnt < L ? cnt : L - 1
-                                while pos > 0 && bd[pos - 1] > dv {
-                                    bd[pos] = bd[pos - 1]; bi[pos] = bi[pos - 1]; bdone[pos] = bdone[pos - 1]
-                                    pos -= 1
+                                gatherIds[m] = v; m += 1
+                            }
+                            metric.distances(gatherIds, count: m, into: gatherDist)
+                            var nextCursor = beam.count
+                            for j in 0..<m {
+                                let dv = gatherDist[j], v = gatherIds[j]
+                                if track { s.evaluated.append((dv, v)) }
+                                let pos = beam.insert(dv, v)
+                                if pos < 0 { continue }
+                                // Its neighbour list is read when it is expanded: fetch it now.
+                                if M.prefetchesNeighbors {
+                                    Distance.prefetch(UnsafeRawPointer(neighbors + Int(v) * degree), lines: nbLines)
                                 }
-                                bd[pos] = dv; bi[pos] = v; bdone[pos] = false
-                                if cnt < L { cnt += 1 }
                                 if pos < nextCursor { nextCursor = pos }
                             }
                             // advance to the nearest unexpanded entry
                             var c = min(nextCursor, cursor + 1)
-                            while c < cnt && bdone[c] { c += 1 }
+                            while c < beam.count && beam.done[c] { c += 1 }
                             cursor = c
                         }
-                        let r = min(k, cnt)
-                        for i in 0..<r { outIds[i] = bi[i]; outDist[i] = bd[i] }
+                        let r = min(k, beam.count)
+                        for i in 0..<r { outIds[i] = beam.ids[i]; outDist[i] = beam.dist[i] }
                         return r
                     }
                 }
@@ -375,6 +402,45 @@ public final class HeadGraph: @unchecked Sendable {
 /// implementation and calls no protocol per distance.
 public protocol HeadDistance {
     func distance(_ i: Int) -> Float
+    /// The distances to heads `ids[0..<count]` into `out`, in order (the unvisited
+    /// neighbours of an expanded node). Default: one ``distance(_:)`` each.
+    func distances(_ ids: UnsafePointer<UInt32>, count: Int, into out: UnsafeMutablePointer<Float>)
+    /// Whether the search prefetches the neighbour list of every node entering its beam
+    /// (where the graph does not fit the caches, as in the build). Default: no.
+    static var prefetchesNeighbors: Bool { get }
+}
+
+extension HeadDistance {
+    @inline(__always)
+    public func distances(_ ids: UnsafePointer<UInt32>, count: Int, into out: UnsafeMutablePointer<Float>) {
+        for j in 0..<count { out[j] = distance(Int(ids[j])) }
+    }
+    public static var prefetchesNeighbors: Bool { false }
+}
+
+/// A search's beam: `count` (≤ `width`) nodes sorted by distance, each marked once expanded.
+struct Beam {
+    let dist: UnsafeMutablePointer<Float>
+    let ids: UnsafeMutablePointer<UInt32>
+    let done: UnsafeMutablePointer<Bool>
+    let width: Int
+    var count = 0
+
+    /// Inserts `v` (unexpanded) in distance order, after any entry at the same distance,
+    /// unless the beam is full and `dv` is no nearer than its last entry (then -1); a full
+    /// beam drops its last entry. Returns the position.
+    @inline(__always)
+    mutating func insert(_ dv: Float, _ v: UInt32) -> Int {
+        if count == width && dv >= dist[width - 1] { return -1 }
+        var pos = count < width ? count : width - 1
+        while pos > 0 && dist[pos - 1] > dv {
+            dist[pos] = dist[pos - 1]; ids[pos] = ids[pos - 1]; done[pos] = done[pos - 1]
+            pos -= 1
+        }
+        dist[pos] = dv; ids[pos] = v; done[pos] = false
+        if count < width { count += 1 }
+        return pos
+    }
 }
 
 /// Float32 heads.
