@@ -2,6 +2,15 @@ import Foundation
 import Testing
 @testable import Fathom
 
+/// Writes `attrs.csv` (the header, then one line per row) and builds `idx` from `base.fbin`
+/// with it (5% heads, 512 MiB).
+func buildWithAttributes(_ dir: TempDir, header: String, rows: [String], codec: PostingCodec) throws {
+    try ([header] + rows).joined(separator: "\n").appending("\n").write(toFile: dir.file("attrs.csv"), atomically: true, encoding: .utf8)
+    var o = BuildOptions()
+    o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.codec = codec; o.attributes = dir.file("attrs.csv")
+    try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
+}
+
 @Suite struct FilteredSearchTests {
     @Test(arguments: [PostingCodec.none, .lvq8])
     func filteredResultsMatchAndAreComplete(codec: PostingCodec) throws {
@@ -65,12 +74,7 @@ import Testing
         // some queries' neighbourhoods, anti-correlated with others').
         let x = (0..<n).map { Double(base.row($0)[0]) }
         let sortedX = x.sorted()
-        var csv = "id,u:float,x:float\n"
-        for i in 0..<n { csv += "\(i),\(u[i]),\(x[i])\n" }
-        try csv.write(toFile: dir.file("attrs.csv"), atomically: true, encoding: .utf8)
-        var o = BuildOptions()
-        o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.codec = codec; o.attributes = dir.file("attrs.csv")
-        try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
+        try buildWithAttributes(dir, header: "id,u:float,x:float", rows: (0..<n).map { "\($0),\(u[$0]),\(x[$0])" }, codec: codec)
         let index = try VectorIndex.open(at: dir.file("idx"))
         var p = SearchParameters(); p.probes = 8
         var kinds = Set<FilterPlanKind>()

@@ -102,12 +102,7 @@ final class EngineLog: @unchecked Sendable {
         let n = 3000
         let (_, q) = try writeSynthetic(dir: dir, n: n, d: 32, nq: 40, seed: 9)
         var rng = SeededRandom(seed: 4)
-        var csv = "id,u:float\n"
-        for i in 0..<n { csv += "\(i),\(rng.uniform())\n" }
-        try csv.write(toFile: dir.file("attrs.csv"), atomically: true, encoding: .utf8)
-        var o = BuildOptions()
-        o.memoryBudget = 512 << 20; o.headRatio = 0.05; o.codec = codec; o.attributes = dir.file("attrs.csv")
-        try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
+        try buildWithAttributes(dir, header: "id,u:float", rows: (0..<n).map { "\($0),\(rng.uniform())" }, codec: codec)
         let log = EngineLog()
         let index = try VectorIndex.open(at: dir.file("idx"), engine: { try log.make() })
         // Per query a filter: plain, 50%, 5%, 0.5% (the exact path), in turn.

@@ -13,7 +13,7 @@ import Foundation
 /// composite over shards is another implementation of this protocol.
 ///
 /// Thread safety: a store is immutable and shared by every search thread; each thread reads
-/// through its own ``PostingReader`` (its own buffers and IO engine).
+/// through its own ``PostingReader`` (its own buffers).
 public protocol PostingStore: AnyObject, Sendable {
     /// Bytes of one record (4-byte id + code).
     var recordBytes: Int { get }
@@ -25,8 +25,8 @@ public protocol PostingStore: AnyObject, Sendable {
     func offset(of h: Int) -> UInt64
     /// RAM this store keeps resident for serving, in bytes (its table, or all of it).
     var residentBytes: Int { get }
-    /// A reader for one thread, reading through `engine`.
-    func makeReader(engine: IOEngine) -> PostingReader
+    /// A reader for one thread (its buffers; the thread's executor does the IO).
+    func makeReader() -> PostingReader
 }
 
 /// What one fetch cost: IO requests (after coalescing), bytes (whole 4 KiB pages), dependent
@@ -109,20 +109,16 @@ public final class DiskPostingStore: PostingStore, @unchecked Sendable {
     public func count(of h: Int) -> Int { Int(table[h].count) }
     public func offset(of h: Int) -> UInt64 { table[h].offset }
     public var residentBytes: Int { table.count * MemoryLayout<PostingEntry>.stride }
-    public func makeReader(engine: IOEngine) -> PostingReader { DiskPostingReader(store: self, engine: engine) }
+    public func makeReader() -> PostingReader { DiskPostingReader(store: self) }
 }
 
 final class DiskPostingReader: PostingReader {
     let store: DiskPostingStore
-    let engine: IOEngine
     /// Lists of the current fetch, sorted by offset.
     var order = [UInt32]()
     let plan = ReadPlan(arenaBytes: 256 << 10)
 
-    init(store: DiskPostingStore, engine: IOEngine) {
-        self.store = store
-        self.engine = engine
-    }
+    init(store: DiskPostingStore) { self.store = store }
 
     var scratchBytes: Int { order.capacity * 4 + plan.scratchBytes }
     var path: String { store.path }
@@ -197,7 +193,7 @@ public final class ResidentPostingStore: PostingStore, @unchecked Sendable {
     public func count(of h: Int) -> Int { Int(table[h].count) }
     public func offset(of h: Int) -> UInt64 { table[h].offset }
     public var residentBytes: Int { byteCount + table.count * MemoryLayout<PostingEntry>.stride }
-    public func makeReader(engine: IOEngine) -> PostingReader { ResidentPostingReader(store: self) }
+    public func makeReader() -> PostingReader { ResidentPostingReader(store: self) }
 }
 
 final class ResidentPostingReader: PostingReader {

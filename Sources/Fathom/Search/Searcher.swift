@@ -93,8 +93,8 @@ public final class Searcher {
     init(context: SearchContext, engine: IOEngine) {
         self.context = context
         self.engine = engine
-        postings = context.postingStore.makeReader(engine: engine)
-        vectors = context.vectorStore.makeReader(engine: engine)
+        postings = context.postingStore.makeReader()
+        vectors = context.vectorStore.makeReader()
         scorer = context.makeScorer()
         routeScratch = context.router.makeScratch()
         candCapacity = 128

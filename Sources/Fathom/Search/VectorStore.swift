@@ -14,8 +14,8 @@ public protocol VectorStore: AnyObject, Sendable {
     var elementType: ElementType { get }
     /// Components per row.
     var dimension: Int { get }
-    /// A reader for one thread, reading through `engine`.
-    func makeReader(engine: IOEngine) -> VectorReader
+    /// A reader for one thread (its buffers; the thread's executor does the IO).
+    func makeReader() -> VectorReader
 }
 
 /// One thread's access to a ``VectorStore``. Never shared between threads.
@@ -52,21 +52,17 @@ public final class DiskVectorStore: VectorStore, @unchecked Sendable {
         placement = IndexLayout.VectorPlacement(rowBytes: dimension * elementType.size)
     }
 
-    public func makeReader(engine: IOEngine) -> VectorReader { DiskVectorReader(store: self, engine: engine) }
+    public func makeReader() -> VectorReader { DiskVectorReader(store: self) }
 }
 
 final class DiskVectorReader: VectorReader {
     let store: DiskVectorStore
-    let engine: IOEngine
     /// Positions into the staged ids, sorted by row offset.
     var order = [Int32]()
     let plan = ReadPlan(arenaBytes: 64 << 10)
     var staged = UnsafeBufferPointer<UInt32>(start: nil, count: 0)
 
-    init(store: DiskVectorStore, engine: IOEngine) {
-        self.store = store
-        self.engine = engine
-    }
+    init(store: DiskVectorStore) { self.store = store }
 
     var scratchBytes: Int { order.capacity * 4 + plan.scratchBytes }
     var path: String { store.path }

@@ -123,7 +123,7 @@ final class LayeredPostingStore: PostingStore, @unchecked Sendable {
     func count(of h: Int) -> Int { base.count(of: h) + Int(delta.counts[h]) }
     func offset(of h: Int) -> UInt64 { base.offset(of: h) }
     var residentBytes: Int { base.residentBytes + delta.bytes + delta.counts.count * 12 }
-    func makeReader(engine: IOEngine) -> PostingReader { LayeredPostingReader(store: self, base: base.makeReader(engine: engine)) }
+    func makeReader() -> PostingReader { LayeredPostingReader(store: self, base: base.makeReader()) }
 }
 
 final class LayeredPostingReader: PostingReader {
@@ -180,7 +180,7 @@ final class LayeredVectorStore: VectorStore, @unchecked Sendable {
 
     var elementType: ElementType { base.elementType }
     var dimension: Int { base.dimension }
-    func makeReader(engine: IOEngine) -> VectorReader { LayeredVectorReader(store: self, base: base.makeReader(engine: engine)) }
+    func makeReader() -> VectorReader { LayeredVectorReader(store: self, base: base.makeReader()) }
 }
 
 final class LayeredVectorReader: VectorReader {
