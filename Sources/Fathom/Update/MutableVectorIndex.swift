@@ -236,20 +236,14 @@ final class WriterState {
     let wal: WriteAheadLog
     let heads: Matrix
     let graph: HeadGraph
-    let scratch: HeadGraph.Scratch
     /// The build's head-search entry points (the same pivots, so inserts and the build
     /// assign alike).
     let pivots: SearchPivots
-    let pivotDist: UnsafeMutablePointer<Float>
-    let entries: UnsafeMutablePointer<UInt32>
-    let candIds: UnsafeMutablePointer<UInt32>
-    let candDist: UnsafeMutablePointer<Float>
-    let chosen: UnsafeMutablePointer<Int>
+    /// The build's assignment scratch (head search, candidates, encode scratch).
+    let assigner: AssignWorker
     let assigned: UnsafeMutablePointer<UInt32>
     let record: UnsafeMutableRawPointer
     let work: UnsafeMutablePointer<Float>
-    /// The record codec's encode scratch.
-    let encodeScratch: UnsafeMutablePointer<Float>
     let delta: DeltaPostings
     let vectors: RowArena
     let labelRows: RowArena
@@ -278,16 +272,12 @@ final class WriterState {
             heads = h; graph = try layout.readGraph(heads: h)
         }
         let K = max(1, min(b.manifest.parameters.candidate_heads, graph.count))
-        scratch = HeadGraph.Scratch(graphSize: graph.count, beam: K + 32)
         pivots = SearchPivots(heads: heads)
-        pivotDist = .allocate(capacity: max(1, pivots.count))
-        entries = .allocate(capacity: HeadPivots.seeds)
-        candIds = .allocate(capacity: K + 32); candDist = .allocate(capacity: K + 32)
-        chosen = .allocate(capacity: WriteAheadLog.maxHeads)
+        assigner = AssignWorker(heads: graph.count, beam: K + 32, degree: graph.degree, pivots: pivots.count,
+                                encodeScratch: b.codec.encodeScratchFloats)
         assigned = .allocate(capacity: WriteAheadLog.maxHeads)
         record = .allocate(byteCount: b.postingStore.recordBytes, alignment: 16)
         work = .allocate(capacity: b.dimension)
-        encodeScratch = .allocate(capacity: max(1, b.codec.encodeScratchFloats))
         delta = DeltaPostings(heads: b.postingStore.listCount, recordBytes: b.postingStore.recordBytes)
         vectors = RowArena(rowBytes: b.dimension * 4)
         labelRows = RowArena(rowBytes: 8)
@@ -317,8 +307,7 @@ final class WriterState {
     }
 
     deinit {
-        candIds.deallocate(); candDist.deallocate(); chosen.deallocate(); assigned.deallocate(); record.deallocate()
-        work.deallocate(); encodeScratch.deallocate(); pivotDist.deallocate(); entries.deallocate()
+        assigned.deallocate(); record.deallocate(); work.deallocate()
     }
 
     static func identity(_ m: Manifest) -> UInt64 { UInt64(m.manifest_crc32c ?? "0", radix: 16) ?? 0 }
@@ -351,11 +340,12 @@ final class WriterState {
         if base.metric == .cosine { _ = Distance.normalize(work, d) }
         let p = base.manifest.parameters
         let K = max(1, min(p.candidate_heads, graph.count))
-        let found = graph.search(FloatHeads(query: work, heads: heads), k: K, listSize: K + 32, scratch: scratch, outIds: candIds, outDist: candDist,
-                                 entries: pivots.nearest(work, scratch: pivotDist, out: entries))
-        let m = rngSelect(candidates: candIds, distances: candDist, count: found, replicas: min(WriteAheadLog.maxHeads, max(1, p.replicas)),
-                          rngFactor: Float(p.rng_factor), heads: heads, out: chosen)
-        for c in 0..<m { assigned[c] = candIds[chosen[c]] }
+        let a = assigner
+        let found = graph.search(FloatHeads(query: work, heads: heads), k: K, listSize: K + 32, scratch: a.scratch, outIds: a.candIds, outDist: a.candDist,
+                                 entries: pivots.nearest(work, scratch: a.pivotDist, out: a.entries))
+        let m = rngSelect(candidates: a.candIds, distances: a.candDist, count: found, replicas: min(WriteAheadLog.maxHeads, max(1, p.replicas)),
+                          rngFactor: Float(p.rng_factor), heads: heads, out: a.chosen)
+        for c in 0..<m { assigned[c] = a.candIds[a.chosen[c]] }
         return UnsafeBufferPointer(start: assigned, count: m)
     }
 
@@ -382,7 +372,7 @@ final class WriterState {
             if base.metric == .cosine { _ = Distance.normalize(work, d) }
         }
         record.storeBytes(of: id.littleEndian, as: UInt32.self)
-        base.codec.encode(work, scratch: encodeScratch, into: record + 4)   // as the build's assign encodes
+        base.codec.encode(work, scratch: assigner.encodeScratch, into: record + 4)   // as the build's assign encodes
         for h in postings { delta.append(head: Int(h), record: record) }
         vectors.append(work)
         var l = label.littleEndian
