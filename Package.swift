@@ -11,6 +11,8 @@ let package = Package(
     products: [
         .library(name: "Fathom", targets: ["Fathom"]),
         .library(name: "FathomServer", targets: ["FathomServer"]),
+        // Dataset tools and the search benchmark (for the fuzz package and scripts; not the search library).
+        .library(name: "FathomTools", targets: ["FathomTools"]),
         .executable(name: "fathom", targets: ["FathomCLI"]),
     ],
     dependencies: [
@@ -41,6 +43,9 @@ let package = Package(
                 path: "Sources/FathomCodecs"),
         .target(name: "Fathom", dependencies: ["FathomCore", "FathomMath", "FathomStorage", "FathomCodecs"],
                 path: "Sources/Fathom"),
+        // Datasets (synthetic data, exact ground truth, conversion) and the search benchmark:
+        // the CLI's tools, kept out of the library.
+        .target(name: "FathomTools", dependencies: ["Fathom", "FathomCodecs"], path: "Sources/FathomTools"),
         // fathom serve: the index as an HTTP/JSON service; uses only Fathom's public API.
         .target(name: "FathomServer",
                 dependencies: ["Fathom",
@@ -53,7 +58,7 @@ let package = Package(
                                .product(name: "NIOCore", package: "swift-nio")],
                 path: "Sources/FathomServer"),
         .executableTarget(name: "FathomCLI",
-                          dependencies: ["Fathom", "FathomServer",
+                          dependencies: ["Fathom", "FathomTools", "FathomServer",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/FathomCLI"),
 
@@ -65,9 +70,9 @@ let package = Package(
         .testTarget(name: "FathomMathTests", dependencies: ["FathomMath", "CKernels"]),
         .testTarget(name: "FathomStorageTests", dependencies: ["FathomStorage"]),
         .testTarget(name: "FathomCodecsTests", dependencies: ["FathomCodecs", "CKernels"]),
-        .testTarget(name: "FathomTests", dependencies: ["Fathom"]),
+        .testTarget(name: "FathomTests", dependencies: ["Fathom", "FathomTools"]),
         .testTarget(name: "FathomServerTests",
-                    dependencies: ["FathomServer", "Fathom",
+                    dependencies: ["FathomServer", "Fathom", "FathomTools",
                                    .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                    .product(name: "Logging", package: "swift-log"),
                                    .product(name: "NIOCore", package: "swift-nio"),

@@ -85,7 +85,7 @@ func checkVectors(_ m: Matrix, path: String, what: String, one: String, dimensio
 
 /// Loads queries, refusing an empty file (a search of nothing is not a result).
 func loadQueries(_ path: String, limit: Int? = nil) throws -> Matrix {
-    let q = try DatasetTools.loadFloats(path, maxRows: limit)
+    let q = try Matrix.load(vectorFile: path, maxRows: limit)
     guard q.rows > 0 else { throw FathomError(.malformedFile, "the query file holds no vectors", path: path) }
     return q
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Fathom
+import FathomTools
 import FathomCore
 import Foundation
 

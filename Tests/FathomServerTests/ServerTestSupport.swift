@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Fathom
 import FathomServer
+import FathomTools
 import Foundation
 import Logging
 import NIOCore

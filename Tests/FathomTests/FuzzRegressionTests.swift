@@ -1,3 +1,4 @@
+import FathomTools
 import Foundation
 import Testing
 @testable import Fathom

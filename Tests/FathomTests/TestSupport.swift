@@ -1,3 +1,4 @@
+import FathomTools
 import Foundation
 @testable import Fathom
 import FathomCore

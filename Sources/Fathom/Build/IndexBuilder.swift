@@ -462,7 +462,7 @@ public final class IndexBuilder {
             progress.note("train: LeanVec-OOD models inner products; with --metric l2 the projection is PCA (the training queries are not used)")
         }
         if let qpath = options.trainQueries, options.metric != .l2 {
-            let q = try DatasetTools.loadFloats(qpath, maxRows: 100_000)
+            let q = try Matrix.load(vectorFile: qpath, maxRows: 100_000)
             guard q.cols == d else {
                 throw FathomError(.dimensionMismatch, "training queries have dimension \(q.cols), the vectors \(d)", path: qpath)
             }

@@ -1,14 +1,15 @@
-import FathomCore
-import FathomMath
-import FathomStorage
+import Fathom
 
 /// Exact k-nearest-neighbour search by brute force: the ground truth recall is measured
-/// against, and the exact path of selective filtered queries.
+/// against.
 ///
 /// Distances are screened in blocks with OpenBLAS sgemm (‖q‖² + ‖x‖² − 2⟨q,x⟩), and every
 /// pair that may enter a query's top-k (its float estimate within a rounding bound of the
 /// current k-th distance) is re-scored exactly in Float64 from the raw vector. Results are
 /// therefore exact, with ties broken by the smaller id, and the cost stays that of sgemm.
+///
+/// Thread safety: stateless; calls may run on any thread. sgemm runs on the OpenBLAS
+/// threads the process owner set (``BLAS/setThreads(_:)``).
 public enum ExactSearch {
     /// Plan for a memory budget: how many query rows and base rows to hold at once.
     struct Plan { var queryBlock: Int; var baseChunk: Int }
