@@ -19,17 +19,6 @@ struct FathomCommand: AsyncParsableCommand {
     )
 }
 
-/// Runs `body`, turning a `FathomError` into a one-line message on stderr and the
-/// error code's documented exit status.
-func runReportingErrors(_ body: () throws -> Void) throws {
-    do {
-        try body()
-    } catch let e as FathomError {
-        FileHandle.standardError.write("error: \(e)\n".data(using: .utf8)!)
-        throw ExitCode(e.code.exitCode)
-    }
-}
-
 /// A byte size argument such as `2GiB`.
 struct ByteSize: ExpressibleByArgument, CustomStringConvertible {
     let bytes: UInt64

@@ -97,7 +97,7 @@ import FathomStorage
             Issue.record("expected a memory budget error")
         } catch let e as FathomError {
             #expect(e.code == .memoryBudget)
-            #expect(e.message.contains("raise --memory-budget"))
+            #expect(e.remedies.contains(.raiseMemoryBudget(atLeast: nil)), "\(e)")
         }
     }
 

@@ -294,7 +294,8 @@ extension IndexBuilder {
                         return
                     }
                     if width >= widest {
-                        throw FathomError(.invalidArgument, "vector \(id) fits in no posting: its \(found) nearest postings hold \(capSlack) records each; raise --posting-pages or --head-ratio")
+                        throw FathomError(.invalidArgument, "vector \(id) fits in no posting: its \(found) nearest postings hold \(capSlack) records each",
+                                          remedies: [.raisePostingPages(atLeast: nil), .raiseHeadRatio])
                     }
                     from = found
                     width = min(widest, width * 4)

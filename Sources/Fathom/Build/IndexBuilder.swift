@@ -4,7 +4,7 @@ import FathomMath
 import FathomStorage
 import Foundation
 
-/// Options of `fathom build` / ``IndexBuilder``. Every field has a working default.
+/// Options of ``IndexBuilder`` (the CLI's build flags set them). Every field has a working default.
 public struct BuildOptions: Sendable, Equatable {
     /// Distance the index answers queries with.
     public var metric: Metric = .l2
@@ -228,7 +228,7 @@ public final class IndexBuilder {
         }
         if let r = o.routerDims, r < 1 { throw FathomError(.invalidArgument, "router dimension \(r) must be at least 1") }
         if o.trainQueries != nil && o.codec == .none {
-            throw FathomError(.invalidArgument, "--train-queries trains a LeanVec projection, which needs a compressing --codec (lvq8, lvq4, lvq4x8)")
+            throw FathomError(.invalidArgument, "training queries train a LeanVec projection, which only a compressing codec has", remedies: [.useCompressingCodec])
         }
     }
 
@@ -450,7 +450,7 @@ public final class IndexBuilder {
         }
     }
 
-    /// LeanVec on at most 100,000 sample rows: PCA, or LeanVec-OOD with `--train-queries`.
+    /// LeanVec on at most 100,000 sample rows: PCA, or LeanVec-OOD with `BuildOptions.trainQueries`.
     func trainCodec(sample: Matrix, kind: LVQKind, plan: BuildPlan) throws -> CompactCodec {
         let d = plan.dimension
         let rows = min(sample.rows, 100_000)
@@ -459,7 +459,7 @@ public final class IndexBuilder {
         for i in 0..<rows { train.row(i).update(from: sample.row(Int(Double(i) * step)), count: d) }
         let projection: LeanVecProjection
         if options.trainQueries != nil && options.metric == .l2 {
-            progress.note("train: LeanVec-OOD models inner products; with --metric l2 the projection is PCA (the training queries are not used)")
+            progress.note("train: LeanVec-OOD models inner products; under the l2 metric the projection is PCA (the training queries are not used)")
         }
         if let qpath = options.trainQueries, options.metric != .l2 {
             let q = try Matrix.load(vectorFile: qpath, maxRows: 100_000)
@@ -519,7 +519,8 @@ public final class IndexBuilder {
 
     static func normalizeOrThrow(_ v: UnsafeMutablePointer<Float>, d: Int, row: Int, input: String) throws {
         guard Distance.normalize(v, d) else {
-            throw FathomError(.invalidArgument, "vector \(row) is all zeros: it has no direction under the cosine metric; remove it or use --metric l2", path: input)
+            throw FathomError(.invalidArgument, "vector \(row) is all zeros: it has no direction under the cosine metric", path: input,
+                              remedies: [.removeVectorFromInput, .useMetric(.l2)])
         }
     }
 

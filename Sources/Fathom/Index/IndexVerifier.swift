@@ -2,7 +2,7 @@ import FathomCore
 import FathomStorage
 import Foundation
 
-/// `fathom verify INDEX`: checks every byte of an index against its checksums and every
+/// Checks every byte of an index against its checksums and every
 /// structure against the manifest, and lists each problem with its file and offset.
 public enum IndexVerifier {
     /// One problem found.
