@@ -66,13 +66,15 @@ let package = Package(
         .executableTarget(name: "KernelBench", dependencies: ["FathomMath", "CKernels"],
                           path: "bench/KernelBench"),
 
-        // Tests: one target per layer
+        // Tests: one target per layer, and the helpers they share (temporary directories,
+        // synthetic data files, fault injection): a regular target only test targets use.
+        .target(name: "FathomTestSupport", dependencies: ["Fathom", "FathomTools"], path: "Tests/FathomTestSupport"),
         .testTarget(name: "FathomMathTests", dependencies: ["FathomMath", "CKernels"]),
-        .testTarget(name: "FathomStorageTests", dependencies: ["FathomStorage"]),
+        .testTarget(name: "FathomStorageTests", dependencies: ["FathomStorage", "FathomCore", "FathomTestSupport"]),
         .testTarget(name: "FathomCodecsTests", dependencies: ["FathomCodecs", "CKernels"]),
-        .testTarget(name: "FathomTests", dependencies: ["Fathom", "FathomTools"]),
+        .testTarget(name: "FathomTests", dependencies: ["Fathom", "FathomTools", "FathomTestSupport"]),
         .testTarget(name: "FathomServerTests",
-                    dependencies: ["FathomServer", "Fathom", "FathomTools",
+                    dependencies: ["FathomServer", "Fathom", "FathomTestSupport",
                                    .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                    .product(name: "Logging", package: "swift-log"),
                                    .product(name: "NIOCore", package: "swift-nio"),

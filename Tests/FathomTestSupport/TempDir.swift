@@ -1,0 +1,28 @@
+import Foundation
+
+/// A unique temporary directory, removed with everything in it when the value is released.
+///
+/// Thread safety: immutable after init (`Sendable`); threads may create files in it at once.
+public final class TempDir: Sendable {
+    /// The directory's absolute path.
+    public let path: String
+
+    /// Creates `<tmp>/<name>-<pid>-<random>`.
+    public init(_ name: String = "fathom-test") {
+        path = NSTemporaryDirectory() + "/\(name)-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    /// The path of `name` inside the directory.
+    public func file(_ name: String) -> String { path + "/" + name }
+
+    /// Writes raw bytes to `name` and returns its path.
+    @discardableResult
+    public func write(_ name: String, _ bytes: [UInt8]) -> String {
+        let p = file(name)
+        FileManager.default.createFile(atPath: p, contents: Data(bytes))
+        return p
+    }
+}
