@@ -17,6 +17,14 @@ struct FathomCommand: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [BuildCommand.self, SearchCommand.self, InfoCommand.self, VerifyCommand.self, GenCommand.self, GroundTruthCommand.self, ConvertCommand.self, ServeCommand.self, InsertCommand.self, DeleteCommand.self, CheckpointCommand.self]
     )
+
+    /// The process's start: one OpenBLAS thread for every command (the library expects it:
+    /// byte-identical builds for any --threads, no BLAS workers spinning beside search
+    /// threads); `gt --threads` raises it for its sgemm.
+    static func main() async {
+        BLAS.setThreads(1)
+        await main(nil)
+    }
 }
 
 /// A byte size argument such as `2GiB`.

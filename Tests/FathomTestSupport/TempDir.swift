@@ -1,4 +1,15 @@
+import Fathom
 import Foundation
+
+/// The test process's setup, done once before the first test makes a ``TempDir`` (every
+/// test that builds, opens or writes files makes one first): OpenBLAS on one thread, as the
+/// CLI and the server set it at their start, so that test builds give the heads a one-thread
+/// build gives (the determinism tests compare them byte for byte).
+public enum TestProcess {
+    private static let setUp: Void = { BLAS.setThreads(1) }()
+    /// Runs the setup if it has not run yet. Thread-safe (a lazily initialized global).
+    public static func prepare() { _ = setUp }
+}
 
 /// A unique temporary directory, removed with everything in it when the value is released.
 ///
@@ -7,8 +18,9 @@ public final class TempDir: Sendable {
     /// The directory's absolute path.
     public let path: String
 
-    /// Creates `<tmp>/<name>-<pid>-<random>`.
+    /// Creates `<tmp>/<name>-<pid>-<random>` (after ``TestProcess/prepare()``).
     public init(_ name: String = "fathom-test") {
+        TestProcess.prepare()
         path = NSTemporaryDirectory() + "/\(name)-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     }

@@ -85,6 +85,14 @@ public struct BuildOptions: Sendable, Equatable {
 /// Each stage records its completion with the build fingerprint in the build directory
 /// (`OUTPUT.fathom-build`), so a killed build rerun with the same arguments resumes after
 /// its last finished stage.
+///
+/// OpenBLAS: the process owner sets it to one thread (``BLAS/setThreads(_:)``) before
+/// building, as the CLI does at start. On one OpenBLAS thread the heads (and so the index)
+/// are byte-identical for any `BuildOptions.threads`; with more, the k-means products may
+/// round differently (the build notes it). The builder never changes the process setting.
+///
+/// Thread safety: one ``build()`` at a time per builder; builds of different destinations
+/// may run at once in one process (a second build of the same destination fails on its lock).
 public final class IndexBuilder {
     public let inputPath: String
     public let outputPath: String
@@ -310,7 +318,9 @@ public final class IndexBuilder {
         let plan = try plan()
         if let codecReason { progress.note(codecReason) }
         progress.note(plan.description)
-        BLAS.setThreads(1)   // k-means stays on one thread: byte-identical heads for any --threads
+        if BLAS.threads != 1 {
+            progress.note("note: OpenBLAS runs \(BLAS.threads) threads in this process: the heads may differ from a build on one (BLAS.setThreads(1) makes them byte-identical for any thread count)")
+        }
         let fp = try fingerprint(plan: plan)
         let fm = FileManager.default
         let lock = try lockBuild()
