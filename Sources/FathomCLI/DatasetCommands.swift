@@ -1,7 +1,6 @@
 import ArgumentParser
 import Fathom
 import FathomTools
-import FathomCore
 import Foundation
 
 struct GenCommand: ParsableCommand {
