@@ -160,9 +160,17 @@ public struct FathomError: Error, CustomStringConvertible, Sendable, Equatable {
         if let offset { s += s.isEmpty ? "at byte \(offset)" : " at byte \(offset)" }
         if !s.isEmpty { s += ": " }
         s += message
-        if let cause { s += " (cause: \(cause))" }
+        if let cause { s += " (cause: \(Self.describe(cause)))" }
         if !remedies.isEmpty { s += "; " + remedies.map(remedy).joined(separator: ", or ") }
         return s
+    }
+
+    /// A cause as text: a FathomError's description, Foundation's localized text for its
+    /// file errors, the error's own description otherwise (a DecodingError's coding path).
+    static func describe(_ e: any Error) -> String {
+        if let f = e as? FathomError { return f.description }
+        if e is CocoaError || Swift.type(of: e) is NSError.Type { return e.localizedDescription }
+        return String(describing: e)
     }
 
     /// Equal when code, message, context and remedies are equal and the causes describe alike.

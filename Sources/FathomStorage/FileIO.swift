@@ -187,7 +187,7 @@ public func removeTree(_ path: String) throws {
     if st.st_mode & S_IFMT == S_IFDIR {
         let entries: [String]
         do { entries = try FileManager.default.contentsOfDirectory(atPath: path) }
-        catch { throw FathomError(.io, "cannot list the directory (\(error.localizedDescription))", path: path) }
+        catch { throw FathomError(.io, "cannot list the directory", path: path, cause: error) }
         for e in entries { try removeTree(path + "/" + e) }
         guard rmdir(path) == 0 || errno == ENOENT else { throw FathomError.system("rmdir", path: path, errno: errno) }
     } else {

@@ -108,7 +108,7 @@ public enum SearchBenchmark {
                                     }
                                 })
                         } catch {
-                            let e = error as? FathomError ?? FathomError(.io, "\(error)")
+                            let e = error as? FathomError ?? FathomError(.io, "the search thread failed", cause: error)
                             while true { let i = next.next(); if i >= nq { break }; failP.p[i] = e }
                         }
                         return
@@ -145,7 +145,7 @@ public enum SearchBenchmark {
                             }
                         }
                     } catch {
-                        let e = error as? FathomError ?? FathomError(.io, "\(error)")
+                        let e = error as? FathomError ?? FathomError(.io, "the search thread failed", cause: error)
                         while true { let i = next.next(); if i >= nq { break }; failP.p[i] = e }
                     }
                 }

@@ -143,7 +143,7 @@ extension IndexLayout {
     func runFiles(prefix: String) throws -> [String] {
         let names: [String]
         do { names = try FileManager.default.contentsOfDirectory(atPath: directory) }
-        catch { throw FathomError(.io, "cannot list the build directory (\(error.localizedDescription))", path: directory) }
+        catch { throw FathomError(.io, "cannot list the build directory", path: directory, cause: error) }
         let runs = names.filter { $0.hasPrefix(prefix + "-") && $0.hasSuffix(".tmp") }
         // Numeric order (prefix-K.tmp): the merge is order-independent, but keep it stable.
         return runs.sorted { a, b in

@@ -338,7 +338,7 @@ public final class IndexBuilder {
         }
         if !fm.fileExists(atPath: buildDirectory) {
             do { try fm.createDirectory(atPath: buildDirectory, withIntermediateDirectories: true) }
-            catch { throw FathomError(.io, "cannot create the build directory (\(error.localizedDescription)); is the destination's parent writable?", path: buildDirectory) }
+            catch { throw FathomError(.io, "cannot create the build directory; is the destination's parent writable?", path: buildDirectory, cause: error) }
             let w = try SequentialFileWriter(path: fpPath, bufferBytes: 4096)
             try w.write([UInt8](fp.utf8)); try w.finish()
             try fsyncDirectory(buildDirectory)
@@ -399,7 +399,7 @@ public final class IndexBuilder {
     /// destination fails here at once.
     func lockBuild() throws -> FileLock {
         do { try FileManager.default.createDirectory(atPath: parentDirectory, withIntermediateDirectories: true) }
-        catch { throw FathomError(.io, "cannot create the destination's parent directory (\(error.localizedDescription))", path: outputPath) }
+        catch { throw FathomError(.io, "cannot create the destination's parent directory", path: outputPath, cause: error) }
         let (lock, holder) = try FileLock.tryLock(lockPath)
         guard let lock else {
             throw FathomError(.io, "another build of \(outputPath) is running (pid \(holder.map(String.init) ?? "unknown")); wait for it to finish or stop it — its lock is \(lockPath)", path: outputPath)
@@ -597,7 +597,7 @@ public final class IndexBuilder {
         // (the fingerprint is gone), never publish a half-made directory.
         let entries: [String]
         do { entries = try FileManager.default.contentsOfDirectory(atPath: buildDirectory) }
-        catch { throw FathomError(.io, "cannot list the build directory (\(error.localizedDescription))", path: buildDirectory) }
+        catch { throw FathomError(.io, "cannot list the build directory", path: buildDirectory, cause: error) }
         for name in entries where IndexLayout.isScratch(name) {
             try removeTree(buildDirectory + "/" + name)
         }

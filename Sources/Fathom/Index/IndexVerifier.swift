@@ -12,7 +12,7 @@ import Foundation
 /// Thread safety: stateless; verifications of any directories may run at once (they only
 /// read).
 public enum IndexVerifier {
-    /// One problem found.
+    /// One problem found (a value type, `Sendable`).
     public struct Problem: Sendable, CustomStringConvertible {
         public var file: String
         public var offset: UInt64?
@@ -25,7 +25,7 @@ public enum IndexVerifier {
             else { self.init(file: file, offset: nil, message: "\(e)") }
         }
 
-        public init(file: String, offset: UInt64?, message: String) {
+        init(file: String, offset: UInt64?, message: String) {
             self.file = file; self.offset = offset; self.message = message
         }
     }
