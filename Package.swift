@@ -1,8 +1,12 @@
 // swift-tools-version:6.0
 // Fathom: a disk-resident vector search engine (SPANN partitioning, LeanVec/LVQ codes,
-// libaio reads). Layers, dependencies pointing down:
-//   FathomCLI (fathom) -> Fathom -> FathomCodecs -> FathomStorage -> FathomMath -> FathomCore
-//   C below them: CKernels (SIMD distances), CAIO (libaio), CLZ4, CBLAS (OpenBLAS + LAPACK).
+// libaio reads). Targets, every dependency pointing down (docs/architecture.md):
+//   FathomCLI (fathom) -> FathomServer, FathomTools -> Fathom
+//   Fathom -> FathomCodecs -> FathomMath -> FathomCore
+//   Fathom -> FathomStorage -> FathomCore
+//   C below them: CKernels (SIMD kernels, CRC32C; used by FathomMath, FathomCodecs,
+//   FathomStorage), CBLAS (OpenBLAS + LAPACK; FathomMath, FathomCodecs), CAIO (libaio;
+//   FathomStorage). Each target declares exactly the modules it imports.
 import PackageDescription
 
 let package = Package(
@@ -11,15 +15,16 @@ let package = Package(
     products: [
         .library(name: "Fathom", targets: ["Fathom"]),
         .library(name: "FathomServer", targets: ["FathomServer"]),
+        // Dataset tools and the search benchmark (for the fuzz package and scripts; not the search library).
+        .library(name: "FathomTools", targets: ["FathomTools"]),
         .executable(name: "fathom", targets: ["FathomCLI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        // fathom serve (FathomServer): HTTP, lifecycle, logs, metrics; AsyncHTTPClient for its tests only.
+        // fathom serve (FathomServer): HTTP, lifecycle, logs, Prometheus metrics; AsyncHTTPClient for its tests only.
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
@@ -28,19 +33,21 @@ let package = Package(
         // C layer
         .target(name: "CKernels", path: "Sources/CKernels"),
         .systemLibrary(name: "CAIO", path: "Sources/CAIO", providers: [.apt(["libaio-dev"])]),
-        .systemLibrary(name: "CLZ4", path: "Sources/CLZ4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", providers: [.apt(["libopenblas-dev"])]),
 
         // Swift layers
         .target(name: "FathomCore", path: "Sources/FathomCore"),
         .target(name: "FathomMath", dependencies: ["FathomCore", "CKernels", "CBLAS"],
                 path: "Sources/FathomMath"),
-        .target(name: "FathomStorage", dependencies: ["FathomCore", "FathomMath", "CAIO", "CLZ4"],
+        .target(name: "FathomStorage", dependencies: ["FathomCore", "CKernels", "CAIO"],
                 path: "Sources/FathomStorage"),
         .target(name: "FathomCodecs", dependencies: ["FathomCore", "FathomMath", "CKernels", "CBLAS"],
                 path: "Sources/FathomCodecs"),
         .target(name: "Fathom", dependencies: ["FathomCore", "FathomMath", "FathomStorage", "FathomCodecs"],
                 path: "Sources/Fathom"),
+        // Datasets (synthetic data, exact ground truth, conversion) and the search benchmark:
+        // the CLI's tools, kept out of the library.
+        .target(name: "FathomTools", dependencies: ["Fathom", "FathomCodecs"], path: "Sources/FathomTools"),
         // fathom serve: the index as an HTTP/JSON service; uses only Fathom's public API.
         .target(name: "FathomServer",
                 dependencies: ["Fathom",
@@ -48,26 +55,29 @@ let package = Package(
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                                .product(name: "Logging", package: "swift-log"),
-                               .product(name: "Metrics", package: "swift-metrics"),
                                .product(name: "Prometheus", package: "swift-prometheus"),
                                .product(name: "NIOCore", package: "swift-nio")],
                 path: "Sources/FathomServer"),
         .executableTarget(name: "FathomCLI",
-                          dependencies: ["Fathom", "FathomServer",
-                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          dependencies: ["Fathom", "FathomTools", "FathomServer",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "Logging", package: "swift-log")],
                           path: "Sources/FathomCLI"),
 
         // Benchmarks (release mode only; they write JSON under bench/results/)
-        .executableTarget(name: "KernelBench", dependencies: ["FathomMath", "CKernels"],
+        .executableTarget(name: "KernelBench", dependencies: ["CKernels"],
                           path: "bench/KernelBench"),
 
-        // Tests: one target per layer
+        // Tests: one target per layer, and the helpers they share (temporary directories,
+        // synthetic data files, fault injection): a regular target only test targets use.
+        .target(name: "FathomTestSupport", dependencies: ["Fathom", "FathomTools"], path: "Tests/FathomTestSupport"),
         .testTarget(name: "FathomMathTests", dependencies: ["FathomMath", "CKernels"]),
-        .testTarget(name: "FathomStorageTests", dependencies: ["FathomStorage"]),
-        .testTarget(name: "FathomCodecsTests", dependencies: ["FathomCodecs", "CKernels"]),
-        .testTarget(name: "FathomTests", dependencies: ["Fathom"]),
+        .testTarget(name: "FathomStorageTests", dependencies: ["FathomStorage", "FathomCore", "FathomTestSupport"]),
+        .testTarget(name: "FathomCodecsTests", dependencies: ["FathomCodecs", "FathomMath", "FathomCore", "CKernels"]),
+        .testTarget(name: "FathomTests", dependencies: ["Fathom", "FathomCore", "FathomMath", "FathomStorage", "FathomCodecs",
+                                                "FathomTools", "FathomTestSupport"]),
         .testTarget(name: "FathomServerTests",
-                    dependencies: ["FathomServer", "Fathom",
+                    dependencies: ["FathomServer", "Fathom", "FathomTestSupport",
                                    .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                    .product(name: "Logging", package: "swift-log"),
                                    .product(name: "NIOCore", package: "swift-nio"),

@@ -16,7 +16,8 @@ let package = Package(
         // libFuzzer's driver entry, called from each target's (renamed) main.
         .target(name: "CFuzz", path: "Sources/CFuzz"),
         // Shared: scratch files, the reference indexes, seed-corpus writers.
-        .target(name: "FuzzSupport", dependencies: ["CFuzz", .product(name: "Fathom", package: "Fathom")],
+        .target(name: "FuzzSupport", dependencies: ["CFuzz", .product(name: "Fathom", package: "Fathom"),
+                                                  .product(name: "FathomTools", package: "Fathom")],
                 path: "Sources/FuzzSupport"),
     ] + targets.map {
         .executableTarget(name: $0, dependencies: ["FuzzSupport", .product(name: "Fathom", package: "Fathom")],

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Fathom
-import FathomCore
+import FathomTools
 import Foundation
 
 struct GenCommand: ParsableCommand {
@@ -80,18 +80,20 @@ struct GroundTruthCommand: ParsableCommand {
     func validate() throws {
         guard k >= 1 else { throw ValidationError("-k must be >= 1") }
         guard threads >= 1 else { throw ValidationError("--threads must be >= 1") }
+        if filter != nil && attributes == nil { throw ValidationError("--filter needs --attributes FILE") }
     }
 
     func run() throws {
         try runReportingErrors {
             let progress = ProgressReporter(enabled: !quiet)
+            BLAS.setThreads(threads)   // this command's sgemm; the process default is 1
             let started = Date()
             let q = try loadQueries(queries)
             let n = try checkBase(base, dimension: q.cols, against: "the query file \(queries)", metric: metric)
             try checkVectors(q, path: queries, what: "queries", one: "query", dimension: nil, against: base, metric: metric)
             guard k <= n else { throw FathomError(.invalidArgument, "-k \(k) exceeds the \(n) base vectors", path: base) }
             try DatasetTools.groundTruth(base: base, queries: queries, k: k, metric: metric, output: output,
-                                         memoryBudget: memoryBudget.bytes, threads: threads,
+                                         memoryBudget: memoryBudget.bytes,
                                          attributes: attributes, filter: filter, progress: progress)
             progress.note(String(format: "wrote %@ in %.2f s", output, Date().timeIntervalSince(started)))
         }

@@ -1,8 +1,5 @@
 import ArgumentParser
 import Fathom
-import FathomCore
-import FathomMath
-import FathomStorage
 import Foundation
 
 @main
@@ -17,16 +14,13 @@ struct FathomCommand: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [BuildCommand.self, SearchCommand.self, InfoCommand.self, VerifyCommand.self, GenCommand.self, GroundTruthCommand.self, ConvertCommand.self, ServeCommand.self, InsertCommand.self, DeleteCommand.self, CheckpointCommand.self]
     )
-}
 
-/// Runs `body`, turning a `FathomError` into a one-line message on stderr and the
-/// error code's documented exit status.
-func runReportingErrors(_ body: () throws -> Void) throws {
-    do {
-        try body()
-    } catch let e as FathomError {
-        FileHandle.standardError.write("error: \(e)\n".data(using: .utf8)!)
-        throw ExitCode(e.code.exitCode)
+    /// The process's start: one OpenBLAS thread for every command (the library expects it:
+    /// byte-identical builds for any --threads, no BLAS workers spinning beside search
+    /// threads); `gt --threads` raises it for its sgemm.
+    static func main() async {
+        BLAS.setThreads(1)
+        await main(nil)
     }
 }
 
@@ -85,7 +79,7 @@ func checkVectors(_ m: Matrix, path: String, what: String, one: String, dimensio
 
 /// Loads queries, refusing an empty file (a search of nothing is not a result).
 func loadQueries(_ path: String, limit: Int? = nil) throws -> Matrix {
-    let q = try DatasetTools.loadFloats(path, maxRows: limit)
+    let q = try Matrix.load(vectorFile: path, maxRows: limit)
     guard q.rows > 0 else { throw FathomError(.malformedFile, "the query file holds no vectors", path: path) }
     return q
 }

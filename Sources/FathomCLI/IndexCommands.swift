@@ -1,6 +1,6 @@
 import ArgumentParser
 import Fathom
-import FathomCore
+import FathomTools
 import Foundation
 
 struct BuildCommand: ParsableCommand {
@@ -290,7 +290,7 @@ struct VerifyCommand: ParsableCommand {
         if problems.isEmpty { print("ok: \(index) verified"); return }
         for p in problems { print("problem: \(p)") }
         print("\(problems.count) problem(s) found: rebuild the index")
-        throw ExitCode(FathomError.Code.corruptIndex.exitCode)
+        throw ExitCode(FathomError.Code.corruptIndex.exitStatus)
     }
 }
 

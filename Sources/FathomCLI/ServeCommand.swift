@@ -100,14 +100,13 @@ struct ServeCommand: AsyncParsableCommand {
             }
             try await server.run()
         } catch let e as FathomError {
-            FileHandle.standardError.write("error: \(e)\n".data(using: .utf8)!)
-            throw ExitCode(e.code.exitCode)
+            throw report(e, threadsFlag: "--max-concurrent")
         } catch let e as ExitCode {
             throw e
         } catch {
             // Listening failed (address in use, permission): an operating-system error.
             FileHandle.standardError.write("error: serve: \(error)\n".data(using: .utf8)!)
-            throw ExitCode(FathomError.Code.io.exitCode)
+            throw ExitCode(FathomError.Code.io.exitStatus)
         }
     }
 }

@@ -1,8 +1,5 @@
 import ArgumentParser
 import Fathom
-import FathomCore
-import FathomMath
-import FathomStorage
 import Foundation
 
 struct InsertCommand: ParsableCommand {

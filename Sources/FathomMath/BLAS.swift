@@ -2,9 +2,20 @@ import CBLAS
 
 /// Thin wrappers over the OpenBLAS routines Fathom uses.
 public enum BLAS {
-    /// Sets OpenBLAS's thread count (Fathom uses 1 by default: two vCPUs give about one
-    /// core of compute, and sgemm gains nothing from a second thread here).
+    /// Sets OpenBLAS's thread count for the whole process.
+    ///
+    /// Process-wide state, so it belongs to the process owner (a CLI's main, a server's
+    /// start, a test process's setup), never to a library call. Fathom expects 1: the
+    /// builder's k-means gives byte-identical heads for any `BuildOptions.threads` on one
+    /// OpenBLAS thread, and a search's BLAS products are tiny (OpenBLAS's own workers would
+    /// only spin beside the search threads). A tool that runs one big sgemm (exact ground
+    /// truth) may raise it for that work.
+    ///
+    /// Thread safety: call it while no BLAS routine runs (at start, or between jobs).
     public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
+
+    /// OpenBLAS's current thread count (process-wide). Thread-safe to read.
+    public static var threads: Int { Int(openblas_get_num_threads()) }
 
     /// C[m×n] = alpha · A[m×k] · B[n×k]ᵀ + beta · C, all row-major and dense.
     /// This is the shape of "queries × base vectorsᵀ" distance blocks.

@@ -297,7 +297,7 @@ struct API: Sendable {
             } catch let e as FathomError {
                 return .failure(e)
             } catch {
-                return .failure(FathomError(.io, "\(error)"))
+                return .failure(FathomError(.io, "the search failed", cause: error))
             }
         }
         let results = try outcome.get()

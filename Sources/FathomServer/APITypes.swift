@@ -80,7 +80,7 @@ public struct APIError: Error, Sendable {
     }
 
     /// A library error: 400 for what the request got wrong, 500 for what the server's files
-    /// or devices did. Keeps the library's code, message and path.
+    /// or devices did. Keeps the library's code, message (with its remedies) and path.
     public init(_ e: FathomError, field: String? = nil, index: String? = nil) {
         let badInput: Set<String> = [FathomError.Code.invalidArgument.rawValue, FathomError.Code.dimensionMismatch.rawValue,
                                      FathomError.Code.nonFiniteValue.rawValue, FathomError.Code.parse.rawValue]
@@ -93,6 +93,8 @@ public struct APIError: Error, Sendable {
             if lines.count > 1 { d.caret = lines.dropFirst().joined(separator: "\n") }
             d.position = Self.offset(in: message)
         }
+        // What to do, in the library's terms (the library names no CLI flag).
+        if !e.remedies.isEmpty { message += "; " + e.remedies.map(\.description).joined(separator: ", or ") }
         self.status = badInput.contains(e.code.rawValue) ? 400 : 500
         self.body = APIErrorBody(code: e.code.rawValue, message: message, detail: d)
     }

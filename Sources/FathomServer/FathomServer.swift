@@ -138,7 +138,12 @@ public final class FathomServer: Sendable {
     /// Listens, opens the indexes (readiness follows), and serves until graceful shutdown
     /// (SIGTERM/SIGINT or ``shutdown()``): stops accepting, finishes in-flight requests, then
     /// joins the search workers.
+    ///
+    /// The server owns the process it runs in: it sets OpenBLAS to one thread at start
+    /// (``BLAS/setThreads(_:)``; a query's BLAS products are tiny, and OpenBLAS's workers
+    /// would only spin beside the search workers).
     public func run() async throws {
+        BLAS.setThreads(1)
         do { try await group.run() } catch {
             await stopWorkers()
             throw error

@@ -11,17 +11,15 @@ import Darwin
 // `FileDescriptor`: every failure becomes a `FathomError.system(...)` that carries the path
 // (ENOSPC/EDQUOT -> `.diskFull`, ENOENT/EISDIR -> `.fileNotFound`, the rest -> `.io`),
 // EINTR is retried, and short reads/writes are looped. Used by the vector-file readers and
-// writers; internal to FathomStorage.
+// writers; internal to FathomStorage. Reads, writes and fsyncs go through the task's
+// `FileOperations` (FileOperations.swift): the seam tests inject faults at.
 
 // File-scope shims: inside `SystemFile` the names `close`, `stat`, ... are its own members.
 private func sysOpen(_ path: String, _ flags: Int32, _ mode: mode_t) -> Int32 { open(path, flags, mode) }
 private func sysClose(_ fd: Int32) -> Int32 { close(fd) }
-private func sysFsync(_ fd: Int32) -> Int32 { fsync(fd) }
 private func sysFstat(_ fd: Int32, _ st: inout stat) -> Int32 { fstat(fd, &st) }
-private func sysPread(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int, _ off: off_t) -> Int { pread(fd, p, n, off) }
 private func sysFcntlGetFlags(_ fd: Int32) -> Int32 { fcntl(fd, F_GETFL) }
 private func sysFcntlSetFlags(_ fd: Int32, _ flags: Int32) -> Int32 { fcntl(fd, F_SETFL, flags) }
-private func sysPwrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int, _ off: off_t) -> Int { pwrite(fd, p, n, off) }
 private func sysFtruncate(_ fd: Int32, _ size: off_t) -> Int32 { ftruncate(fd, size) }
 private func sysStatvfs(_ path: String, _ st: inout statvfs) -> Int32 { statvfs(path, &st) }
 
@@ -106,62 +104,24 @@ struct SystemFile {
         return Status(size: Int(st.st_size), type: st.st_mode & S_IFMT)
     }
 
+    /// The file as the file-operations seam sees it.
+    var openFile: OpenFile { OpenFile(descriptor: rawValue, path: path) }
+
     /// Reads up to `count` bytes at `offset`, looping over short reads and EINTR; returns the
     /// number of bytes read, which is less than `count` only at the end of the file.
     func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: Int) throws -> Int {
-        if FaultInjector.armed, let fault = FaultInjector.hit(.read, path) {
-            throw FathomError.system("read", path: path, errno: fault.errno, offset: UInt64(offset))
-        }
-        var done = 0
-        while done < count {
-            let r = sysPread(rawValue, buffer + done, count - done, off_t(offset + done))
-            if r < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                throw FathomError.system("read", path: path, errno: e, offset: UInt64(offset + done))
-            }
-            if r == 0 { break }
-            done += r
-        }
-        return done
+        try StorageIO.fileOperations.read(openFile, into: buffer, count: count, at: offset)
     }
 
     /// Writes all `count` bytes at `offset`, looping over short writes and EINTR.
     /// ENOSPC/EDQUOT surface as `FathomError.Code.diskFull`.
     func write(_ buffer: UnsafeRawPointer, count: Int, at offset: Int) throws {
-        var done = 0
-        if FaultInjector.armed, let fault = FaultInjector.hit(.write, path) {
-            if fault == .shortWrite && count > 1 {
-                // Part of the bytes reach the file, then the device fails.
-                done = max(0, sysPwrite(rawValue, buffer, count / 2, off_t(offset)))
-                throw FathomError.system("write (short: \(done) of \(count) bytes written)", path: path, errno: EIO, offset: UInt64(offset + done))
-            }
-            throw FathomError.system("write", path: path, errno: fault.errno, offset: UInt64(offset))
-        }
-        while done < count {
-            let r = sysPwrite(rawValue, buffer + done, count - done, off_t(offset + done))
-            if r < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                throw FathomError.system("write", path: path, errno: e, offset: UInt64(offset + done))
-            }
-            if r == 0 {  // should not happen for regular files; avoid spinning forever
-                throw FathomError.system("write", path: path, errno: EIO, offset: UInt64(offset + done))
-            }
-            done += r
-        }
+        try StorageIO.fileOperations.write(openFile, buffer, count: count, at: offset)
     }
 
     /// `fsync`: data and metadata reach the device.
     func sync() throws {
-        if FaultInjector.armed, let fault = FaultInjector.hit(.fsync, path) {
-            throw FathomError.system("fsync", path: path, errno: fault.errno)
-        }
-        while sysFsync(rawValue) != 0 {
-            let e = errno
-            if e == EINTR { continue }
-            throw FathomError.system("fsync", path: path, errno: e)
-        }
+        try StorageIO.fileOperations.sync(openFile)
     }
 
     /// `ftruncate`: cuts (or zero-extends) the file to `size` bytes.
@@ -227,7 +187,7 @@ public func removeTree(_ path: String) throws {
     if st.st_mode & S_IFMT == S_IFDIR {
         let entries: [String]
         do { entries = try FileManager.default.contentsOfDirectory(atPath: path) }
-        catch { throw FathomError(.io, "cannot list the directory (\(error.localizedDescription))", path: path) }
+        catch { throw FathomError(.io, "cannot list the directory", path: path, cause: error) }
         for e in entries { try removeTree(path + "/" + e) }
         guard rmdir(path) == 0 || errno == ENOENT else { throw FathomError.system("rmdir", path: path, errno: errno) }
     } else {
@@ -303,75 +263,5 @@ extension SystemFile {
             if e == EINTR { continue }
             throw FathomError.system("open directory", path: path, errno: e)
         }
-    }
-}
-
-// MARK: - Fault injection
-
-/// Injectable file-system faults for tests: every `read`, `write` and `fsync` of the storage
-/// layer (`SystemFile`, hence every index, vector, ground-truth and scratch file and every
-/// directory fsync) first asks `hit`, which fails the N-th call (counted over the calls
-/// whose path starts with `pathPrefix`, so tests running in parallel do not disturb each
-/// other) with EIO, ENOSPC or a short write. Disarmed, the cost is one load of `armed`.
-public enum FaultInjector {
-    public enum Operation: String, Sendable, CaseIterable { case read, write, fsync }
-    public enum Fault: Sendable, Equatable {
-        case eio, enospc
-        /// Half the bytes are written, then EIO (writes only; on reads and fsyncs: EIO).
-        case shortWrite
-        var errno: Int32 { self == .enospc ? ENOSPC : EIO }
-    }
-    /// One call of the storage layer, as counted: operation, file name, and how many such
-    /// calls on that file came before it (a distinct call site of a build).
-    public struct Call: Hashable, Sendable, CustomStringConvertible {
-        public var operation: Operation
-        public var file: String
-        public var ordinal: Int
-        public var description: String { "\(operation.rawValue) #\(ordinal) of \(file)" }
-    }
-
-    nonisolated(unsafe) static var armed = false
-    private static let lock = NSLock()
-    nonisolated(unsafe) private static var prefix = ""
-    nonisolated(unsafe) private static var target: (call: Int, fault: Fault, operations: Set<Operation>)?
-    nonisolated(unsafe) private static var calls: [Call] = []
-    nonisolated(unsafe) private static var perFile: [String: Int] = [:]
-    nonisolated(unsafe) private static var fired: Call?
-    nonisolated(unsafe) private static var matched = 0
-
-    /// Starts counting the calls under `pathPrefix`; with `fault`, the `failAt`-th call (from 0)
-    /// among those of `operations` fails. One arming at a time per process.
-    public static func arm(pathPrefix: String, failAt: Int? = nil, fault: Fault = .eio,
-                           operations: Set<Operation> = Set(Operation.allCases)) {
-        lock.lock(); defer { lock.unlock() }
-        prefix = pathPrefix; calls = []; perFile = [:]; fired = nil; matched = 0
-        target = failAt.map { ($0, fault, operations) }
-        armed = true
-    }
-
-    /// Stops; returns the calls counted and the one that failed, if any.
-    @discardableResult
-    public static func disarm() -> (calls: [Call], fired: Call?) {
-        lock.lock(); defer { lock.unlock() }
-        armed = false
-        let r = (calls, fired)
-        calls = []; perFile = [:]; target = nil; fired = nil
-        return r
-    }
-
-    static func hit(_ op: Operation, _ path: String) -> Fault? {
-        lock.lock(); defer { lock.unlock() }
-        guard armed, path.hasPrefix(prefix) else { return nil }
-        let name = String(path.dropFirst(prefix.count))
-        let key = op.rawValue + " " + name
-        let call = Call(operation: op, file: name, ordinal: perFile[key, default: 0])
-        perFile[key, default: 0] += 1
-        guard let t = target, t.operations.contains(op) else { calls.append(call); return nil }
-        let index = matched
-        matched += 1
-        calls.append(call)
-        guard index == t.call, fired == nil else { return nil }
-        fired = call
-        return op == .write ? t.fault : (t.fault == .enospc ? .enospc : .eio)
     }
 }

@@ -4,7 +4,7 @@ import Foundation
 /// A file opened for reading and appending at explicit offsets, for logs (the update
 /// write-ahead log): `append` writes at the end, `sync` fsyncs, `truncate` cuts a torn or
 /// failed tail. Every call goes through the storage layer's syscall wrapper (`SystemFile`),
-/// so fault injection (`FaultInjector`: EIO, ENOSPC, short writes) applies to it.
+/// hence through the task's ``FileOperations``, where tests inject EIO, ENOSPC and short writes.
 ///
 /// Thread safety: not synchronized; one owner at a time (the index writer, under its lock).
 public final class LogFile {

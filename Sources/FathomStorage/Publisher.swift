@@ -34,12 +34,13 @@ public enum Publisher {
             return
         }
         guard isDir.boolValue else {
-            throw FathomError(.invalidArgument, "the destination exists and is not a directory; choose another --output or remove it", path: destination)
+            throw FathomError(.invalidArgument, "the destination exists and is not a directory", path: destination, remedies: [.chooseAnotherDestination])
         }
         let hasManifest = fm.fileExists(atPath: destination + "/manifest.json")
         let entries = (try? fm.contentsOfDirectory(atPath: destination)) ?? []
         guard hasManifest || entries.isEmpty else {
-            throw FathomError(.invalidArgument, "the destination is a non-empty directory that is not a Fathom index; refusing to replace it — choose another --output", path: destination)
+            throw FathomError(.invalidArgument, "the destination is a non-empty directory that is not a Fathom index; refusing to replace it", path: destination,
+                              remedies: [.chooseAnotherDestination])
         }
         if try exchange(buildDirectory, destination) {
             try fsyncDirectory(parent)

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Fathom
 @testable import FathomServer
+import FathomTestSupport
 import Foundation
 import Testing
 

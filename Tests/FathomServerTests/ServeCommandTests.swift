@@ -106,8 +106,8 @@ func curl(_ args: [String]) throws -> (status: Int, body: String) {
             try p.run(); p.waitUntilExit()
             return p.terminationStatus
         }
-        #expect(try run(["--index", "noequals", "--listen", "127.0.0.1:0"]) == FathomError.Code.invalidArgument.exitCode)
-        #expect(try run(["--index", "x=/nonexistent/fathom-index", "--listen", "127.0.0.1:0"]) == FathomError.Code.fileNotFound.exitCode)
+        #expect(try run(["--index", "noequals", "--listen", "127.0.0.1:0"]) == 2)   // invalidArgument (docs/errors.md)
+        #expect(try run(["--index", "x=/nonexistent/fathom-index", "--listen", "127.0.0.1:0"]) == 3)   // fileNotFound
         #expect(try run(["--index", "x=/tmp", "--listen", "nonsense"]) == 64, "a usage error (ArgumentParser's validation exit code)")
     }
 }

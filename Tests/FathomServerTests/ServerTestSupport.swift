@@ -1,22 +1,12 @@
 import AsyncHTTPClient
 import Fathom
 import FathomServer
+import FathomTestSupport
 import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
 import Testing
-
-/// A temporary directory removed when the value is released.
-final class TempDir: @unchecked Sendable {
-    let path: String
-    init(_ name: String = "fathom-serve-test") {
-        path = NSTemporaryDirectory() + "/\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-    func file(_ name: String) -> String { path + "/" + name }
-}
 
 /// A small index built in the test: `n × d` seeded vectors with attributes `price` (float in
 /// [0, 100)) and `color` (c0…c4), plus `nq` queries.
@@ -26,14 +16,7 @@ struct SmallIndex: @unchecked Sendable {
     var path: String { dir.file("idx") }
 
     static func build(n: Int = 2000, d: Int = 16, nq: Int = 20, seed: UInt64 = 7, into dir: TempDir = TempDir(), name: String = "idx") throws -> SmallIndex {
-        let gen = SyntheticGenerator(dim: d, clusters: 20, intrinsicDim: min(d, 12), seed: seed)
-        let b = Matrix(rows: n, cols: d)
-        gen.generate(.base, first: 0, rows: n, into: b.data)
-        let w = try VectorFileWriter(path: dir.file("base.fbin"), format: .fbin, elementType: .float32, dimension: d)
-        try w.append(UnsafeRawPointer(b.data), count: n)
-        try w.close()
-        let q = Matrix(rows: nq, cols: d)
-        gen.generate(.queries, first: 0, rows: nq, into: q.data)
+        let (_, q) = try writeSynthetic(dir: dir, n: n, d: d, nq: nq, seed: seed)
         var rng = SeededRandom(seed: seed + 1)
         var csv = "id,price:float,color:category\n"
         for i in 0..<n { csv += "\(i),\(rng.uniform() * 100),c\(rng.below(5))\n" }

@@ -1,26 +1,11 @@
 import FathomCore
 @testable import FathomStorage
+import FathomTestSupport
 import Foundation
 import Testing
 
-/// A unique temporary folder, removed when the value is released.
-final class FormatTestDir {
-    let path: String
-    init(_ name: String = "fathom-formats") {
-        path = NSTemporaryDirectory() + "/\(name)-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
-        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-    func file(_ name: String) -> String { path + "/" + name }
-
-    /// Writes raw bytes to `name` and returns the path.
-    @discardableResult
-    func write(_ name: String, _ bytes: [UInt8]) -> String {
-        let p = file(name)
-        FileManager.default.createFile(atPath: p, contents: Data(bytes))
-        return p
-    }
-}
+/// The storage tests' name for the shared ``TempDir``.
+typealias FormatTestDir = TempDir
 
 /// Little-endian byte builders for hand-made files.
 func le32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }

@@ -1,5 +1,6 @@
 import FathomCore
 @testable import FathomStorage
+import FathomTestSupport
 import Foundation
 import Testing
 

@@ -1,9 +1,11 @@
+import FathomTestSupport
 import Foundation
 import Testing
 @testable import Fathom
 @testable import FathomStorage
 
-/// File-system faults during a build (FaultInjector in FathomStorage): EIO, ENOSPC or a short
+/// File-system faults during a build (FathomTestSupport's FaultInjector, bound as the storage
+/// layer's FileOperations): EIO, ENOSPC or a short
 /// write at one call of the storage layer's read / write / fsync. Every one must fail the
 /// build with an io / diskFull error naming the file (and the offset, for reads and writes),
 /// leave the destination a complete index (the old one, unless the fault came after the
@@ -31,9 +33,9 @@ import Testing
         }
         // Count the calls of a clean build over the previous index.
         try reset()
-        FaultInjector.arm(pathPrefix: dir.path + "/")
-        try IndexBuilder(input: dir.file("base.fbin"), output: idx, options: o).build()
-        let clean = FaultInjector.disarm().calls
+        let counting = FaultInjector(pathPrefix: dir.path + "/")
+        try counting.inject { try IndexBuilder(input: dir.file("base.fbin"), output: idx, options: o).build() }
+        let clean = counting.calls
         #expect(try files(idx) == reference)
         // Sequential IO: no per-record reads any more, so a small build makes few calls.
         #expect(clean.count > 50, "only \(clean.count) storage calls in a build")
@@ -45,10 +47,10 @@ import Testing
             let at = all ? t : t * clean.count / trials
             let fault = faults[t % faults.count]
             try reset()
-            FaultInjector.arm(pathPrefix: dir.path + "/", failAt: at, fault: fault)
+            let injector = FaultInjector(pathPrefix: dir.path + "/", failAt: at, fault: fault)
             var thrown: Error?
-            do { try IndexBuilder(input: dir.file("base.fbin"), output: idx, options: o).build() } catch { thrown = error }
-            let fired = FaultInjector.disarm().fired
+            do { try injector.inject { try IndexBuilder(input: dir.file("base.fbin"), output: idx, options: o).build() } } catch { thrown = error }
+            let fired = injector.fired
             guard let call = fired else { Issue.record("call \(at): the fault never fired"); continue }
             sites.insert(call)
             guard let e = thrown as? FathomError else {
@@ -65,9 +67,9 @@ import Testing
             // Rerun without the fault: resumes (fewer calls when a stage had finished) and
             // publishes the uninterrupted build's index.
             let hadStage = fm.fileExists(atPath: idx + ".fathom-build/stage-train.json")
-            FaultInjector.arm(pathPrefix: dir.path + "/")
-            try IndexBuilder(input: dir.file("base.fbin"), output: idx, options: o).build()
-            let rerun = FaultInjector.disarm().calls.count
+            let rerunCounting = FaultInjector(pathPrefix: dir.path + "/")
+            try rerunCounting.inject { try IndexBuilder(input: dir.file("base.fbin"), output: idx, options: o).build() }
+            let rerun = rerunCounting.calls.count
             #expect(try files(idx) == reference, "\(call): the rerun published another index")
             if hadStage { #expect(rerun < clean.count, "\(call): the rerun did not resume"); resumed += 1 }
         }

@@ -1,3 +1,5 @@
+import FathomTools
+import FathomTestSupport
 import Foundation
 import Testing
 @testable import Fathom
@@ -42,7 +44,7 @@ func runFathom(_ args: [String]) throws -> (status: Int32, stdout: String, stder
         // Probes 4: at most 4 posting reads per query, and exactly what the library counts for
         // the same queries and settings; more probes read more and find more.
         let index = try VectorIndex.open(at: dir.file("idx"), io: .pread)
-        let queries = try DatasetTools.loadFloats(dir.file("q.fbin"))
+        let queries = try Matrix.load(vectorFile: dir.file("q.fbin"))
         var reads = 0
         try index.withSearcher { s in
             let buf = UnsafeMutablePointer<Neighbor>.allocate(capacity: 10); defer { buf.deallocate() }

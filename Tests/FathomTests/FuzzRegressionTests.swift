@@ -1,3 +1,5 @@
+import FathomTools
+import FathomTestSupport
 import Foundation
 import Testing
 @testable import Fathom

@@ -1,3 +1,4 @@
+import FathomTestSupport
 import Foundation
 import Testing
 @testable import Fathom
@@ -348,7 +349,7 @@ final class Tally: @unchecked Sendable {
     func peek() -> Int { lock.lock(); defer { lock.unlock() }; return value }
 }
 
-/// FaultInjector has one arming per process: this test joins the serialized suite that uses it.
+/// The update log under the build fault tests' injector (FathomTestSupport's FaultInjector).
 extension BuildFaultTests {
     @Test func aFullDiskFailsTheFlushAndLosesNothingAcknowledged() throws {
         let dir = TempDir()
@@ -359,10 +360,9 @@ extension BuildFaultTests {
         for i in 1610..<1620 { try w.insert(label: UInt64(i), vector: UpdateTests.row(all, i)) }
         let log = dir.file("idx/updates.wal")
         for fault in [FaultInjector.Fault.enospc, .shortWrite] {
-            FaultInjector.arm(pathPrefix: log, failAt: 1, fault: fault)
-            do { try w.flush(); Issue.record("flush succeeded on a full disk") }
+            let injector = FaultInjector(pathPrefix: log, failAt: 1, fault: fault)
+            do { try injector.inject { try w.flush() }; Issue.record("flush succeeded on a full disk") }
             catch let e as FathomError { #expect(e.code == (fault == .enospc ? .diskFull : .io) && e.path == log, "\(e)") }
-            _ = FaultInjector.disarm()
             // Searches keep the last snapshot; the log holds exactly the acknowledged records.
             #expect(w.count == 1610)
             #expect(try LogFile(path: log, create: false).size == w.durableLogBytes)

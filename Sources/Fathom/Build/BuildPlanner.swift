@@ -4,7 +4,8 @@ import FathomMath
 import FathomStorage
 import Foundation
 
-/// What a build reads: enough to plan it without opening the input (`--plan-only`).
+/// What a build reads: enough to plan it without opening the input (a plan made from a
+/// shape alone, as the CLI's plan-only mode does).
 public struct BuildShape: Sendable, Equatable {
     public var count: Int
     public var dimension: Int
@@ -29,7 +30,7 @@ public struct StagePlan: Sendable {
 }
 
 /// Stage cost constants of the time estimate, each calibrated on one stage of a 1M × 128
-/// float32 build (`--memory-budget 2GiB --threads 2`, synthetic seed 2) on this project's
+/// float32 build (a 2 GiB memory budget, 2 threads, synthetic seed 2) on this project's
 /// 2-vCPU machine: docs/build.md, "Where the rates come from", has the timings and the
 /// arithmetic. A model, not a measurement of the machine the plan runs on.
 public struct BuildRates: Sendable {
@@ -75,7 +76,7 @@ public struct BuildPlan: Sendable, CustomStringConvertible {
     public var recordBytes: Int
     /// Bytes of one vector's posting code (the record without its 4-byte id).
     public var codeBytes: Int
-    /// Replicas per vector a capped build is expected to keep (0.66 × --replicas, measured).
+    /// Replicas per vector a capped build is expected to keep (0.66 × `BuildOptions.replicas`, measured).
     public var expectedReplicas: Double
     public var chunkRows: Int
     /// Records the assignment's sort buffer holds before it spills a run.
@@ -135,9 +136,9 @@ func fmtSeconds(_ s: Double) -> String {
 /// when an invariant cannot hold. Pure: reads no file. Thread-safe (no state).
 public enum BuildPlanner {
     static let processOverhead: UInt64 = 80 << 20
-    /// Share of --replicas the serving model assumes the closure rule accepts (docs/memory.md).
+    /// Share of `BuildOptions.replicas` the serving model assumes the closure rule accepts (docs/memory.md).
     static let replicaShare = 0.85
-    /// Share of --replicas a posting-capped build keeps, for the slot invariant and the disk
+    /// Share of `BuildOptions.replicas` a posting-capped build keeps, for the slot invariant and the disk
     /// and time figures: syn1000000 kept 5.28 of 8 (2 GiB plan) and 4.67 (400 MiB plan).
     static let keptReplicaShare = 0.66
 
@@ -157,9 +158,9 @@ public enum BuildPlanner {
         let routerDims = min(reduced, options.routerDims ?? LeanVecProjection.defaultDim(d))
         if codec != .none {
             guard reduced >= 1 && reduced <= d else {
-                throw FathomError(.invalidArgument, "--reduce-dims \(reduced) must be between 1 and the dimension \(d)")
+                throw FathomError(.invalidArgument, "reduced dimension \(reduced) must be between 1 and the dimension \(d)")
             }
-            guard routerDims >= 1 else { throw FathomError(.invalidArgument, "--router-dims \(routerDims) must be at least 1") }
+            guard routerDims >= 1 else { throw FathomError(.invalidArgument, "router dimension \(routerDims) must be at least 1") }
         }
         let codeBytes = codec.lvqKind.map { LVQCodec.bytesPerVector(kind: $0, dim: reduced) } ?? d * storedType.size
         let recordBytes = 4 + codeBytes
@@ -210,7 +211,7 @@ public enum BuildPlanner {
                 : (left - 100_000 * perCodecRow) / perSample
             S = min(S, Int(min(room, UInt64(Int.max))))
             // Balanced k-means needs a few points per head: 4 when the head count is ours to
-            // choose (fewer heads then), 2 at a given --head-ratio.
+            // choose (fewer heads then), 2 at a given head ratio.
             let perHead = options.headRatio == nil ? 4 : 2
             if S < min(n, perHead * H) {
                 return Try(stages: [], S: S, run: 0, bucket: 0,
@@ -249,7 +250,7 @@ public enum BuildPlanner {
             if let b = options.packBucketBytes {
                 guard Int(b) >= largest else {
                     return Try(stages: [], S: S, run: run, bucket: bucket,
-                               fail: "--pack-bucket \(formatBytes(b)) cannot hold the largest posting (\(cap + slackFor(cap)) × \(recordBytes) B = \(formatBytes(UInt64(largest))))")
+                               fail: "the pack bucket cap \(formatBytes(b)) cannot hold the largest posting (\(cap + slackFor(cap)) × \(recordBytes) B = \(formatBytes(UInt64(largest))))")
                 }
                 bucket = min(bucket, Int(b))
             }
@@ -328,7 +329,7 @@ public enum BuildPlanner {
                              c.pointsPerHead, c.reachedTarget ? "" : "target not reached: ", c.targetRecall, c.targetProbes, serveRatio, options.serveMemoryPerVector)
             } else {
                 ratio = serveRatio
-                why = String(format: "the recall calibration asks %.0f vectors per head (ratio %.4f), more heads than the serving-RAM target of %.0f B/vector allows: ratio %.4f (raise --serve-memory for the calibrated count)",
+                why = String(format: "the recall calibration asks %.0f vectors per head (ratio %.4f), more heads than the serving-RAM target of %.0f B/vector allows: ratio %.4f (a larger serving-RAM target allows the calibrated count)",
                              c.pointsPerHead, c.headRatio, options.serveMemoryPerVector, serveRatio)
             }
         } else {
@@ -347,20 +348,23 @@ public enum BuildPlanner {
             }
         }
         if let why = t.fail {
-            throw FathomError(.memoryBudget, "the \(formatBytes(budget)) budget cannot build \(n) × \(d) vectors with \(H) heads: \(why); raise --memory-budget\(options.headRatio == nil ? "" : " or lower --head-ratio")")
+            throw FathomError(.memoryBudget, "the \(formatBytes(budget)) budget cannot build \(n) × \(d) vectors with \(H) heads: \(why)",
+                              remedies: [.raiseMemoryBudget(atLeast: nil)] + (options.headRatio == nil ? [] : [.lowerHeadRatio]))
         }
         if H < wanted { why += "; lowered to \(H) heads by the \(formatBytes(budget)) build budget" }
         let pages = pagesFor(heads: H)
         let cap = pages * 4096 / recordBytes
         guard cap >= 1 else {
-            throw FathomError(.invalidArgument, "a posting of \(pages) page(s) cannot hold one \(recordBytes)-byte record; use --posting-pages \((recordBytes + 4095) / 4096) or more")
+            throw FathomError(.invalidArgument, "a posting of \(pages) page(s) cannot hold one \(recordBytes)-byte record",
+                              remedies: [.raisePostingPages(atLeast: (recordBytes + 4095) / 4096)])
         }
         // Every vector must find room: the slots cover the expected records.
         let slots = Double(H) * Double(cap)
         guard slots >= Double(n) * rExp else {
-            throw FathomError(.invalidArgument, "postings cannot hold the assignment: \(H) heads × \(cap) records = \(Int(slots)) slots < \(n) vectors × \(String(format: "%.2f", rExp)) expected replicas = \(Int(Double(n) * rExp)); raise --posting-pages to at least \(Int((Double(n) * rExp / Double(H)).rounded(.up)) * recordBytes / 4096 + 1) or --head-ratio")
+            throw FathomError(.invalidArgument, "postings cannot hold the assignment: \(H) heads × \(cap) records = \(Int(slots)) slots < \(n) vectors × \(String(format: "%.2f", rExp)) expected replicas = \(Int(Double(n) * rExp))",
+                              remedies: [.raisePostingPages(atLeast: Int((Double(n) * rExp / Double(H)).rounded(.up)) * recordBytes / 4096 + 1), .raiseHeadRatio])
         }
-        guard H < (1 << 31) else { throw FathomError(.invalidArgument, "\(H) heads exceed 2^31; lower --head-ratio") }
+        guard H < (1 << 31) else { throw FathomError(.invalidArgument, "\(H) heads exceed 2^31", remedies: [.lowerHeadRatio]) }
         let serving = servingEstimate(n: n, heads: H, d: d, reduced: codec == .none ? nil : reduced, router: routerDims,
                                       recordBytes: recordBytes, degree: R, replicas: options.replicas,
                                       threads: options.serveThreads ?? ProcessInfo.processInfo.activeProcessorCount)

@@ -144,7 +144,7 @@ extension IndexLayout {
     func runFiles(prefix: String) throws -> [String] {
         let names: [String]
         do { names = try FileManager.default.contentsOfDirectory(atPath: directory) }
-        catch { throw FathomError(.io, "cannot list the build directory (\(error.localizedDescription))", path: directory) }
+        catch { throw FathomError(.io, "cannot list the build directory", path: directory, cause: error) }
         let runs = names.filter { $0.hasPrefix(prefix + "-") && $0.hasSuffix(".tmp") }
         // Numeric order (prefix-K.tmp): the merge is order-independent, but keep it stable.
         return runs.sorted { a, b in
@@ -297,7 +297,8 @@ extension IndexBuilder {
                         return
                     }
                     if width >= widest {
-                        throw FathomError(.invalidArgument, "vector \(id) fits in no posting: its \(found) nearest postings hold \(capSlack) records each; raise --posting-pages or --head-ratio")
+                        throw FathomError(.invalidArgument, "vector \(id) fits in no posting: its \(found) nearest postings hold \(capSlack) records each",
+                                          remedies: [.raisePostingPages(atLeast: nil), .raiseHeadRatio])
                     }
                     from = found
                     width = min(widest, width * 4)

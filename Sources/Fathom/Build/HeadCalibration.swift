@@ -273,7 +273,6 @@ extension IndexBuilder {
         let Q = min(inner.count, 100 * balls)
         var qrng = SeededRandom(seed: options.seed ^ 0x0E57)
         let queryRows = qrng.sample(Q, from: inner.count).map { position[inner[$0]]! }
-        BLAS.setThreads(1)   // the trials' k-means stays on one BLAS thread, as the build's does
         var c = HeadCalibration.run(sample: sample, queryRows: queryRows, metric: options.metric, replicas: options.replicas,
                                     rngFactor: options.rngFactor, targetRecall: options.targetRecall,
                                     targetProbes: options.targetProbes, seed: options.seed, threads: options.threads,

@@ -4,7 +4,7 @@ import FathomMath
 import FathomStorage
 import Foundation
 
-/// Options of `fathom build` / ``IndexBuilder``. Every field has a working default.
+/// Options of ``IndexBuilder`` (the CLI's build flags set them). Every field has a working default.
 public struct BuildOptions: Sendable, Equatable {
     /// Distance the index answers queries with.
     public var metric: Metric = .l2
@@ -85,6 +85,14 @@ public struct BuildOptions: Sendable, Equatable {
 /// Each stage records its completion with the build fingerprint in the build directory
 /// (`OUTPUT.fathom-build`), so a killed build rerun with the same arguments resumes after
 /// its last finished stage.
+///
+/// OpenBLAS: the process owner sets it to one thread (``BLAS/setThreads(_:)``) before
+/// building, as the CLI does at start. On one OpenBLAS thread the heads (and so the index)
+/// are byte-identical for any `BuildOptions.threads`; with more, the k-means products may
+/// round differently (the build notes it). The builder never changes the process setting.
+///
+/// Thread safety: one ``build()`` at a time per builder; builds of different destinations
+/// may run at once in one process (a second build of the same destination fails on its lock).
 public final class IndexBuilder {
     public let inputPath: String
     public let outputPath: String
@@ -228,7 +236,7 @@ public final class IndexBuilder {
         }
         if let r = o.routerDims, r < 1 { throw FathomError(.invalidArgument, "router dimension \(r) must be at least 1") }
         if o.trainQueries != nil && o.codec == .none {
-            throw FathomError(.invalidArgument, "--train-queries trains a LeanVec projection, which needs a compressing --codec (lvq8, lvq4, lvq4x8)")
+            throw FathomError(.invalidArgument, "training queries train a LeanVec projection, which only a compressing codec has", remedies: [.useCompressingCodec])
         }
     }
 
@@ -317,7 +325,9 @@ public final class IndexBuilder {
         let plan = try plan()
         if let codecReason { progress.note(codecReason) }
         progress.note(plan.description)
-        BLAS.setThreads(1)   // k-means stays on one thread: byte-identical heads for any --threads
+        if BLAS.threads != 1 {
+            progress.note("note: OpenBLAS runs \(BLAS.threads) threads in this process: the heads may differ from a build on one (BLAS.setThreads(1) makes them byte-identical for any thread count)")
+        }
         let fp = try fingerprint(plan: plan)
         let fm = FileManager.default
         let lock = try lockBuild()
@@ -335,7 +345,7 @@ public final class IndexBuilder {
         }
         if !fm.fileExists(atPath: buildDirectory) {
             do { try fm.createDirectory(atPath: buildDirectory, withIntermediateDirectories: true) }
-            catch { throw FathomError(.io, "cannot create the build directory (\(error.localizedDescription)); is the destination's parent writable?", path: buildDirectory) }
+            catch { throw FathomError(.io, "cannot create the build directory; is the destination's parent writable?", path: buildDirectory, cause: error) }
             let w = try SequentialFileWriter(path: fpPath, bufferBytes: 4096)
             try w.write([UInt8](fp.utf8)); try w.finish()
             try fsyncDirectory(buildDirectory)
@@ -396,7 +406,7 @@ public final class IndexBuilder {
     /// destination fails here at once.
     func lockBuild() throws -> FileLock {
         do { try FileManager.default.createDirectory(atPath: parentDirectory, withIntermediateDirectories: true) }
-        catch { throw FathomError(.io, "cannot create the destination's parent directory (\(error.localizedDescription))", path: outputPath) }
+        catch { throw FathomError(.io, "cannot create the destination's parent directory", path: outputPath, cause: error) }
         let (lock, holder) = try FileLock.tryLock(lockPath)
         guard let lock else {
             throw FathomError(.io, "another build of \(outputPath) is running (pid \(holder.map(String.init) ?? "unknown")); wait for it to finish or stop it — its lock is \(lockPath)", path: outputPath)
@@ -457,7 +467,7 @@ public final class IndexBuilder {
         }
     }
 
-    /// LeanVec on at most 100,000 sample rows: PCA, or LeanVec-OOD with `--train-queries`.
+    /// LeanVec on at most 100,000 sample rows: PCA, or LeanVec-OOD with `BuildOptions.trainQueries`.
     func trainCodec(sample: Matrix, kind: LVQKind, plan: BuildPlan) throws -> CompactCodec {
         let d = plan.dimension
         let rows = min(sample.rows, 100_000)
@@ -466,10 +476,10 @@ public final class IndexBuilder {
         for i in 0..<rows { train.row(i).update(from: sample.row(Int(Double(i) * step)), count: d) }
         let projection: LeanVecProjection
         if options.trainQueries != nil && options.metric == .l2 {
-            progress.note("train: LeanVec-OOD models inner products; with --metric l2 the projection is PCA (the training queries are not used)")
+            progress.note("train: LeanVec-OOD models inner products; under the l2 metric the projection is PCA (the training queries are not used)")
         }
         if let qpath = options.trainQueries, options.metric != .l2 {
-            let q = try DatasetTools.loadFloats(qpath, maxRows: 100_000)
+            let q = try Matrix.load(vectorFile: qpath, maxRows: 100_000)
             guard q.cols == d else {
                 throw FathomError(.dimensionMismatch, "training queries have dimension \(q.cols), the vectors \(d)", path: qpath)
             }
@@ -526,7 +536,8 @@ public final class IndexBuilder {
 
     static func normalizeOrThrow(_ v: UnsafeMutablePointer<Float>, d: Int, row: Int, input: String) throws {
         guard Distance.normalize(v, d) else {
-            throw FathomError(.invalidArgument, "vector \(row) is all zeros: it has no direction under the cosine metric; remove it or use --metric l2", path: input)
+            throw FathomError(.invalidArgument, "vector \(row) is all zeros: it has no direction under the cosine metric", path: input,
+                              remedies: [.removeVectorFromInput, .useMetric(.l2)])
         }
     }
 
@@ -593,7 +604,7 @@ public final class IndexBuilder {
         // (the fingerprint is gone), never publish a half-made directory.
         let entries: [String]
         do { entries = try FileManager.default.contentsOfDirectory(atPath: buildDirectory) }
-        catch { throw FathomError(.io, "cannot list the build directory (\(error.localizedDescription))", path: buildDirectory) }
+        catch { throw FathomError(.io, "cannot list the build directory", path: buildDirectory, cause: error) }
         for name in entries where IndexLayout.isScratch(name) {
             try removeTree(buildDirectory + "/" + name)
         }

@@ -2,7 +2,10 @@ import FathomCore
 import FathomStorage
 import Foundation
 
-/// `fathom info INDEX`: what an index holds and what serving it costs.
+/// What an index holds and what serving it costs, as text or JSON (the CLI's info command
+/// prints it).
+///
+/// Thread safety: stateless; reads the directory's files, callable from any thread.
 public enum IndexInfo {
     public static func describe(directory: String, json: Bool) throws -> String {
         let m = try Manifest.load(directory: directory)

@@ -2,26 +2,42 @@ import FathomCore
 import FathomStorage
 import Foundation
 
-/// `fathom verify INDEX`: checks every byte of an index against its checksums and every
+/// Checks every byte of an index against its checksums and every
 /// structure against the manifest, and lists each problem with its file and offset.
+///
+/// ``verify(directory:progress:)`` checks the built files (here) and then the update log,
+/// whose check belongs to the update code (Update/UpdateLogVerification.swift): this file
+/// uses nothing above `Index/`.
+///
+/// Thread safety: stateless; verifications of any directories may run at once (they only
+/// read).
 public enum IndexVerifier {
-    /// One problem found.
+    /// One problem found (a value type, `Sendable`).
     public struct Problem: Sendable, CustomStringConvertible {
         public var file: String
         public var offset: UInt64?
         public var message: String
         public var description: String { "\(file)\(offset.map { " at byte \($0)" } ?? ""): \(message)" }
+
+        /// The problem an error reports, in `file` unless the error names its own.
+        init(_ e: Error, file: String) {
+            if let f = e as? FathomError { self.init(file: f.path ?? file, offset: f.offset, message: f.message) }
+            else { self.init(file: file, offset: nil, message: "\(e)") }
+        }
+
+        init(file: String, offset: UInt64?, message: String) {
+            self.file = file; self.offset = offset; self.message = message
+        }
     }
 
-    /// Verifies the index at `directory`; returns the problems (empty: the index is sound).
-    public static func verify(directory: String, progress: ProgressReporter = .silent) -> [Problem] {
+    /// Checks the files a build wrote (those the manifest lists): sizes, checksums, headers,
+    /// the graph, the posting table, every posting's checksum and ids, codec, attributes.
+    /// Returns the problems and the manifest (nil when it cannot be loaded: nothing else is checked).
+    static func verifyIndexFiles(directory: String, progress: ProgressReporter) -> (problems: [Problem], manifest: Manifest?) {
         var problems = [Problem]()
-        func add(_ e: Error, _ file: String) {
-            if let f = e as? FathomError { problems.append(Problem(file: f.path ?? file, offset: f.offset, message: f.message)) }
-            else { problems.append(Problem(file: file, offset: nil, message: "\(e)")) }
-        }
+        func add(_ e: Error, _ file: String) { problems.append(Problem(e, file: file)) }
         let m: Manifest
-        do { m = try Manifest.load(directory: directory) } catch { add(error, directory + "/manifest.json"); return problems }
+        do { m = try Manifest.load(directory: directory) } catch { add(error, directory + "/manifest.json"); return (problems, nil) }
         // 1. Whole-file sizes and checksums.
         progress.begin("verify: file checksums", total: UInt64(m.files.count))
         for f in m.files {
@@ -106,11 +122,6 @@ public enum IndexVerifier {
                 problems.append(Problem(file: layout.postingsPath, offset: nil, message: "\(count) vectors are in no posting (first: \(missing))"))
             }
         } catch { add(error, layout.postingsPath) }
-        // 3. The update log (docs/updates.md): it must belong to this version and replay.
-        if FileManager.default.fileExists(atPath: directory + "/" + WriteAheadLog.fileName) {
-            do { _ = try MutableVectorIndex(directory: directory, writable: false, io: .pread, serveMemory: nil) }
-            catch { add(error, directory + "/" + WriteAheadLog.fileName) }
-        }
-        return problems
+        return (problems, m)
     }
 }

@@ -87,7 +87,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// the router dimension was recorded).
     public var router_dimension: Int? = nil
     public var leanvec: LeanVecInfo? = nil
-    /// Filterable attributes (attrs.bin, summaries.bin), when built with `--attributes`.
+    /// Filterable attributes (attrs.bin, summaries.bin), when built with attributes (`BuildOptions.attributes`).
     public var attributes: AttributeInfo? = nil
     /// CRC32C of this manifest's own JSON encoding with this field absent (detects edits and
     /// corruption of the manifest itself).
@@ -100,7 +100,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             throw FathomError(.fileNotFound, "no such index directory", path: directory)
         }
         guard isDir.boolValue else {
-            throw FathomError(.fileNotFound, "not a directory: an index is a directory made by `fathom build`", path: directory)
+            throw FathomError(.fileNotFound, "not a directory: an index is the directory a build writes", path: directory)
         }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw FathomError(.fileNotFound, "no manifest.json: not a Fathom index, or a build that never finished", path: path)
@@ -108,7 +108,7 @@ public struct Manifest: Codable, Sendable, Equatable {
         let m: Manifest
         do { m = try JSONDecoder().decode(Manifest.self, from: data) }
         catch {
-            throw FathomError(.corruptIndex, "manifest.json cannot be parsed (\(error)); the index is corrupt — rebuild it", path: path)
+            throw FathomError(.corruptIndex, "manifest.json cannot be parsed: the index is corrupt — rebuild it", path: path, cause: error)
         }
         guard m.format == formatName else {
             throw FathomError(.incompatibleIndex, "manifest format '\(m.format)' is not '\(formatName)'", path: path)
@@ -188,7 +188,7 @@ public struct Manifest: Codable, Sendable, Equatable {
 
     /// Checks the checksum of the files an open index keeps in RAM (heads, graph, posting
     /// table, codec, attributes, summaries); postings are checked per read and vectors by
-    /// `fathom verify`. (Each is read twice at open: here and by its reader.)
+    /// ``IndexVerifier``. (Each is read twice at open: here and by its reader.)
     func checkResidentFiles(directory: String) throws {
         for f in files where Self.residentFiles.contains(f.name) {
             let p = directory + "/" + f.name

@@ -3,7 +3,7 @@ import Foundation
 
 /// The RAM an open index holds to serve queries, by part (docs/memory.md). The same model
 /// plans the build (the head count that fits a per-vector target) and reports what an open
-/// index really holds (``VectorIndex/servingMemory``, `fathom info`).
+/// index really holds (``VectorIndex/servingMemory``, ``IndexInfo``).
 public struct ServingMemory: Sendable, Equatable, Codable {
     /// Heads in their serving representation (LVQ-8 codes of projected heads, or float32).
     public var heads: Int

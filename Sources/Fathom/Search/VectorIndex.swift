@@ -87,6 +87,11 @@ public enum IOMode: Sendable, Equatable {
 /// Immutable after `open` and safe to share across threads: each call borrows a
 /// ``Searcher`` (its own IO context and scratch) from an internal pool.
 ///
+/// OpenBLAS threads are the process owner's to set: per-query BLAS calls (the LeanVec
+/// projection) are tiny, and OpenBLAS's worker threads would only spin beside the search
+/// threads, so a process that searches should call `BLAS.setThreads(1)` once at start (the
+/// CLI and the server do).
+///
 /// ```swift
 /// let index = try VectorIndex.open(at: "myindex")
 /// let hits = try index.search(query, k: 10)                 // [Neighbor]
@@ -161,9 +166,6 @@ public final class VectorIndex: @unchecked Sendable {
 
     init(path: String, io: IOMode, engine: (@Sendable () throws -> IOEngine)?, serveMemory: UInt64?, warn: (String) -> Void) throws {
         self.path = path
-        // Per-query BLAS calls (the LeanVec projection) are tiny: OpenBLAS's worker threads
-        // would only spin (sched_yield) beside the search threads.
-        BLAS.setThreads(1)
         let m = try Manifest.load(directory: path)
         try m.checkFileSizes(directory: path)
         try m.checkResidentFiles(directory: path)

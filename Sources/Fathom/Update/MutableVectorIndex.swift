@@ -181,7 +181,7 @@ public final class MutableVectorIndex: @unchecked Sendable {
 
     /// Folds every update into a new index version: flushes, writes the live vectors and
     /// their labels (deleted ones dropped) next to the index, rebuilds it with the manifest's
-    /// parameters and publishes it atomically as `fathom build` does (the new directory has
+    /// parameters and publishes it atomically as ``IndexBuilder/build()`` does (the new directory has
     /// no log: the log is truncated by the same rename). A crash at any point leaves the old
     /// version with its log, or the new one. Internal ids change; labels do not. Searches
     /// continue on the old snapshot until the new one is published. Updates wait meanwhile.

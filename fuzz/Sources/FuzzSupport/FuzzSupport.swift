@@ -6,6 +6,7 @@
 import CFuzz
 import Fathom
 import FathomCodecs
+import FathomTools
 import Foundation
 #if canImport(Glibc)
 import Glibc

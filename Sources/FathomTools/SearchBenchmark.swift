@@ -1,9 +1,8 @@
-import FathomCore
-import FathomMath
-import FathomStorage
+import Fathom
 import Foundation
 
-/// One row of `fathom search`: the figures of one probes setting over a query set.
+/// One row of the search report (the CLI's search command prints one per probes setting):
+/// the figures of one probes setting over a query set. A value type, `Sendable`.
 public struct SearchReportRow: Sendable, Codable {
     public var probes: Int
     public var qps: Double
@@ -38,8 +37,11 @@ public struct SearchReportRow: Sendable, Codable {
 /// Runs a query set against an index at several settings and measures it the way
 /// DiskANN's search tool does (QPS over the whole batch, per-query latency percentiles,
 /// IOs and KiB read per query, recall@k).
+///
+/// Thread safety: stateless; ``run(index:queries:k:probes:threads:window:gt:base:filters:postFilter:progress:)``
+/// may be called from any thread, and runs its own search threads.
 public enum SearchBenchmark {
-    /// A result as recall and `--output` see it: its label, as the 32-bit id an .ibin ground
+    /// A result as recall and a result file see it: its label, as the 32-bit id an .ibin ground
     /// truth holds (labels ≥ 2^32 − 1 cannot appear in one: ``LabelMap/maxLabel`` tells).
     @inline(__always)
     public static func resultKey(_ n: Neighbor) -> UInt32 { UInt32(exactly: n.label) ?? UInt32.max - 1 }
@@ -73,7 +75,7 @@ public enum SearchBenchmark {
             let params = tuned
             let t = max(1, min(threads, nq))
             var lat = [Double](repeating: 0, count: nq)
-            var qstats = [QueryStats](repeating: QueryStats(), count: nq)
+            var qstats = [QueryStats?](repeating: nil, count: nq)   // nil: the query failed
             var ids = [[UInt32]](repeating: [], count: nq)
             var dists = [[Float]](repeating: [], count: nq)
             var failures = [FathomError?](repeating: nil, count: nq)
@@ -102,9 +104,10 @@ public enum SearchBenchmark {
                                  started: { begunP.p[$0] = DispatchTime.now().uptimeNanoseconds },
                                  completed: { i, r, st in
                                      latP.p[i] = Double(DispatchTime.now().uptimeNanoseconds - begunP.p[i]) / 1000
-                                     statsP.p[i] = st
                                      switch r {
-                                     case .success(let hits): idsP.p[i] = hits.map(Self.resultKey); distsP.p[i] = hits.map(\.distance)
+                                     case .success(let hits):
+                                         statsP.p[i] = st
+                                         idsP.p[i] = hits.map(Self.resultKey); distsP.p[i] = hits.map(\.distance)
                                      case .failure(let e): failP.p[i] = e
                                      }
                                  })
@@ -118,7 +121,8 @@ public enum SearchBenchmark {
             var recall: Double? = nil
             if let gt { recall = Recall.compute(results: ids, gt: gt, k: k) }
             let okCount = Double(max(okLat.count, 1))
-            func mean(_ f: (QueryStats) -> Int) -> Double { Double(qstats.reduce(0) { $0 + f($1) }) / okCount }
+            let answered = qstats.compactMap { $0 }
+            func mean(_ f: (QueryStats) -> Int) -> Double { Double(answered.reduce(0) { $0 + f($1) }) / okCount }
             rows.append(SearchReportRow(probes: p, qps: Double(nq) / wall, recall: recall,
                                         mean_us: okLat.reduce(0, +) / okCount, p50_us: pct(0.5), p99_us: pct(0.99),
                                         p999_us: pct(0.999), mean_ios: mean(\.ioRequests),
@@ -127,8 +131,8 @@ public enum SearchBenchmark {
                                         failed_queries: failed.count,
                                         selectivity: filters.map { fs in fs.compactMap { $0?.selectivity }.reduce(0, +) / Double(max(1, fs.compactMap { $0 }.count)) },
                                         mean_candidates: mean(\.candidatesScored),
-                                        exact_path_queries: filters == nil ? nil : qstats.filter(\.exactPath).count,
-                                        filter_plans: filters == nil ? nil : Dictionary(qstats.compactMap { $0.filterPlan?.kind.rawValue }.map { ($0, 1) }, uniquingKeysWith: +),
+                                        exact_path_queries: filters == nil ? nil : answered.filter(\.exactPath).count,
+                                        filter_plans: filters == nil ? nil : Dictionary(answered.compactMap { $0.filterPlan?.kind.rawValue }.map { ($0, 1) }, uniquingKeysWith: +),
                                         mean_postings_skipped: filters == nil ? nil : mean(\.postingsSkipped),
                                         mean_filter_rounds: filters == nil ? nil : mean { $0.filterPlan?.rounds ?? 0 }))
             if !failed.isEmpty { progress.note("probes \(p): \(failed.count) queries failed; first: \(failed[0])") }
@@ -139,12 +143,12 @@ public enum SearchBenchmark {
 
     /// The post-filtering baseline: each query asks for k / selectivity × 2 unfiltered
     /// neighbours, one query at a time per thread, and keeps the first k that match.
-    static func postFiltered(index: VectorIndex, queries: Matrix, k: Int, parameters: SearchParameters,
+    private static func postFiltered(index: VectorIndex, queries: Matrix, k: Int, parameters: SearchParameters,
                              filters: [PreparedFilter?]?, threads: Int,
-                             lat: SendablePointer<Double>, stats: SendablePointer<QueryStats>, ids: SendablePointer<[UInt32]>,
+                             lat: SendablePointer<Double>, stats: SendablePointer<QueryStats?>, ids: SendablePointer<[UInt32]>,
                              dists: SendablePointer<[Float]>, failures: SendablePointer<FathomError?>) {
         let nq = queries.rows
-        let next = Counter()
+        let next = WorkCounter()
         let work: @Sendable (Int) -> Void = { _ in
             do {
                 try index.withSearcher { s in
@@ -203,4 +207,17 @@ public enum SearchBenchmark {
         }
         return s
     }
+}
+
+/// A pointer that may cross threads; the code using it guarantees disjoint access.
+private struct SendablePointer<T>: @unchecked Sendable {
+    let p: UnsafeMutablePointer<T>
+    init(_ p: UnsafeMutablePointer<T>) { self.p = p }
+}
+
+/// Hands out query numbers to the search threads (lock-based; uncontended here).
+private final class WorkCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func next() -> Int { lock.lock(); defer { lock.unlock() }; let v = value; value += 1; return v }
 }

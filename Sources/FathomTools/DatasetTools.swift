@@ -1,10 +1,12 @@
+import Fathom
 import FathomCodecs
-import FathomCore
-import FathomMath
-import FathomStorage
 import Foundation
 
-/// The dataset tools behind `fathom gen`, `gt`, `convert` and `info FILE`.
+/// The dataset tools (the CLI's gen, gt, convert and info commands run them): synthetic
+/// data, exact ground truth, format conversion and file summaries.
+///
+/// Thread safety: stateless; each call owns the files it opens, so calls may run on any
+/// thread (two calls writing the same output path race as any two writers do).
 public enum DatasetTools {
     /// Writes a synthetic dataset (see ``SyntheticGenerator``) in chunks of 64K rows.
     public static func generate(n: Int, dim: Int, clusters: Int, intrinsicDim: Int?, seed: UInt64,
@@ -49,32 +51,18 @@ public enum DatasetTools {
         }
     }
 
-    /// Reads a whole (small) vector file as a float matrix, e.g. a query set.
-    public static func loadFloats(_ path: String, maxRows: Int? = nil) throws -> Matrix {
-        let r = try VectorFileReader(path: path)
-        let rows = min(r.count, maxRows ?? r.count)
-        let m = Matrix(rows: rows, cols: r.dimension)
-        var got = 0
-        while got < rows {
-            let k = try r.readFloats(maxRows: rows - got, into: m.row(got))
-            if k == 0 { break }
-            got += k
-        }
-        guard got == rows else {
-            throw FathomError(.malformedFile, "expected \(rows) vectors, read \(got)", path: path)
-        }
-        return m
-    }
-
-    /// `fathom gt`: exact ground truth written as big-ann `.ibin`.
+    /// Exact ground truth written as big-ann `.ibin` (see ``ExactSearch``); with `filter`, only
+    /// base vectors whose attributes (`attributes`: CSV or .jsonl, one row per base vector)
+    /// match it are neighbours. sgemm runs on the OpenBLAS threads the process set.
     public static func groundTruth(base: String, queries: String, k: Int, metric: Metric, output: String,
-                                   memoryBudget: UInt64, threads: Int, attributes: String? = nil, filter: String? = nil,
+                                   memoryBudget: UInt64, attributes: String? = nil, filter: String? = nil,
                                    progress: ProgressReporter) throws {
-        BLAS.setThreads(threads)
-        let q = try loadFloats(queries)
+        let q = try Matrix.load(vectorFile: queries)
         var allowed: [Bool]? = nil
         if let filter {
-            guard let attributes else { throw FathomError(.invalidArgument, "--filter needs --attributes FILE") }
+            guard let attributes else {
+                throw FathomError(.invalidArgument, "a filter needs the attributes of the base vectors, and no attribute file was given")
+            }
             let n = try VectorFileHeader.inspect(path: base).count
             let table = attributes.hasSuffix(".jsonl") ? try AttributeTable.loadJSONLines(path: attributes, expectedRows: n)
                                                        : try AttributeTable.loadCSV(path: attributes, expectedRows: n)
@@ -89,7 +77,7 @@ public enum DatasetTools {
         try gt.write(path: output)
     }
 
-    /// `fathom convert`: streams rows from one container format to another.
+    /// Streams rows from one container format to another (the element type is kept).
     public static func convert(input: String, output: String, from: String?, to: String?,
                                progress: ProgressReporter) throws {
         let inFormat = try from.map { try parseFormat($0) } ?? VectorFileFormat.fromPath(input)
@@ -119,7 +107,7 @@ public enum DatasetTools {
         return f
     }
 
-    /// `fathom info FILE`: format, n, d, element type, size, and a summary of norms
+    /// A vector file's format, n, d, element type, size, and a summary of norms
     /// (min / mean / max over up to 100,000 evenly spaced rows).
     public static func describe(path: String, json: Bool) throws -> String {
         var isDir: ObjCBool = false

@@ -1,5 +1,4 @@
-import FathomCore
-import FathomMath
+import Fathom
 
 /// Seeded synthetic vectors from an anisotropic Gaussian mixture.
 ///
@@ -14,6 +13,8 @@ import FathomMath
 /// with `ood` they are then shifted and rotated: each is reflected through a fixed random
 /// Householder plane and moved by a fixed offset of about one cluster radius, which is the
 /// "queries differ from the data" case LeanVec-OOD targets.
+///
+/// Thread safety: an immutable value; share it across threads, each filling its own buffer.
 public struct SyntheticGenerator: Sendable {
     public let dim: Int
     public let clusters: Int

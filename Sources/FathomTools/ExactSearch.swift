@@ -1,14 +1,15 @@
-import FathomCore
-import FathomMath
-import FathomStorage
+import Fathom
 
 /// Exact k-nearest-neighbour search by brute force: the ground truth recall is measured
-/// against, and the exact path of selective filtered queries.
+/// against.
 ///
 /// Distances are screened in blocks with OpenBLAS sgemm (‖q‖² + ‖x‖² − 2⟨q,x⟩), and every
 /// pair that may enter a query's top-k (its float estimate within a rounding bound of the
 /// current k-th distance) is re-scored exactly in Float64 from the raw vector. Results are
 /// therefore exact, with ties broken by the smaller id, and the cost stays that of sgemm.
+///
+/// Thread safety: stateless; calls may run on any thread. sgemm runs on the OpenBLAS
+/// threads the process owner set (``BLAS/setThreads(_:)``).
 public enum ExactSearch {
     /// Plan for a memory budget: how many query rows and base rows to hold at once.
     struct Plan { var queryBlock: Int; var baseChunk: Int }
@@ -17,7 +18,8 @@ public enum ExactSearch {
         // Fixed overheads: the process itself (~48 MiB) and the result heaps.
         let fixed: UInt64 = 48 << 20
         guard budget > fixed + (8 << 20) else {
-            throw FathomError(.memoryBudget, "memory budget \(formatBytes(budget)) is below the \(formatBytes(fixed + (8 << 20))) minimum for exact search; raise --memory-budget")
+            throw FathomError(.memoryBudget, "memory budget \(formatBytes(budget)) is below the \(formatBytes(fixed + (8 << 20))) minimum for exact search",
+                              remedies: [.raiseMemoryBudget(atLeast: fixed + (9 << 20))])
         }
         var avail = budget - fixed
         // Per query row: float query + raw query + heap (k × 8 B) + result (k × 8 B).
@@ -30,7 +32,8 @@ public enum ExactSearch {
         var bc = Int(min(UInt64(max(n, 1)), avail / perBase))
         bc = min(bc, 16384)
         guard bc >= 64 else {
-            throw FathomError(.memoryBudget, "memory budget \(formatBytes(budget)) leaves room for only \(bc) base rows per block (d = \(d)); raise --memory-budget to at least \(formatBytes(fixed + perQuery * UInt64(qb) + perBase * 64 * 2))")
+            throw FathomError(.memoryBudget, "memory budget \(formatBytes(budget)) leaves room for only \(bc) base rows per block (d = \(d))",
+                              remedies: [.raiseMemoryBudget(atLeast: fixed + perQuery * UInt64(qb) + perBase * 64 * 2)])
         }
         return Plan(queryBlock: max(qb, 1), baseChunk: bc)
     }

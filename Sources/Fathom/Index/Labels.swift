@@ -2,7 +2,7 @@ import FathomCore
 import FathomStorage
 import Foundation
 
-/// External labels: a `UInt64` per vector, chosen by the user (`fathom build --labels FILE`,
+/// External labels: a `UInt64` per vector, chosen by the user (`BuildOptions.labels` at build,
 /// `MutableVectorIndex.insert(label:…)`), returned with every result. Internal ids stay the
 /// dense `UInt32` row numbers the postings hold; an index built without labels has
 /// label = row number (and no labels.bin).
