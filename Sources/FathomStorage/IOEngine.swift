@@ -98,7 +98,8 @@ public final class AIOEngine: IOEngine {
             if r == -EAGAIN {
                 let maxNr = caio_read_proc_long("/proc/sys/fs/aio-max-nr")
                 let nr = caio_read_proc_long("/proc/sys/fs/aio-nr")
-                throw FathomError(.resourceLimit, "io_setup(\(self.depth)) refused: the system's async-IO limit is reached (aio-nr \(nr) of aio-max-nr \(maxNr)). Use fewer search threads, or raise it: sysctl -w fs.aio-max-nr=\(max(1048576, Int(maxNr) * 2))", errno: EAGAIN)
+                throw FathomError(.resourceLimit, "io_setup(\(self.depth)) refused: the system's async-IO limit is reached (aio-nr \(nr) of aio-max-nr \(maxNr))", errno: EAGAIN,
+                                  remedies: [.useFewerThreads, .raiseSystemLimit(name: "fs.aio-max-nr", atLeast: max(1048576, Int(maxNr) * 2))])
             }
             throw FathomError.system("io_setup", path: nil, errno: -r)
         }

@@ -113,7 +113,7 @@ extension Searcher {
     /// Plans a filtered query and stages its first phase.
     func startFiltered(parameters p: SearchParameters, filter f: PreparedFilter) throws {
         guard let attrs = context.attributes else {
-            throw FathomError(.invalidArgument, "this index has no attributes to filter on; build it with attributes", path: context.path)
+            throw FathomError(.invalidArgument, "this index has no attributes to filter on", path: context.path, remedies: [.rebuildWithAttributes])
         }
         stats.selectivity = f.selectivity
         let context = FilterContext(filter: f, attrs: attrs, scratch: filterScratch)

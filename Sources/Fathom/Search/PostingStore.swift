@@ -74,7 +74,7 @@ extension PostingEntry {
     func checksumError(_ base: UnsafeRawPointer, recordBytes: Int, list h: Int, path: String) -> FathomError? {
         let c = crc32c(base, Int(count) * recordBytes, 0)
         if c == crc { return nil }
-        return FathomError(.corruptIndex, String(format: "posting %d fails its checksum (stored %08x, read %08x): postings.dat is corrupt; verify the index and rebuild it", h, crc, c), path: path, offset: offset)
+        return FathomError(.corruptIndex, String(format: "posting %d fails its checksum (stored %08x, read %08x): postings.dat is corrupt", h, crc, c), path: path, offset: offset, remedies: [.verifyAndRebuild])
     }
 }
 

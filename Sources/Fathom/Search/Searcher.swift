@@ -364,9 +364,9 @@ public final class Searcher {
         guard let bad = badId else { return }
         badId = nil
         let store = context.postingStore
-        throw FathomError(.corruptIndex, "posting \(bad.list) holds id \(bad.id), but the index has \(context.count) vectors: postings.dat is corrupt (read with checksums off?); verify the index and rebuild it",
+        throw FathomError(.corruptIndex, "posting \(bad.list) holds id \(bad.id), but the index has \(context.count) vectors: postings.dat is corrupt (read with checksums off?)",
                           path: context.path + "/postings.dat",
-                          offset: store.offset(of: Int(bad.list)) + UInt64(bad.record * store.recordBytes))
+                          offset: store.offset(of: Int(bad.list)) + UInt64(bad.record * store.recordBytes), remedies: [.verifyAndRebuild])
     }
 
     /// Scores one posting's records and offers them to the heap (exact scores) or to the

@@ -310,7 +310,7 @@ public final class VectorIndex: @unchecked Sendable {
     /// against this index's attributes, ready to pass to `search(…, filter:)`.
     public func prepareFilter(_ text: String) throws -> PreparedFilter {
         guard let a = attributes else {
-            throw FathomError(.invalidArgument, "this index has no attributes to filter on; build it with attributes", path: path)
+            throw FathomError(.invalidArgument, "this index has no attributes to filter on", path: path, remedies: [.rebuildWithAttributes])
         }
         return prepare(try FilterParser.parse(text).bind(to: a.table.schema), text: text, store: a)
     }
@@ -318,7 +318,7 @@ public final class VectorIndex: @unchecked Sendable {
     /// Binds a filter built in Swift (`.column("price") < 100 && …`).
     public func prepareFilter(_ expression: FilterExpression) throws -> PreparedFilter {
         guard let a = attributes else {
-            throw FathomError(.invalidArgument, "this index has no attributes to filter on; build it with attributes", path: path)
+            throw FathomError(.invalidArgument, "this index has no attributes to filter on", path: path, remedies: [.rebuildWithAttributes])
         }
         return prepare(try expression.bind(to: a.table.schema), text: "\(expression)", store: a)
     }
