@@ -131,6 +131,8 @@ public struct FathomError: Error, CustomStringConvertible, Sendable, Equatable {
     /// parsed), if any. ``description`` includes it, and its own cause, in turn.
     public var cause: (any Error)?
 
+    /// An error of `code`: `message` says what happened (naming the value, row or count),
+    /// `path`/`offset` where, `remedies` what fixes it, `cause` the error it wraps.
     public init(_ code: Code, _ message: String, path: String? = nil, offset: UInt64? = nil,
                 errno: Int32? = nil, remedies: [Remedy] = [], cause: (any Error)? = nil) {
         self.code = code

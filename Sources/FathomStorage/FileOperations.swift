@@ -24,6 +24,7 @@ public struct OpenFile: Sendable {
     public let descriptor: Int32
     /// The path the descriptor was opened from.
     public let path: String
+    /// The open descriptor `descriptor`, opened from `path`.
     public init(descriptor: Int32, path: String) { self.descriptor = descriptor; self.path = path }
 }
 
@@ -48,6 +49,7 @@ public protocol FileOperations: Sendable {
 ///
 /// Thread safety: stateless, `Sendable`.
 public struct SystemFileOperations: FileOperations {
+    /// The system calls (no state).
     public init() {}
 
     public func read(_ file: OpenFile, into buffer: UnsafeMutableRawPointer, count: Int, at offset: Int) throws -> Int {
