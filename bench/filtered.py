@@ -91,8 +91,10 @@ def disk_run(cmd, record):
     """One cold single-thread run: page cache dropped, load before and after recorded."""
     common.drop_caches(record)
     record["load_before"] = common.loadavg()
-    rows = json.loads(run(cmd))["rows"]
+    res = json.loads(run(cmd))
+    rows = res["rows"]
     record["load_after"] = common.loadavg()
+    record["io_engine"] = res.get("io_engine")
     return rows
 
 
@@ -111,9 +113,11 @@ def main():
     ap.add_argument("--nprobe", default="4,8,16,32,64,128,256")
     ap.add_argument("--skip-faiss", action="store_true")
     ap.add_argument("--only", help="run only the filters whose label or expression contains this")
+    ap.add_argument("--tag", default="", help="results file suffix: filtered-NAME-TAG.json (a partial run, e.g. with --only, then leaves the full results alone)")
     ap.add_argument("--windows", default="1,4", help="Fathom's queries in flight per thread; the first is reported as `fathom`")
     a = ap.parse_args()
     cfg = SETS[a.dataset]
+    name = a.dataset + (f"-{a.tag}" if a.tag else "")
     src = os.path.join(HERE, "..", "..", "shared", "datasets", a.dataset)
     work = os.path.join(HERE, "work", "filtered-" + a.dataset)
     os.makedirs(work, exist_ok=True)
@@ -206,8 +210,8 @@ def main():
         print(f"   best QPS at recall >= 0.90: fathom {bf}, post-filter {bp}, faiss {bq}"
               + (f"; fathom/post {bf / bp:.2f}x" if bf and bp else "") + (f"; fathom/faiss {bf / bq:.2f}x" if bf and bq else ""), flush=True)
         out["filters"].append(entry)
-        json.dump(out, open(os.path.join(HERE, "results", f"filtered-{a.dataset}.json"), "w"), indent=1)
-    plot(out, os.path.join(HERE, "results", f"filtered-{a.dataset}.png"))
+        json.dump(out, open(os.path.join(HERE, "results", f"filtered-{name}.json"), "w"), indent=1)
+    plot(out, os.path.join(HERE, "results", f"filtered-{name}.png"))
 
 
 def plot(out, path):

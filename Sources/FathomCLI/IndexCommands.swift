@@ -170,7 +170,8 @@ struct SearchCommand: ParsableCommand {
         Columns: probes, QPS (queries / wall second over the whole set), mean / p50 / p99 / p99.9
         latency in microseconds, mean posting reads and KiB read per query, and recall@k (with --gt;
         big-ann definition, ties at the k-th distance count). --json prints
-        {"rows":[{"probes":…,"qps":…,"recall":…,"mean_us":…,"p50_us":…,"p99_us":…,"p999_us":…,"mean_ios":…,"mean_kib":…}]}.
+        {"rows":[{"probes":…,"qps":…,"recall":…,"mean_us":…,"p50_us":…,"p99_us":…,"p999_us":…,"mean_ios":…,"mean_kib":…}],
+        "io_engine":…,"window":…,"postings_resident":…}.
         """
     )
 
@@ -256,9 +257,9 @@ struct SearchCommand: ParsableCommand {
             let (rows, ids, dists) = try SearchBenchmark.run(index: idx, queries: q, k: k, probes: probeList, threads: threads, window: window,
                                                              gt: truth, base: base, filters: prepared, postFilter: postFilter, progress: progress)
             if json {
-                struct Out: Codable { var rows: [SearchReportRow] }
+                struct Out: Codable { var rows: [SearchReportRow]; var io_engine: String; var window: Int; var postings_resident: Bool }
                 let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
-                print(String(decoding: try enc.encode(Out(rows: rows)), as: UTF8.self))
+                print(String(decoding: try enc.encode(Out(rows: rows, io_engine: idx.ioEngineName, window: window, postings_resident: idx.postingsResident)), as: UTF8.self))
             } else {
                 print(SearchBenchmark.table(rows, k: k), terminator: "")
             }
