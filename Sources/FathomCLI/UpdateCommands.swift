@@ -2,6 +2,39 @@ import ArgumentParser
 import Fathom
 import Foundation
 
+/// How `insert` and `delete` keep the index good (docs/updates.md, "Keeping quality").
+struct MaintenanceOptions: ParsableArguments {
+    @Option(name: .customLong("delta-memory"), help: "RAM the delta tier may hold (records not yet written to their lists, inserted vectors not yet on disk), e.g. 64MiB; past it, maintenance writes them out.")
+    var deltaMemory: ByteSize = ByteSize(bytes: UInt64(UpdatePolicy().deltaMemory))
+    @Flag(name: .customLong("no-maintenance"), help: "Do not split, merge, reassign or write out the delta tier (updates only; `fathom checkpoint` folds them later).")
+    var noMaintenance = false
+
+    var policy: UpdatePolicy {
+        var p = UpdatePolicy()
+        p.deltaMemory = Int(clamping: deltaMemory.bytes)
+        p.background = !noMaintenance
+        return p
+    }
+
+    /// Runs maintenance until none is due (unless disabled); says what it did on stderr.
+    func finish(_ idx: MutableVectorIndex, quiet: Bool) throws -> MaintenanceStats {
+        if noMaintenance { return idx.maintenanceStats }
+        if let e = idx.maintenanceError { throw e }
+        let t0 = Date()
+        let s = try idx.maintain()
+        if !quiet {
+            FileHandle.standardError.write(String(format: "maintenance: %d splits, %d merges, %d vectors reassigned, %d lists written, %d vectors spilled, %d deleted records reclaimed; %d heads (%d retired); delta tier %@ of %@ (%.1f s after the updates)\n",
+                                                  s.splits, s.merges, s.reassigned, s.relocated, s.spilledRows, s.reclaimedRecords, s.heads, s.retiredHeads,
+                                                  formatBytes(UInt64(s.deltaBytes)), formatBytes(UInt64(s.deltaBound)), Date().timeIntervalSince(t0)).data(using: .utf8)!)
+        }
+        return s
+    }
+
+    static func json(_ s: MaintenanceStats) -> String {
+        String(data: try! JSONEncoder().encode(s), encoding: .utf8)!
+    }
+}
+
 struct InsertCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "insert",
@@ -22,6 +55,7 @@ struct InsertCommand: ParsableCommand {
     @Flag(help: "Replace the vector of a label already in the index instead of failing.") var upsert = false
     @Option(help: "Vectors per durable batch (one fsync each).") var batch: Int = 10_000
     @Flag(name: .customLong("print-acks"), help: "After each durable batch print `ack ROWS LOGBYTES` on stdout: rows acknowledged so far and the log bytes known durable (for crash tests).") var printAcks = false
+    @OptionGroup var maintenance: MaintenanceOptions
     @Flag(help: "Print a JSON summary on stdout.") var json = false
     @Flag(help: "Do not print progress on stderr.") var quiet = false
 
@@ -32,7 +66,7 @@ struct InsertCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let progress = ProgressReporter(enabled: !quiet)
-            let idx = try MutableVectorIndex.open(at: index)
+            let idx = try MutableVectorIndex.open(at: index, policy: maintenance.policy)
             defer { idx.close() }
             let header = try VectorFileHeader.inspect(path: input, format: nil)
             guard header.elementType == .float32 else {
@@ -81,9 +115,10 @@ struct InsertCommand: ParsableCommand {
             let secs = Date().timeIntervalSince(t0)
             let sorted = latencies.sorted()
             let p99 = sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))]
+            let stats = try maintenance.finish(idx, quiet: quiet)
             if json {
-                print(String(format: "{\"inserted\":%d,\"seconds\":%.3f,\"vectors_per_second\":%.1f,\"batches\":%d,\"p99_batch_ms\":%.2f,\"first_label\":%@}",
-                             done, secs, Double(done) / max(secs, 1e-9), latencies.count, p99 * 1000, given == nil ? "\(first)" : "null"))
+                print(String(format: "{\"inserted\":%d,\"seconds\":%.3f,\"vectors_per_second\":%.1f,\"batches\":%d,\"p99_batch_ms\":%.2f,\"first_label\":%@,\"maintenance\":%@}",
+                             done, secs, Double(done) / max(secs, 1e-9), latencies.count, p99 * 1000, given == nil ? "\(first)" : "null", MaintenanceOptions.json(stats)))
             } else {
                 print("inserted \(done) vectors into \(index) in \(latencies.count) durable batches: \(String(format: "%.0f", Double(done) / max(secs, 1e-9))) vectors/s, p99 batch \(String(format: "%.1f", p99 * 1000)) ms" + (given == nil && done > 0 ? ", labels \(first)…\(first + UInt64(done - 1))" : ""))
             }
@@ -109,12 +144,13 @@ struct DeleteCommand: ParsableCommand {
     )
     @Option(help: ArgumentHelp("Index directory.", valueName: "dir")) var index: String
     @Option(help: ArgumentHelp("Labels to delete, one decimal per line.", valueName: "path")) var labels: String
+    @OptionGroup var maintenance: MaintenanceOptions
     @Flag(help: "Print a JSON summary on stdout.") var json = false
     @Flag(help: "Do not print progress on stderr.") var quiet = false
 
     func run() throws {
         try runReportingErrors {
-            let idx = try MutableVectorIndex.open(at: index)
+            let idx = try MutableVectorIndex.open(at: index, policy: maintenance.policy)
             defer { idx.close() }
             let ls = try LabelsFile.parseText(path: labels, unique: false)
             var deleted = 0, unknown = [UInt64]()
@@ -123,7 +159,8 @@ struct DeleteCommand: ParsableCommand {
             if !unknown.isEmpty && !quiet {
                 FileHandle.standardError.write("warning: \(unknown.count) label(s) not in the index, skipped: \(unknown.prefix(10).map(String.init).joined(separator: ", "))\(unknown.count > 10 ? ", …" : "")\n".data(using: .utf8)!)
             }
-            if json { print("{\"deleted\":\(deleted),\"unknown\":\(unknown.count)}") }
+            let stats = try maintenance.finish(idx, quiet: quiet)
+            if json { print("{\"deleted\":\(deleted),\"unknown\":\(unknown.count),\"maintenance\":\(MaintenanceOptions.json(stats))}") }
             else { print("deleted \(deleted) vectors from \(index)\(unknown.isEmpty ? "" : "; \(unknown.count) unknown label(s) skipped")") }
         }
     }

@@ -254,3 +254,63 @@ final class KMeansCounter: @unchecked Sendable {
     private var value = 0
     func next() -> Int { lock.lock(); defer { lock.unlock() }; let v = value; value += 1; return v }
 }
+
+extension BalancedKMeans {
+    /// Splits `points` in two (SPFresh's posting split): 2-means from the two mutually far
+    /// points (the farthest from the mean, then the farthest from it), `iterations` rounds of
+    /// nearest-centre assignment in which each side keeps at least `minShare` of the points
+    /// (points are taken across by their distance difference when a side is short), then the
+    /// point nearest each centre. Deterministic; squared L2.
+    /// - Returns: per point whether it is on the second side, and the two centre points
+    ///   (row indices); nil for fewer than 2 points or all points equal.
+    public static func split(points: Matrix, minShare: Double = 0.3, iterations: Int = 8) -> (second: [Bool], first: Int, other: Int)? {
+        let n = points.rows, d = points.cols
+        guard n >= 2 else { return nil }
+        let ca = UnsafeMutablePointer<Float>.allocate(capacity: d), cb = UnsafeMutablePointer<Float>.allocate(capacity: d)
+        defer { ca.deallocate(); cb.deallocate() }
+        ca.initialize(repeating: 0, count: d)
+        for i in 0..<n { let r = points.row(i); for j in 0..<d { ca[j] += r[j] } }
+        for j in 0..<d { ca[j] /= Float(n) }
+        func farthest(from c: UnsafePointer<Float>) -> (Int, Float) {
+            var best = 0, bd: Float = -1
+            for i in 0..<n { let v = Distance.l2sq(points.row(i), c, d); if v > bd { bd = v; best = i } }
+            return (best, bd)
+        }
+        let (a, _) = farthest(from: ca)
+        let (b, db) = farthest(from: points.row(a))
+        guard db > 0 else { return nil }
+        ca.update(from: points.row(a), count: d); cb.update(from: points.row(b), count: d)
+        var second = [Bool](repeating: false, count: n)
+        var delta = [(Float, Int)](repeating: (0, 0), count: n)
+        let least = max(1, Int((minShare * Double(n)).rounded(.up)))
+        for _ in 0..<max(1, iterations) {
+            var nb = 0
+            for i in 0..<n {
+                let x = points.row(i)
+                let v = Distance.l2sq(x, ca, d) - Distance.l2sq(x, cb, d)   // > 0: nearer b
+                delta[i] = (v, i); second[i] = v > 0; if v > 0 { nb += 1 }
+            }
+            if nb < least || n - nb < least {
+                delta.sort { $0.0 > $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }   // most b-ward first
+                let take = nb < least ? least : n - least
+                for (r, e) in delta.enumerated() { second[e.1] = r < take }
+            }
+            ca.initialize(repeating: 0, count: d); cb.initialize(repeating: 0, count: d)
+            var na = 0
+            nb = 0
+            for i in 0..<n {
+                let r = points.row(i)
+                if second[i] { nb += 1; for j in 0..<d { cb[j] += r[j] } } else { na += 1; for j in 0..<d { ca[j] += r[j] } }
+            }
+            for j in 0..<d { ca[j] /= Float(max(na, 1)); cb[j] /= Float(max(nb, 1)) }
+        }
+        var first = -1, other = -1
+        var bestA = Float.infinity, bestB = Float.infinity
+        for i in 0..<n {
+            if second[i] { let v = Distance.l2sq(points.row(i), cb, d); if v < bestB { bestB = v; other = i } }
+            else { let v = Distance.l2sq(points.row(i), ca, d); if v < bestA { bestA = v; first = i } }
+        }
+        guard first >= 0, other >= 0 else { return nil }
+        return (second, first, other)
+    }
+}

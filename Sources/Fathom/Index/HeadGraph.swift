@@ -240,35 +240,14 @@ public final class HeadGraph: @unchecked Sendable {
         order.swapAt(0, best)
         for i in stride(from: n - 1, to: 1, by: -1) { order.swapAt(i, 1 + rng.below(i)) }
         g.entry = UInt32(best)
-        let scratch = Scratch(graphSize: n, beam: buildList)
-        scratch.trackEvaluated = true
-        let outIds = UnsafeMutablePointer<UInt32>.allocate(capacity: buildList)
-        let outDist = UnsafeMutablePointer<Float>.allocate(capacity: buildList)
-        let gatherIds = UnsafeMutablePointer<UInt32>.allocate(capacity: degree)
-        let gatherDist = UnsafeMutablePointer<Float>.allocate(capacity: degree)
-        defer { outIds.deallocate(); outDist.deallocate(); gatherIds.deallocate(); gatherDist.deallocate() }
+        let work = LinkWork(graphSize: n, buildList: buildList, degree: degree)
         let alpha2 = alpha * alpha
-        var pool = [(Float, UInt32)]()
         progress.begin("train: head graph (\(n) heads, degree \(degree))", total: UInt64(n))
         for t in 1..<n {
-            let p = order[t]
             // The search only walks edges, and only inserted nodes have edges (plus the entry).
             var entry = g.entry
-            _ = withUnsafePointer(to: &entry) { e in
-                g.searchGathered(vectors.row(p), k: buildList, listSize: buildList, entries: UnsafeBufferPointer(start: e, count: 1),
-                                 scratch: scratch, gatherIds: gatherIds, gatherDist: gatherDist, outIds: outIds, outDist: outDist)
-            }
-            pool = scratch.evaluated.filter { Int($0.1) != p }
-            if pool.count > 3 * degree {
-                pool.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
-                pool.removeLast(pool.count - 3 * degree)
-            }
-            g.robustPrune(node: p, candidates: &pool, alpha2: alpha2)
-            let nb = g.neighbors + p * degree
-            for j in 0..<degree {
-                let v = nb[j]
-                if v == empty { break }
-                g.addReverse(from: Int(v), to: UInt32(p), alpha2: alpha2, pool: &pool)
+            withUnsafePointer(to: &entry) { e in
+                g.link(node: order[t], entries: UnsafeBufferPointer(start: e, count: 1), alpha2: alpha2, work: work)
             }
             if t & 1023 == 0 { progress.advance(1024) }
         }
@@ -340,6 +319,57 @@ public final class HeadGraph: @unchecked Sendable {
             if fixed == 0 { break }
         }
         return repaired
+    }
+
+    /// Links node `p` (its vector already in ``vectors``) into the graph the way the build
+    /// inserts every head: a beam search from `entries` for its nearest linked nodes, robust
+    /// prune of the nodes that search evaluated (at most 3·degree, nearest first) into p's
+    /// list, then a reverse edge from each kept neighbour (pruned on overflow). Used by the
+    /// build and by the update writer's split (a new head joins the graph). Writes the graph:
+    /// only on a graph no reader shares.
+    func link(node p: Int, entries: UnsafeBufferPointer<UInt32>, alpha2: Float, work: LinkWork) {
+        work.scratch.ensure(beam: work.buildList, graphSize: count)
+        _ = searchGathered(vectors!.row(p), k: work.buildList, listSize: work.buildList, entries: entries,
+                           scratch: work.scratch, gatherIds: work.gatherIds, gatherDist: work.gatherDist,
+                           outIds: work.outIds, outDist: work.outDist)
+        var pool = work.scratch.evaluated.filter { Int($0.1) != p }
+        if pool.count > 3 * degree {
+            pool.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
+            pool.removeLast(pool.count - 3 * degree)
+        }
+        robustPrune(node: p, candidates: &pool, alpha2: alpha2)
+        let nb = neighbors + p * degree
+        for j in 0..<degree {
+            let v = nb[j]
+            if v == HeadGraph.empty { break }
+            addReverse(from: Int(v), to: UInt32(p), alpha2: alpha2, pool: &pool)
+        }
+    }
+
+    /// The first `n` heads' topology (and float heads when `keepingVectors`), copied: a
+    /// graph whose nodes beyond `n` have no edges in or out (the update writer's spare
+    /// capacity) publishes its used part this way.
+    func prefix(_ n: Int, keepingVectors: Bool) -> HeadGraph {
+        precondition(n <= count)
+        var v: Matrix? = nil
+        if keepingVectors, let src = vectors {
+            let m = Matrix(rows: n, cols: dimension)
+            m.data.update(from: src.data, count: n * dimension)
+            v = m
+        }
+        let nb = [UInt32](UnsafeBufferPointer(start: neighbors, count: n * degree))
+        return HeadGraph(count: n, dimension: dimension, vectors: v, degree: degree, neighbors: nb, entry: entry)
+    }
+
+    /// A copy with room for `capacity` ≥ ``count`` nodes (float heads required): the new
+    /// nodes have zero vectors and no edges, so no search reaches them until they are linked.
+    func withCapacity(_ capacity: Int) -> HeadGraph {
+        precondition(capacity >= count && vectors != nil)
+        let m = Matrix(rows: capacity, cols: dimension)
+        m.data.update(from: vectors!.data, count: count * dimension)
+        var nb = [UInt32](repeating: HeadGraph.empty, count: capacity * degree)
+        nb.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: neighbors, count: count * degree) }
+        return HeadGraph(count: capacity, dimension: dimension, vectors: m, degree: degree, neighbors: nb, entry: entry)
     }
 
     /// Keeps at most `degree` candidates, nearest first, dropping a candidate v when an
@@ -505,4 +535,25 @@ struct RepairShared: @unchecked Sendable {
     let vectors: Matrix
     let pivots: HeadPivots
     let out: UnsafeMutablePointer<UInt32>
+}
+
+/// The buffers one ``HeadGraph/link(node:entries:alpha2:work:)`` caller reuses across links.
+///
+/// Thread safety: one thread at a time.
+final class LinkWork {
+    let buildList: Int
+    let scratch: HeadGraph.Scratch
+    let outIds: UnsafeMutablePointer<UInt32>
+    let outDist: UnsafeMutablePointer<Float>
+    let gatherIds: UnsafeMutablePointer<UInt32>
+    let gatherDist: UnsafeMutablePointer<Float>
+
+    init(graphSize: Int, buildList: Int, degree: Int) {
+        self.buildList = buildList
+        scratch = HeadGraph.Scratch(graphSize: graphSize, beam: buildList)
+        scratch.trackEvaluated = true
+        outIds = .allocate(capacity: buildList); outDist = .allocate(capacity: buildList)
+        gatherIds = .allocate(capacity: degree); gatherDist = .allocate(capacity: degree)
+    }
+    deinit { outIds.deallocate(); outDist.deallocate(); gatherIds.deallocate(); gatherDist.deallocate() }
 }

@@ -34,6 +34,12 @@ protocol HeadRouter: AnyObject, Sendable {
     /// of `heads`, by brute force: for ranking a small set of postings directly.
     func distances(_ query: UnsafePointer<Float>, to heads: UnsafeBufferPointer<UInt32>, scratch: RouteScratch,
                    into out: UnsafeMutablePointer<Float>)
+    /// The same form over a changed head set (updates: a split moves a head and adds one):
+    /// `graph` is the new topology (holding its float heads for the float form), `heads`
+    /// the float heads (at least `graph.count` rows), `changed` the ids below this router's
+    /// count whose vectors moved; ids at or above it are new. Unchanged heads are copied,
+    /// the rest encoded; the beam keeps starting at this router's pivots.
+    func grown(graph: HeadGraph, heads: Matrix, changed: [Int]) -> any HeadRouter
 }
 
 extension HeadRouter {
@@ -59,6 +65,18 @@ final class RouteScratch {
     /// Components of the projected query (d′; 0 for float heads).
     let projectedDim: Int
 
+    /// Room for a wider route than the caller asked for (``RetiredHeadsRouter``).
+    private(set) var spareIds = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    private(set) var spareDist = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    private(set) var spareCapacity = 1
+
+    func ensureSpare(_ n: Int) {
+        guard n > spareCapacity else { return }
+        spareIds.deallocate(); spareDist.deallocate()
+        spareCapacity = n
+        spareIds = .allocate(capacity: n); spareDist = .allocate(capacity: n)
+    }
+
     init(heads: Int, pivots: Int, projectedDim: Int) {
         graph = HeadGraph.Scratch(graphSize: heads, beam: 128)
         self.projectedDim = projectedDim
@@ -67,10 +85,10 @@ final class RouteScratch {
         pivotDist = .allocate(capacity: max(1, pivots))
         entries = .allocate(capacity: HeadPivots.seeds)
     }
-    deinit { projected.deallocate(); pivotDist.deallocate(); entries.deallocate() }
+    deinit { projected.deallocate(); pivotDist.deallocate(); entries.deallocate(); spareIds.deallocate(); spareDist.deallocate() }
 
     /// Bytes this scratch holds.
-    var bytes: Int { graph.visited.count * 4 + graph.beamDist.count * 9 + projectedDim * 4 + pivotCount * 4 + HeadPivots.seeds * 4 }
+    var bytes: Int { graph.visited.count * 4 + graph.beamDist.count * 9 + projectedDim * 4 + pivotCount * 4 + HeadPivots.seeds * 4 + spareCapacity * 8 }
 }
 
 /// Float32 heads: the graph keeps its vectors and distances are exact squared L2 in the
@@ -83,11 +101,16 @@ final class FloatHeadRouter: HeadRouter, @unchecked Sendable {
     /// Where each search's beam starts: the nearest of ≈ √H pivot heads.
     let pivots: HeadPivots
 
-    /// `graph` must hold its float vectors.
-    init(graph: HeadGraph) {
+    /// `graph` must hold its float vectors. `pivots`: where beams start (nil: ≈ √H spread
+    /// over the heads).
+    init(graph: HeadGraph, pivots: HeadPivots? = nil) {
         self.graph = graph
         heads = graph.vectors!
-        pivots = HeadPivots(heads: graph.count)
+        self.pivots = pivots ?? HeadPivots(heads: graph.count)
+    }
+
+    func grown(graph: HeadGraph, heads: Matrix, changed: [Int]) -> any HeadRouter {
+        FloatHeadRouter(graph: graph, pivots: pivots)
     }
 
     var headBytes: Int { heads.byteCount }
@@ -144,7 +167,30 @@ final class CompressedHeadRouter: HeadRouter, @unchecked Sendable {
         pivots = HeadPivots(heads: graph.count)
     }
 
+    /// A router over `graph` (no float heads needed) taking ownership of `codes`
+    /// (`graph.count` codes of `headCodec`, allocated with `.allocate(byteCount:alignment:)`).
+    private init(graph: HeadGraph, codes: UnsafeMutableRawPointer, headCodec: LVQCodec,
+                 projection: LeanVecProjection, pivots: HeadPivots) {
+        self.graph = graph; self.codes = codes; self.headCodec = headCodec
+        self.projection = projection; self.pivots = pivots
+    }
+
     deinit { codes.deallocate() }
+
+    func grown(graph: HeadGraph, heads: Matrix, changed: [Int]) -> any HeadRouter {
+        let stride = headCodec.bytesPerVector
+        let n = graph.count, old = self.graph.count
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: max(1, n * stride), alignment: 64)
+        buf.copyMemory(from: codes, byteCount: min(n, old) * stride)
+        let y = UnsafeMutablePointer<Float>.allocate(capacity: projection.outputDim)
+        defer { y.deallocate() }
+        for i in changed.filter({ $0 < n }) + Array(old..<max(old, n)) {
+            projection.projectData(heads.row(i), into: y)
+            headCodec.encode(UnsafePointer(y), into: buf + i * stride)
+        }
+        return CompressedHeadRouter(graph: graph.vectors == nil ? graph : graph.droppingVectors(), codes: buf,
+                                    headCodec: headCodec, projection: projection, pivots: pivots)
+    }
 
     /// Components the heads are coded in (the router dimension r).
     var dimension: Int { headCodec.dim }
@@ -186,5 +232,45 @@ struct CompressedHeads: HeadDistance {
     let codec: LVQCodec
     @inline(__always) func distance(_ i: Int) -> Float {
         codec.distance(query: query, sum: sum, normSquared: norm, code: codes + i * codec.bytesPerVector, metric: .l2)
+    }
+}
+
+/// A router over a head set some of whose heads are retired (an update merged their
+/// postings away): the graph keeps them as waypoints, but a route never returns one. The
+/// inner router is asked for more heads (up to the retired count more, at most 2·k + 16) and
+/// the retired ones are dropped, so a query still gets `k` live postings.
+///
+/// Thread safety: immutable, shared; see ``HeadRouter``.
+final class RetiredHeadsRouter: HeadRouter, @unchecked Sendable {
+    let inner: any HeadRouter
+    let retired: Tombstones
+
+    init(inner: any HeadRouter, retired: Tombstones) {
+        self.inner = inner; self.retired = retired
+    }
+
+    var graph: HeadGraph { inner.graph }
+    var headBytes: Int { inner.headBytes + retired.residentBytes }
+    func makeScratch() -> RouteScratch { inner.makeScratch() }
+
+    func route(_ query: UnsafePointer<Float>, k: Int, listSize: Int, scratch s: RouteScratch,
+               outIds: UnsafeMutablePointer<UInt32>, outDist: UnsafeMutablePointer<Float>) -> Int {
+        let wide = min(k + retired.deleted, 2 * k + 16)
+        s.ensureSpare(wide)
+        let found = inner.route(query, k: wide, listSize: max(listSize, wide), scratch: s, outIds: s.spareIds, outDist: s.spareDist)
+        var n = 0
+        for i in 0..<found where n < k && !retired.contains(s.spareIds[i]) {
+            outIds[n] = s.spareIds[i]; outDist[n] = s.spareDist[i]; n += 1
+        }
+        return n
+    }
+
+    func distances(_ query: UnsafePointer<Float>, to heads: UnsafeBufferPointer<UInt32>, scratch: RouteScratch,
+                   into out: UnsafeMutablePointer<Float>) {
+        inner.distances(query, to: heads, scratch: scratch, into: out)
+    }
+
+    func grown(graph: HeadGraph, heads: Matrix, changed: [Int]) -> any HeadRouter {
+        inner.grown(graph: graph, heads: heads, changed: changed)
     }
 }

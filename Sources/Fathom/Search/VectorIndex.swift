@@ -260,12 +260,13 @@ public final class VectorIndex: @unchecked Sendable {
         context = makeContext()
     }
 
-    /// A version of `base` with other stores, more rows, labels and tombstones: a snapshot of
-    /// a ``MutableVectorIndex`` (same heads, graph, codec and files).
-    init(deriving base: VectorIndex, postingStore: PostingStore, vectorStore: VectorStore,
+    /// A version of `base` with another router (heads split or retired), other stores, more
+    /// rows, labels and tombstones: a snapshot of a ``MutableVectorIndex`` (same codec and
+    /// built files).
+    init(deriving base: VectorIndex, router: any HeadRouter, postingStore: PostingStore, vectorStore: VectorStore,
          count: Int, labels: LabelMap, tombstones: Tombstones) {
         path = base.path; manifest = base.manifest; metric = base.metric; dimension = base.dimension
-        elementType = base.elementType; router = base.router; table = base.table
+        elementType = base.elementType; self.router = router; table = base.table
         self.postingStore = postingStore; self.vectorStore = vectorStore
         codec = base.codec; attributes = base.attributes; ioMode = base.ioMode
         ioEngineName = base.ioEngineName; engineFactory = base.engineFactory

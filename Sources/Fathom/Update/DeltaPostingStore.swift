@@ -56,50 +56,105 @@ final class DeltaPostings {
         records += 1
     }
 
+    /// Adds an empty list for a new head (a split's).
+    func addList() { lists.append(nil); counts.append(0) }
+
+    /// Empties head `h`'s list (its records were written to disk by a relocation). A
+    /// published snapshot keeps the old list alive for as long as it needs it.
+    func clear(head h: Int) {
+        if let l = lists[h] { bytes -= l.capacity * recordBytes }
+        records -= Int(counts[h])
+        lists[h] = nil
+        counts[h] = 0
+    }
+
+    /// The records of head `h`'s list (valid until the next append to it).
+    func records(of h: Int) -> (UnsafeRawPointer?, Int) {
+        (lists[h].map { UnsafeRawPointer($0.records) }, Int(counts[h]))
+    }
+
     func snapshot() -> Snapshot { Snapshot(lists: lists, counts: counts, records: records, bytes: bytes) }
 }
 
-/// A base ``PostingStore`` plus the records inserted since (``DeltaPostings``): posting h is
-/// the base's records followed by its delta records, visited as two runs of one list. The
-/// delta lives in RAM, so it adds no IO and no round trip; the base keeps its own reads.
+/// Where each posting of an updated index lives: the built postings (`base`, heads below
+/// its list count), the lists a maintenance job rewrote into `postings.upd` (a relocation:
+/// a split's halves, a list folded with its delta and rid of deleted records, an emptied
+/// retired head), then each list's delta records in RAM. Posting h is its stored list (base
+/// or relocated) followed by its delta records, visited as two runs of one list.
 ///
 /// Thread safety: immutable and shared, like every store.
-final class LayeredPostingStore: PostingStore, @unchecked Sendable {
+final class UpdatedPostingStore: PostingStore, @unchecked Sendable {
     let base: PostingStore
+    /// Per head: where its stored list is in postings.upd, when `moved[h]`.
+    let relocated: [PostingEntry]
+    let moved: [Bool]
+    /// postings.upd, opened for the base's IO path (nil: nothing relocated yet).
+    let file: RandomAccessFile?
     let delta: DeltaPostings.Snapshot
 
-    init(base: PostingStore, delta: DeltaPostings.Snapshot) {
-        precondition(delta.counts.count == base.listCount)
-        self.base = base; self.delta = delta
+    init(base: PostingStore, relocated: [PostingEntry], moved: [Bool], file: RandomAccessFile?, delta: DeltaPostings.Snapshot) {
+        precondition(relocated.count == delta.counts.count && moved.count == relocated.count && relocated.count >= base.listCount)
+        self.base = base; self.relocated = relocated; self.moved = moved; self.file = file; self.delta = delta
     }
 
     var recordBytes: Int { base.recordBytes }
-    var listCount: Int { base.listCount }
-    func count(of h: Int) -> Int { base.count(of: h) + Int(delta.counts[h]) }
-    func offset(of h: Int) -> UInt64 { base.offset(of: h) }
-    var residentBytes: Int { base.residentBytes + delta.bytes + delta.counts.count * 12 }
-    func makeReader() -> PostingReader { LayeredPostingReader(store: self, base: base.makeReader()) }
+    var listCount: Int { relocated.count }
+    /// Records of h's stored list (base or relocated), without its delta.
+    @inline(__always) func storedCount(of h: Int) -> Int {
+        moved[h] ? Int(relocated[h].count) : (h < base.listCount ? base.count(of: h) : 0)
+    }
+    func count(of h: Int) -> Int { storedCount(of: h) + Int(delta.counts[h]) }
+    func offset(of h: Int) -> UInt64 { moved[h] ? relocated[h].offset : (h < base.listCount ? base.offset(of: h) : 0) }
+    var residentBytes: Int { base.residentBytes + delta.bytes + relocated.count * (MemoryLayout<PostingEntry>.stride + 13) }
+    func makeReader() -> PostingReader { UpdatedPostingReader(store: self, base: base.makeReader()) }
+    var path: String { file?.path ?? "postings.upd" }
 }
 
-final class LayeredPostingReader: PostingReader {
-    let store: LayeredPostingStore
+final class UpdatedPostingReader: PostingReader {
+    let store: UpdatedPostingStore
     let base: PostingReader
-    /// Lists of the staged fetch.
+    /// Lists of the staged fetch: all of them (for the delta), those the base reads, and
+    /// the relocated ones (sorted by offset).
     var staged = [UInt32]()
+    var baseLists = [UInt32]()
+    var order = [UInt32]()
+    let plan = ReadPlan(arenaBytes: 64 << 10)
+    /// The base's requests, then this reader's own.
+    let requests = RequestList()
+    var baseRequests = 0
 
-    init(store: LayeredPostingStore, base: PostingReader) { self.store = store; self.base = base }
+    init(store: UpdatedPostingStore, base: PostingReader) { self.store = store; self.base = base }
 
-    var scratchBytes: Int { base.scratchBytes + staged.capacity * 4 }
+    var scratchBytes: Int { base.scratchBytes + (staged.capacity + baseLists.capacity + order.capacity) * 4 + plan.scratchBytes + requests.bytes }
     var path: String { base.path }
 
     func stage(_ lists: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
-        staged.removeAll(keepingCapacity: true)
+        staged.removeAll(keepingCapacity: true); baseLists.removeAll(keepingCapacity: true); order.removeAll(keepingCapacity: true)
         staged.append(contentsOf: lists)
-        return base.stage(lists)
+        let moved = store.moved, relocated = store.relocated, nb = store.base.listCount
+        for h in lists {
+            if moved[Int(h)] { if relocated[Int(h)].count > 0 { order.append(h) } } else if Int(h) < nb { baseLists.append(h) }
+        }
+        let (rb, cb) = baseLists.withUnsafeBufferPointer { base.stage($0) }
+        requests.reset()
+        for r in rb { requests.append(r) }
+        baseRequests = rb.count
+        var counts = cb
+        plan.reset()
+        if !order.isEmpty, let file = store.file {
+            order.sort { relocated[Int($0)].offset < relocated[Int($1)].offset }
+            for h in order {
+                let e = relocated[Int(h)]
+                plan.add(fd: file.fd, start: e.offset, end: e.offset + UInt64(e.pages) * 4096, gap: 4096, maxBytes: 128 << 10)
+            }
+            let (ru, total) = plan.finish()
+            for r in ru { requests.append(r) }
+            counts.requests += ru.count; counts.bytes += total; counts.roundTrips = 1; counts.items += order.count
+        }
+        return (requests.buffer, counts)
     }
 
-    /// The base's resident lists, then every staged list's delta records (a list with both
-    /// is visited as two runs).
+    /// The base's resident lists, then every staged list's delta records.
     func visitResident(visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> Int {
         var n = try base.visitResident(visit: visit)
         let d = store.delta
@@ -114,82 +169,187 @@ final class LayeredPostingReader: PostingReader {
 
     func deliver(_ r: Int, _ result: Result<Int, FathomError>, verify: Bool,
                  visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> FathomError? {
-        try base.deliver(r, result, verify: verify, visit: visit)
+        if r < baseRequests { return try base.deliver(r, result, verify: verify, visit: visit) }
+        if case .failure(let e) = result { return e }
+        let own = r - baseRequests
+        let req = plan.requests[own]
+        let recordBytes = store.recordBytes
+        var failure: FathomError? = nil
+        for i in plan.items(of: own) {
+            let h = order[i]
+            let e = store.relocated[Int(h)]
+            let p = UnsafeRawPointer(req.buffer) + Int(e.offset - req.offset)
+            if verify, let error = e.checksumError(p, recordBytes: recordBytes, list: Int(h), path: store.path) {
+                if failure == nil { failure = error }
+                continue
+            }
+            try visit(h, p, Int(e.count))
+        }
+        return failure
     }
 }
 
-/// The base index's vectors.dat plus the full vectors of inserted rows (ids ≥ `baseCount`)
-/// held in RAM (rebuilt from the write-ahead log at open).
+/// The full vectors of inserted rows (ids ≥ the base count), in RAM until a maintenance job
+/// spills them to vectors.upd. Rows sit in chunks of 4,096; a chunk whose rows are all on
+/// disk is let go (freed once no published snapshot holds it), which bounds the RAM.
 ///
-/// Thread safety: immutable and shared; the arena's rows below `baseCount + deltaCount`
-/// never change.
-final class LayeredVectorStore: VectorStore, @unchecked Sendable {
+/// Thread safety: the writer appends and drops; ``snapshot()`` results are immutable and shared.
+final class VectorArena {
+    final class Chunk: @unchecked Sendable {
+        let rows: UnsafeMutableRawPointer
+        init(bytes: Int) { rows = .allocate(byteCount: bytes, alignment: 64) }
+        deinit { rows.deallocate() }
+    }
+
+    /// What a search sees: the chunks held at publication, the row count, and the first row
+    /// still in RAM (rows below it are read from vectors.upd).
+    struct Snapshot: @unchecked Sendable {
+        let chunks: [Chunk?]
+        let count: Int
+        let firstResident: Int
+        let chunkRows: Int
+        let rowBytes: Int
+        @inline(__always) func row(_ i: Int) -> UnsafeRawPointer {
+            UnsafeRawPointer(chunks[i / chunkRows].unsafelyUnwrapped.rows) + (i % chunkRows) * rowBytes
+        }
+    }
+
+    let rowBytes: Int
+    let chunkRows = 4096
+    private(set) var chunks = [Chunk?]()
+    private(set) var count = 0
+    /// Rows below this are no longer in RAM.
+    private(set) var firstResident = 0
+
+    init(rowBytes: Int) { self.rowBytes = rowBytes }
+
+    func append(_ p: UnsafeRawPointer) {
+        let c = count / chunkRows
+        if c == chunks.count { chunks.append(Chunk(bytes: chunkRows * rowBytes)) }
+        (chunks[c]!.rows + (count % chunkRows) * rowBytes).copyMemory(from: p, byteCount: rowBytes)
+        count += 1
+    }
+
+    /// Row `i` (i ≥ ``firstResident``).
+    func row(_ i: Int) -> UnsafeRawPointer {
+        UnsafeRawPointer(chunks[i / chunkRows].unsafelyUnwrapped.rows) + (i % chunkRows) * rowBytes
+    }
+
+    /// Rows below `rows` are on disk: lets go of every chunk they fill entirely.
+    func drop(below rows: Int) {
+        let full = min(rows, count) / chunkRows
+        for c in 0..<full { chunks[c] = nil }
+        firstResident = max(firstResident, full * chunkRows)
+    }
+
+    /// Bytes of the chunks held.
+    var residentBytes: Int { (chunks.count - firstResident / chunkRows) * chunkRows * rowBytes + chunks.count * 8 }
+
+    func snapshot() -> Snapshot {
+        Snapshot(chunks: chunks, count: count, firstResident: firstResident, chunkRows: chunkRows, rowBytes: rowBytes)
+    }
+}
+
+/// The re-rank tier of an updated index: vectors.dat for the built rows (ids below
+/// `baseCount`), then the inserted rows: those a maintenance job spilled to vectors.upd
+/// (read like vectors.dat, by their row among the inserted) and those still in RAM.
+///
+/// Thread safety: immutable and shared.
+final class UpdatedVectorStore: VectorStore, @unchecked Sendable {
     let base: VectorStore
     let baseCount: Int
-    let delta: RowArena
-    let deltaCount: Int
+    /// vectors.upd (rows 0 ..< arena.firstResident of the inserted), nil before any spill.
+    let spilled: VectorStore?
+    let arena: VectorArena.Snapshot
 
-    init(base: VectorStore, baseCount: Int, delta: RowArena, deltaCount: Int) {
-        self.base = base; self.baseCount = baseCount; self.delta = delta; self.deltaCount = deltaCount
+    init(base: VectorStore, baseCount: Int, spilled: VectorStore?, arena: VectorArena.Snapshot) {
+        self.base = base; self.baseCount = baseCount; self.spilled = spilled; self.arena = arena
     }
 
     var elementType: ElementType { base.elementType }
     var dimension: Int { base.dimension }
-    func makeReader() -> VectorReader { LayeredVectorReader(store: self, base: base.makeReader()) }
+    func makeReader() -> VectorReader { UpdatedVectorReader(store: self, base: base.makeReader(), spilled: spilled?.makeReader()) }
 }
 
-final class LayeredVectorReader: VectorReader {
-    let store: LayeredVectorStore
+final class UpdatedVectorReader: VectorReader {
+    let store: UpdatedVectorStore
     let base: VectorReader
-    /// The staged ids below the base count (in storage that stays put until the last
-    /// delivery: the base reader keeps a pointer to it), and each one's position in the
-    /// caller's ids.
-    var baseIds = UnsafeMutablePointer<UInt32>.allocate(capacity: 64)
-    var baseCapacity = 64
-    var baseCount = 0
-    var basePos = [Int32]()
-    /// Positions of staged ids in the delta.
-    var deltaPos = [Int32]()
+    let spilled: VectorReader?
+    /// Staged ids per tier (in storage that stays put until the last delivery: the readers
+    /// keep pointers to it) and each one's position in the caller's ids.
+    var baseIds = IdBuffer(), spillIds = IdBuffer()
+    var basePos = [Int32](), spillPos = [Int32](), arenaPos = [Int32]()
     var staged = UnsafeBufferPointer<UInt32>(start: nil, count: 0)
+    let requests = RequestList()
+    var baseRequests = 0
 
-    init(store: LayeredVectorStore, base: VectorReader) { self.store = store; self.base = base }
-    deinit { baseIds.deallocate() }
+    init(store: UpdatedVectorStore, base: VectorReader, spilled: VectorReader?) {
+        self.store = store; self.base = base; self.spilled = spilled
+    }
 
-    var scratchBytes: Int { base.scratchBytes + (baseCapacity + basePos.capacity + deltaPos.capacity) * 4 }
+    var scratchBytes: Int {
+        base.scratchBytes + (spilled?.scratchBytes ?? 0) + (baseIds.capacity + spillIds.capacity) * 4
+            + (basePos.capacity + spillPos.capacity + arenaPos.capacity) * 4 + requests.bytes
+    }
     var path: String { base.path }
 
-    var baseBuffer: UnsafeBufferPointer<UInt32> { UnsafeBufferPointer(start: baseIds, count: baseCount) }
-
-    func split(_ ids: UnsafeBufferPointer<UInt32>) {
-        if ids.count > baseCapacity {
-            baseIds.deallocate(); baseCapacity = ids.count; baseIds = .allocate(capacity: baseCapacity)
-        }
-        baseCount = 0
-        basePos.removeAll(keepingCapacity: true); deltaPos.removeAll(keepingCapacity: true)
-        let b = UInt32(store.baseCount)
-        for (i, id) in ids.enumerated() {
-            if id < b { baseIds[baseCount] = id; baseCount += 1; basePos.append(Int32(i)) } else { deltaPos.append(Int32(i)) }
-        }
-        staged = ids
-    }
-
     func stage(_ ids: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts) {
-        split(ids)
-        var r = base.stage(baseBuffer)
-        r.counts.items += deltaPos.count
-        return r
+        staged = ids
+        baseIds.reset(ids.count); spillIds.reset(ids.count)
+        basePos.removeAll(keepingCapacity: true); spillPos.removeAll(keepingCapacity: true); arenaPos.removeAll(keepingCapacity: true)
+        let b = store.baseCount, firstResident = store.arena.firstResident
+        for (i, id) in ids.enumerated() {
+            let v = Int(id)
+            if v < b { baseIds.append(id); basePos.append(Int32(i)) }
+            else if v - b < firstResident { spillIds.append(UInt32(v - b)); spillPos.append(Int32(i)) }
+            else { arenaPos.append(Int32(i)) }
+        }
+        requests.reset()
+        var (rb, counts) = base.stage(baseIds.buffer)
+        for r in rb { requests.append(r) }
+        baseRequests = rb.count
+        if let spilled, spillIds.count > 0 {
+            let (rs, cs) = spilled.stage(spillIds.buffer)
+            for r in rs { requests.append(r) }
+            counts.requests += cs.requests; counts.bytes += cs.bytes; counts.roundTrips = max(counts.roundTrips, cs.roundTrips)
+            counts.items += cs.items
+        }
+        counts.items += arenaPos.count
+        rb = requests.buffer
+        return (rb, counts)
     }
 
-    /// The base's resident rows, then the inserted rows (from the arena).
+    /// The base's resident rows, then the inserted rows still in RAM.
     func visitResident(visit: (Int, UnsafeRawPointer) throws -> Void) rethrows {
         let pos = basePos
         try base.visitResident { i, row in try visit(Int(pos[i]), row) }
-        let b = store.baseCount
-        for p in deltaPos { try visit(Int(p), UnsafeRawPointer(store.delta.row(Int(staged[Int(p)]) - b))) }
+        let b = store.baseCount, arena = store.arena
+        for p in arenaPos { try visit(Int(p), arena.row(Int(staged[Int(p)]) - b)) }
     }
 
     func deliver(_ r: Int, _ result: Result<Int, FathomError>, visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError? {
-        let pos = basePos
-        return try base.deliver(r, result) { i, row in try visit(Int(pos[i]), row) }
+        if r < baseRequests {
+            let pos = basePos
+            return try base.deliver(r, result) { i, row in try visit(Int(pos[i]), row) }
+        }
+        let pos = spillPos
+        return try spilled!.deliver(r - baseRequests, result) { i, row in try visit(Int(pos[i]), row) }
     }
+}
+
+/// A growable id buffer whose storage stays put between a stage and its deliveries.
+/// Thread safety: one owner (a reader).
+final class IdBuffer {
+    private(set) var base = UnsafeMutablePointer<UInt32>.allocate(capacity: 64)
+    private(set) var capacity = 64
+    private(set) var count = 0
+
+    deinit { base.deallocate() }
+
+    func reset(_ atLeast: Int) {
+        count = 0
+        if atLeast > capacity { base.deallocate(); capacity = atLeast; base = .allocate(capacity: atLeast) }
+    }
+    func append(_ v: UInt32) { base[count] = v; count += 1 }
+    var buffer: UnsafeBufferPointer<UInt32> { UnsafeBufferPointer(start: base, count: count) }
 }

@@ -31,7 +31,16 @@ public final class MutableVectorIndex: @unchecked Sendable {
     let writable: Bool
     let io: IOMode
     let serveMemory: UInt64?
+    let policy: UpdatePolicy
     private var lock: FileLock?
+    // The maintenance thread: woken after each flush, it runs one unit at a time under the
+    // writer lock; stopped by close().
+    private let wake = NSCondition()
+    private var wakeups = 0
+    private var stopping = false
+    private var maintenanceThread: Thread?
+    private let maintenanceDone = DispatchSemaphore(value: 0)
+    private var failure: FathomError?
     private let writeLock = NSLock()
     /// The writer's state over the current base version (guarded by writeLock; replaced by a checkpoint).
     private var w: WriterState
@@ -44,16 +53,21 @@ public final class MutableVectorIndex: @unchecked Sendable {
     public static func lockPath(_ directory: String) -> String { directory + ".fathom-write.lock" }
 
     /// Opens `directory` for updates: takes the writer lock, opens the index, replays its
-    /// write-ahead log (cutting a torn tail) and publishes the first snapshot.
+    /// write-ahead log (cutting a torn tail) and publishes the first snapshot. With
+    /// `policy.background`, a maintenance thread then keeps the index good as updates land
+    /// (split, merge, reassign, reclaim; the delta tier within `policy.deltaMemory`).
     /// - Throws: `.io` if another writer holds the directory (naming its pid); `.invalidArgument`
     ///   for an index these updates do not support yet (attributes; uint8/int8 vectors).
-    public static func open(at directory: String, io: IOMode = .auto, serveMemory: UInt64? = nil) throws -> MutableVectorIndex {
-        try MutableVectorIndex(directory: directory, writable: true, io: io, serveMemory: serveMemory)
+    public static func open(at directory: String, io: IOMode = .auto, serveMemory: UInt64? = nil,
+                            policy: UpdatePolicy = UpdatePolicy()) throws -> MutableVectorIndex {
+        let w = try MutableVectorIndex(directory: directory, writable: true, io: io, serveMemory: serveMemory, policy: policy)
+        if policy.background { w.startMaintenance() }
+        return w
     }
 
-    init(directory: String, writable: Bool, io: IOMode, serveMemory: UInt64?) throws {
+    init(directory: String, writable: Bool, io: IOMode, serveMemory: UInt64?, policy: UpdatePolicy = UpdatePolicy()) throws {
         path = directory
-        self.writable = writable; self.io = io; self.serveMemory = serveMemory
+        self.writable = writable; self.io = io; self.serveMemory = serveMemory; self.policy = policy
         if writable {
             _ = try Manifest.load(directory: directory)   // a clear error before creating a lock file
             let (l, holder) = try FileLock.tryLock(Self.lockPath(directory))
@@ -62,7 +76,7 @@ public final class MutableVectorIndex: @unchecked Sendable {
             }
             lock = l
         }
-        w = try WriterState(directory: directory, writable: writable, io: io, serveMemory: serveMemory)
+        w = try WriterState(directory: directory, writable: writable, io: io, serveMemory: serveMemory, policy: policy)
         current = w.makeSnapshot()
     }
 
@@ -71,9 +85,109 @@ public final class MutableVectorIndex: @unchecked Sendable {
     public var replayedRecords: Int { writeLock.lock(); defer { writeLock.unlock() }; return w.replayedRecords }
     public var tornBytes: Int { writeLock.lock(); defer { writeLock.unlock() }; return w.tornBytes }
 
-    /// Releases the writer lock (pending, unflushed updates are dropped). Searches of
-    /// snapshots taken before keep working.
-    public func close() { writeLock.lock(); lock?.release(); lock = nil; writeLock.unlock() }
+    /// Stops the maintenance thread (after the unit it is running) and releases the writer
+    /// lock (pending, unflushed updates are dropped). Searches of snapshots taken before keep
+    /// working.
+    public func close() {
+        stopMaintenance()
+        writeLock.lock(); lock?.release(); lock = nil; writeLock.unlock()
+    }
+
+    deinit { stopMaintenance() }
+
+    // MARK: maintenance
+
+    /// What maintenance did since open, and the delta tier's RAM and bound. Thread-safe.
+    public var maintenanceStats: MaintenanceStats { writeLock.lock(); defer { writeLock.unlock() }; return w.currentStats }
+
+    /// The error that stopped background maintenance, if any (an IO error, a full disk):
+    /// updates keep working and stay durable; maintenance resumes at the next open or
+    /// ``maintain()``. Thread-safe.
+    public var maintenanceError: FathomError? { writeLock.lock(); defer { writeLock.unlock() }; return failure }
+
+    /// Runs maintenance until none is due (splits, merges, reassignment, the delta tier
+    /// under its bound, a due sweep finished), each unit durable and published as it
+    /// completes. Safe beside searches and the background thread. Returns the stats after.
+    @discardableResult
+    public func maintain() throws -> MaintenanceStats {
+        while true {
+            writeLock.lock()
+            do {
+                try checkWritable()
+                let did = try runUnit()
+                let stats = w.currentStats
+                writeLock.unlock()
+                if !did { return stats }
+            } catch {
+                writeLock.unlock()
+                throw error
+            }
+        }
+    }
+
+    /// One unit under the writer lock (held by the caller): pending updates are flushed
+    /// first, so the unit's records follow them in the log; then the unit is committed and
+    /// published.
+    private func runUnit() throws -> Bool {
+        guard w.needsMaintenance else { return false }
+        try w.wal.commit()
+        guard try w.maintainOnce() else { return false }
+        try w.wal.commit()
+        publish(w.makeSnapshot())
+        w.unpublished = false
+        return true
+    }
+
+    private func startMaintenance() {
+        let t = Thread { [weak self] in
+            while let me = self, me.maintenanceLoopStep() {}
+            self?.maintenanceDone.signal()
+        }
+        t.name = "fathom-maintenance"
+        t.qualityOfService = .utility
+        maintenanceThread = t
+        t.start()
+    }
+
+    /// One step of the background loop; false to end it.
+    private func maintenanceLoopStep() -> Bool {
+        wake.lock()
+        while wakeups == 0 && !stopping { wake.wait() }
+        if stopping { wake.unlock(); return false }
+        wakeups = 0
+        wake.unlock()
+        while true {
+            wake.lock(); let stop = stopping; wake.unlock()
+            if stop { return false }
+            writeLock.lock()
+            if lock == nil || failure != nil { writeLock.unlock(); return true }
+            do {
+                let did = try runUnit()
+                writeLock.unlock()
+                if !did { return true }
+            } catch let e as FathomError {
+                failure = e
+                writeLock.unlock()
+                return true
+            } catch {
+                failure = FathomError(.io, "background maintenance failed", path: path, cause: error)
+                writeLock.unlock()
+                return true
+            }
+        }
+    }
+
+    private func signalMaintenance() {
+        guard maintenanceThread != nil else { return }
+        wake.lock(); wakeups += 1; wake.signal(); wake.unlock()
+    }
+
+    private func stopMaintenance() {
+        guard let _ = maintenanceThread else { return }
+        wake.lock(); stopping = true; wake.broadcast(); wake.unlock()
+        maintenanceDone.wait()
+        maintenanceThread = nil
+    }
 
     // MARK: reading
 
@@ -177,6 +291,7 @@ public final class MutableVectorIndex: @unchecked Sendable {
         try checkWritable()
         try w.wal.commit()
         if w.unpublished { publish(w.makeSnapshot()); w.unpublished = false }
+        if w.needsMaintenance { signalMaintenance() }
     }
 
     /// Folds every update into a new index version: flushes, writes the live vectors and
@@ -207,7 +322,7 @@ public final class MutableVectorIndex: @unchecked Sendable {
         o.codec = PostingCodec(rawValue: m.codec ?? "none") ?? .none
         o.reduceDims = m.reduced_dimension; o.routerDims = m.router_dimension; o.labels = labelsPath
         try IndexBuilder(input: input, output: path, options: o, progress: progress).build()
-        w = try WriterState(directory: path, writable: true, io: io, serveMemory: serveMemory)
+        w = try WriterState(directory: path, writable: true, io: io, serveMemory: serveMemory, policy: policy)
         publish(w.makeSnapshot())
     }
 
@@ -229,23 +344,47 @@ public final class MutableVectorIndex: @unchecked Sendable {
 }
 
 /// What a ``MutableVectorIndex`` writer keeps over one base version: the float heads and
-/// graph it assigns with, the delta postings, vectors and labels, the tombstones, the label
-/// → id map and the log. Not thread-safe (its owner's writer lock guards it).
+/// graph it assigns with (grown by splits, with retired heads), the delta postings, the
+/// relocated lists (postings.upd), the inserted vectors (RAM, then vectors.upd) and labels,
+/// the tombstones, the label → id map and the log. Not thread-safe (its owner's writer lock
+/// guards it). Maintenance (split, merge, reassign, relocation, spill) is in
+/// `Maintenance.swift`.
 final class WriterState {
     let base: VectorIndex
+    let directory: String
+    let writable: Bool
     let wal: WriteAheadLog
-    let heads: Matrix
-    let graph: HeadGraph
+    let policy: UpdatePolicy
+    /// Heads of the built version, and heads now (splits add heads).
+    let baseHeads: Int
+    var headCount: Int
+    /// The head graph with spare capacity (rows at or above `headCount` are unlinked) and
+    /// its float heads: the writer assigns with them, as the build does.
+    var graph: HeadGraph
+    var heads: Matrix { graph.vectors! }
     /// The build's head-search entry points (the same pivots, so inserts and the build
-    /// assign alike).
+    /// assign alike; pivots stay base heads).
     let pivots: SearchPivots
     /// The build's assignment scratch (head search, candidates, encode scratch).
-    let assigner: AssignWorker
+    var assigner: AssignWorker
+    var linkWork: LinkWork
+    /// Heads merged away: kept in the graph as waypoints, never assigned or routed to.
+    var retired: Tombstones
+    /// The router of the last snapshot (without the retired filter) and the heads moved since.
+    var router: any HeadRouter
+    var movedHeads: [Int] = []
+    var routerDirty = false
     let assigned: UnsafeMutablePointer<UInt32>
     let record: UnsafeMutableRawPointer
     let work: UnsafeMutablePointer<Float>
     let delta: DeltaPostings
-    let vectors: RowArena
+    /// Lists rewritten into postings.upd (`moved[h]`: h's stored list is `relocated[h]`).
+    var relocated: [PostingEntry]
+    var moved: [Bool]
+    let files: UpdateFiles
+    let vectors: VectorArena
+    /// Inserted rows written to vectors.upd.
+    var spilledRows = 0
     let labelRows: RowArena
     var tombstones: Tombstones
     var idOf: [UInt64: UInt32] = [:]
@@ -253,10 +392,26 @@ final class WriterState {
     var unpublished = false
     var replayedRecords = 0
     var tornBytes = 0
+    /// Maintenance bookkeeping (Maintenance.swift).
+    var oversized = Set<Int>()
+    var stats = MaintenanceStats()
+    var sweepCursor: Int? = nil
+    var deletedAtLastSweep = 0
+    /// A delta tier over its bound is brought under half of it before maintenance stops.
+    var reducing = false
+    /// A job's records (one list at a time).
+    var jobRecords = [UInt8]()
+    /// Posting size thresholds: a list over `splitAbove` records splits, a list whose live
+    /// records fall under `mergeBelow` merges.
+    let splitAbove: Int
+    let mergeBelow: Int
 
-    init(directory: String, writable: Bool, io: IOMode, serveMemory: UInt64?) throws {
+    init(directory: String, writable: Bool, io: IOMode, serveMemory: UInt64?, policy: UpdatePolicy = UpdatePolicy()) throws {
         let b = try VectorIndex.open(at: directory, io: io, serveMemory: serveMemory)
         base = b
+        self.directory = directory
+        self.writable = writable
+        self.policy = policy
         guard b.attributes == nil else {
             throw FathomError(.invalidArgument, "the index has attributes: updates of attributed indexes are not supported yet (rebuild with the new vectors)", path: directory)
         }
@@ -264,46 +419,61 @@ final class WriterState {
             throw FathomError(.invalidArgument, "the index stores \(b.elementType.rawValue) vectors: updates support float32 indexes only so far", path: directory)
         }
         // The writer assigns with the float heads, as the build does.
-        if let v = b.graph.vectors {
-            graph = b.graph; heads = v
+        let built: HeadGraph
+        if b.graph.vectors != nil {
+            built = b.graph
         } else {
             let layout = IndexLayout(directory: directory)
             let (h, _) = try layout.readHeads()
-            heads = h; graph = try layout.readGraph(heads: h)
+            built = try layout.readGraph(heads: h)
         }
-        let K = max(1, min(b.manifest.parameters.candidate_heads, graph.count))
-        pivots = SearchPivots(heads: heads)
-        assigner = AssignWorker(heads: graph.count, beam: K + 32, degree: graph.degree, pivots: pivots.count,
+        baseHeads = built.count
+        headCount = built.count
+        pivots = SearchPivots(heads: built.vectors!)
+        let capacity = built.count + max(64, built.count / 8)
+        graph = built.withCapacity(capacity)
+        router = b.router
+        retired = Tombstones(capacity: capacity)
+        let K = max(1, min(b.manifest.parameters.candidate_heads, built.count))
+        assigner = AssignWorker(heads: capacity, beam: K + 32, degree: graph.degree, pivots: pivots.count,
                                 encodeScratch: b.codec.encodeScratchFloats)
+        linkWork = LinkWork(graphSize: capacity, buildList: 64, degree: graph.degree)
         assigned = .allocate(capacity: WriteAheadLog.maxHeads)
         record = .allocate(byteCount: b.postingStore.recordBytes, alignment: 16)
         work = .allocate(capacity: b.dimension)
-        delta = DeltaPostings(heads: b.postingStore.listCount, recordBytes: b.postingStore.recordBytes)
-        vectors = RowArena(rowBytes: b.dimension * 4)
+        delta = DeltaPostings(heads: built.count, recordBytes: b.postingStore.recordBytes)
+        relocated = [PostingEntry](repeating: PostingEntry(offset: 0, count: 0, pages: 0, crc: 0), count: built.count)
+        moved = [Bool](repeating: false, count: built.count)
+        vectors = VectorArena(rowBytes: b.dimension * 4)
         labelRows = RowArena(rowBytes: 8)
         tombstones = Tombstones(capacity: b.count + 4096)
+        let cap = max(1, b.manifest.parameters.posting_capacity)
+        splitAbove = policy.splitAbove ?? Self.splitThreshold(table: b.table, capacity: cap)
+        mergeBelow = policy.mergeBelow ?? Self.mergeThreshold(table: b.table, capacity: cap)
         idOf.reserveCapacity(b.count)
         for i in 0..<b.count { idOf[b.labels.label(of: UInt32(i))] = UInt32(i) }
         maxLabel = b.labels.maxLabel
-        wal = try WriteAheadLog(directory: directory, dimension: b.dimension, identity: Self.identity(b.manifest), writable: writable)
+        let identity = Self.identity(b.manifest)
+        wal = try WriteAheadLog(directory: directory, dimension: b.dimension, recordBytes: b.postingStore.recordBytes, identity: identity, writable: writable)
+        files = try UpdateFiles(directory: directory, identity: identity, dimension: b.dimension, writable: writable, direct: b.ioMode == .aio)
         var replayError: FathomError? = nil
-        let replayed = try wal.replay(writable: writable) { op, label, v, heads, offset in
+        let replayed = try wal.replay(writable: writable) { rec, offset in
             if replayError != nil { return }
             do {
-                switch op {
-                case .insert: try self.apply(insert: label, vector: v!, replace: false, heads: heads)
-                case .upsert: try self.apply(insert: label, vector: v!, replace: true, heads: heads)
-                case .delete: _ = self.apply(delete: label)
-                }
+                try self.replay(rec)
             } catch var e as FathomError {
                 e.message = "replaying the record at byte \(offset): " + e.message
                 e.path = directory + "/" + WriteAheadLog.fileName; e.offset = UInt64(offset)
                 replayError = e
+            } catch {
+                replayError = FathomError(.io, "replaying the record at byte \(offset)", path: directory + "/" + WriteAheadLog.fileName, offset: UInt64(offset), cause: error)
             }
         }
         if let replayError { throw replayError }
         replayedRecords = replayed.records
         tornBytes = replayed.tornBytes
+        // What a job wrote past its last logged record (a crash before its commit) is cut.
+        if writable { try files.cut(postingsEnd: relocated.indices.filter { moved[$0] }.map { relocated[$0].offset + UInt64(relocated[$0].pages) * 4096 }.max(), spilledRows: spilledRows) }
     }
 
     deinit {
@@ -311,6 +481,60 @@ final class WriterState {
     }
 
     static func identity(_ m: Manifest) -> UInt64 { UInt64(m.manifest_crc32c ?? "0", radix: 16) ?? 0 }
+
+    /// The split threshold chosen from the built index: a list longer than every list the
+    /// build made (and than twice the mean), at most the posting capacity, has outgrown its
+    /// head.
+    static func splitThreshold(table: [PostingEntry], capacity: Int) -> Int {
+        let counts = table.map { Int($0.count) }
+        guard let longest = counts.max(), longest > 0 else { return capacity }
+        let mean = Double(counts.reduce(0, +)) / Double(max(counts.filter { $0 > 0 }.count, 1))
+        return max(2, min(capacity, max(longest, Int((2 * mean).rounded(.up)))))
+    }
+
+    /// The merge threshold chosen from the built index: half the 1st percentile of its
+    /// non-empty posting lengths, at most a sixteenth of the capacity, at least 2 — a list
+    /// far smaller than nearly every list the build made costs a probe for little.
+    static func mergeThreshold(table: [PostingEntry], capacity: Int) -> Int {
+        var counts = table.map { Int($0.count) }.filter { $0 > 0 }
+        guard !counts.isEmpty else { return 2 }
+        counts.sort()
+        return max(2, min(capacity / 16, counts[counts.count / 100] / 2))
+    }
+
+    /// Applies one replayed record (inserts, deletes, and what maintenance decided).
+    func replay(_ rec: WriteAheadLog.Record) throws {
+        switch rec {
+        case .insert(let label, let v, let heads, let upsert):
+            try apply(insert: label, vector: v, replace: upsert, heads: heads)
+        case .delete(let label):
+            _ = apply(delete: label)
+        case .split(let h, let g, let hv, let gv):
+            guard Int(h) < headCount, Int(g) == headCount else {
+                throw FathomError(.corruptIndex, "a split of head \(h) into new head \(g), but the index has \(headCount) heads")
+            }
+            applySplit(head: Int(h), headVector: hv, newVector: gv)
+        case .retire(let h):
+            guard Int(h) < headCount else { throw FathomError(.corruptIndex, "retires head \(h), but the index has \(headCount) heads") }
+            retired.insert(h)
+        case .relocate(let h, let e):
+            guard Int(h) < headCount else { throw FathomError(.corruptIndex, "relocates head \(h), but the index has \(headCount) heads") }
+            try files.checkPosting(e, recordBytes: base.postingStore.recordBytes)
+            applyRelocate(head: Int(h), entry: e)
+        case .attach(let h, let rec):
+            let id = UInt32(littleEndian: rec.loadUnaligned(as: UInt32.self))
+            guard Int(h) < headCount, Int(id) < idCount else {
+                throw FathomError(.corruptIndex, "attaches id \(id) to head \(h), but the index has \(idCount) ids and \(headCount) heads")
+            }
+            applyAttach(head: Int(h), record: rec)
+        case .spill(let rows):
+            guard Int(rows) <= vectors.count else {
+                throw FathomError(.corruptIndex, "spills \(rows) inserted vectors, but \(vectors.count) were inserted")
+            }
+            try files.checkSpilled(rows: Int(rows))
+            applySpill(rows: Int(rows))
+        }
+    }
 
     func check(_ v: UnsafeBufferPointer<Float>) throws {
         let d = base.dimension
@@ -331,18 +555,33 @@ final class WriterState {
         }
     }
 
+    /// Records in head h's stored list (base or relocated), without its delta.
+    @inline(__always) func storedCount(_ h: Int) -> Int {
+        moved[h] ? Int(relocated[h].count) : (h < baseHeads ? Int(base.table[h].count) : 0)
+    }
+    /// Records in head h's list (stored + delta; deleted ones included).
+    @inline(__always) func count(_ h: Int) -> Int { storedCount(h) + Int(delta.counts[h]) }
+
     /// The postings a new vector joins: the build's rule (assign stage of IndexBuilder) —
-    /// the `candidate_heads` nearest heads by graph search, kept by the RNG closure rule, at
-    /// most `replicas`. Leaves the (normalized) vector in `work` and the heads in `assigned`.
+    /// the `candidate_heads` nearest live heads by graph search, kept by the RNG closure
+    /// rule, at most `replicas`. Leaves the (normalized) vector in `work` and the heads in
+    /// `assigned`.
     func assign(_ v: UnsafePointer<Float>) -> UnsafeBufferPointer<UInt32> {
         let d = base.dimension
         work.update(from: v, count: d)
         if base.metric == .cosine { _ = Distance.normalize(work, d) }
         let p = base.manifest.parameters
-        let K = max(1, min(p.candidate_heads, graph.count))
+        let K = max(1, min(p.candidate_heads, headCount))
         let a = assigner
-        let found = graph.search(FloatHeads(query: work, heads: heads), k: K, listSize: K + 32, scratch: a.scratch, outIds: a.candIds, outDist: a.candDist,
+        var found = graph.search(FloatHeads(query: work, heads: heads), k: K, listSize: K + 32, scratch: a.scratch, outIds: a.candIds, outDist: a.candDist,
                                  entries: pivots.nearest(work, scratch: a.pivotDist, out: a.entries))
+        if retired.deleted > 0 {
+            var kept = 0
+            for i in 0..<found where !retired.contains(a.candIds[i]) {
+                a.candIds[kept] = a.candIds[i]; a.candDist[kept] = a.candDist[i]; kept += 1
+            }
+            found = kept
+        }
         let m = rngSelect(candidates: a.candIds, distances: a.candDist, count: found, replicas: min(WriteAheadLog.maxHeads, max(1, p.replicas)),
                           rngFactor: Float(p.rng_factor), heads: heads, out: a.chosen)
         for c in 0..<m { assigned[c] = a.candIds[a.chosen[c]] }
@@ -358,8 +597,8 @@ final class WriterState {
 
     /// Applies an insert or upsert assigned to `postings` (shared by updates and replay).
     func apply(insert label: UInt64, vector v: UnsafePointer<Float>, replace: Bool, heads postings: UnsafeBufferPointer<UInt32>) throws {
-        for h in postings where Int(h) >= graph.count {
-            throw FathomError(.corruptIndex, "an insert of label \(label) names posting \(h), but the index has \(graph.count)")
+        for h in postings where Int(h) >= headCount {
+            throw FathomError(.corruptIndex, "an insert of label \(label) names posting \(h), but the index has \(headCount)")
         }
         if let old = idOf[label] {
             guard replace else { throw FathomError(.invalidArgument, "label \(label) is already in the index; upsert replaces it") }
@@ -373,7 +612,10 @@ final class WriterState {
         }
         record.storeBytes(of: id.littleEndian, as: UInt32.self)
         base.codec.encode(work, scratch: assigner.encodeScratch, into: record + 4)   // as the build's assign encodes
-        for h in postings { delta.append(head: Int(h), record: record) }
+        for h in postings {
+            delta.append(head: Int(h), record: record)
+            if count(Int(h)) > splitAbove { oversized.insert(Int(h)) }
+        }
         vectors.append(work)
         var l = label.littleEndian
         labelRows.append(&l)
@@ -393,15 +635,46 @@ final class WriterState {
         tombstones.insert(id)
     }
 
-    /// A snapshot of the state: the base's seams composed with the delta.
+    /// Ids of this version (base rows and every inserted row).
+    var idCount: Int { base.count + vectors.count }
+
+    /// The label of internal id `id`.
+    func label(of id: UInt32) -> UInt64 {
+        Int(id) < base.count ? base.labels.label(of: id)
+            : UInt64(littleEndian: labelRows.row(Int(id) - base.count).load(as: UInt64.self))
+    }
+
+    /// A snapshot of the state: the base's seams composed with the updates.
     func makeSnapshot() -> VectorIndex {
-        VectorIndex(
+        if routerDirty {
+            let g = graph.prefix(headCount, keepingVectors: router.graph.vectors != nil)
+            router = router.grown(graph: g, heads: heads, changed: movedHeads)
+            movedHeads.removeAll()
+            routerDirty = false
+        }
+        let searchRouter: any HeadRouter = retired.deleted > 0
+            ? RetiredHeadsRouter(inner: router, retired: retired.copy(capacity: retired.wordCount * 64)) : router
+        return VectorIndex(
             deriving: base,
-            postingStore: LayeredPostingStore(base: base.postingStore, delta: delta.snapshot()),
-            vectorStore: LayeredVectorStore(base: base.vectorStore, baseCount: base.count, delta: vectors, deltaCount: vectors.count),
-            count: base.count + vectors.count,
+            router: searchRouter,
+            postingStore: UpdatedPostingStore(base: base.postingStore, relocated: relocated, moved: moved,
+                                              file: files.postingsReader, delta: delta.snapshot()),
+            vectorStore: UpdatedVectorStore(base: base.vectorStore, baseCount: base.count, spilled: files.vectorStore, arena: vectors.snapshot()),
+            count: idCount,
             labels: LabelMap(base: base.labels.base, baseCount: base.count, delta: labelRows, deltaCount: labelRows.count, maxLabel: maxLabel),
             tombstones: tombstones.copy(capacity: tombstones.wordCount * 64))
+    }
+
+    /// Reads the full vector of id `id` (as stored: normalized for cosine) into `out`.
+    func readVector(_ id: UInt32, into out: UnsafeMutablePointer<Float>) throws {
+        let d = base.dimension, i = Int(id)
+        if i < base.count {
+            try files.baseVectors.read(into: out, count: d * 4, at: files.placement.offset(i))
+        } else if i - base.count >= vectors.firstResident {
+            out.update(from: vectors.row(i - base.count).assumingMemoryBound(to: Float.self), count: d)
+        } else {
+            try files.readSpilled(row: i - base.count, into: out)
+        }
     }
 
     /// Writes the live vectors (id order) as .fbin and their labels as text (for a checkpoint).
@@ -409,21 +682,12 @@ final class WriterState {
         let d = base.dimension
         let out = try VectorFileWriter(path: path, format: .fbin, elementType: .float32, dimension: d)
         var text = ""
-        let layout = IndexLayout(directory: base.path)
-        let file = try RandomAccessFile(path: layout.vectorsPath)
-        let placement = IndexLayout.VectorPlacement(rowBytes: d * 4)
-        let row = UnsafeMutableRawPointer.allocate(byteCount: d * 4, alignment: 64)
+        let row = UnsafeMutablePointer<Float>.allocate(capacity: d)
         defer { row.deallocate() }
-        let total = base.count + vectors.count
-        let labels = LabelMap(base: base.labels.base, baseCount: base.count, delta: labelRows, deltaCount: labelRows.count)
-        for id in 0..<total where !tombstones.contains(UInt32(id)) {
-            if id < base.count {
-                try file.read(into: row, count: d * 4, at: placement.offset(id))
-                try out.append(UnsafeRawPointer(row), count: 1)
-            } else {
-                try out.append(UnsafeRawPointer(vectors.row(id - base.count)), count: 1)
-            }
-            text += String(labels.label(of: UInt32(id))); text += "\n"
+        for id in 0..<idCount where !tombstones.contains(UInt32(id)) {
+            try readVector(UInt32(id), into: row)
+            try out.append(UnsafeRawPointer(row), count: 1)
+            text += String(label(of: UInt32(id))); text += "\n"
         }
         try out.close()
         let w = try SequentialFileWriter(path: labelsPath, bufferBytes: 1 << 20)
@@ -439,6 +703,6 @@ extension VectorIndex {
         guard FileManager.default.fileExists(atPath: path + "/" + WriteAheadLog.fileName) else {
             return try VectorIndex.open(at: path, io: io, serveMemory: serveMemory)
         }
-        return try MutableVectorIndex(directory: path, writable: false, io: io, serveMemory: serveMemory).snapshot()
+        return try MutableVectorIndex(directory: path, writable: false, io: io, serveMemory: serveMemory, policy: UpdatePolicy()).snapshot()
     }
 }

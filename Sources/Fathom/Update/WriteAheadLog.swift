@@ -20,6 +20,17 @@ import Foundation
 /// | 18 | 4·m | insert/upsert: those postings' heads (UInt32) |
 /// | 18 + 4·m | 4·d | insert/upsert: the vector as given, float32 |
 ///
+/// The index's own maintenance (SPFresh's split, merge and reassign; docs/updates.md) logs
+/// what it decided, so that replay repeats it without recomputing it:
+///
+/// | op | payload after the op byte |
+/// |---|---|
+/// | 4 split | head h (u32), new head g (u32), h's new vector (4·d), g's vector (4·d) |
+/// | 5 retire | head h (u32): merged away, never routed to again |
+/// | 6 relocate | head h (u32), offset (u64), records (u32), pages (u32), CRC32C (u32): h's list is now exactly these records of postings.upd, its delta list empty |
+/// | 7 spill | rows (u64): the first `rows` inserted vectors are in vectors.upd |
+/// | 8 attach | head h (u32), a posting record (its id and code): appended to h's delta (a vector a split's new head now serves, kept in its other lists too) |
+///
 /// Recovery reads records front to back and stops at the first one that is incomplete or
 /// fails its checksum: a torn tail (the bytes of a commit that never finished), which a
 /// writer cuts off. All integers little-endian.
@@ -30,10 +41,23 @@ final class WriteAheadLog {
     static let magic = "FTHMWLOG"
     static let headerBytes = 64
 
-    enum Op: UInt8 { case insert = 1, delete = 2, upsert = 3 }
+    enum Op: UInt8 { case insert = 1, delete = 2, upsert = 3, split = 4, retire = 5, relocate = 6, spill = 7, attach = 8 }
+
+    /// One replayed record; its pointers are valid only during the replay callback.
+    enum Record {
+        case insert(label: UInt64, vector: UnsafePointer<Float>, heads: UnsafeBufferPointer<UInt32>, upsert: Bool)
+        case delete(label: UInt64)
+        case split(head: UInt32, newHead: UInt32, headVector: UnsafePointer<Float>, newVector: UnsafePointer<Float>)
+        case retire(head: UInt32)
+        case relocate(head: UInt32, entry: PostingEntry)
+        case spill(rows: UInt64)
+        case attach(head: UInt32, record: UnsafeRawPointer)
+    }
 
     let path: String
     let dimension: Int
+    /// Bytes of one posting record (attach records carry one).
+    let recordBytes: Int
     let file: LogFile?
     /// Bytes of the log known durable (header + committed records).
     private(set) var durableBytes = 0
@@ -46,13 +70,14 @@ final class WriteAheadLog {
     private var dirtyTail = false
 
     static let maxHeads = 8
-    var maxPayload: Int { 10 + 4 * Self.maxHeads + 4 * dimension }
+    var maxPayload: Int { max(10 + 4 * Self.maxHeads + 4 * dimension, 9 + 8 * dimension, 25, 5 + recordBytes) }
 
     /// Opens the log of `directory` (creating it, writable only, when missing). `identity`
     /// ties the log to one index version. Read-only with no log: an empty log.
-    init(directory: String, dimension: Int, identity: UInt64, writable: Bool) throws {
+    init(directory: String, dimension: Int, recordBytes: Int, identity: UInt64, writable: Bool) throws {
         path = directory + "/" + Self.fileName
         self.dimension = dimension
+        self.recordBytes = recordBytes
         let exists = FileManager.default.fileExists(atPath: path)
         if !exists && !writable { file = nil; return }
         let f = try LogFile(path: path, create: writable)
@@ -82,13 +107,13 @@ final class WriteAheadLog {
 
     /// Replays every complete record in order, then (writable) cuts a torn tail. Returns the
     /// records replayed and the bytes of torn tail found.
-    func replay(writable: Bool, _ apply: (Op, UInt64, UnsafePointer<Float>?, UnsafeBufferPointer<UInt32>, _ offset: Int) throws -> Void) throws -> (records: Int, tornBytes: Int) {
+    func replay(writable: Bool, _ apply: (Record, _ offset: Int) throws -> Void) throws -> (records: Int, tornBytes: Int) {
         guard let f = file, f.size >= Self.headerBytes else { return (0, 0) }
         let size = f.size
         let block = 8 << 20
         let buf = UnsafeMutableRawPointer.allocate(byteCount: block + maxPayload + 8, alignment: 64)
         defer { buf.deallocate() }
-        let vec = UnsafeMutablePointer<Float>.allocate(capacity: max(dimension, 1))
+        let vec = UnsafeMutablePointer<Float>.allocate(capacity: max(2 * dimension, 1))
         let heads = UnsafeMutablePointer<UInt32>.allocate(capacity: Self.maxHeads)
         defer { vec.deallocate(); heads.deallocate() }
         var at = Self.headerBytes          // next record's offset in the file
@@ -108,26 +133,45 @@ final class WriteAheadLog {
             let p = UnsafeRawPointer(buf) + (at - bufStart)
             let len = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)))
             let crc = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
-            guard len >= 9, len <= maxPayload else { break }
+            guard len >= 5, len <= maxPayload else { break }
             guard try ensure(8 + len) else { break }
             let q = UnsafeRawPointer(buf) + (at - bufStart)
             guard crc32c(q + 8, len, 0) == crc else { break }
             guard let op = Op(rawValue: q.load(fromByteOffset: 8, as: UInt8.self)) else { break }
-            let label = UInt64(littleEndian: q.loadUnaligned(fromByteOffset: 9, as: UInt64.self))
-            var v: UnsafePointer<Float>? = nil
-            var m = 0
-            if op != .delete {
+            func u32(_ o: Int) -> UInt32 { UInt32(littleEndian: q.loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
+            func u64(_ o: Int) -> UInt64 { UInt64(littleEndian: q.loadUnaligned(fromByteOffset: o, as: UInt64.self)) }
+            func floats(_ o: Int, _ n: Int, into x: UnsafeMutablePointer<Float>) { for j in 0..<n { x[j] = Float(bitPattern: u32(o + 4 * j)) } }
+            var parsed: Record? = nil
+            switch op {
+            case .insert, .upsert:
                 guard len >= 10 else { break }
-                m = Int(q.load(fromByteOffset: 17, as: UInt8.self))
+                let m = Int(q.load(fromByteOffset: 17, as: UInt8.self))
                 guard m <= Self.maxHeads, len == 10 + 4 * m + 4 * dimension else { break }
-                for j in 0..<m { heads[j] = UInt32(littleEndian: q.loadUnaligned(fromByteOffset: 18 + 4 * j, as: UInt32.self)) }
-                let vo = 18 + 4 * m
-                for j in 0..<dimension { vec[j] = Float(bitPattern: UInt32(littleEndian: q.loadUnaligned(fromByteOffset: vo + 4 * j, as: UInt32.self))) }
-                v = UnsafePointer(vec)
-            } else {
+                for j in 0..<m { heads[j] = u32(18 + 4 * j) }
+                floats(18 + 4 * m, dimension, into: vec)
+                parsed = .insert(label: u64(9), vector: vec, heads: UnsafeBufferPointer(start: heads, count: m), upsert: op == .upsert)
+            case .delete:
                 guard len == 9 else { break }
+                parsed = .delete(label: u64(9))
+            case .split:
+                guard len == 9 + 8 * dimension else { break }
+                floats(17, 2 * dimension, into: vec)
+                parsed = .split(head: u32(9), newHead: u32(13), headVector: vec, newVector: vec + dimension)
+            case .retire:
+                guard len == 5 else { break }
+                parsed = .retire(head: u32(9))
+            case .relocate:
+                guard len == 25 else { break }
+                parsed = .relocate(head: u32(9), entry: PostingEntry(offset: u64(13), count: u32(21), pages: u32(25), crc: u32(29)))
+            case .spill:
+                guard len == 9 else { break }
+                parsed = .spill(rows: u64(9))
+            case .attach:
+                guard len == 5 + recordBytes else { break }
+                parsed = .attach(head: u32(9), record: q + 13)
             }
-            try apply(op, label, v, UnsafeBufferPointer(start: heads, count: m), at)
+            guard let record = parsed else { break }
+            try apply(record, at)
             records += 1
             at += 8 + len
         }
@@ -162,6 +206,64 @@ final class WriteAheadLog {
             p.storeBytes(of: crc32c(UnsafeRawPointer(p + 8), len, 0).littleEndian, toByteOffset: 4, as: UInt32.self)
         }
         pendingRecords += 1
+    }
+
+    /// Appends a record of op `op` whose `body` bytes after the op byte are written by `fill`.
+    private func appendRecord(_ op: Op, body: Int, _ fill: (UnsafeMutableRawPointer) -> Void) {
+        let len = 1 + body
+        let start = pending.count
+        pending.append(contentsOf: repeatElement(0, count: 8 + len))
+        pending.withUnsafeMutableBytes { b in
+            let p = b.baseAddress! + start
+            p.storeBytes(of: UInt32(len).littleEndian, toByteOffset: 0, as: UInt32.self)
+            p.storeBytes(of: op.rawValue, toByteOffset: 8, as: UInt8.self)
+            fill(p + 9)
+            p.storeBytes(of: crc32c(UnsafeRawPointer(p + 8), len, 0).littleEndian, toByteOffset: 4, as: UInt32.self)
+        }
+        pendingRecords += 1
+    }
+
+    /// A split: head `h` moves to `hv`, new head `g` (the next id) is at `gv`.
+    func appendSplit(head h: UInt32, newHead g: UInt32, headVector hv: UnsafePointer<Float>, newVector gv: UnsafePointer<Float>) {
+        let d = dimension
+        appendRecord(.split, body: 8 + 8 * d) { p in
+            p.storeBytes(of: h.littleEndian, toByteOffset: 0, as: UInt32.self)
+            p.storeBytes(of: g.littleEndian, toByteOffset: 4, as: UInt32.self)
+            for j in 0..<d {
+                p.storeBytes(of: hv[j].bitPattern.littleEndian, toByteOffset: 8 + 4 * j, as: UInt32.self)
+                p.storeBytes(of: gv[j].bitPattern.littleEndian, toByteOffset: 8 + 4 * (d + j), as: UInt32.self)
+            }
+        }
+    }
+
+    /// Head `h` is retired (its posting merged away).
+    func appendRetire(head h: UInt32) {
+        appendRecord(.retire, body: 4) { $0.storeBytes(of: h.littleEndian, toByteOffset: 0, as: UInt32.self) }
+    }
+
+    /// Head `h`'s list is now `e` in postings.upd (already written and synced).
+    func appendRelocate(head h: UInt32, entry e: PostingEntry) {
+        appendRecord(.relocate, body: 24) { p in
+            p.storeBytes(of: h.littleEndian, toByteOffset: 0, as: UInt32.self)
+            p.storeBytes(of: e.offset.littleEndian, toByteOffset: 4, as: UInt64.self)
+            p.storeBytes(of: e.count.littleEndian, toByteOffset: 12, as: UInt32.self)
+            p.storeBytes(of: e.pages.littleEndian, toByteOffset: 16, as: UInt32.self)
+            p.storeBytes(of: e.crc.littleEndian, toByteOffset: 20, as: UInt32.self)
+        }
+    }
+
+    /// Record `record` (``recordBytes``) joins head `h`'s delta.
+    func appendAttach(head h: UInt32, record: UnsafeRawPointer) {
+        let rb = recordBytes
+        appendRecord(.attach, body: 4 + rb) { p in
+            p.storeBytes(of: h.littleEndian, toByteOffset: 0, as: UInt32.self)
+            (p + 4).copyMemory(from: record, byteCount: rb)
+        }
+    }
+
+    /// The first `rows` inserted vectors are in vectors.upd (written and synced).
+    func appendSpill(rows: UInt64) {
+        appendRecord(.spill, body: 8) { $0.storeBytes(of: rows.littleEndian, toByteOffset: 0, as: UInt64.self) }
     }
 
     /// Group commit: writes the pending records in one write and fsyncs. On failure (a full
