@@ -292,6 +292,31 @@ extension RunningServer {
         }
     }
 
+    /// A write whose flush fails (here: ENOSPC on the log's fsync) is not acknowledged, and
+    /// the server re-opens the index from its log so that the next acknowledged flush does
+    /// not carry the failed batch along.
+    @Test func aWriteThatFailsToFlushIsDroppedWhole() async throws {
+        let small = try SmallIndex.build(nq: 1, attributes: false)
+        try await withServer([IndexSpec(name: "w", directory: small.path, writable: true)]) { s in
+            let served = s.server.registry["w"]!
+            let faults = FaultInjector(pathPrefix: small.path + "/", failAt: 0, fault: .enospc, operations: [.fsync])
+            let failed = cluster(1000, n: 3)
+            let flat = failed.flatMap { $0 }
+            await #expect(throws: FathomError.self) {
+                try await served.write(queueLimit: 4) { _, w in
+                    try faults.inject { try flat.withUnsafeBufferPointer { try w.insert(labels: [3_000_000, 3_000_001, 3_000_002], vectors: $0) } }
+                }
+            }
+            #expect(faults.fired?.operation == .fsync, "\(faults.calls)")
+            #expect(served.generation == 2, "re-opened from the log")
+            let (st, b) = try await s.request(.POST, "/v1/indexes/w/vectors", body: insertBody(cluster(2000, n: 1), labels: [4_000_000]))
+            #expect(st == 200, "\(b)")
+            #expect((try? decodeInsert(b).version) == 1, "only the acknowledged write is in the log: \(b)")
+            #expect(try await s.labels(near: failed[0], k: 1).labels != [3_000_000])
+            #expect(!served.currentGeneration!.writer!.contains(3_000_000))
+        }
+    }
+
     /// Reload of a writable index re-opens it (its log replayed); a directory republished
     /// under the writer refuses writes until a reload opens the new version.
     @Test func reloadReopensTheWriterAndARepublishRefusesWrites() async throws {
