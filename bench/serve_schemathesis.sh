@@ -6,9 +6,14 @@
 #   bench/serve_schemathesis.sh                   # 300 examples per operation, at most 300 s
 #   bench/serve_schemathesis.sh --examples 30     # smoke run
 #
+# Two indexes are served: `docs` (read-only, with attributes: searches, filters, reload) and
+# `rw` (writable, `--writable rw`, no attributes: the write operations POST/DELETE
+# /v1/indexes/{name}/vectors run against it; it is rebuilt fresh for every run).
+#
 # Checks: no 5xx, documented status codes, content types and response schemas. Not
 # positive_data_acceptance: the schema cannot say a vector's length must equal the index's
-# dimension, so most generated searches are (rightly) refused with 400 dimensionMismatch.
+# dimension, so most generated searches and inserts are (rightly) refused with 400
+# dimensionMismatch.
 # The venv lives in bench/.venv-serve (git-ignored). Writes a JUnit report under bench/work/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,15 +37,27 @@ if [ ! -f "$WORK/idx/manifest.json" ]; then
   "$FATHOM" gen --n 2000 --dim 16 --out "$WORK/base.fbin" --attributes "$WORK/attrs.csv" --quiet
   "$FATHOM" build --input "$WORK/base.fbin" --output "$WORK/idx" --attributes "$WORK/attrs.csv" --quiet
 fi
-"$FATHOM" serve --index "docs=$WORK/idx" --listen "127.0.0.1:$PORT" --log-level warning 2> "$WORK/serve.log" &
+# The writable index: a fresh copy of a build without attributes (writes accumulate in its log).
+if [ ! -f "$WORK/rw-base/manifest.json" ]; then
+  "$FATHOM" build --input "$WORK/base.fbin" --output "$WORK/rw-base" --quiet
+fi
+rm -rf "$WORK/rw" "$WORK/rw.fathom-write.lock"
+cp -r "$WORK/rw-base" "$WORK/rw"
+"$FATHOM" serve --index "docs=$WORK/idx" --index "rw=$WORK/rw" --writable rw --max-write-body 1MiB \
+  --listen "127.0.0.1:$PORT" --log-level warning 2> "$WORK/serve.log" &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 # The path parameter `name` is generated too; most requests then get 404 unknownIndex. The
-# config below pins it to the served index for half the story; the other half stays random.
+# config below pins it to the served index for half the story (`rw` for the write
+# operations); the other half stays random.
 cat > "$WORK/schemathesis.toml" <<TOML
 [parameters]
 "path.name" = "docs"
+
+[[operations]]
+include-operation-id = ["insertVectors", "deleteVectors"]
+parameters = { "path.name" = "rw" }
 TOML
 "$VENV/bin/schemathesis" --config-file "$WORK/schemathesis.toml" run docs/openapi.yaml --url "http://127.0.0.1:$PORT" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \

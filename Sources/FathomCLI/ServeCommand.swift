@@ -11,9 +11,11 @@ struct ServeCommand: AsyncParsableCommand {
         abstract: "Serve indexes over HTTP/JSON (API: docs/openapi.yaml, GET /openapi.yaml).",
         discussion: """
         Routes: POST /v1/indexes/NAME/search, GET /v1/indexes, GET /v1/indexes/NAME,
-        POST /v1/indexes/NAME/reload, GET /healthz, GET /readyz, GET /metrics.
+        POST /v1/indexes/NAME/reload, GET /healthz, GET /readyz, GET /metrics; with
+        --writable NAME also POST and DELETE /v1/indexes/NAME/vectors (durable on 200).
         SIGTERM/SIGINT: graceful shutdown (stop accepting, finish in-flight queries).
-        SIGHUP: reload every index (open the new generation, close the old after its last query);
+        SIGHUP: reload every index (open the new generation, close the old after its last query;
+        a writable index is re-opened: writes wait, its log is replayed);
         --watch reloads an index by itself when its directory is republished.
         One log line per request on stderr at info. Exit codes: docs/errors.md.
         """
@@ -21,14 +23,18 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("index"), help: ArgumentHelp("An index to serve, as NAME=DIR (repeatable).", valueName: "name=dir"))
     var indexes: [String] = []
+    @Option(name: .customLong("writable"), help: ArgumentHelp("Open the --index of this NAME for writing (repeatable): the server becomes the directory's one writer and takes POST/DELETE /v1/indexes/NAME/vectors. Other indexes are read-only.", valueName: "name"))
+    var writable: [String] = []
     @Option(help: ArgumentHelp("Address to listen on, HOST:PORT (port 0 picks a free one).", valueName: "host:port"))
     var listen: String = "127.0.0.1:7700"
     @Option(name: .customLong("max-concurrent"), help: "Searches running at once (default: the number of CPUs).")
     var maxConcurrent: Int = ProcessInfo.processInfo.activeProcessorCount
     @Option(name: .customLong("queue"), help: "Searches waiting for a worker before 429.")
     var queue: Int = 64
-    @Option(name: .customLong("max-body"), help: "Largest request body (413 above).")
+    @Option(name: .customLong("max-body"), help: "Largest search request body (413 above).")
     var maxBody: ByteSize = ByteSize(bytes: 4 << 20)
+    @Option(name: .customLong("max-write-body"), help: "Largest write request body, POST/DELETE …/vectors (413 above).")
+    var maxWriteBody: ByteSize = ByteSize(bytes: 16 << 20)
     @Option(name: .customLong("max-k"), help: "Largest k accepted (400 above).")
     var maxK: Int = 1000
     @Option(name: .customLong("max-batch"), help: "Most queries in one request (400 above).")
@@ -52,6 +58,7 @@ struct ServeCommand: AsyncParsableCommand {
         guard queue >= 0 else { throw ValidationError("--queue must be 0 or more") }
         guard maxK >= 1, maxBatch >= 1 else { throw ValidationError("--max-k and --max-batch must be at least 1") }
         guard maxBody.bytes >= 1024, maxBody.bytes <= 1 << 30 else { throw ValidationError("--max-body must be 1KiB to 1GiB") }
+        guard maxWriteBody.bytes >= 1024, maxWriteBody.bytes <= 1 << 30 else { throw ValidationError("--max-write-body must be 1KiB to 1GiB") }
         if let t = timeoutMs { guard t >= 1 else { throw ValidationError("--timeout-ms must be at least 1") } }
         guard watchInterval >= 0.01, watchInterval <= 3600 else { throw ValidationError("--watch-interval must be 0.01 to 3600 seconds") }
         guard ["auto", "aio", "pread"].contains(io) else { throw ValidationError("--io must be auto, aio or pread") }
@@ -72,7 +79,14 @@ struct ServeCommand: AsyncParsableCommand {
     func run() async throws {
         do {
             let (host, port) = try parseListen()
-            var c = ServerConfiguration(indexes: try indexes.map { try IndexSpec(parsing: $0) })
+            var specs = try indexes.map { try IndexSpec(parsing: $0) }
+            for w in writable {
+                guard let i = specs.firstIndex(where: { $0.name == w }) else {
+                    throw FathomError(.invalidArgument, "--writable \(w): no --index named \(w) (names: \(specs.map(\.name).joined(separator: ", ")))")
+                }
+                specs[i].writable = true
+            }
+            var c = ServerConfiguration(indexes: specs)
             for s in c.indexes {
                 var isDir: ObjCBool = false
                 guard FileManager.default.fileExists(atPath: s.directory, isDirectory: &isDir), isDir.boolValue else {
@@ -81,7 +95,7 @@ struct ServeCommand: AsyncParsableCommand {
             }
             c.host = host; c.port = port
             c.maxConcurrent = maxConcurrent; c.queueLimit = queue
-            c.maxBodyBytes = Int(maxBody.bytes); c.maxK = maxK; c.maxBatch = maxBatch
+            c.maxBodyBytes = Int(maxBody.bytes); c.maxWriteBodyBytes = Int(maxWriteBody.bytes); c.maxK = maxK; c.maxBatch = maxBatch
             c.defaultTimeoutMs = timeoutMs
             c.io = io == "aio" ? .aio : (io == "pread" ? .pread : .auto)
             c.verify = verify

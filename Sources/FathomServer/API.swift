@@ -13,6 +13,9 @@ struct RequestLog {
     var queries: Int?
     var ios: Int?
     var generation: Int?
+    var version: Int?
+    var rows: Int?
+    var upsert: Bool?
 }
 
 /// The HTTP routes (docs/openapi.yaml).
@@ -72,6 +75,20 @@ struct API: Sendable {
                 return r
             }
         }
+        router.post("/v1/indexes/:name/vectors") { req, ctx in
+            let name = ctx.parameters.get("name") ?? ""
+            return await handle("/v1/indexes/{name}/vectors", req) { log in
+                log.index = name
+                return try await insert(name, req, log: &log)
+            }
+        }
+        router.delete("/v1/indexes/:name/vectors") { req, ctx in
+            let name = ctx.parameters.get("name") ?? ""
+            return await handle("/v1/indexes/{name}/vectors", req) { log in
+                log.index = name
+                return try await delete(name, req, log: &log)
+            }
+        }
     }
 
     /// Runs a route: every error becomes the JSON error shape; one log line and one
@@ -95,6 +112,9 @@ struct API: Sendable {
         if let v = log.filter { md["filter"] = "\(v.count > 200 ? String(v.prefix(200)) + "…" : v)" }
         if let v = log.queries { md["queries"] = "\(v)" }
         if let v = log.ios { md["ios"] = "\(v)" }
+        if let v = log.version { md["version"] = "\(v)" }
+        if let v = log.rows { md["rows"] = "\(v)" }
+        if let v = log.upsert, v { md["upsert"] = "true" }
         logger.info("request", metadata: md)
         return response
     }
@@ -123,12 +143,14 @@ struct API: Sendable {
 
     func summary(_ s: ServedIndex) -> IndexSummaryBody {
         var b = IndexSummaryBody(name: s.name, directory: s.directory, ready: false, generation: s.generation,
-                                 open_generations: s.openGenerationCount, reloading: s.isReloading)
+                                 open_generations: s.openGenerationCount, reloading: s.isReloading, writable: s.writable)
+        if s.writable { b.queued_writes = s.queuedWrites }
         if let l = try? s.lease() {
             defer { l.release() }
             b.ready = true
             b.generation = l.generation.number
-            b.count = l.index.count; b.dimension = l.index.dimension; b.metric = l.index.metric.rawValue
+            b.version = l.version
+            b.count = l.index.liveCount; b.dimension = l.index.dimension; b.metric = l.index.metric.rawValue
             b.heads = l.index.headCount; b.io_engine = l.index.ioEngineName
             b.has_attributes = l.index.manifest.attributes != nil
         }
@@ -157,7 +179,8 @@ struct API: Sendable {
         do { g = try await offloop { try s.reload() } } catch let e as FathomError {
             var api = APIError(e, index: name)
             api.status = 409
-            api.body.message = "reload failed, generation \(before) keeps serving: " + api.body.message
+            api.body.message = (s.writable ? "reload failed, generation \(before) keeps serving searches (its last snapshot; writes answer 503 until a reload succeeds): "
+                                            : "reload failed, generation \(before) keeps serving: ") + api.body.message
             api.body.detail.path = e.path
             throw api
         }
@@ -169,7 +192,7 @@ struct API: Sendable {
 
     // MARK: search
 
-    static func decodingError(_ e: DecodingError) -> APIError {
+    static func decodingError(_ e: DecodingError, example: String) -> APIError {
         func path(_ p: [CodingKey]) -> String {
             var s = ""
             for k in p {
@@ -182,7 +205,7 @@ struct API: Sendable {
             let why = (c.underlyingError.map { "\($0)" } ?? c.debugDescription)
             if c.codingPath.isEmpty {
                 return APIError(400, ServeErrorCode.malformedJSON,
-                                "the body is not valid JSON (\(why)): send one object such as {\"vector\": [0.1, 0.2], \"k\": 10}; numbers must fit a double")
+                                "the body is not valid JSON (\(why)): send one object such as \(example); numbers must fit a double")
             }
             return APIError(400, FathomError.Code.invalidArgument.rawValue, "\(path(c.codingPath)): \(c.debugDescription)", APIErrorDetail(field: path(c.codingPath)))
         case .typeMismatch(_, let c), .valueNotFound(_, let c):
@@ -198,24 +221,29 @@ struct API: Sendable {
         }
     }
 
+    /// Reads and decodes a JSON body of at most `limit` bytes: 413 above it (refused on
+    /// `Content-Length` first, then while reading), 400 for what does not decode.
+    func decodeBody<T: Decodable>(_ type: T.Type, _ req: Request, limit: Int, index name: String, example: String) async throws -> T {
+        if let len = req.headers[.contentLength].flatMap({ Int($0) }), len > limit {
+            throw APIError(413, ServeErrorCode.bodyTooLarge, "the body is \(len) bytes, above the limit of \(limit)",
+                           APIErrorDetail(limit: limit, index: name))
+        }
+        let buffer: ByteBuffer
+        do { buffer = try await req.body.collect(upTo: limit) } catch is NIOTooManyBytesError {
+            throw APIError(413, ServeErrorCode.bodyTooLarge, "the body is larger than the limit of \(limit) bytes",
+                           APIErrorDetail(limit: limit, index: name))
+        }
+        do { return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView)) }
+        catch let e as APIError { throw e }
+        catch let e as DecodingError { throw Self.decodingError(e, example: example) }
+        catch { throw APIError(400, ServeErrorCode.malformedJSON, "the body cannot be decoded: \(error)") }
+    }
+
     func search(_ name: String, _ req: Request, log: inout RequestLog) async throws -> Response {
         let s = try served(name)
         let c = configuration
-        // Body: refuse early on Content-Length, then collect at most the limit.
-        if let len = req.headers[.contentLength].flatMap({ Int($0) }), len > c.maxBodyBytes {
-            throw APIError(413, ServeErrorCode.bodyTooLarge, "the body is \(len) bytes, above the limit of \(c.maxBodyBytes)",
-                           APIErrorDetail(limit: c.maxBodyBytes, index: name))
-        }
-        let buffer: ByteBuffer
-        do { buffer = try await req.body.collect(upTo: c.maxBodyBytes) } catch is NIOTooManyBytesError {
-            throw APIError(413, ServeErrorCode.bodyTooLarge, "the body is larger than the limit of \(c.maxBodyBytes) bytes",
-                           APIErrorDetail(limit: c.maxBodyBytes, index: name))
-        }
-        let request: SearchRequest
-        do { request = try JSONDecoder().decode(SearchRequest.self, from: Data(buffer.readableBytesView)) }
-        catch let e as APIError { throw e }
-        catch let e as DecodingError { throw Self.decodingError(e) }
-        catch { throw APIError(400, ServeErrorCode.malformedJSON, "the body cannot be decoded: \(error)") }
+        let request = try await decodeBody(SearchRequest.self, req, limit: c.maxBodyBytes, index: name,
+                                           example: "{\"vector\": [0.1, 0.2], \"k\": 10}")
         log.k = request.k; log.probes = request.probes; log.filter = request.filter
 
         // Checks that need no index.
@@ -277,36 +305,56 @@ struct API: Sendable {
         let pinned = filter
 
         handedOver = true
-        let outcome: Result<[QueryResultBody], FathomError> = try await executor.run(timeoutMs: timeout, onDrop: { lease.release() }) {
+        let m = metrics
+        let outcome: SearchOutcome = try await executor.run(timeoutMs: timeout, onDrop: { lease.release() }) { deadline in
             defer { lease.release() }
             var out = [QueryResultBody]()
             out.reserveCapacity(queries.count)
             do {
-                try index.withSearcher { searcher in
-                    for q in queries {
+                return try index.withSearcher { searcher in
+                    for (i, q) in queries.enumerated() {
+                        // Past the deadline the caller has its 504: the rest of the batch is not searched.
+                        if deadline.hasPassed {
+                            m.abandonedQueries(index: name, count: queries.count - i)
+                            return .abandoned
+                        }
                         let t0 = DispatchTime.now()
                         let hits = try q.withUnsafeBufferPointer { try searcher.search($0, k: k, parameters: parameters, filter: pinned) }
                         let us = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e3
                         let st = searcher.stats
-                        out.append(QueryResultBody(ids: hits.map(\.id), distances: hits.map(\.distance),
+                        out.append(QueryResultBody(ids: hits.map(\.id), labels: hits.map(\.label), distances: hits.map(\.distance),
                                                    stats: QueryStatsBody(ios: st.postingsRead + st.vectorsReranked,
                                                                          kib: Double(st.bytesRead) / 1024, us: us)))
                     }
+                    return .done(out)
                 }
-                return .success(out)
             } catch let e as FathomError {
-                return .failure(e)
+                return .failed(e)
             } catch {
-                return .failure(FathomError(.io, "the search failed", cause: error))
+                return .failed(FathomError(.io, "the search failed", cause: error))
             }
         }
-        let results = try outcome.get()
+        let results: [QueryResultBody]
+        switch outcome {
+        case .done(let r): results = r
+        case .failed(let e): throw e
+        case .abandoned: throw AdmissionError.deadlineExceeded(timeoutMs: timeout ?? 0)
+        }
         var ios = 0
         for r in results {
             ios += r.stats.ios
             metrics.query(index: name, ios: r.stats.ios, kib: r.stats.kib)
         }
         log.ios = ios
-        return jsonResponse(SearchResponse(index: name, generation: lease.generation.number, results: results))
+        log.version = lease.version
+        return jsonResponse(SearchResponse(index: name, generation: lease.generation.number, version: lease.version, results: results))
     }
+}
+
+/// How a search job ended.
+enum SearchOutcome: Sendable {
+    case done([QueryResultBody])
+    case failed(FathomError)
+    /// Its deadline passed between two queries of the batch; the rest was not searched.
+    case abandoned
 }

@@ -66,6 +66,12 @@ public enum ServeErrorCode {
     public static let deadlineExceeded = "deadlineExceeded"
     /// A reload failed to open the new generation; the old one keeps serving — 409.
     public static let reloadFailed = "reloadFailed"
+    /// A write to an index served read-only (no `--writable NAME`) — 409.
+    public static let readOnly = "readOnly"
+    /// An insert of a label the index already has, without `upsert` — 409.
+    public static let labelExists = "labelExists"
+    /// The directory of a writable index was republished under its writer; reload first — 409.
+    public static let indexReplaced = "indexReplaced"
     /// The server failed in a way it did not expect — 500.
     public static let internalError = "internal"
 }
@@ -95,7 +101,8 @@ public struct APIError: Error, Sendable {
         }
         // What to do, in the library's terms (the library names no CLI flag).
         if !e.remedies.isEmpty { message += "; " + e.remedies.map(\.description).joined(separator: ", or ") }
-        self.status = badInput.contains(e.code.rawValue) ? 400 : 500
+        // A full disk is the server's condition, not the request's: 507 Insufficient Storage.
+        self.status = badInput.contains(e.code.rawValue) ? 400 : (e.code == .diskFull ? 507 : 500)
         self.body = APIErrorBody(code: e.code.rawValue, message: message, detail: d)
     }
 
@@ -164,21 +171,27 @@ public struct SearchRequest: Decodable, Sendable {
             vector = try Self.floats(&u, field: "vector")
         }
         if c.contains(Key("vectors")), try !c.decodeNil(forKey: Key("vectors")) {
-            var outer: UnkeyedDecodingContainer
-            do { outer = try c.nestedUnkeyedContainer(forKey: Key("vectors")) } catch {
-                throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'vectors' must be an array of arrays of numbers", APIErrorDetail(field: "vectors"))
-            }
-            var all = [[Float]]()
-            while !outer.isAtEnd {
-                let i = all.count
-                var inner: UnkeyedDecodingContainer
-                do { inner = try outer.nestedUnkeyedContainer() } catch {
-                    throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'vectors[\(i)]' must be an array of numbers", APIErrorDetail(field: "vectors[\(i)]"))
-                }
-                all.append(try Self.floats(&inner, field: "vectors[\(i)]"))
-            }
-            vectors = all
+            vectors = try Self.rows(c, "vectors")
         }
+    }
+
+    /// Reads an array of vectors (arrays of finite numbers), naming the bad entry.
+    static func rows(_ c: KeyedDecodingContainer<Key>, _ key: String) throws -> [[Float]] {
+        var outer: UnkeyedDecodingContainer
+        do { outer = try c.nestedUnkeyedContainer(forKey: Key(key)) } catch {
+            throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'\(key)' must be an array of arrays of numbers", APIErrorDetail(field: key))
+        }
+        var all = [[Float]]()
+        if let n = outer.count { all.reserveCapacity(n) }
+        while !outer.isAtEnd {
+            let i = all.count
+            var inner: UnkeyedDecodingContainer
+            do { inner = try outer.nestedUnkeyedContainer() } catch {
+                throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'\(key)[\(i)]' must be an array of numbers", APIErrorDetail(field: "\(key)[\(i)]"))
+            }
+            all.append(try floats(&inner, field: "\(key)[\(i)]"))
+        }
+        return all
     }
 
     /// Reads an array of finite numbers. JSON has no NaN: `null` (what JavaScript's
@@ -234,14 +247,17 @@ public struct QueryStatsBody: Codable, Sendable, Equatable {
     public init(ios: Int, kib: Double, us: Double) { self.ios = ios; self.kib = kib; self.us = us }
 }
 
-/// One query's answer: ids and distances nearest first (equal lengths), and its counters.
-/// A value type, `Sendable`.
+/// One query's answer: ids, labels and distances nearest first (equal lengths), and its
+/// counters. A value type, `Sendable`.
 public struct QueryResultBody: Codable, Sendable, Equatable {
+    /// Internal ids (rows; they change when a checkpoint rebuilds an updated index).
     public var ids: [UInt32]
+    /// External labels (given at build or insert; the row number by default).
+    public var labels: [UInt64]
     public var distances: [Float]
     public var stats: QueryStatsBody
-    public init(ids: [UInt32], distances: [Float], stats: QueryStatsBody) {
-        self.ids = ids; self.distances = distances; self.stats = stats
+    public init(ids: [UInt32], labels: [UInt64], distances: [Float], stats: QueryStatsBody) {
+        self.ids = ids; self.labels = labels; self.distances = distances; self.stats = stats
     }
 }
 
@@ -250,9 +266,12 @@ public struct QueryResultBody: Codable, Sendable, Equatable {
 public struct SearchResponse: Codable, Sendable, Equatable {
     public var index: String
     public var generation: Int
+    /// Writable indexes: the version searched (every write answered with a version ≤ this one
+    /// is in it). Absent for read-only indexes.
+    public var version: Int?
     public var results: [QueryResultBody]
-    public init(index: String, generation: Int, results: [QueryResultBody]) {
-        self.index = index; self.generation = generation; self.results = results
+    public init(index: String, generation: Int, version: Int? = nil, results: [QueryResultBody]) {
+        self.index = index; self.generation = generation; self.version = version; self.results = results
     }
 }
 
@@ -270,6 +289,12 @@ public struct IndexSummaryBody: Codable, Sendable, Equatable {
     public var heads: Int?
     public var io_engine: String?
     public var has_attributes: Bool?
+    /// Whether the server is the index's writer (`--writable NAME`).
+    public var writable: Bool
+    /// Writable indexes: the version now served.
+    public var version: Int?
+    /// Writable indexes: writes waiting for the writer or running.
+    public var queued_writes: Int?
 }
 
 /// `GET /v1/indexes` answer. A value type, `Sendable`.
@@ -283,4 +308,102 @@ public struct ReloadBody: Codable, Sendable, Equatable {
     public var generation: Int
     public var previous_generation: Int
     public var ms: Double
+}
+
+/// Reads a JSON array of labels (`UInt64`); an entry that is not an integer in 0…2^64−1 is
+/// refused naming it (`labels[3]`).
+func decodeLabels(_ c: KeyedDecodingContainer<SearchRequest.Key>, _ key: String) throws -> [UInt64] {
+    var u: UnkeyedDecodingContainer
+    do { u = try c.nestedUnkeyedContainer(forKey: SearchRequest.Key(key)) } catch {
+        throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'\(key)' must be an array of integers 0 to 2^64 − 1", APIErrorDetail(field: key))
+    }
+    var out = [UInt64]()
+    if let n = u.count { out.reserveCapacity(n) }
+    while !u.isAtEnd {
+        let at = "\(key)[\(out.count)]"
+        if let v = try? u.decode(UInt64.self) { out.append(v); continue }
+        throw APIError(400, FathomError.Code.invalidArgument.rawValue, "\(at) is not a label: labels are integers 0 to 2^64 − 1", APIErrorDetail(field: at))
+    }
+    return out
+}
+
+/// Refuses members other than `known` (a typo must not fall back to a default).
+func refuseUnknownMembers(_ c: KeyedDecodingContainer<SearchRequest.Key>, _ known: [String], _ what: String) throws {
+    for key in c.allKeys where !known.contains(key.stringValue) {
+        throw APIError(400, FathomError.Code.invalidArgument.rawValue,
+                       "unknown member '\(key.stringValue)' in the \(what); known: \(known.joined(separator: ", "))",
+                       APIErrorDetail(field: key.stringValue))
+    }
+}
+
+/// `POST /v1/indexes/{name}/vectors` body: `vectors` (required), `labels` (one per vector;
+/// optional for a plain insert), `upsert` (default false). Unknown members are refused.
+/// A value type, `Sendable`.
+public struct InsertRequest: Decodable, Sendable {
+    public var vectors: [[Float]]
+    public var labels: [UInt64]?
+    public var upsert: Bool
+
+    static let members = ["vectors", "labels", "upsert"]
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: SearchRequest.Key.self)
+        try refuseUnknownMembers(c, Self.members, "write request")
+        upsert = false
+        if c.contains(.init("upsert")), try !c.decodeNil(forKey: .init("upsert")) {
+            do { upsert = try c.decode(Bool.self, forKey: .init("upsert")) } catch {
+                throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'upsert' must be true or false", APIErrorDetail(field: "upsert"))
+            }
+        }
+        if c.contains(.init("labels")), try !c.decodeNil(forKey: .init("labels")) {
+            labels = try decodeLabels(c, "labels")
+        }
+        guard c.contains(.init("vectors")), try !c.decodeNil(forKey: .init("vectors")) else {
+            throw APIError(400, FathomError.Code.invalidArgument.rawValue, "missing member 'vectors': the vectors to write, e.g. {\"vectors\": [[0.1, 0.2]]}",
+                           APIErrorDetail(field: "vectors"))
+        }
+        vectors = try SearchRequest.rows(c, "vectors")
+    }
+}
+
+/// `DELETE /v1/indexes/{name}/vectors` body: `labels` (required, non-empty). A value type, `Sendable`.
+public struct DeleteRequest: Decodable, Sendable {
+    public var labels: [UInt64]
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: SearchRequest.Key.self)
+        try refuseUnknownMembers(c, ["labels"], "delete request")
+        guard c.contains(.init("labels")), try !c.decodeNil(forKey: .init("labels")) else {
+            throw APIError(400, FathomError.Code.invalidArgument.rawValue, "missing member 'labels': the labels to delete, e.g. {\"labels\": [17, 42]}",
+                           APIErrorDetail(field: "labels"))
+        }
+        labels = try decodeLabels(c, "labels")
+    }
+}
+
+/// `POST /v1/indexes/{name}/vectors` answer: the batch is durable and searchable in
+/// `version` (and every later version of this index). A value type, `Sendable`.
+public struct InsertResponse: Codable, Sendable, Equatable {
+    public var index: String
+    public var generation: Int
+    /// Updates in the index's log once this batch was flushed; searches answering with
+    /// `version` ≥ this one see the batch.
+    public var version: Int
+    /// Vectors written (= labels.count).
+    public var count: Int
+    /// The label of each vector, in request order (given, or assigned after the largest label).
+    public var labels: [UInt64]
+    public var upsert: Bool
+}
+
+/// `DELETE /v1/indexes/{name}/vectors` answer. A value type, `Sendable`.
+public struct DeleteResponse: Codable, Sendable, Equatable {
+    public var index: String
+    public var generation: Int
+    /// Updates in the index's log after this delete (unchanged when nothing was deleted).
+    public var version: Int
+    /// Labels that were in the index and are now deleted (request order).
+    public var deleted: [UInt64]
+    /// Labels that were not in the index (nothing to do; not an error).
+    public var unknown: [UInt64]
 }

@@ -14,8 +14,10 @@ public struct ServerConfiguration: Sendable {
     public var host: String = "127.0.0.1"
     /// Port to listen on; 0 picks a free one (see ``FathomServer/listeningPort()``).
     public var port: Int = 7700
-    /// Largest request body accepted (413 above).
+    /// Largest search (and other non-write) request body accepted (413 above).
     public var maxBodyBytes: Int = 4 << 20
+    /// Largest body of a write (`POST`/`DELETE /v1/indexes/{name}/vectors`) accepted (413 above).
+    public var maxWriteBodyBytes: Int = 16 << 20
     /// Largest `k` accepted (400 above).
     public var maxK: Int = 1000
     /// Most queries in one batch request (400 above).
@@ -30,7 +32,8 @@ public struct ServerConfiguration: Sendable {
     public var defaultTimeoutMs: Int? = nil
     /// Searches running at once (worker threads).
     public var maxConcurrent: Int = ProcessInfo.processInfo.activeProcessorCount
-    /// Searches waiting for a worker before 429.
+    /// Searches waiting for a worker before 429; also the writes that may wait for one
+    /// writable index's writer.
     public var queueLimit: Int = 64
     /// How postings are read.
     public var io: IOMode = .auto
@@ -45,11 +48,17 @@ public struct ServerConfiguration: Sendable {
     public init(indexes: [IndexSpec]) { self.indexes = indexes }
 }
 
-/// A served index: its name in URLs and its directory. A value type, `Sendable`.
+/// A served index: its name in URLs, its directory, and whether the server is its writer.
+/// A value type, `Sendable`.
 public struct IndexSpec: Sendable, Hashable {
     public var name: String
     public var directory: String
-    public init(name: String, directory: String) { self.name = name; self.directory = directory }
+    /// Open the directory for writing (``MutableVectorIndex``; `--writable NAME`): the index
+    /// takes `POST`/`DELETE /v1/indexes/{name}/vectors`. False: read-only, writes get 409.
+    public var writable: Bool
+    public init(name: String, directory: String, writable: Bool = false) {
+        self.name = name; self.directory = directory; self.writable = writable
+    }
 
     /// Parses `NAME=DIR` (the `--index` option). Names are 1–64 of `[A-Za-z0-9._-]`.
     public init(parsing text: String) throws {
@@ -61,7 +70,7 @@ public struct IndexSpec: Sendable, Hashable {
             throw FathomError(.invalidArgument, "--index \(text): the name must be 1 to 64 of A-Z a-z 0-9 . _ -")
         }
         guard !d.isEmpty else { throw FathomError(.invalidArgument, "--index \(text): the directory is empty") }
-        name = n; directory = d
+        name = n; directory = d; writable = false
     }
 
     static func isValidName(_ n: String) -> Bool {
@@ -95,23 +104,42 @@ public final class FathomServer: Sendable {
         }
         guard !configuration.indexes.isEmpty else { throw FathomError(.invalidArgument, "serve needs at least one --index NAME=DIR") }
         guard configuration.maxConcurrent >= 1, configuration.queueLimit >= 0, configuration.maxBodyBytes >= 1024,
-              configuration.maxK >= 1, configuration.maxBatch >= 1 else {
-            throw FathomError(.invalidArgument, "serve limits must be positive (concurrency ≥ 1, queue ≥ 0, body ≥ 1 KiB, k ≥ 1, batch ≥ 1)")
+              configuration.maxWriteBodyBytes >= 1024, configuration.maxK >= 1, configuration.maxBatch >= 1 else {
+            throw FathomError(.invalidArgument, "serve limits must be positive (concurrency ≥ 1, queue ≥ 0, bodies ≥ 1 KiB, k ≥ 1, batch ≥ 1)")
+        }
+        // Two writable names on one directory would be two writers of it: the second open
+        // would fail anyway; say so before starting.
+        var writableDirs = [String: String]()
+        for s in configuration.indexes where s.writable {
+            let key = (s.directory as NSString).standardizingPath
+            if let other = writableDirs[key] {
+                throw FathomError(.invalidArgument, "indexes '\(other)' and '\(s.name)' are both writable on \(s.directory): one writer per directory")
+            }
+            writableDirs[key] = s.name
         }
         self.configuration = configuration
         self.logger = logger
         let io = configuration.io, verify = configuration.verify
         let m = ServerMetrics(workers: configuration.maxConcurrent)
         metrics = m
-        registry = IndexRegistry(configuration.indexes.map { ($0.name, $0.directory) }, open: { dir in
-            if verify {
-                let problems = IndexVerifier.verify(directory: dir)
-                if let first = problems.first {
-                    throw FathomError(.corruptIndex, "\(problems.count) problem(s) found by verify, first: \(first.message)", path: first.file, offset: first.offset)
-                }
+        @Sendable func check(_ dir: String) throws {
+            guard verify else { return }
+            let problems = IndexVerifier.verify(directory: dir)
+            if let first = problems.first {
+                throw FathomError(.corruptIndex, "\(problems.count) problem(s) found by verify, first: \(first.message)", path: first.file, offset: first.offset)
             }
+        }
+        registry = IndexRegistry(configuration.indexes, opening: IndexOpening(readOnly: { dir in
+            try check(dir)
+            // The built version plus the updates its log holds (written by `fathom insert`,
+            // `fathom delete` or another server's writer), as of this open.
+            // (Without a log, `open` keeps the library's warnings, e.g. the pread fallback, in the log.)
+            if FileManager.default.fileExists(atPath: dir + "/updates.wal") { return try VectorIndex.openCurrent(at: dir, io: io) }
             return try VectorIndex.open(at: dir, io: io, warn: { logger.warning("\($0)") })
-        }, onChange: {})
+        }, writer: { dir in
+            try check(dir)
+            return try MutableVectorIndex.open(at: dir, io: io)
+        }), onChange: {})
         executor = SearchExecutor(maxConcurrent: configuration.maxConcurrent, queueLimit: configuration.queueLimit)
 
         let router = Router(context: BasicRequestContext.self)
@@ -151,10 +179,15 @@ public final class FathomServer: Sendable {
         await stopWorkers()
     }
 
+    /// Joins the search workers and lets go of the writers' locks.
     private func stopWorkers() async {
-        let e = executor
+        let e = executor, r = registry
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().async { e.shutdown(); c.resume() }
+            DispatchQueue.global().async {
+                e.shutdown()
+                for n in r.names { r[n]!.closeWriter() }
+                c.resume()
+            }
         }
     }
 
@@ -298,6 +331,19 @@ func apiError(_ error: Error, index: String? = nil) -> APIError {
             return APIError(404, ServeErrorCode.unknownIndex, "no index named '\(n)' is served; GET /v1/indexes lists them", APIErrorDetail(index: n))
         case .notReady(let n, let reason):
             return APIError(503, ServeErrorCode.notReady, "index '\(n)' is not open: \(reason)", APIErrorDetail(index: n))
+        }
+    case let e as WriteRefusal:
+        switch e {
+        case .readOnly(let n):
+            return APIError(409, ServeErrorCode.readOnly, "index '\(n)' is served read-only: start fathom serve with --writable \(n) to write to it",
+                            APIErrorDetail(index: n))
+        case .queueFull(let n, let limit):
+            return APIError(429, ServeErrorCode.overloaded, "\(limit) writes already wait for the writer of '\(n)'; retry later",
+                            APIErrorDetail(limit: limit, index: n))
+        case .replaced(let n, let dir):
+            return APIError(409, ServeErrorCode.indexReplaced,
+                            "the directory \(dir) of '\(n)' was republished (e.g. by fathom build) under the server's writer: writes are refused until a reload opens the new version (POST /v1/indexes/\(n)/reload, SIGHUP or --watch)",
+                            APIErrorDetail(index: n))
         }
     case let e as ReloadInProgress:
         return APIError(503, ServeErrorCode.reloading, "a reload of '\(e.name)' is already running", APIErrorDetail(index: e.name))

@@ -14,8 +14,9 @@ info:
     (`invalidArgument`, `dimensionMismatch`, `nonFiniteValue`, `parse`, `io`, `corruptIndex`, …)
     or one of the server's own (`malformedJSON`, `bodyTooLarge`, `unknownIndex`, `notFound`,
     `methodNotAllowed`, `overloaded`, `notReady`, `reloading`, `deadlineExceeded`, `reloadFailed`,
-    `internal`). Bad input is always a 4xx. docs/serve.md explains admission control, deadlines
-    and reloads.
+    `readOnly`, `labelExists`, `indexReplaced`, `internal`). Bad input is always a 4xx.
+    docs/serve.md explains admission control, deadlines, reloads and writes (indexes served
+    with `--writable NAME`: a 200 from a write means durable and visible to later searches).
   license:
     name: Apache-2.0
 servers:
@@ -127,7 +128,9 @@ paths:
       description: |
         The old generation closes when its last query ends; no query fails. If the new
         generation cannot be opened, the old one keeps serving and the answer is 409 with
-        the library's error code.
+        the library's error code. A writable index is re-opened: writes wait, its writer is
+        closed and the directory opened for writing again (its log replayed); if that fails,
+        searches continue on the last snapshot and writes answer 503 until a reload succeeds.
       responses:
         "200":
           description: Switched.
@@ -177,6 +180,95 @@ paths:
         "503":
           $ref: "#/components/responses/Error"
         "504":
+          $ref: "#/components/responses/Error"
+  /v1/indexes/{name}/vectors:
+    parameters:
+      - $ref: "#/components/parameters/IndexName"
+    post:
+      operationId: insertVectors
+      summary: Insert or upsert a batch of vectors (writable indexes); durable on 200.
+      description: |
+        All or nothing: every row is checked first (dimension, finite values, labels); a bad
+        row refuses the whole batch naming it (`detail.field`, e.g. `vectors[3]`) and nothing
+        is written. On 200 the batch is in the index's log (one fsync per request) and every
+        search that starts afterwards sees all of it; a search never sees part of a batch.
+        Writes to one index run one at a time. Body at most `--max-write-body` (16 MiB).
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/InsertRequest"}
+            examples:
+              insert:
+                summary: Two vectors under labels 17 and 18
+                value: {vectors: [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], labels: [17, 18]}
+              next_labels:
+                summary: Labels assigned after the largest label in the index
+                value: {vectors: [[0.1, 0.2, 0.3]]}
+              upsert:
+                summary: Replace label 17's vector (or insert it)
+                value: {vectors: [[0.7, 0.8, 0.9]], labels: [17], upsert: true}
+      responses:
+        "200":
+          description: Durable and visible from `version` on.
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/InsertResponse"}
+              example: {index: docs, generation: 1, version: 1042, count: 2, labels: [17, 18], upsert: false}
+        "400":
+          $ref: "#/components/responses/Error"
+        "404":
+          $ref: "#/components/responses/Error"
+        "409":
+          description: The index is read-only (`readOnly`), a label is already in it and `upsert` is false (`labelExists`), or its directory was republished under the writer (`indexReplaced`). Nothing was written.
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Error"}
+              example: {code: labelExists, message: "labels[1] = 18 is already in the index 'docs': send \"upsert\": true to replace its vector; nothing was written", detail: {field: "labels[1]", index: docs}}
+        "413":
+          $ref: "#/components/responses/Error"
+        "429":
+          $ref: "#/components/responses/Error"
+        "500":
+          $ref: "#/components/responses/Error"
+        "503":
+          $ref: "#/components/responses/Error"
+        "507":
+          $ref: "#/components/responses/Error"
+    delete:
+      operationId: deleteVectors
+      summary: Delete vectors by label (writable indexes); durable on 200.
+      description: |
+        Labels not in the index are reported in `unknown` (not an error). On 200 the deletes
+        are in the index's log and every search that starts afterwards misses all of them.
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/DeleteRequest"}
+            example: {labels: [17, 99]}
+      responses:
+        "200":
+          description: Durable and visible from `version` on.
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/DeleteResponse"}
+              example: {index: docs, generation: 1, version: 1043, deleted: [17], unknown: [99]}
+        "400":
+          $ref: "#/components/responses/Error"
+        "404":
+          $ref: "#/components/responses/Error"
+        "409":
+          $ref: "#/components/responses/Error"
+        "413":
+          $ref: "#/components/responses/Error"
+        "429":
+          $ref: "#/components/responses/Error"
+        "500":
+          $ref: "#/components/responses/Error"
+        "503":
+          $ref: "#/components/responses/Error"
+        "507":
           $ref: "#/components/responses/Error"
 components:
   parameters:
@@ -241,14 +333,78 @@ components:
         ios: {type: integer, minimum: 0, description: Reads (postings and re-ranked vectors).}
         kib: {type: number, minimum: 0, description: KiB read from disk.}
         us: {type: number, minimum: 0, description: Microseconds on the search worker (queueing excluded).}
+    Label:
+      type: integer
+      minimum: 0
+      maximum: 18446744073709551615
+      description: A vector's external label (UInt64; JavaScript numbers hold 2^53 exactly).
+    InsertRequest:
+      type: object
+      additionalProperties: false
+      required: [vectors]
+      properties:
+        vectors:
+          type: array
+          minItems: 1
+          items: {$ref: "#/components/schemas/Vector"}
+          description: The vectors, each of the index's dimension.
+        labels:
+          type: array
+          items: {$ref: "#/components/schemas/Label"}
+          description: One label per vector, each once. Optional for a plain insert (then the labels after the largest one in the index); required with `upsert`.
+        upsert:
+          type: boolean
+          default: false
+          description: Replace the vector of a label already in the index (else 409 labelExists).
+    InsertResponse:
+      type: object
+      required: [index, generation, version, count, labels, upsert]
+      properties:
+        index: {type: string}
+        generation: {type: integer, minimum: 1}
+        version: {type: integer, minimum: 1, description: "Updates in the index's log with this batch; searches answering a version ≥ this one see it."}
+        count: {type: integer, minimum: 1, description: Vectors written.}
+        labels:
+          type: array
+          items: {$ref: "#/components/schemas/Label"}
+          description: The label of each vector, in request order.
+        upsert: {type: boolean}
+    DeleteRequest:
+      type: object
+      additionalProperties: false
+      required: [labels]
+      properties:
+        labels:
+          type: array
+          minItems: 1
+          items: {$ref: "#/components/schemas/Label"}
+          description: Labels to delete, each once.
+    DeleteResponse:
+      type: object
+      required: [index, generation, version, deleted, unknown]
+      properties:
+        index: {type: string}
+        generation: {type: integer, minimum: 1}
+        version: {type: integer, minimum: 0, description: "Updates in the index's log after this request (unchanged when nothing was deleted)."}
+        deleted:
+          type: array
+          items: {$ref: "#/components/schemas/Label"}
+        unknown:
+          type: array
+          items: {$ref: "#/components/schemas/Label"}
+          description: Labels that were not in the index.
     QueryResult:
       type: object
-      required: [ids, distances, stats]
+      required: [ids, labels, distances, stats]
       properties:
         ids:
           type: array
           items: {type: integer, minimum: 0}
-          description: Vector ids (row in the build input), nearest first.
+          description: Internal ids (the row; for an updated index they change at a checkpoint), nearest first.
+        labels:
+          type: array
+          items: {$ref: "#/components/schemas/Label"}
+          description: External labels (given at build or insert; the row number by default), nearest first.
         distances:
           type: array
           items: {type: number}
@@ -260,12 +416,13 @@ components:
       properties:
         index: {type: string}
         generation: {type: integer, minimum: 1, description: The index generation that answered.}
+        version: {type: integer, minimum: 0, description: "Writable indexes only: the version searched (every write answered with a version ≤ this one is in it)."}
         results:
           type: array
           items: {$ref: "#/components/schemas/QueryResult"}
     IndexSummary:
       type: object
-      required: [name, directory, ready, generation, open_generations, reloading]
+      required: [name, directory, ready, generation, open_generations, reloading, writable]
       properties:
         name: {type: string}
         directory: {type: string}
@@ -273,7 +430,10 @@ components:
         generation: {type: integer, minimum: 0, description: 0 while not open; 1 at start, +1 per reload.}
         open_generations: {type: integer, minimum: 0, description: Generations holding files open (retired ones close after their last query).}
         reloading: {type: boolean}
-        count: {type: integer}
+        writable: {type: boolean, description: "Served with --writable NAME: takes POST/DELETE /v1/indexes/{name}/vectors."}
+        version: {type: integer, minimum: 0, description: Writable indexes - updates in the log of the snapshot now served.}
+        queued_writes: {type: integer, minimum: 0, description: Writable indexes - writes waiting for the writer or running.}
+        count: {type: integer, description: Live vectors (inserted included, deleted excluded).}
         dimension: {type: integer}
         metric: {type: string, enum: [l2, ip, cosine]}
         heads: {type: integer}

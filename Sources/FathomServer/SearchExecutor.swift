@@ -5,11 +5,23 @@ import Foundation
 public enum AdmissionError: Error, Sendable, Equatable {
     /// Every worker is busy and the queue holds `queueLimit` jobs already (HTTP 429).
     case queueFull(queueLimit: Int)
-    /// The job's deadline passed before its result arrived (HTTP 504). The job itself may
-    /// still run to completion on its worker; its result is then dropped.
+    /// The job's deadline passed before its result arrived (HTTP 504). A job already running
+    /// stops at its next check of ``JobDeadline/hasPassed`` (or runs to its end if it has
+    /// none); its result is dropped.
     case deadlineExceeded(timeoutMs: Int)
     /// The executor is shutting down and takes no new jobs (HTTP 503).
     case shuttingDown
+}
+
+/// A job's deadline as the job sees it. Work made of steps (the queries of a batch) checks
+/// ``hasPassed`` between steps and stops: its caller was answered with
+/// ``AdmissionError/deadlineExceeded(timeoutMs:)`` at the deadline already. A value type, `Sendable`.
+public struct JobDeadline: Sendable {
+    /// When the caller stops waiting (nil: never).
+    public let at: DispatchTime?
+    public init(at: DispatchTime?) { self.at = at }
+    /// Whether the deadline has passed (always false without one).
+    public var hasPassed: Bool { at.map { DispatchTime.now() >= $0 } ?? false }
 }
 
 /// Admission control for the synchronous library searches: a fixed pool of worker threads
@@ -18,9 +30,10 @@ public enum AdmissionError: Error, Sendable, Equatable {
 /// The library's search is synchronous and blocks on disk IO, so it must not run on the
 /// event loop or Swift's cooperative pool. `run(deadline:_:)` hands the job to a worker and
 /// suspends; if `deadline` passes first, the caller is resumed with
-/// ``AdmissionError/deadlineExceeded(timeoutMs:)`` while the job (if it already started)
-/// runs to its end on the worker, which returns its searcher to the index's pool: nothing
-/// leaks. A job whose deadline passed while it was still queued is skipped.
+/// ``AdmissionError/deadlineExceeded(timeoutMs:)``. A job that already started sees the
+/// deadline through its ``JobDeadline`` and stops at its next step; it then returns its
+/// searcher to the index's pool: nothing leaks. A job whose deadline passed while it was
+/// still queued is skipped.
 ///
 /// Thread-safety: all methods may be called from any thread or task; state is guarded by
 /// one lock.
@@ -87,10 +100,12 @@ public final class SearchExecutor: @unchecked Sendable {
     ///   - timeoutMs: the caller stops waiting after this many milliseconds (nil: no deadline).
     ///   - onDrop: called (once) instead of `body` when the job never runs: refused, or
     ///     expired while queued. Owners of resources handed to `body` release them here.
-    ///   - body: the synchronous work; it runs at most once, and always to its end once started.
+    ///   - body: the synchronous work; it runs at most once. It gets the job's deadline and
+    ///     should stop early once it has passed (its result is dropped then).
     public func run<T: Sendable>(timeoutMs: Int?, onDrop: @escaping @Sendable () -> Void = {},
-                                 _ body: @escaping @Sendable () -> T) async throws -> T {
+                                 _ body: @escaping @Sendable (JobDeadline) -> T) async throws -> T {
         let deadline = timeoutMs.map { DispatchTime.now() + .milliseconds($0) }
+        let jobDeadline = JobDeadline(at: deadline)
         let box = OnceBox<Result<T, AdmissionError>>()
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in
             box.install { r in
@@ -105,7 +120,7 @@ public final class SearchExecutor: @unchecked Sendable {
                     box.complete(.failure(.deadlineExceeded(timeoutMs: timeoutMs ?? 0)))
                     return
                 }
-                let v = body()
+                let v = body(jobDeadline)
                 box.complete(.success(v))
             }, deadline: deadline)
             cond.lock()
@@ -126,6 +141,12 @@ public final class SearchExecutor: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// ``run(timeoutMs:onDrop:_:)`` for work that ignores its deadline (it runs to its end).
+    public func run<T: Sendable>(timeoutMs: Int?, onDrop: @escaping @Sendable () -> Void = {},
+                                 _ body: @escaping @Sendable () -> T) async throws -> T {
+        try await run(timeoutMs: timeoutMs, onDrop: onDrop) { (_: JobDeadline) in body() }
     }
 
     /// Stops taking jobs, lets the queued and running ones finish, and joins the workers.

@@ -49,6 +49,18 @@ public final class ServerMetrics: Sendable {
             .record(kib)
     }
 
+    /// Queries of a batch left unsearched because the request's deadline passed.
+    func abandonedQueries(index: String, count: Int) {
+        registry.makeCounter(descriptor: Self.d("search_queries_abandoned", "total", "Queries of a batch not searched because its deadline had passed (the request got 504)."),
+                             labels: [("index", index)]).increment(by: Int64(count))
+    }
+
+    /// Vectors written by acknowledged writes: op is insert, upsert or delete.
+    func written(index: String, op: String, count: Int) {
+        registry.makeCounter(descriptor: Self.d("written_vectors", "total", "Vectors inserted, upserted or deleted by acknowledged (durable) writes."),
+                             labels: [("index", index), ("op", op)]).increment(by: Int64(count))
+    }
+
     /// Refreshes the gauges read at scrape time.
     func refresh(executor: SearchExecutor, registry r: IndexRegistry) {
         queueDepth.set(Double(executor.queueDepth))
@@ -64,6 +76,12 @@ public final class ServerMetrics: Sendable {
             let g = s.currentGeneration
             registry.makeGauge(descriptor: Self.d("index_active_queries", "", "Queries holding the current generation now (queued or searching)."),
                                labels: [("index", name)]).set(Double(g?.activeQueries ?? 0))
+            if s.writable {
+                registry.makeGauge(descriptor: Self.d("index_version", "", "Writable indexes: updates in the log of the snapshot now served."),
+                                   labels: [("index", name)]).set(Double(g?.version ?? 0))
+                registry.makeGauge(descriptor: Self.d("index_queued_writes", "", "Writable indexes: writes waiting for the writer or running."),
+                                   labels: [("index", name)]).set(Double(s.queuedWrites))
+            }
             var pooled = 0
             if let l = try? s.lease() { pooled = l.index.pooledSearcherCount; l.release() }
             registry.makeGauge(descriptor: Self.d("index_idle_searchers", "", "Searchers (each with its IO context) idle in the current generation's pool; open searchers = idle + in flight."),

@@ -9,20 +9,23 @@ import NIOHTTP1
 import Testing
 
 /// A small index built in the test: `n × d` seeded vectors with attributes `price` (float in
-/// [0, 100)) and `color` (c0…c4), plus `nq` queries.
+/// [0, 100)) and `color` (c0…c4) unless `attributes` is false (updates need an index without
+/// attributes), plus `nq` queries.
 struct SmallIndex: @unchecked Sendable {
     let dir: TempDir
     let queries: [[Float]]
     var path: String { dir.file("idx") }
 
-    static func build(n: Int = 2000, d: Int = 16, nq: Int = 20, seed: UInt64 = 7, into dir: TempDir = TempDir(), name: String = "idx") throws -> SmallIndex {
+    static func build(n: Int = 2000, d: Int = 16, nq: Int = 20, seed: UInt64 = 7, into dir: TempDir = TempDir(), name: String = "idx",
+                      attributes: Bool = true) throws -> SmallIndex {
         let (_, q) = try writeSynthetic(dir: dir, n: n, d: d, nq: nq, seed: seed)
         var rng = SeededRandom(seed: seed + 1)
         var csv = "id,price:float,color:category\n"
         for i in 0..<n { csv += "\(i),\(rng.uniform() * 100),c\(rng.below(5))\n" }
         try csv.write(toFile: dir.file("attrs.csv"), atomically: true, encoding: .utf8)
         var o = BuildOptions()
-        o.memoryBudget = 256 << 20; o.headRatio = 0.05; o.postingPages = 2; o.attributes = dir.file("attrs.csv")
+        o.memoryBudget = 256 << 20; o.headRatio = 0.05; o.postingPages = 2
+        if attributes { o.attributes = dir.file("attrs.csv") }
         try IndexBuilder(input: dir.file("base.fbin"), output: dir.file(name), options: o).build()
         let qs = (0..<nq).map { Array(UnsafeBufferPointer(start: q.row($0), count: d)) }
         return SmallIndex(dir: dir, queries: qs)
