@@ -227,6 +227,7 @@ def stream_measure(upd, queries, gt, probes, stream_fbin, first_label, rnd, a):
             cmd = [FATHOM, "insert", "--index", copy, "--input", stream_fbin, "--labels", labels_path,
                    "--batch", str(a.stream_batch), "--print-acks", "--quiet"] + DELTA_ARGS
             state["commands"].append(" ".join(shlex.quote(c) for c in cmd))
+            t_launch = time.time()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             state["launches"] += 1
             # Read acks as they come (a reader thread, so stop is honoured while no ack arrives).
@@ -245,6 +246,9 @@ def stream_measure(upd, queries, gt, probes, stream_fbin, first_label, rnd, a):
             proc.wait(); rt.join(timeout=5)
             err = proc.stderr.read()
             state["acked_rows"] += state["acked_rows_this"]
+            OUT.setdefault("commands", []).append({"what": f"round {rnd}: stream insert (background)",
+                                                   "cmd": state["commands"][-1], "seconds": round(time.time() - t_launch, 3),
+                                                   "exit": proc.returncode, "killed_at_search_end": killed})
             if not killed and proc.returncode != 0:
                 state["error"] = f"stream insert failed (exit {proc.returncode}): {state['commands'][-1]}\n{err[-3000:]}"
                 state["first_ack"].set()
@@ -318,7 +322,7 @@ def main():
     ap.add_argument("--probes", default="8,16", help="fixed probe counts searched every round (default 8,16)")
     ap.add_argument("--stream-probes", type=int, default=None, help="probes of the p99 runs (default: the largest --probes)")
     ap.add_argument("--stream-rounds", default="all", help="rounds with the p99-under-stream run: all, none or e.g. 1,5,10")
-    ap.add_argument("--stream-rows", type=int, default=None, help="rows of the stream file (default: inserts per round)")
+    ap.add_argument("--stream-rows", type=int, default=None, help="rows of the stream file (default: max(inserts per round, 100000))")
     ap.add_argument("--stream-batch", type=int, default=1000, help="stream insert --batch (default 1000)")
     ap.add_argument("--stream-start-timeout", type=float, default=600.0)
     ap.add_argument("--insert-batch", type=int, default=10_000, help="round insert --batch (default: fathom's 10000)")
@@ -349,7 +353,9 @@ def main():
     stream_rounds = parse_rounds(a.stream_rounds, a.rounds)
     n, d, R = a.n, a.dim, a.rounds
     n_ins, n_del = int(round(a.insert_frac * n)), int(round(a.delete_frac * n))
-    n_stream = a.stream_rows if a.stream_rows is not None else max(n_ins, 10 * a.stream_batch)
+    # Default: enough rows that one insert process outlasts the search (each relaunch is a gap: the
+    # writer's open replays the log before it inserts anything).
+    n_stream = a.stream_rows if a.stream_rows is not None else max(n_ins, 100_000)
     if n < 1000 or R < 1 or n_ins < 0 or n_del < 0 or a.queries < 2:
         raise SystemExit("need --n >= 1000, --rounds >= 1, non-negative fractions, --queries >= 2")
 
@@ -420,9 +426,10 @@ def main():
         save(final=False)
         print(f"\nchurn: FAILED — partial results in {OUT_PATH}\n{e}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        OUT["error"] = "interrupted"
+    except (KeyboardInterrupt, Exception) as e:
+        OUT["error"] = f"{type(e).__name__}: {e}"
         save(final=False)
+        print(f"\nchurn: FAILED ({type(e).__name__}: {e}) — partial results in {OUT_PATH}", file=sys.stderr)
         raise
 
 
@@ -672,6 +679,9 @@ def plot(path, probes):
     fig.suptitle(f"churn {OUT['tag']}: n={st['n']} d={st['dim']}, +{st['inserts_per_round']}/-{st['deletes_per_round']} "
                  f"per round{', delta-memory ' + st['delta_memory'] if st['delta_memory'] else ''}"
                  f"{'  [UNDER LOAD: do not quote]' if OUT['under_load'] else ''}", fontsize=10)
+    from matplotlib.ticker import MaxNLocator
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
