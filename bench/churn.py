@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.join(HERE, "peers"))
 import common  # noqa: E402
 
 LOAD_LIMIT = 1.0
+HALVES = 0          # queries from the seed-2 generator (the rest: seed 3)
 OUT = {}
 OUT_PATH = None
 
@@ -144,6 +145,10 @@ def run(cmd, what, timed=False):
 
 
 def last_json(stdout, what):
+    try:
+        return json.loads(stdout)
+    except json.JSONDecodeError:
+        pass
     for line in reversed(stdout.strip().splitlines()):
         line = line.strip()
         if line.startswith("{"):
@@ -168,6 +173,18 @@ def wait_quiet(max_wait):
         time.sleep(5)
 
 
+INFO_KEYS = ("heads", "count", "codec", "ram_per_vector_bytes", "ram_to_serve_bytes", "disk_bytes", "mean_replicas",
+             "posting_histogram", "tiers")
+
+
+def info(idx, what):
+    """`fathom info --json` summary (heads, RAM per vector, …): at fixed probes, indexes with other
+    head counts or posting sizes are not equivalent, so both sides' shapes are kept."""
+    so, _, _ = run([FATHOM, "info", idx, "--json"], what)
+    summ = last_json(so, what).get("summary", {})
+    return {k: summ.get(k) for k in INFO_KEYS}
+
+
 def help_text(F, sub):
     r = subprocess.run([F, sub, "--help"], capture_output=True, text=True)
     return r.stdout + r.stderr
@@ -185,6 +202,9 @@ def search(idx, queries, gt, probes, what, window=1):
            "--threads", "1", "--window", str(window), "--json", "--quiet"]
     if gt:
         cmd += ["--gt", gt]
+    res_path = os.path.join(WORK, "results.ibin")
+    if HALVES:
+        cmd += ["--output", res_path]
     so, _, t = run(cmd, what)
     rec["load_after"] = common.loadavg()
     js = last_json(so, what)
@@ -193,6 +213,14 @@ def search(idx, queries, gt, probes, what, window=1):
     rec["postings_resident"] = js.get("postings_resident")
     rec["rows"] = js["rows"]
     rec["wall_seconds"] = t["wall_seconds"]
+    if HALVES and gt:
+        # Recall at the last (largest) probe count per query half: seed-2 (original) vs seed-3 (drift) queries.
+        found, _ = common.read_ibin(res_path)
+        gid, gd = common.read_ibin(gt)
+        na = HALVES
+        rec["recall_by_query_half"] = {"probes": rec["rows"][-1]["probes"],
+                                       "original_queries": common.recall_at_k(found[:na], gid[:na], gd[:na], 10),
+                                       "drift_queries": common.recall_at_k(found[na:], gid[na:], gd[na:], 10)}
     return rec
 
 
@@ -463,6 +491,8 @@ def body(a, W, n, d, R, n_ins, n_del, n_stream, probes, stream_probes, stream_ro
     qa, qb = load_fbin(D("base.q.fbin")), load_fbin(D("drift.q.fbin"))
     if base.shape != (n, d) or pool.shape != (pool_n, d):
         fail(f"generated data has shapes {base.shape} / {pool.shape}, expected {(n, d)} / {(pool_n, d)}")
+    global HALVES
+    HALVES = nq_a
     Q = W("queries.fbin")
     write_fbin(Q, np.concatenate([qa[:nq_a], qb[:nq_b]]))
     write_fbin(W("stream.fbin"), pool[R * n_ins:R * n_ins + n_stream])
@@ -497,7 +527,8 @@ def body(a, W, n, d, R, n_ins, n_del, n_stream, probes, stream_probes, stream_ro
     lb = common.loadavg()
     _, _, t = run([FATHOM, "build", "--input", D("base.fbin"), "--labels", W("base.labels"), "--output", upd, *build_flags],
                   "initial build", timed=True)
-    OUT["initial_build"] = {**t, "load_before": lb, "load_after": common.loadavg(), "index_bytes": dir_bytes(upd)}
+    OUT["initial_build"] = {**t, "load_before": lb, "load_after": common.loadavg(), "index_bytes": dir_bytes(upd),
+                            "info": info(upd, "info: initial build")}
     write_live(live)
     r0 = {"round": 0, "live": int(len(live)), "updated": search(upd, Q, W("gt.ibin"), P, "round 0: initial build"),
           "note": "round 0 is the initial build: updated == fresh"}
@@ -536,6 +567,7 @@ def body(a, W, n, d, R, n_ins, n_del, n_stream, probes, stream_probes, stream_ro
         live = np.setdiff1d(live, dels, assume_unique=True)
         rec["live"] = int(len(live))
         rec["index_bytes"] = dir_bytes(upd)
+        rec["updated_info"] = info(upd, f"round {rnd}: info updated")   # what `fathom info` reports (its built version)
         # -- ground truth of the live set (labels) and the updated index's search
         write_live(live)
         rec["updated"] = search(upd, Q, W("gt.ibin"), P, f"round {rnd}: updated")
@@ -546,7 +578,8 @@ def body(a, W, n, d, R, n_ins, n_del, n_stream, probes, stream_probes, stream_ro
             lb = common.loadavg()
             _, _, t = run([FATHOM, "build", "--input", W("live.fbin"), "--labels", W("live.labels"), "--output", fresh,
                            *build_flags], f"round {rnd}: fresh build", timed=True)
-            rec["fresh_build"] = {**t, "load_before": lb, "load_after": common.loadavg(), "index_bytes": dir_bytes(fresh)}
+            rec["fresh_build"] = {**t, "load_before": lb, "load_after": common.loadavg(), "index_bytes": dir_bytes(fresh),
+                                  "info": info(fresh, f"round {rnd}: info fresh")}
             rec["fresh"] = search(fresh, Q, W("gt.ibin"), P, f"round {rnd}: fresh")
             if a.keep_fresh:
                 os.replace(fresh, W(f"fresh_{rnd}"))
@@ -593,6 +626,10 @@ def report_round(rec, probes):
         if "fresh" in e:
             s += f" (fresh {e['fresh']:.4f}, diff {e['diff']:+.4f})"
         parts.append(s)
+    for side in ("updated", "fresh"):
+        h = (rec.get(side) or {}).get("recall_by_query_half")
+        if h:
+            parts.append(f"{side} p{h['probes']} orig/drift queries {h['original_queries']:.3f}/{h['drift_queries']:.3f}")
     for what in ("insert", "delete"):
         x = rec[what]
         parts.append(f"{what} {x['wall_seconds']:.1f}s rss {x['peak_rss_bytes'] / 2**20:.0f}MiB")
@@ -619,8 +656,12 @@ def summarize(probes):
                                if x and x.get("io_engine")})}
     if rounds and all("fresh" in r["recall"][str(probes[0])] for r in rounds):
         s["recall_diff_min"] = {str(p): min(r["recall"][str(p)]["diff"] for r in rounds) for p in probes}
-        # The bar: updated recall >= fresh recall - 0.01 at every probe count after every round.
-        s["bar_recall_within_0.01"] = all(r["recall"][str(p)]["diff"] >= -0.01 for r in rounds for p in probes)
+        s["recall_diff_max"] = {str(p): max(r["recall"][str(p)]["diff"] for r in rounds) for p in probes}
+        # The bar, read literally: |updated − fresh| <= 0.01 at every probe count after every round. An
+        # updated index whose delta lists grow without bound (RAM, no IO) can beat the fresh build at fixed
+        # probes: that passes the one-sided reading only.
+        s["bar_recall_within_0.01"] = all(abs(r["recall"][str(p)]["diff"]) <= 0.01 for r in rounds for p in probes)
+        s["recall_not_below_fresh_minus_0.01"] = all(r["recall"][str(p)]["diff"] >= -0.01 for r in rounds for p in probes)
     else:
         s["bar_recall_within_0.01"] = None       # --skip-fresh: nothing to compare with
     ratios = [r["stream"]["ratio"] for r in rounds if "stream" in r and r["stream"]["ratio"] is not None]
