@@ -615,7 +615,7 @@ def body(a, W, n, d, R, n_ins, n_del, n_stream, probes, stream_probes, stream_ro
     print(f"churn: wrote {OUT_PATH}", file=sys.stderr)
 
 
-MAINT_KEYS = ("splits", "merges", "reassigned", "relocated_postings", "spilled_rows", "delta_bytes", "delta_bound_bytes")
+MAINT_KEYS = ("splits", "merges", "reassigned", "attached", "relocated", "spilled_rows", "reclaimed_records", "heads", "retired_heads", "delta_bytes", "delta_bound")
 
 
 def report_round(rec, probes):
@@ -672,7 +672,7 @@ def summarize(probes):
     s["insert_peak_rss_bytes"] = [r["insert"]["peak_rss_bytes"] for r in rounds]
     s["delete_peak_rss_bytes"] = [r["delete"]["peak_rss_bytes"] for r in rounds]
     delta = [((r["insert"]["json"].get("maintenance") or {}).get("delta_bytes"),
-              (r["insert"]["json"].get("maintenance") or {}).get("delta_bound_bytes")) for r in rounds]
+              (r["insert"]["json"].get("maintenance") or {}).get("delta_bound")) for r in rounds]
     if any(x[0] is not None for x in delta):
         s["delta_bytes_after_insert"] = [x[0] for x in delta]
         s["delta_bound_bytes"] = [x[1] for x in delta]

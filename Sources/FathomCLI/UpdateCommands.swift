@@ -31,7 +31,10 @@ struct MaintenanceOptions: ParsableArguments {
     }
 
     static func json(_ s: MaintenanceStats) -> String {
-        String(data: try! JSONEncoder().encode(s), encoding: .utf8)!
+        let e = JSONEncoder()
+        e.keyEncodingStrategy = .convertToSnakeCase
+        e.outputFormatting = .sortedKeys
+        return String(data: try! e.encode(s), encoding: .utf8)!
     }
 }
 

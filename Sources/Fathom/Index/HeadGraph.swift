@@ -264,19 +264,23 @@ public final class HeadGraph: @unchecked Sendable {
     /// The searches run on `threads` threads and only read; the edits are applied after, in
     /// head order, so the graph does not depend on `threads`. Returns the heads repaired per round.
     @discardableResult
-    func repairReachability(threads: Int, progress: ProgressReporter = .silent) -> [Int] {
-        guard count > 1, let vectors else { return [] }
-        let pivots = HeadPivots(heads: count)
+    func repairReachability(threads: Int, nodes: Int? = nil, pivots given: HeadPivots? = nil,
+                            progress: ProgressReporter = .silent) -> [Int] {
+        // `nodes`: only the first `nodes` heads exist (the update writer's spare capacity
+        // beyond them is neither searched nor repaired); `pivots`: where beams start.
+        let n = nodes ?? count
+        guard n > 1, let vectors else { return [] }
+        let pivots = given ?? HeadPivots(heads: n)
         let T = max(1, threads)
         let L = 64
         var repaired = [Int]()
         for round in 0..<2 {
-            let nearestFound = UnsafeMutablePointer<UInt32>.allocate(capacity: count)
+            let nearestFound = UnsafeMutablePointer<UInt32>.allocate(capacity: n)
             defer { nearestFound.deallocate() }
             let box = RepairShared(graph: self, vectors: vectors, pivots: pivots, out: nearestFound)
-            progress.begin("train: head graph reachability check, round \(round + 1) (\(count) heads, \(T) thread(s))", total: UInt64(count))
+            progress.begin("train: head graph reachability check, round \(round + 1) (\(n) heads, \(T) thread(s))", total: UInt64(n))
             DispatchQueue.concurrentPerform(iterations: T) { t in
-                let lo = box.graph.count * t / T, hi = box.graph.count * (t + 1) / T
+                let lo = n * t / T, hi = n * (t + 1) / T
                 let scratch = Scratch(graphSize: box.graph.count, beam: L)
                 let ids = UnsafeMutablePointer<UInt32>.allocate(capacity: L)
                 let dist = UnsafeMutablePointer<Float>.allocate(capacity: L)
@@ -286,7 +290,7 @@ public final class HeadGraph: @unchecked Sendable {
                 for h in lo..<hi {
                     let metric = FloatHeads(query: box.vectors.row(h), heads: box.vectors)
                     let e = UnsafeBufferPointer(start: entries, count: box.pivots.nearest(metric, scratch: pd, out: entries))
-                    let found = box.graph.search(metric, k: L, listSize: L, scratch: scratch, outIds: ids, outDist: dist, entries: e)
+                    let found = box.graph.search(metric, k: L, listSize: L, scratch: scratch, outIds: ids, outDist: dist, limit: n, entries: e)
                     var hit = false, first = UInt32.max
                     for i in 0..<found {
                         if ids[i] == UInt32(h) { hit = true; break }
@@ -298,7 +302,7 @@ public final class HeadGraph: @unchecked Sendable {
             }
             progress.end()
             var fixed = 0
-            for h in 0..<count where nearestFound[h] != UInt32(h) && nearestFound[h] != UInt32.max {
+            for h in 0..<n where nearestFound[h] != UInt32(h) && nearestFound[h] != UInt32.max {
                 let r = Int(nearestFound[h])
                 let nb = neighbors + r * degree
                 var c = 0, farthest = 0

@@ -73,7 +73,7 @@ extension WriterState {
 
     /// Whether there is maintenance to do.
     var needsMaintenance: Bool {
-        !oversized.isEmpty || deltaBytes > policy.deltaMemory || sweepCursor != nil || sweepDue
+        !oversized.isEmpty || deltaBytes > policy.deltaMemory || sweepCursor != nil || sweepDue || splitsSinceRepair > 0
     }
 
     private var sweepDue: Bool {
@@ -84,7 +84,8 @@ extension WriterState {
     /// commits and publishes it). Returns whether it did anything. Order: oversized lists
     /// split; a delta tier over its bound is brought under half of it (vectors spilled, the
     /// largest delta lists written out); after enough deletes, a sweep reclaims deleted
-    /// records and merges small lists, a bounded slice of heads per unit.
+    /// records and merges small lists, a bounded slice of heads per unit; last, after splits,
+    /// the head graph's reachability is repaired.
     func maintainOnce() throws -> Bool {
         while let h = oversized.popFirst() {
             if retired.contains(UInt32(h)) || count(h) <= splitAbove { continue }
@@ -114,6 +115,11 @@ extension WriterState {
             try sweep(from: c)
             return true
         }
+        if splitsSinceRepair > 0 {
+            wal.appendRepair(heads: UInt32(headCount))
+            applyRepair()
+            return true
+        }
         return false
     }
 
@@ -129,7 +135,8 @@ extension WriterState {
     /// vector: into either half or both (a boundary vector keeps a replica on each side); a
     /// vector the rule puts in neither moves (assigned again: a new id, the old one deleted).
     /// Last, the vectors of the `reassignNeighbors` lists nearest h that the rule now gives
-    /// to a new head are attached to it (they stay in their own lists too).
+    /// to a new head are attached to it (they stay in their own lists too) while it has room
+    /// under the split threshold (so a split always leaves shorter lists).
     func split(_ h: Int) throws {
         let n = try loadLive(h)
         if n <= splitAbove { try writeList(h, n); return }
@@ -141,24 +148,38 @@ extension WriterState {
         defer { old.deallocate(); u.deallocate() }
         old.update(from: heads.row(h), count: d)
         let va = X.row(halves.first), vb = X.row(halves.other)
+        let sideB = halves.second
         let g = headCount
         wal.appendSplit(head: UInt32(h), newHead: UInt32(g), headVector: va, newVector: vb)
         applySplit(head: h, headVector: va, newVector: vb)
         stats.splits += 1
+        // Where the rule puts each record: either half or both (a boundary vector keeps a
+        // replica on each side), neither (it moves). When replicas would leave a half nearly
+        // as long as the list was, the 2-means sides are used alone, so a split always shortens.
+        var inA = [Bool](repeating: false, count: n), inB = [Bool](repeating: false, count: n)
+        var sizeA = 0, sizeB = 0
+        for i in 0..<n {
+            let chosen = localAssign(X.row(i), near: [h, g])
+            inA[i] = chosen.contains(UInt32(h)); inB[i] = chosen.contains(UInt32(g))
+            if inA[i] { sizeA += 1 }
+            if inB[i] { sizeB += 1 }
+        }
+        if max(sizeA, sizeB) > n * 17 / 20 || min(sizeA, sizeB) < n * 3 / 20 {
+            for i in 0..<n { inA[i] = !sideB[i]; inB[i] = sideB[i] }
+        }
         var a = [UInt8](), b = [UInt8]()
         a.reserveCapacity(n * rb); b.reserveCapacity(n * rb)
         var kept = Set<UInt32>()
-        var moves = [UInt32]()
+        var moves = [Int]()
         jobRecords.withUnsafeBytes { r in
             for i in 0..<n {
-                let chosen = assign(X.row(i))
-                let inA = chosen.contains(UInt32(h)), inB = chosen.contains(UInt32(g))
                 let rec = UnsafeRawBufferPointer(rebasing: r[(i * rb)..<((i + 1) * rb)])
-                if inA { a.append(contentsOf: rec) }
-                if inB { b.append(contentsOf: rec) }
-                if inA || inB { kept.insert(recordId(i)) } else { moves.append(recordId(i)) }
+                if inA[i] { a.append(contentsOf: rec) }
+                if inB[i] { b.append(contentsOf: rec) }
+                if inA[i] || inB[i] { kept.insert(recordId(i)) } else { moves.append(i) }
             }
         }
+        let moverIds = moves.map { recordId($0) }   // before jobRecords holds another list
         try relocate(h, records: a)
         try relocate(g, records: b)
         try files.syncPostings()
@@ -170,8 +191,8 @@ extension WriterState {
                 if kept.contains(id) { continue }
                 try readVector(id, into: u)
                 guard min(Distance.l2sq(u, va, d), Distance.l2sq(u, vb, d)) < Distance.l2sq(u, heads.row(p), d) else { continue }
-                let chosen = assign(u)
-                for x in [h, g] where chosen.contains(UInt32(x)) {
+                let chosen = localAssign(u, near: [h, g, p])
+                for x in [h, g] where chosen.contains(UInt32(x)) && count(x) < splitAbove {
                     try jobRecords.withUnsafeBytes { r in
                         let rec = r.baseAddress! + i * rb
                         wal.appendAttach(head: UInt32(x), record: rec)
@@ -182,8 +203,17 @@ extension WriterState {
                 }
             }
         }
-        try reassign(moves)
-        for x in [h, g] where count(x) > splitAbove { oversized.insert(x) }
+        // The movers go where the same rule puts them (the heads around h).
+        for (i, id) in zip(moves, moverIds) {
+            try checkRoom(1)
+            let chosen = localAssign(X.row(i), near: [h, g])
+            let label = label(of: id)
+            wal.append(.upsert, label: label, vector: X.row(i), heads: chosen)
+            work.update(from: X.row(i), count: d)   // apply encodes `work` when given `assigned`
+            try apply(insert: label, vector: X.row(i), replace: true, heads: chosen)
+            stats.reassigned += 1
+        }
+        for x in [h, g] where count(x) > splitAbove && count(x) < n { oversized.insert(x) }
     }
 
     /// Merges list h away (SPFresh): h is retired (never assigned or routed to again), its
@@ -315,6 +345,35 @@ extension WriterState {
         stats.relocated += 1
     }
 
+    /// The build's rule for a vector known to lie near heads `near`: the RNG closure rule over
+    /// the `candidate_heads` nearest of those heads and their graph neighbours,
+    /// scored exactly. For the records of a list being split this is the graph search's
+    /// answer without the search (their nearest heads are around it), at a fraction of the
+    /// cost. Returns the chosen heads (in `assigned`).
+    func localAssign(_ v: UnsafePointer<Float>, near: [Int]) -> UnsafeBufferPointer<UInt32> {
+        let a = assigner, d = base.dimension, R = graph.degree
+        let p = base.manifest.parameters
+        localCandidates.removeAll(keepingCapacity: true)
+        localSeen.removeAll(keepingCapacity: true)
+        func add(_ x: UInt32) {
+            if x != HeadGraph.empty, Int(x) < headCount, !retired.contains(x), localSeen.insert(x).inserted {
+                localCandidates.append((Distance.l2sq(v, heads.row(Int(x)), d), x))
+            }
+        }
+        for x in near { add(UInt32(x)) }
+        for x in near {
+            let nb = graph.neighbors + x * R
+            for j in 0..<R { add(nb[j]) }
+        }
+        localCandidates.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
+        let K = min(localCandidates.count, max(1, p.candidate_heads), a.scratch.beamDist.count - 1)
+        for i in 0..<K { a.candDist[i] = localCandidates[i].0; a.candIds[i] = localCandidates[i].1 }
+        let m = rngSelect(candidates: a.candIds, distances: a.candDist, count: K, replicas: min(WriteAheadLog.maxHeads, max(1, p.replicas)),
+                          rngFactor: Float(p.rng_factor), heads: heads, out: a.chosen)
+        for c in 0..<m { assigned[c] = a.candIds[a.chosen[c]] }
+        return UnsafeBufferPointer(start: assigned, count: m)
+    }
+
     /// The `reassignNeighbors` live heads nearest `v`, but `excluding`.
     func neighbourLists(of v: UnsafePointer<Float>, excluding: [Int]) throws -> [Int] {
         let k = policy.reassignNeighbors
@@ -352,6 +411,16 @@ extension WriterState {
         moved.append(true)
         movedHeads.append(h)
         routerDirty = true
+        splitsSinceRepair += 1
+    }
+
+    /// The build's reachability repair over the heads now (a relinked head drops out-edges
+    /// that other heads may have been reachable through only): every head searches for its
+    /// own vector, one that is not found gets an in-edge. Deterministic, so replay repeats it.
+    func applyRepair() {
+        graph.repairReachability(threads: 1, nodes: headCount, pivots: pivots.pivots)
+        routerDirty = true
+        splitsSinceRepair = 0
     }
 
     /// Room for more heads: a graph, assignment scratch and retired set 1/8 larger.

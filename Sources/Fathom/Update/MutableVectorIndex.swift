@@ -97,6 +97,9 @@ public final class MutableVectorIndex: @unchecked Sendable {
 
     // MARK: maintenance
 
+    /// The writer's state, for tests (not thread-safe: only while nothing else runs).
+    var writerForTesting: WriterState? { writeLock.lock(); defer { writeLock.unlock() }; return w }
+
     /// What maintenance did since open, and the delta tier's RAM and bound. Thread-safe.
     public var maintenanceStats: MaintenanceStats { writeLock.lock(); defer { writeLock.unlock() }; return w.currentStats }
 
@@ -401,6 +404,11 @@ final class WriterState {
     var reducing = false
     /// A job's records (one list at a time).
     var jobRecords = [UInt8]()
+    /// ``localAssign(_:near:)``'s candidates.
+    var localCandidates = [(Float, UInt32)]()
+    var localSeen = Set<UInt32>()
+    /// Splits since the graph's reachability was last repaired.
+    var splitsSinceRepair = 0
     /// Posting size thresholds: a list over `splitAbove` records splits, a list whose live
     /// records fall under `mergeBelow` merges.
     let splitAbove: Int
@@ -527,6 +535,9 @@ final class WriterState {
                 throw FathomError(.corruptIndex, "attaches id \(id) to head \(h), but the index has \(idCount) ids and \(headCount) heads")
             }
             applyAttach(head: Int(h), record: rec)
+        case .repair(let heads):
+            guard Int(heads) == headCount else { throw FathomError(.corruptIndex, "repairs the graph over \(heads) heads, but the index has \(headCount)") }
+            applyRepair()
         case .spill(let rows):
             guard Int(rows) <= vectors.count else {
                 throw FathomError(.corruptIndex, "spills \(rows) inserted vectors, but \(vectors.count) were inserted")

@@ -18,12 +18,18 @@ extension IndexVerifier {
     }
 
     /// The update log's problems: none without a log; else the first error of a read-only
-    /// replay (a log of another version, a record that does not apply).
+    /// replay (a log of another version, a record that does not apply, a relocated list
+    /// outside postings.upd), then every relocated list whose records fail their CRC32C.
     static func verifyUpdateLog(directory: String) -> [Problem] {
         let path = directory + "/" + WriteAheadLog.fileName
         guard FileManager.default.fileExists(atPath: path) else { return [] }
-        do { _ = try WriterState(directory: directory, writable: false, io: .pread, serveMemory: nil) }
+        let w: WriterState
+        do { w = try WriterState(directory: directory, writable: false, io: .pread, serveMemory: nil) }
         catch { return [Problem(error, file: path)] }
-        return []
+        var problems = [Problem]()
+        for h in 0..<w.headCount where w.moved[h] && w.relocated[h].count > 0 {
+            do { try w.loadLive(h) } catch { problems.append(Problem(error, file: w.files.postingsPath)) }
+        }
+        return problems
     }
 }

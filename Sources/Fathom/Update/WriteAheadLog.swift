@@ -30,6 +30,7 @@ import Foundation
 /// | 6 relocate | head h (u32), offset (u64), records (u32), pages (u32), CRC32C (u32): h's list is now exactly these records of postings.upd, its delta list empty |
 /// | 7 spill | rows (u64): the first `rows` inserted vectors are in vectors.upd |
 /// | 8 attach | head h (u32), a posting record (its id and code): appended to h's delta (a vector a split's new head now serves, kept in its other lists too) |
+/// | 9 repair | heads (u32): the head graph's reachability repair ran over that many heads |
 ///
 /// Recovery reads records front to back and stops at the first one that is incomplete or
 /// fails its checksum: a torn tail (the bytes of a commit that never finished), which a
@@ -41,7 +42,7 @@ final class WriteAheadLog {
     static let magic = "FTHMWLOG"
     static let headerBytes = 64
 
-    enum Op: UInt8 { case insert = 1, delete = 2, upsert = 3, split = 4, retire = 5, relocate = 6, spill = 7, attach = 8 }
+    enum Op: UInt8 { case insert = 1, delete = 2, upsert = 3, split = 4, retire = 5, relocate = 6, spill = 7, attach = 8, repair = 9 }
 
     /// One replayed record; its pointers are valid only during the replay callback.
     enum Record {
@@ -52,6 +53,7 @@ final class WriteAheadLog {
         case relocate(head: UInt32, entry: PostingEntry)
         case spill(rows: UInt64)
         case attach(head: UInt32, record: UnsafeRawPointer)
+        case repair(heads: UInt32)
     }
 
     let path: String
@@ -169,6 +171,9 @@ final class WriteAheadLog {
             case .attach:
                 guard len == 5 + recordBytes else { break }
                 parsed = .attach(head: u32(9), record: q + 13)
+            case .repair:
+                guard len == 5 else { break }
+                parsed = .repair(heads: u32(9))
             }
             guard let record = parsed else { break }
             try apply(record, at)
@@ -234,6 +239,11 @@ final class WriteAheadLog {
                 p.storeBytes(of: gv[j].bitPattern.littleEndian, toByteOffset: 8 + 4 * (d + j), as: UInt32.self)
             }
         }
+    }
+
+    /// The graph's reachability repair ran over `heads` heads.
+    func appendRepair(heads: UInt32) {
+        appendRecord(.repair, body: 4) { $0.storeBytes(of: heads.littleEndian, toByteOffset: 0, as: UInt32.self) }
     }
 
     /// Head `h` is retired (its posting merged away).
