@@ -382,7 +382,7 @@ def main():
             time.sleep(delay)
             if not w.kill() or any(l.startswith("checkpointed") for l in w.lines("out")): misses += 1; continue
             kills += 1
-            published += not os.path.exists(os.path.join(idx, "updates.wal"))
+            published += manifest_files(idx) != manifest_files(base_ck)
             r = sh([F, "verify", idx, "--quiet"], check=False)
             if r.returncode != 0: failures.append(f"kill {kills}: verify failed after the kill")
             check_state("after the kill")
