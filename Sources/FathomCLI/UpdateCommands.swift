@@ -130,6 +130,7 @@ struct DeleteCommand: ParsableCommand {
             }
             if json { print("{\"deleted\":\(deleted),\"unknown\":\(unknown.count)}") }
             else { print("deleted \(deleted) vectors from \(index)\(unknown.isEmpty ? "" : "; \(unknown.count) unknown label(s) skipped")") }
+            CrashTestPause.point("delete.acknowledged")
         }
     }
 }

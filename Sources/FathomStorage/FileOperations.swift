@@ -217,6 +217,7 @@ public enum CrashTestPause {
     /// Pauses at `name` when crash-test pauses are on; otherwise returns at once.
     public static func point(_ name: String) {
         guard let ms = milliseconds else { return }
+        fflush(nil)   // every stdio stream: what the process printed is visible to the watcher before it pauses
         FileHandle.standardError.write("crashtest: point \(name)\n".data(using: .utf8)!)
         usleep(ms * 1000)
     }
