@@ -159,6 +159,8 @@ public func exchangePaths(_ a: String, _ b: String) throws -> Bool {
 
 /// Creates `path` and any missing parent directories (`mkdir -p`, mode 0755); an existing
 /// directory is not an error. The caller fsyncs the parents that must keep the new entries.
+/// Each mkdir goes through the task's ``FileOperations``. Thread safety: any thread (two
+/// callers creating the same directory both succeed).
 public func createDirectories(_ path: String) throws {
     var st = stat()
     if stat(path, &st) == 0 {

@@ -142,6 +142,7 @@ import FathomStorage
         let cut = PowerCutRecorder.Cut(position: rec.position, seed: 1, loss: .loseEverything)
         let r = try Self.checkPublishCut(rec, cut, s, at: s.dir.file("cut"), resume: false)
         #expect(!r.problems.isEmpty, "a published index whose manifest was never fsynced passed the checks")
+        print("power cuts, broken publish caught: \(r.problems.first ?? "nothing")")
         // The same cut of the correct publish passes (the difference is the fsync).
         let good = try Self.publishSetup()
         let rec2 = try PowerCutRecorder(root: good.root)
@@ -321,6 +322,7 @@ import FathomStorage
         let beforeCheckpoint = session.writes[session.writes.count / 2 - 1].position
         let r = try Self.checkLogCut(rec, .init(position: beforeCheckpoint, seed: 1, loss: .loseEverything), session, at: s.dir.file("cut"))
         #expect(!r.problems.isEmpty, "acknowledged updates lost to a skipped fsync passed the checks")
+        print("power cuts, broken log caught: \(r.problems.first ?? "nothing")")
         let good = try Self.logSetup()
         let rec2 = try PowerCutRecorder(root: good.root)
         let session2 = try Self.runSession(good, rec2, rounds: 2)
