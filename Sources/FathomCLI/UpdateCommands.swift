@@ -156,15 +156,21 @@ struct DeleteCommand: ParsableCommand {
             let idx = try MutableVectorIndex.open(at: index, policy: maintenance.policy)
             defer { idx.close() }
             let ls = try LabelsFile.parseText(path: labels, unique: false)
+            let progress = ProgressReporter(enabled: !quiet)
+            progress.begin("delete: \(ls.count) labels", total: UInt64(max(ls.count, 1)))
             var deleted = 0, unknown = [UInt64]()
             for l in ls { if try idx.delete(label: l) { deleted += 1 } else { unknown.append(l) } }
+            CrashTestPause.point("delete.applied")
             try idx.flush()
+            progress.end()
+            CrashTestPause.point("delete.flushed")
             if !unknown.isEmpty && !quiet {
                 FileHandle.standardError.write("warning: \(unknown.count) label(s) not in the index, skipped: \(unknown.prefix(10).map(String.init).joined(separator: ", "))\(unknown.count > 10 ? ", …" : "")\n".data(using: .utf8)!)
             }
             let stats = try maintenance.finish(idx, quiet: quiet)
             if json { print("{\"deleted\":\(deleted),\"unknown\":\(unknown.count),\"maintenance\":\(MaintenanceOptions.json(stats))}") }
             else { print("deleted \(deleted) vectors from \(index)\(unknown.isEmpty ? "" : "; \(unknown.count) unknown label(s) skipped")") }
+            CrashTestPause.point("delete.acknowledged")
         }
     }
 }

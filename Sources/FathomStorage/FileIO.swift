@@ -20,7 +20,6 @@ private func sysClose(_ fd: Int32) -> Int32 { close(fd) }
 private func sysFstat(_ fd: Int32, _ st: inout stat) -> Int32 { fstat(fd, &st) }
 private func sysFcntlGetFlags(_ fd: Int32) -> Int32 { fcntl(fd, F_GETFL) }
 private func sysFcntlSetFlags(_ fd: Int32, _ flags: Int32) -> Int32 { fcntl(fd, F_SETFL, flags) }
-private func sysFtruncate(_ fd: Int32, _ size: off_t) -> Int32 { ftruncate(fd, size) }
 private func sysStatvfs(_ path: String, _ st: inout statvfs) -> Int32 { statvfs(path, &st) }
 
 /// An open file descriptor plus the path it was opened from (for error messages).
@@ -73,28 +72,21 @@ struct SystemFile {
     static func open(_ path: String, _ mode: AccessMode, options: OpenOptions = [],
                      permissions: mode_t = 0o644) throws -> SystemFile {
         let probe = mode == .readOnly ? O_NONBLOCK : 0
-        while true {
-            let fd = sysOpen(path, mode.flags | options.rawValue | O_CLOEXEC | probe, permissions)
-            if fd >= 0 {
-                let f = SystemFile(rawValue: fd, path: path)
-                if mode == .readOnly {
-                    do {
-                        let st = try f.status()
-                        guard st.isRegularFile else {
-                            let what = st.isDirectory ? "a directory" : (st.type == S_IFIFO ? "a FIFO" : (st.type == S_IFSOCK ? "a socket" : "a device"))
-                            throw FathomError(.fileNotFound, "is \(what), not a regular file", path: path)
-                        }
-                        guard sysFcntlSetFlags(fd, sysFcntlGetFlags(fd) & ~O_NONBLOCK) == 0 else {
-                            throw FathomError.system("fcntl", path: path, errno: errno)
-                        }
-                    } catch { f.closeIgnoringErrors(); throw error }
+        let fd = try StorageIO.fileOperations.open(path, flags: mode.flags | options.rawValue | O_CLOEXEC | probe, permissions: permissions)
+        let f = SystemFile(rawValue: fd, path: path)
+        if mode == .readOnly {
+            do {
+                let st = try f.status()
+                guard st.isRegularFile else {
+                    let what = st.isDirectory ? "a directory" : (st.type == S_IFIFO ? "a FIFO" : (st.type == S_IFSOCK ? "a socket" : "a device"))
+                    throw FathomError(.fileNotFound, "is \(what), not a regular file", path: path)
                 }
-                return f
-            }
-            let e = errno
-            if e == EINTR { continue }
-            throw FathomError.system(options.contains(.create) ? "create" : "open", path: path, errno: e)
+                guard sysFcntlSetFlags(fd, sysFcntlGetFlags(fd) & ~O_NONBLOCK) == 0 else {
+                    throw FathomError.system("fcntl", path: path, errno: errno)
+                }
+            } catch { f.closeIgnoringErrors(); throw error }
         }
+        return f
     }
 
     /// `fstat`.
@@ -126,11 +118,7 @@ struct SystemFile {
 
     /// `ftruncate`: cuts (or zero-extends) the file to `size` bytes.
     func truncate(to size: Int) throws {
-        while sysFtruncate(rawValue, off_t(size)) != 0 {
-            let e = errno
-            if e == EINTR { continue }
-            throw FathomError.system("ftruncate", path: path, errno: e, offset: UInt64(size))
-        }
+        try StorageIO.fileOperations.truncate(openFile, to: size)
     }
 
     /// `close`. Not retried on EINTR (on Linux the descriptor is released regardless).
@@ -160,20 +148,28 @@ extension UnsafeMutableRawPointer {
 
 /// `rename(2)`: replaces `to` atomically (a directory only replaces an empty one).
 public func renamePath(_ from: String, _ to: String) throws {
-    guard Glibc.rename(from, to) == 0 else {
-        let e = errno
-        throw FathomError.system("rename to \(to)", path: from, errno: e)
-    }
+    try StorageIO.fileOperations.rename(from, to: to)
 }
 
 /// `renameat2(RENAME_EXCHANGE)`: swaps two existing paths atomically. Returns false, without
 /// touching either, when the kernel or file system does not support the exchange.
 public func exchangePaths(_ a: String, _ b: String) throws -> Bool {
-    let r = caio_rename_exchange(a, b)
-    if r == 0 { return true }
-    let e = -r
-    if e == ENOSYS || e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP { return false }
-    throw FathomError.system("renameat2(RENAME_EXCHANGE) with \(b)", path: a, errno: e)
+    try StorageIO.fileOperations.exchange(a, b)
+}
+
+/// Creates `path` and any missing parent directories (`mkdir -p`, mode 0755); an existing
+/// directory is not an error. The caller fsyncs the parents that must keep the new entries.
+/// Each mkdir goes through the task's ``FileOperations``. Thread safety: any thread (two
+/// callers creating the same directory both succeed).
+public func createDirectories(_ path: String) throws {
+    var st = stat()
+    if stat(path, &st) == 0 {
+        guard st.st_mode & S_IFMT == S_IFDIR else { throw FathomError.system("mkdir", path: path, errno: ENOTDIR) }
+        return
+    }
+    let parent = (path as NSString).deletingLastPathComponent
+    if !parent.isEmpty && parent != path { try createDirectories(parent) }
+    try StorageIO.fileOperations.makeDirectory(path, permissions: 0o755)
 }
 
 /// Removes a file or a directory tree (no error if it is already gone), deepest entries first.
@@ -189,9 +185,9 @@ public func removeTree(_ path: String) throws {
         do { entries = try FileManager.default.contentsOfDirectory(atPath: path) }
         catch { throw FathomError(.io, "cannot list the directory", path: path, cause: error) }
         for e in entries { try removeTree(path + "/" + e) }
-        guard rmdir(path) == 0 || errno == ENOENT else { throw FathomError.system("rmdir", path: path, errno: errno) }
+        try StorageIO.fileOperations.removeDirectory(path)
     } else {
-        guard unlink(path) == 0 || errno == ENOENT else { throw FathomError.system("unlink", path: path, errno: errno) }
+        try StorageIO.fileOperations.removeFile(path)
     }
 }
 
@@ -220,7 +216,7 @@ public final class FileLock: @unchecked Sendable {
             throw FathomError.system("flock", path: path, errno: e)
         }
         do {
-            guard ftruncate(f.rawValue, 0) == 0 else { throw FathomError.system("ftruncate", path: path, errno: errno) }
+            try f.truncate(to: 0)
             try Array("\(getpid())\n".utf8).withUnsafeBytes { try f.write($0.baseAddress!, count: $0.count, at: 0) }
         } catch { f.closeIgnoringErrors(); throw error }
         return (FileLock(path: path, fd: f.rawValue), nil)

@@ -43,13 +43,16 @@ public enum Publisher {
                               remedies: [.chooseAnotherDestination])
         }
         if try exchange(buildDirectory, destination) {
+            CrashTestPause.point("publish.exchanged")
             try fsyncDirectory(parent)
+            CrashTestPause.point("publish.exchange-durable")
             // The old generation: out of the build path first (so that a crash here leaves
             // nothing a rerun could mistake for its own build), then deleted.
             let aside = asideName(destination)
             try removeTree(aside)
             try renamePath(buildDirectory, aside)
             try fsyncDirectory(parent)
+            CrashTestPause.point("publish.old-aside")
             try removeTree(aside)
             try fsyncDirectory(parent)
             return

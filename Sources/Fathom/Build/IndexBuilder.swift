@@ -344,7 +344,7 @@ public final class IndexBuilder {
             }
         }
         if !fm.fileExists(atPath: buildDirectory) {
-            do { try fm.createDirectory(atPath: buildDirectory, withIntermediateDirectories: true) }
+            do { try createDirectories(buildDirectory) }
             catch { throw FathomError(.io, "cannot create the build directory; is the destination's parent writable?", path: buildDirectory, cause: error) }
             let w = try SequentialFileWriter(path: fpPath, bufferBytes: 4096)
             try w.write([UInt8](fp.utf8)); try w.finish()
@@ -405,7 +405,7 @@ public final class IndexBuilder {
     /// the destination's parent directories if needed; a second builder of the same
     /// destination fails here at once.
     func lockBuild() throws -> FileLock {
-        do { try FileManager.default.createDirectory(atPath: parentDirectory, withIntermediateDirectories: true) }
+        do { try createDirectories(parentDirectory) }
         catch { throw FathomError(.io, "cannot create the destination's parent directory", path: outputPath, cause: error) }
         let (lock, holder) = try FileLock.tryLock(lockPath)
         guard let lock else {
@@ -567,6 +567,8 @@ public final class IndexBuilder {
     }
 
     func publish(plan: BuildPlan, stats: Manifest.Stats, seconds: [String: Double], fingerprint: String) throws -> Manifest {
+        progress.note("publish: manifest, then exchange into \(outputPath)")
+        CrashTestPause.point("publish.begin")
         let layout = IndexLayout(directory: buildDirectory)
         var files = [Manifest.FileEntry]()
         for name in IndexLayout.dataFiles + (codec == .none ? [] : [IndexLayout.codecFile])
@@ -599,6 +601,7 @@ public final class IndexBuilder {
         let w = try SequentialFileWriter(path: mpath, bufferBytes: 1 << 16)
         try w.write([UInt8](try manifest.sealedData()))
         try w.finish()
+        CrashTestPause.point("publish.manifest-written")
         // Scratch files of the build (not in the manifest) never reach the published tree:
         // deleted, durably, before the rename. A crash from here on makes a rerun start over
         // (the fingerprint is gone), never publish a half-made directory.
@@ -609,6 +612,7 @@ public final class IndexBuilder {
             try removeTree(buildDirectory + "/" + name)
         }
         try fsyncDirectory(buildDirectory)
+        CrashTestPause.point("publish.scratch-removed")
         try Publisher.publish(buildDirectory: buildDirectory, destination: outputPath)
         progress.note("published \(outputPath)")
         return manifest

@@ -84,7 +84,13 @@ final class WriteAheadLog {
         if !exists && !writable { file = nil; return }
         let f = try LogFile(path: path, create: writable)
         file = f
-        if f.size < Self.headerBytes {
+        var header = [UInt8](repeating: 0, count: Self.headerBytes)
+        if f.size >= Self.headerBytes {
+            _ = try header.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: Self.headerBytes, at: 0) }
+        }
+        // A header of zeros and nothing after it: its write never reached the disk, the size
+        // did (a power cut before the creation's fsync returned; no record was ever appended).
+        if f.size < Self.headerBytes || (f.size == Self.headerBytes && header.allSatisfy { $0 == 0 }) {
             // Missing or torn at creation (a crash before the header was synced): start it.
             guard writable else { return }
             try f.truncate(to: 0)
@@ -94,9 +100,7 @@ final class WriteAheadLog {
             try f.sync()
             try fsyncDirectory(directory)
         } else {
-            var b = [UInt8](repeating: 0, count: Self.headerBytes)
-            _ = try b.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: Self.headerBytes, at: 0) }
-            let h = try b.withUnsafeBytes { try IndexFileHeader.decode($0, expectedMagic: Self.magic, path: path) }
+            let h = try header.withUnsafeBytes { try IndexFileHeader.decode($0, expectedMagic: Self.magic, path: path) }
             guard Int(h.dimension) == dimension else {
                 throw FathomError(.corruptIndex, "updates.wal is for \(h.dimension)-d vectors, the index has \(dimension)", path: path, offset: 24)
             }
