@@ -190,7 +190,7 @@ final class UpdatedPostingReader: PostingReader {
 }
 
 /// The full vectors of inserted rows (ids ≥ the base count), in RAM until a maintenance job
-/// spills them to vectors.upd. Rows sit in chunks of 4,096; a chunk whose rows are all on
+/// spills them to vectors.upd. Rows sit in chunks of 64 KiB; a chunk whose rows are all on
 /// disk is let go (freed once no published snapshot holds it), which bounds the RAM.
 ///
 /// Thread safety: the writer appends and drops; ``snapshot()`` results are immutable and shared.
@@ -215,13 +215,14 @@ final class VectorArena {
     }
 
     let rowBytes: Int
-    let chunkRows = 4096
+    /// Rows per chunk: 64 KiB of rows (at least 1), so the chunk that stays after a spill is small.
+    let chunkRows: Int
     private(set) var chunks = [Chunk?]()
     private(set) var count = 0
     /// Rows below this are no longer in RAM.
     private(set) var firstResident = 0
 
-    init(rowBytes: Int) { self.rowBytes = rowBytes }
+    init(rowBytes: Int) { self.rowBytes = rowBytes; chunkRows = max(1, (64 << 10) / max(rowBytes, 1)) }
 
     func append(_ p: UnsafeRawPointer) {
         let c = count / chunkRows

@@ -26,9 +26,10 @@ public struct UpdatePolicy: Sendable, Equatable {
     /// A sweep over every list (dropping deleted records, merging lists grown small) starts
     /// once this fraction of the live vectors was deleted since the last sweep.
     public var sweepAfterDeletedFraction: Double = 0.05
-    /// Whether maintenance runs on a background thread after each flush (false: only when
-    /// ``MutableVectorIndex/maintain()`` is called).
-    public var background: Bool = true
+    /// Whether maintenance runs on a background thread after each flush (default false: only
+    /// when ``MutableVectorIndex/maintain()`` is called; `fathom insert` and `fathom delete`
+    /// turn it on and call `maintain()` before they exit).
+    public var background: Bool = false
 
     public init() {}
 }
@@ -94,16 +95,11 @@ extension WriterState {
         }
         if deltaBytes > policy.deltaMemory || (reducing && deltaBytes > policy.deltaMemory / 2) {
             reducing = true
-            if vectors.count > spilledRows && vectors.residentBytes > policy.deltaMemory / 4 {
-                try spill()
-            } else if delta.records > 0 {
-                try relocateLargestDeltas()
-            } else if vectors.count > spilledRows {
-                try spill()
-            } else {
-                reducing = false
-            }
-            return true
+            let unspilled = (vectors.count - spilledRows) * vectors.rowBytes
+            if unspilled > 0 && unspilled > policy.deltaMemory / 4 { try spill(); return true }
+            if delta.records > 0 { try relocateLargestDeltas(); return true }
+            if unspilled > 0 { try spill(); return true }
+            // Nothing left to write out (what stays is the last, partly spilled chunk).
         }
         reducing = false
         if sweepCursor == nil && sweepDue {
@@ -203,14 +199,10 @@ extension WriterState {
                 }
             }
         }
-        // The movers go where the same rule puts them (the heads around h).
+        // The movers go where the build's rule puts them (a head search, as an insert).
         for (i, id) in zip(moves, moverIds) {
             try checkRoom(1)
-            let chosen = localAssign(X.row(i), near: [h, g])
-            let label = label(of: id)
-            wal.append(.upsert, label: label, vector: X.row(i), heads: chosen)
-            work.update(from: X.row(i), count: d)   // apply encodes `work` when given `assigned`
-            try apply(insert: label, vector: X.row(i), replace: true, heads: chosen)
+            try logAndApply(.upsert, label: label(of: id), vector: X.row(i))
             stats.reassigned += 1
         }
         for x in [h, g] where count(x) > splitAbove && count(x) < n { oversized.insert(x) }
@@ -513,7 +505,11 @@ final class UpdateFiles {
         var log: LogFile? = nil
         if writable {
             let l = try LogFile(path: path, create: create)
-            if l.size < 4096 {
+            // A header page of zeros: its write never reached the disk (a power cut before the
+            // creation's fsync returned); nothing the log points at can follow it, so start again.
+            var first = [UInt8](repeating: 0, count: IndexFileHeader.size)
+            if l.size >= 4096 { _ = try first.withUnsafeMutableBytes { try l.read(into: $0.baseAddress!, count: IndexFileHeader.size, at: 0) } }
+            if l.size < 4096 || first.allSatisfy({ $0 == 0 }) {
                 try l.truncate(to: 0)
                 try header(magic: magic).withUnsafeBytes { try l.append($0.baseAddress!, count: 4096) }
                 try l.sync()

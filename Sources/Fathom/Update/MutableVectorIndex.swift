@@ -33,13 +33,9 @@ public final class MutableVectorIndex: @unchecked Sendable {
     let serveMemory: UInt64?
     let policy: UpdatePolicy
     private var lock: FileLock?
-    // The maintenance thread: woken after each flush, it runs one unit at a time under the
-    // writer lock; stopped by close().
-    private let wake = NSCondition()
-    private var wakeups = 0
-    private var stopping = false
-    private var maintenanceThread: Thread?
-    private let maintenanceDone = DispatchSemaphore(value: 0)
+    // The maintenance thread (woken after each flush, one unit at a time under the writer
+    // lock); it holds the index weakly, so dropping the index ends it.
+    private var worker: MaintenanceWorker?
     private var failure: FathomError?
     private let writeLock = NSLock()
     /// The writer's state over the current base version (guarded by writeLock; replaced by a checkpoint).
@@ -53,9 +49,10 @@ public final class MutableVectorIndex: @unchecked Sendable {
     public static func lockPath(_ directory: String) -> String { directory + ".fathom-write.lock" }
 
     /// Opens `directory` for updates: takes the writer lock, opens the index, replays its
-    /// write-ahead log (cutting a torn tail) and publishes the first snapshot. With
-    /// `policy.background`, a maintenance thread then keeps the index good as updates land
-    /// (split, merge, reassign, reclaim; the delta tier within `policy.deltaMemory`).
+    /// write-ahead log (cutting a torn tail) and publishes the first snapshot. Maintenance
+    /// (split, merge, reassign, reclaim; the delta tier within `policy.deltaMemory`) runs when
+    /// ``maintain()`` is called, and with `policy.background` also on a thread of its own
+    /// after each flush.
     /// - Throws: `.io` if another writer holds the directory (naming its pid); `.invalidArgument`
     ///   for an index these updates do not support yet (attributes; uint8/int8 vectors).
     public static func open(at directory: String, io: IOMode = .auto, serveMemory: UInt64? = nil,
@@ -93,7 +90,11 @@ public final class MutableVectorIndex: @unchecked Sendable {
         writeLock.lock(); lock?.release(); lock = nil; writeLock.unlock()
     }
 
-    deinit { stopMaintenance() }
+    deinit {
+        // Possibly on the maintenance thread itself (its last strong reference): stop it
+        // without waiting for it.
+        worker?.stop()
+    }
 
     // MARK: maintenance
 
@@ -142,54 +143,51 @@ public final class MutableVectorIndex: @unchecked Sendable {
     }
 
     private func startMaintenance() {
+        let w = MaintenanceWorker()
+        worker = w
         let t = Thread { [weak self] in
-            while let me = self, me.maintenanceLoopStep() {}
-            self?.maintenanceDone.signal()
+            while w.waitForWork() {
+                guard let me = self else { break }
+                me.runPendingUnits(w)
+            }
+            w.finished.signal()
         }
         t.name = "fathom-maintenance"
         t.qualityOfService = .utility
-        maintenanceThread = t
+        w.thread = t
         t.start()
     }
 
-    /// One step of the background loop; false to end it.
-    private func maintenanceLoopStep() -> Bool {
-        wake.lock()
-        while wakeups == 0 && !stopping { wake.wait() }
-        if stopping { wake.unlock(); return false }
-        wakeups = 0
-        wake.unlock()
-        while true {
-            wake.lock(); let stop = stopping; wake.unlock()
-            if stop { return false }
+    /// Runs units until none is due, the worker is stopped or a unit fails (the failure is
+    /// kept for ``maintenanceError``).
+    private func runPendingUnits(_ w: MaintenanceWorker) {
+        while !w.isStopping {
             writeLock.lock()
-            if lock == nil || failure != nil { writeLock.unlock(); return true }
+            if lock == nil || failure != nil { writeLock.unlock(); return }
             do {
                 let did = try runUnit()
                 writeLock.unlock()
-                if !did { return true }
+                if !did { return }
             } catch let e as FathomError {
                 failure = e
                 writeLock.unlock()
-                return true
+                return
             } catch {
                 failure = FathomError(.io, "background maintenance failed", path: path, cause: error)
                 writeLock.unlock()
-                return true
+                return
             }
         }
     }
 
-    private func signalMaintenance() {
-        guard maintenanceThread != nil else { return }
-        wake.lock(); wakeups += 1; wake.signal(); wake.unlock()
-    }
+    private func signalMaintenance() { worker?.signal() }
 
+    /// Stops the thread after its current unit; waits for it unless called on it.
     private func stopMaintenance() {
-        guard let _ = maintenanceThread else { return }
-        wake.lock(); stopping = true; wake.broadcast(); wake.unlock()
-        maintenanceDone.wait()
-        maintenanceThread = nil
+        guard let w = worker else { return }
+        worker = nil
+        w.stop()
+        if Thread.current !== w.thread { w.finished.wait() }
     }
 
     // MARK: reading
@@ -715,5 +713,30 @@ extension VectorIndex {
             return try VectorIndex.open(at: path, io: io, serveMemory: serveMemory)
         }
         return try MutableVectorIndex(directory: path, writable: false, io: io, serveMemory: serveMemory, policy: UpdatePolicy()).snapshot()
+    }
+}
+
+/// The maintenance thread's wake-ups and stop flag, apart from the index so that the thread
+/// holds the index only while it runs a unit.
+///
+/// Thread safety: all members are guarded by `wake`; `finished` is signalled once, when the
+/// thread ends.
+final class MaintenanceWorker: @unchecked Sendable {
+    private let wake = NSCondition()
+    private var wakeups = 0
+    private var stopping = false
+    let finished = DispatchSemaphore(value: 0)
+    var thread: Thread?
+
+    func signal() { wake.lock(); wakeups += 1; wake.signal(); wake.unlock() }
+    func stop() { wake.lock(); stopping = true; wake.broadcast(); wake.unlock() }
+    var isStopping: Bool { wake.lock(); defer { wake.unlock() }; return stopping }
+
+    /// Waits for a wake-up; false once stopped.
+    func waitForWork() -> Bool {
+        wake.lock(); defer { wake.unlock() }
+        while wakeups == 0 && !stopping { wake.wait() }
+        wakeups = 0
+        return !stopping
     }
 }
