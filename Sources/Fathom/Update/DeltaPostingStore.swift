@@ -105,7 +105,8 @@ final class UpdatedPostingStore: PostingStore, @unchecked Sendable {
     }
     func count(of h: Int) -> Int { storedCount(of: h) + Int(delta.counts[h]) }
     func offset(of h: Int) -> UInt64 { moved[h] ? relocated[h].offset : (h < base.listCount ? base.offset(of: h) : 0) }
-    var residentBytes: Int { base.residentBytes + delta.bytes + relocated.count * (MemoryLayout<PostingEntry>.stride + 13) }
+    /// The base's, the delta lists', and per head its relocation entry and moved flag.
+    var residentBytes: Int { base.residentBytes + delta.bytes + relocated.count * (MemoryLayout<PostingEntry>.stride + 1) }
     func makeReader() -> PostingReader { UpdatedPostingReader(store: self, base: base.makeReader()) }
     var path: String { file?.path ?? "postings.upd" }
 }
