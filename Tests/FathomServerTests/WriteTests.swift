@@ -352,24 +352,21 @@ extension RunningServer {
 }
 
 @Suite struct DeadlineTests {
-    /// Past its deadline a batch stops between queries: the worker is free long before the
-    /// batch would have ended, and the queries left are counted.
+    /// Past its deadline a batch stops between queries: the worker is freed and the queries
+    /// left are counted (most of the 200).
     @Test func theDeadlineStopsTheRestOfTheBatch() async throws {
         let small = try SmallIndex.build(nq: 1)
         let vec = "[" + small.queries[0].map { "\($0)" }.joined(separator: ",") + "]"
         let batch = "{\"vectors\": [" + Array(repeating: vec, count: 200).joined(separator: ",") + "], \"k\": 10, \"probes\": 1000"
         try await withServer([IndexSpec(name: "docs", directory: small.path)], configure: { $0.maxConcurrent = 1 }) { s in
-            let t0 = DispatchTime.now()
             let (full, fb) = try await s.request(.POST, "/v1/indexes/docs/search", body: batch + "}")
-            let fullNs = DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds
             #expect(full == 200, "\(fb.prefix(200))")
-            let t1 = DispatchTime.now()
             let (st, o) = try await s.json(.POST, "/v1/indexes/docs/search", body: batch + ", \"timeout_ms\": 5}")
             #expect(st == 504 && o["code"] as? String == "deadlineExceeded", "\(o)")
             for _ in 0..<5000 where s.server.executor.inFlight > 0 { try await Task.sleep(for: .milliseconds(1)) }
-            let freedNs = DispatchTime.now().uptimeNanoseconds - t1.uptimeNanoseconds
             #expect(s.server.executor.inFlight == 0)
-            #expect(freedNs < fullNs / 3, "the worker was busy \(freedNs / 1_000_000) ms after a 5 ms deadline; the whole batch takes \(fullNs / 1_000_000) ms")
+            // No timing here (unit tests do not time): the abandoned-queries counter shows the
+            // batch stopped early.
             let (_, mb) = try await s.request(.GET, "/metrics")
             let line = mb.split(separator: "\n").first { $0.hasPrefix("fathom_search_queries_abandoned_total{index=\"docs\"}") }
             let abandoned = line.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0

@@ -144,20 +144,8 @@ final class DiskPostingReader: PostingReader {
                  visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> FathomError? {
         if case .failure(let e) = result { return e }
         let table = store.table
-        let req = plan.requests[r]
-        let recordBytes = store.recordBytes
-        var failure: FathomError? = nil
-        for i in plan.items(of: r) {
-            let h = order[i]
-            let e = table[Int(h)]
-            let base = UnsafeRawPointer(req.buffer) + Int(e.offset - req.offset)
-            if verify, let error = e.checksumError(base, recordBytes: recordBytes, list: Int(h), path: store.path) {
-                if failure == nil { failure = error }
-                continue
-            }
-            try visit(h, base, Int(e.count))
-        }
-        return failure
+        return try plan.visitLists(of: r, order: order, entry: { table[$0] }, recordBytes: store.recordBytes,
+                                   path: store.path, verify: verify, visit: visit)
     }
 
     func visitResident(visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> Int { 0 }
@@ -282,6 +270,26 @@ final class ReadPlan {
 
     /// The items request `r` carries.
     func items(of r: Int) -> Range<Int> { first[r]..<first[r + 1] }
+
+    /// Visits the posting lists request `r` carries (item i is list `order[i]`, placed at
+    /// `entry(list)`), each checked against its CRC32C when `verify`; returns the first list
+    /// that fails (and does not visit it). The one delivery loop of every posting reader.
+    func visitLists(of r: Int, order: [UInt32], entry: (Int) -> PostingEntry, recordBytes: Int, path: String, verify: Bool,
+                    visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> FathomError? {
+        let req = requests[r]
+        var failure: FathomError? = nil
+        for i in items(of: r) {
+            let h = order[i]
+            let e = entry(Int(h))
+            let base = UnsafeRawPointer(req.buffer) + Int(e.offset - req.offset)
+            if verify, let error = e.checksumError(base, recordBytes: recordBytes, list: Int(h), path: path) {
+                if failure == nil { failure = error }
+                continue
+            }
+            try visit(h, base, Int(e.count))
+        }
+        return failure
+    }
 
     var scratchBytes: Int { arenaBytes + requests.bytes + first.capacity * 8 }
 }

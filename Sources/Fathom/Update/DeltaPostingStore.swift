@@ -172,21 +172,9 @@ final class UpdatedPostingReader: PostingReader {
                  visit: (UInt32, UnsafeRawPointer, Int) throws -> Void) rethrows -> FathomError? {
         if r < baseRequests { return try base.deliver(r, result, verify: verify, visit: visit) }
         if case .failure(let e) = result { return e }
-        let own = r - baseRequests
-        let req = plan.requests[own]
-        let recordBytes = store.recordBytes
-        var failure: FathomError? = nil
-        for i in plan.items(of: own) {
-            let h = order[i]
-            let e = store.relocated[Int(h)]
-            let p = UnsafeRawPointer(req.buffer) + Int(e.offset - req.offset)
-            if verify, let error = e.checksumError(p, recordBytes: recordBytes, list: Int(h), path: store.path) {
-                if failure == nil { failure = error }
-                continue
-            }
-            try visit(h, p, Int(e.count))
-        }
-        return failure
+        let relocated = store.relocated
+        return try plan.visitLists(of: r - baseRequests, order: order, entry: { relocated[$0] }, recordBytes: store.recordBytes,
+                                   path: store.path, verify: verify, visit: visit)
     }
 }
 

@@ -53,12 +53,10 @@ public struct MaintenanceStats: Sendable, Equatable, Codable {
     public var reclaimedRecords = 0
     /// Sweeps over every list started.
     public var sweeps = 0
-    /// Heads now (built + split − none removed), and how many of them are retired.
-    public var heads = 0
-    public var retiredHeads = 0
+    /// Heads now (built + split; none removed), and how many of them are retired.
+    public var heads = 0, retiredHeads = 0
     /// RAM of the delta tier now, and its bound (``UpdatePolicy/deltaMemory``).
-    public var deltaBytes = 0
-    public var deltaBound = 0
+    public var deltaBytes = 0, deltaBound = 0
 }
 
 extension WriterState {
@@ -88,7 +86,9 @@ extension WriterState {
     /// records and merges small lists, a bounded slice of heads per unit; last, after splits,
     /// the head graph's reachability is repaired.
     func maintainOnce() throws -> Bool {
-        while let h = oversized.popFirst() {
+        // Lowest head first: the order, and so the index, does not depend on hashing.
+        while let h = oversized.min() {
+            oversized.remove(h)
             if retired.contains(UInt32(h)) || count(h) <= splitAbove { continue }
             try split(h)
             return true
@@ -460,11 +460,9 @@ final class UpdateFiles {
     static let postingsName = "postings.upd", vectorsName = "vectors.upd"
     static let postingsMagic = "FTHMPUPD", vectorsMagic = "FTHMVUPD"
 
-    let directory: String
-    let identity: UInt64
-    let dimension: Int
-    let writable: Bool
-    let direct: Bool
+    let directory: String, identity: UInt64, dimension: Int
+    /// Whether this owner writes the files, and whether searches read them with O_DIRECT.
+    let writable: Bool, direct: Bool
     let placement: IndexLayout.VectorPlacement
     /// The built files, read by jobs (the page cache path).
     let basePostings: RandomAccessFile

@@ -198,23 +198,15 @@ final class WriteAheadLog {
     /// `heads`: the postings an insert or upsert was assigned to (replay reuses them).
     func append(_ op: Op, label: UInt64, vector: UnsafePointer<Float>?, heads: UnsafeBufferPointer<UInt32> = .init(start: nil, count: 0)) {
         precondition(heads.count <= Self.maxHeads)
-        let len = op == .delete ? 9 : 10 + 4 * heads.count + 4 * dimension
-        let start = pending.count
-        pending.append(contentsOf: repeatElement(0, count: 8 + len))
-        pending.withUnsafeMutableBytes { b in
-            let p = b.baseAddress! + start
-            p.storeBytes(of: UInt32(len).littleEndian, toByteOffset: 0, as: UInt32.self)
-            p.storeBytes(of: op.rawValue, toByteOffset: 8, as: UInt8.self)
-            p.storeBytes(of: label.littleEndian, toByteOffset: 9, as: UInt64.self)
-            if let vector {
-                p.storeBytes(of: UInt8(heads.count), toByteOffset: 17, as: UInt8.self)
-                for (j, h) in heads.enumerated() { p.storeBytes(of: h.littleEndian, toByteOffset: 18 + 4 * j, as: UInt32.self) }
-                let vo = 18 + 4 * heads.count
-                for j in 0..<dimension { p.storeBytes(of: vector[j].bitPattern.littleEndian, toByteOffset: vo + 4 * j, as: UInt32.self) }
-            }
-            p.storeBytes(of: crc32c(UnsafeRawPointer(p + 8), len, 0).littleEndian, toByteOffset: 4, as: UInt32.self)
+        let d = dimension
+        appendRecord(op, body: op == .delete ? 8 : 9 + 4 * heads.count + 4 * d) { p in
+            p.storeBytes(of: label.littleEndian, toByteOffset: 0, as: UInt64.self)
+            guard let vector else { return }
+            p.storeBytes(of: UInt8(heads.count), toByteOffset: 8, as: UInt8.self)
+            for (j, h) in heads.enumerated() { p.storeBytes(of: h.littleEndian, toByteOffset: 9 + 4 * j, as: UInt32.self) }
+            let vo = 9 + 4 * heads.count
+            for j in 0..<d { p.storeBytes(of: vector[j].bitPattern.littleEndian, toByteOffset: vo + 4 * j, as: UInt32.self) }
         }
-        pendingRecords += 1
     }
 
     /// Appends a record of op `op` whose `body` bytes after the op byte are written by `fill`.
