@@ -67,19 +67,6 @@ def load_fbin(path):
     return np.memmap(path, dtype=np.float32, mode="r", offset=8, shape=(n, d))
 
 
-def write_fbin(path, x):
-    with open(path, "wb") as f:
-        np.array(x.shape, dtype=np.uint32).tofile(f)
-        np.ascontiguousarray(x, dtype=np.float32).tofile(f)
-
-
-def write_labels(path, labels):
-    with open(path, "w") as f:
-        if len(labels):
-            f.write("\n".join(map(str, np.asarray(labels, dtype=np.int64).tolist())))
-            f.write("\n")
-
-
 def gt_rows_to_labels(rows_path, labels_path, live_labels):
     """`fathom gt` gives base ROW numbers; `fathom search --gt` wants LABELS (docs/updates.md)."""
     raw = open(rows_path, "rb").read()
@@ -251,7 +238,7 @@ def stream_measure(upd, queries, gt, probes, stream_fbin, first_label, rnd, a):
     def stream():
         i = 0
         while not stop.is_set():
-            write_labels(labels_path, np.arange(first_label + i * n_stream, first_label + (i + 1) * n_stream))
+            common.write_labels(labels_path, np.arange(first_label + i * n_stream, first_label + (i + 1) * n_stream))
             cmd = [FATHOM, "insert", "--index", copy, "--input", stream_fbin, "--labels", labels_path,
                    "--batch", str(a.stream_batch), "--print-acks", "--quiet"] + DELTA_ARGS
             state["commands"].append(" ".join(shlex.quote(c) for c in cmd))
@@ -494,8 +481,8 @@ def body(a, W, n, d, R, n_ins, n_del, n_stream, probes, stream_probes, stream_ro
     global HALVES
     HALVES = nq_a
     Q = W("queries.fbin")
-    write_fbin(Q, np.concatenate([qa[:nq_a], qb[:nq_b]]))
-    write_fbin(W("stream.fbin"), pool[R * n_ins:R * n_ins + n_stream])
+    common.write_fbin(Q, np.concatenate([qa[:nq_a], qb[:nq_b]]))
+    common.write_fbin(W("stream.fbin"), pool[R * n_ins:R * n_ins + n_stream])
     stream_first_label = n + pool_n + 1                 # beyond every label the rounds use
 
     def vectors_of(labels):
@@ -504,8 +491,8 @@ def body(a, W, n, d, R, n_ins, n_del, n_stream, probes, stream_probes, stream_ro
         return np.concatenate([base[labels[:cut]], pool[labels[cut:] - n]])
 
     def write_live(labels):
-        write_fbin(W("live.fbin"), vectors_of(labels))
-        write_labels(W("live.labels"), labels)
+        common.write_fbin(W("live.fbin"), vectors_of(labels))
+        common.write_labels(W("live.labels"), labels)
         run([FATHOM, "gt", "--base", W("live.fbin"), "--queries", Q, "-k", "10", "--metric", a.metric,
              "--output", W("gt_rows.ibin"), "--quiet"], "gt")
         gt_rows_to_labels(W("gt_rows.ibin"), W("gt.ibin"), labels)
@@ -523,7 +510,7 @@ def body(a, W, n, d, R, n_ins, n_del, n_stream, probes, stream_probes, stream_ro
             shutil.rmtree(p)
         elif os.path.exists(p):
             os.remove(p)
-    write_labels(W("base.labels"), live)
+    common.write_labels(W("base.labels"), live)
     lb = common.loadavg()
     _, _, t = run([FATHOM, "build", "--input", D("base.fbin"), "--labels", W("base.labels"), "--output", upd, *build_flags],
                   "initial build", timed=True)
@@ -544,8 +531,8 @@ def body(a, W, n, d, R, n_ins, n_del, n_stream, probes, stream_probes, stream_ro
         # -- insert
         lo = (rnd - 1) * n_ins
         ins_labels = np.arange(n + lo, n + lo + n_ins, dtype=np.int64)
-        write_fbin(W(f"round_{rnd}.fbin"), pool[lo:lo + n_ins])
-        write_labels(W(f"round_{rnd}.labels"), ins_labels)
+        common.write_fbin(W(f"round_{rnd}.fbin"), pool[lo:lo + n_ins])
+        common.write_labels(W(f"round_{rnd}.labels"), ins_labels)
         lb = common.loadavg()
         so, se, t = run([FATHOM, "insert", "--index", upd, "--input", W(f"round_{rnd}.fbin"), "--labels",
                          W(f"round_{rnd}.labels"), "--batch", str(a.insert_batch), "--json", "--quiet", *DELTA_ARGS],
@@ -555,7 +542,7 @@ def body(a, W, n, d, R, n_ins, n_del, n_stream, probes, stream_probes, stream_ro
         live = np.concatenate([live, ins_labels])       # still sorted: new labels are the largest
         # -- delete (uniform among the labels live now)
         dels = np.sort(rng.choice(live, size=min(n_del, len(live)), replace=False))
-        write_labels(W(f"del_{rnd}.labels"), dels)
+        common.write_labels(W(f"del_{rnd}.labels"), dels)
         lb = common.loadavg()
         so, se, t = run([FATHOM, "delete", "--index", upd, "--labels", W(f"del_{rnd}.labels"), "--json", "--quiet", *DELTA_ARGS],
                         f"round {rnd}: delete", timed=True)

@@ -28,23 +28,13 @@ import argparse, json, os, random, shutil, signal, subprocess, sys, time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "peers"))
+import common  # noqa: E402  (bench/peers/common.py: the shared file helpers)
 
 
 def load(path):
     n, d = np.fromfile(path, dtype=np.uint32, count=2)
     return np.memmap(path, dtype=np.float32, mode="r", offset=8, shape=(int(n), int(d)))
-
-
-def write_bin(path, x):
-    with open(path, "wb") as f:
-        np.array(x.shape, dtype=np.uint32).tofile(f)
-        np.ascontiguousarray(x, dtype=np.float32).tofile(f)
-
-
-def write_labels(path, labels):
-    with open(path, "w") as f:
-        f.write("\n".join(str(int(l)) for l in labels))
-        f.write("\n")
 
 
 def read_ibin(path):
@@ -117,13 +107,13 @@ def main():
     n, d = X.shape
     n_base = int(n * 0.8)
     print(f"[{a.name}] n={n} d={d}: build on {n_base}, insert {n - n_base}, delete {n // 10}", file=sys.stderr)
-    write_bin(W("base.fbin"), X[:n_base])
-    write_bin(W("insert.fbin"), X[n_base:])
+    common.write_fbin(W("base.fbin"), X[:n_base])
+    common.write_fbin(W("insert.fbin"), X[n_base:])
     deleted = np.sort(rng.choice(n, size=n // 10, replace=False))
-    write_labels(W("delete.labels"), deleted)
+    common.write_labels(W("delete.labels"), deleted)
     live = np.setdiff1d(np.arange(n), deleted)
-    write_bin(W("final.fbin"), X[live])
-    write_labels(W("final.labels"), live)
+    common.write_fbin(W("final.fbin"), X[live])
+    common.write_labels(W("final.labels"), live)
 
     # Ground truth of the final set, in labels (= original rows).
     run([F, "gt", "--base", W("final.fbin"), "--queries", a.queries, "-k", "10", "--metric", a.metric,
@@ -164,15 +154,15 @@ def main():
     shutil.copytree(W("upd"), W("stream"))
     # Small groups: batches of 100 (one fsync each), the latency a service's single inserts would see.
     small = min(20_000, n - n_base)
-    write_bin(W("small.fbin"), X[n_base:n_base + small] + rng.normal(0, 1e-3, size=(small, d)).astype(np.float32))
-    write_labels(W("small.labels"), np.arange(20 * n, 20 * n + small))
+    common.write_fbin(W("small.fbin"), X[n_base:n_base + small] + rng.normal(0, 1e-3, size=(small, d)).astype(np.float32))
+    common.write_labels(W("small.labels"), np.arange(20 * n, 20 * n + small))
     r, _ = run([F, "insert", "--index", W("stream"), "--input", W("small.fbin"), "--labels", W("small.labels"),
                 "--batch", "100", "--json", "--quiet"])
     out["insert_batches_of_100"] = json.loads(r.stdout)
     search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads, drop=False)   # warm-up
     quiet = search(F, W("stream"), a.queries, W("final.gt.ibin"), str(p), a.threads, drop=False)[0]
     stream_rows = min(n - n_base, 200_000)
-    write_bin(W("stream.fbin"), X[n_base:n_base + stream_rows] + rng.normal(0, 1e-3, size=(stream_rows, d)).astype(np.float32))
+    common.write_fbin(W("stream.fbin"), X[n_base:n_base + stream_rows] + rng.normal(0, 1e-3, size=(stream_rows, d)).astype(np.float32))
     # A sustained stream: `fathom insert` runs back to back (fresh labels each time) until the search ends.
     import threading
     stop = threading.Event()
@@ -180,7 +170,7 @@ def main():
     def stream():
         r = 0
         while not stop.is_set():
-            write_labels(W("stream.labels"), np.arange(n + r * stream_rows, n + (r + 1) * stream_rows))
+            common.write_labels(W("stream.labels"), np.arange(n + r * stream_rows, n + (r + 1) * stream_rows))
             proc = subprocess.Popen([F, "insert", "--index", W("stream"), "--input", W("stream.fbin"), "--labels", W("stream.labels"),
                                      "--batch", "1000", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while proc.poll() is None and not stop.is_set(): time.sleep(0.05)
@@ -199,7 +189,7 @@ def main():
     if a.kills + a.power_losses > 0:
         # The crash index: a build on the first 100K rows (replay at every reopen stays short).
         crash_n = min(n_base, 100_000)
-        write_bin(W("crash.base.fbin"), X[:crash_n])
+        common.write_fbin(W("crash.base.fbin"), X[:crash_n])
         run([F, "build", "--input", W("crash.base.fbin"), "--output", W("crash"), "--metric", a.metric,
              "--memory-budget", a.memory_budget, "--quiet", *build_extra])
         open(W("empty.labels"), "w").close()
@@ -216,7 +206,7 @@ def main():
             power = rnd >= a.kills
             if rnd % 5 == 4 and present:
                 victims = pr.sample(sorted(present), min(2000, len(present)))
-                write_labels(W("crash.del"), victims)
+                common.write_labels(W("crash.del"), victims)
                 proc = subprocess.Popen([F, "delete", "--index", W("crash"), "--labels", W("crash.del"), "--quiet"],
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                 time.sleep(pr.uniform(0.0, 2.0))
@@ -229,7 +219,7 @@ def main():
             else:
                 m = 10_000
                 labels = np.arange(next_label, next_label + m); next_label += m
-                write_bin(W("crash.fbin"), vec(labels)); write_labels(W("crash.labels"), labels)
+                common.write_fbin(W("crash.fbin"), vec(labels)); common.write_labels(W("crash.labels"), labels)
                 proc = subprocess.Popen([F, "insert", "--index", W("crash"), "--input", W("crash.fbin"), "--labels", W("crash.labels"),
                                          "--batch", "1000", "--print-acks", "--quiet"],
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -260,7 +250,7 @@ def main():
             want = pr.sample(sorted(present), min(2000, len(present))) + pr.sample(sorted(absent), min(500, len(absent)))
             if not want:
                 continue
-            write_bin(W("check.q.fbin"), vec(want))
+            common.write_fbin(W("check.q.fbin"), vec(want))
             run([F, "search", "--index", W("crash"), "--queries", W("check.q.fbin"), "-k", "1", "--probes", "64",
                  "--threads", str(a.threads), "--output", W("check.ibin"), "--quiet"])
             got = read_ibin(W("check.ibin"))[:, 0].astype(np.int64) & 0xFFFFFFFF

@@ -11,13 +11,18 @@ import Hummingbird
 // a 200 means durable (fsync'd) and visible to every search that starts after it.
 
 extension API {
-    /// `POST /v1/indexes/{name}/vectors`: insert (or upsert) a batch, all or nothing.
-    func insert(_ name: String, _ req: Request, log: inout RequestLog) async throws -> Response {
+    /// The writable index `name` and the write's decoded body (the write body limit applies).
+    /// - Throws: not served; read-only; a bad or oversized body.
+    private func writeRequest<T: Decodable>(_ type: T.Type, _ name: String, _ req: Request, example: String) async throws -> (ServedIndex, T) {
         let s = try served(name)
         guard s.writable else { throw WriteRefusal.readOnly(name: name) }
+        return (s, try await decodeBody(type, req, limit: configuration.maxWriteBodyBytes, index: name, example: example))
+    }
+
+    /// `POST /v1/indexes/{name}/vectors`: insert (or upsert) a batch, all or nothing.
+    func insert(_ name: String, _ req: Request, log: inout RequestLog) async throws -> Response {
+        let (s, r) = try await writeRequest(InsertRequest.self, name, req, example: "{\"vectors\": [[0.1, 0.2]], \"labels\": [17]}")
         let c = configuration
-        let r = try await decodeBody(InsertRequest.self, req, limit: c.maxWriteBodyBytes, index: name,
-                                     example: "{\"vectors\": [[0.1, 0.2]], \"labels\": [17]}")
         log.rows = r.vectors.count; log.upsert = r.upsert
         func bad(_ field: String, _ message: String) -> APIError {
             APIError(400, FathomError.Code.invalidArgument.rawValue, message, APIErrorDetail(field: field, index: name))
@@ -94,11 +99,8 @@ extension API {
 
     /// `DELETE /v1/indexes/{name}/vectors`: delete labels (unknown ones are reported, not an error).
     func delete(_ name: String, _ req: Request, log: inout RequestLog) async throws -> Response {
-        let s = try served(name)
-        guard s.writable else { throw WriteRefusal.readOnly(name: name) }
+        let (s, r) = try await writeRequest(DeleteRequest.self, name, req, example: "{\"labels\": [17, 42]}")
         let c = configuration
-        let r = try await decodeBody(DeleteRequest.self, req, limit: c.maxWriteBodyBytes, index: name,
-                                     example: "{\"labels\": [17, 42]}")
         log.rows = r.labels.count
         guard !r.labels.isEmpty else {
             throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'labels' is empty: name at least one label to delete",

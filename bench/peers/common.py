@@ -36,6 +36,21 @@ def read_bin(path, max_rows=None):
     return np.memmap(path, dtype=dtype_of(path), mode="r", offset=8, shape=(n, d))
 
 
+def write_fbin(path, x):
+    """Writes a float32 matrix as .fbin (uint32 n, uint32 d, then the rows)."""
+    with open(path, "wb") as f:
+        np.array(x.shape, dtype=np.uint32).tofile(f)
+        np.ascontiguousarray(x, dtype=np.float32).tofile(f)
+
+
+def write_labels(path, labels):
+    """Writes labels as text, one decimal per line (`fathom build/insert/delete --labels`)."""
+    with open(path, "w") as f:
+        if len(labels):
+            f.write("\n".join(map(str, np.asarray(labels, dtype=np.int64).tolist())))
+            f.write("\n")
+
+
 def read_ibin(path):
     """Ground truth: (ids int32 [nq, K], distances float32 [nq, K])."""
     with open(path, "rb") as f:

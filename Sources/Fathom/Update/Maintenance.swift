@@ -358,7 +358,7 @@ extension WriterState {
             for j in 0..<R { add(nb[j]) }
         }
         localCandidates.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
-        let K = min(localCandidates.count, max(1, p.candidate_heads), a.scratch.beamDist.count - 1)
+        let K = min(localCandidates.count, max(1, p.candidate_heads))   // candIds holds candidate_heads + 33
         for i in 0..<K { a.candDist[i] = localCandidates[i].0; a.candIds[i] = localCandidates[i].1 }
         let m = rngSelect(candidates: a.candIds, distances: a.candDist, count: K, replicas: min(WriteAheadLog.maxHeads, max(1, p.replicas)),
                           rngFactor: Float(p.rng_factor), heads: heads, out: a.chosen)
@@ -474,8 +474,6 @@ final class UpdateFiles {
     /// What searches read through (O_DIRECT when the index's IO path is).
     private(set) var postingsReader: RandomAccessFile?
     private(set) var vectorStore: DiskVectorStore?
-    /// Rows of vectors.upd written.
-    private var vectorRows = 0
 
     var postingsPath: String { directory + "/" + Self.postingsName }
     var vectorsPath: String { directory + "/" + Self.vectorsName }
@@ -532,7 +530,6 @@ final class UpdateFiles {
 
     private func openVectors(create: Bool) throws {
         (vectorsLog, vectorsPlain) = try open(vectorsPath, magic: Self.vectorsMagic, create: create)
-        vectorRows = 0
     }
 
     /// The store searches read spilled rows through (made once rows exist).
@@ -572,7 +569,6 @@ final class UpdateFiles {
         if let l = vectorsLog {
             let end = spilledRows == 0 ? 4096 : Int(placement.offset(spilledRows - 1)) + placement.rowBytes
             if l.size > end { try l.truncate(to: end); try l.sync() }
-            vectorRows = spilledRows
         }
         if spilledRows > 0 { openVectorStore() }
     }
@@ -607,7 +603,6 @@ final class UpdateFiles {
         buf.initializeMemory(as: UInt8.self, repeating: 0, count: Int(end - start))
         for r in from..<to { (buf + Int(placement.offset(r) - start)).copyMemory(from: arena.row(r), byteCount: placement.rowBytes) }
         try l.write(UnsafeRawPointer(buf), count: Int(end - start), at: Int(start))
-        vectorRows = to
     }
 
     /// Reads a relocated list, checking its CRC32C.

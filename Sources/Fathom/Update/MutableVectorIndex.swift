@@ -353,7 +353,6 @@ public final class MutableVectorIndex: @unchecked Sendable {
 final class WriterState {
     let base: VectorIndex
     let directory: String
-    let writable: Bool
     let wal: WriteAheadLog
     let policy: UpdatePolicy
     /// Heads of the built version, and heads now (splits add heads).
@@ -416,7 +415,6 @@ final class WriterState {
         let b = try VectorIndex.open(at: directory, io: io, serveMemory: serveMemory)
         base = b
         self.directory = directory
-        self.writable = writable
         self.policy = policy
         guard b.attributes == nil else {
             throw FathomError(.invalidArgument, "the index has attributes: updates of attributed indexes are not supported yet (rebuild with the new vectors)", path: directory)
