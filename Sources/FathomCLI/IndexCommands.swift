@@ -197,7 +197,7 @@ struct SearchCommand: ParsableCommand {
     var serveMemory: String?
     @Option(help: "Use at most this many queries (default: all).") var limit: Int?
     @Option(help: "IO engine: aio (libaio + O_DIRECT), pread, or auto (aio, pread where O_DIRECT is refused).") var io: String = "auto"
-    @Flag(name: .customLong("no-checksums"), help: "Skip the CRC32C check of each posting read.") var noChecksums = false
+    @Flag(name: .customLong("no-checksums"), help: "Skip the CRC32C check of each posting and vectors.dat page read.") var noChecksums = false
     @Option(help: ArgumentHelp("Write the last setting's results (their labels) as big-ann .ibin.", valueName: "path")) var output: String?
     @Flag(help: "Print JSON on stdout instead of the table.") var json = false
     @Flag(help: "Do not print progress on stderr.") var quiet = false

@@ -130,15 +130,18 @@ struct SystemFile {
     func closeIgnoringErrors() { _ = sysClose(rawValue) }
 }
 
-// Little-endian integer loads/stores at arbitrary alignment.
+// Little-endian integer loads/stores at arbitrary alignment: the one encoder of the index
+// files' binary fields. Thread safety: as the memory they touch.
 extension UnsafeRawPointer {
-    @inline(__always) func loadLE<T: FixedWidthInteger>(fromByteOffset off: Int = 0, as: T.Type) -> T {
+    /// The little-endian `T` at byte offset `off` (any alignment).
+    @inline(__always) public func loadLE<T: FixedWidthInteger>(fromByteOffset off: Int = 0, as: T.Type) -> T {
         T(littleEndian: loadUnaligned(fromByteOffset: off, as: T.self))
     }
 }
 
 extension UnsafeMutableRawPointer {
-    @inline(__always) func storeLE<T: FixedWidthInteger>(_ value: T, toByteOffset off: Int = 0) {
+    /// Stores `value` little-endian at byte offset `off` (any alignment).
+    @inline(__always) public func storeLE<T: FixedWidthInteger>(_ value: T, toByteOffset off: Int = 0) {
         storeBytes(of: value.littleEndian, toByteOffset: off, as: T.self)
     }
 }

@@ -134,12 +134,27 @@ public final class SequentialFileWriter {
     var used = 0
     /// Bytes written so far (the offset of the next byte).
     public private(set) var offset: UInt64 = 0
+    /// CRC32C of each 4 KiB page from `pageChecksumsFrom` on, when asked for.
+    var pages: PageChecksums?
 
-    public init(path: String, bufferBytes: Int = 8 << 20) throws {
+    /// - Parameter pageChecksumsFrom: when given (a multiple of 4096), the writer keeps the
+    ///   CRC32C of every 4 KiB page of the bytes it writes from that offset on
+    ///   (``pageChecksums``); patches before that offset do not change them.
+    public init(path: String, bufferBytes: Int = 8 << 20, pageChecksumsFrom: UInt64? = nil) throws {
+        precondition(bufferBytes % 4096 == 0 && (pageChecksumsFrom ?? 0) % 4096 == 0)
         self.path = path
         file = try SystemFile.open(path, .writeOnly, options: [.create, .truncate])
         capacity = bufferBytes
         buffer = .allocate(byteCount: bufferBytes, alignment: 4096)
+        pages = pageChecksumsFrom.map { PageChecksums(from: $0) }
+    }
+
+    /// The CRC32C of each 4 KiB page written from `pageChecksumsFrom` on (the last page may
+    /// be partial: pad to a whole page first); nil if the writer was not asked to keep them.
+    public var pageChecksums: [UInt32]? {
+        guard var p = pages else { return nil }
+        if used > 0 { p.feed(buffer, count: used, at: offset - UInt64(used)) }
+        return p.finish()
     }
 
     deinit {
@@ -180,6 +195,7 @@ public final class SequentialFileWriter {
 
     func flush() throws {
         try file.write(buffer, count: used, at: Int(offset) - used)
+        pages?.feed(buffer, count: used, at: offset - UInt64(used))
         used = 0
     }
 
@@ -196,6 +212,34 @@ public final class SequentialFileWriter {
     }
 }
 
+
+/// CRC32C of every 4 KiB page of a byte stream fed in order (any split), from offset `from` on.
+struct PageChecksums {
+    let from: UInt64
+    var crcs = [UInt32]()
+    /// CRC of the page being filled, and its bytes so far.
+    var current: UInt32 = 0
+    var filled = 0
+
+    init(from: UInt64) { self.from = from }
+
+    /// Feeds `count` bytes that sit at file offset `at` (offsets must arrive in order).
+    mutating func feed(_ p: UnsafeRawPointer, count: Int, at: UInt64) {
+        var p = p, n = count
+        if at < from {
+            let skip = Int(min(UInt64(n), from - at))
+            p += skip; n -= skip
+        }
+        while n > 0 {
+            let k = min(n, 4096 - filled)
+            current = fk_crc32c(current, p, k)
+            filled += k; p += k; n -= k
+            if filled == 4096 { crcs.append(current); current = 0; filled = 0 }
+        }
+    }
+
+    func finish() -> [UInt32] { filled > 0 ? crcs + [current] : crcs }
+}
 
 /// CRC32C of a file's bytes (streamed in 4 MiB blocks).
 public func fileCRC32C(_ path: String) throws -> (bytes: UInt64, crc: UInt32) {

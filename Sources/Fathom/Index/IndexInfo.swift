@@ -21,7 +21,9 @@ public enum IndexInfo {
                                           reduced: compressed ? m.reduced_dimension : nil, router: m.router_dimension,
                                           twoMatrices: m.leanvec?.kind == "ood", degree: m.parameters.graph_degree,
                                           recordBytes: m.record_bytes, meanRecords: Double(m.stats.records) / Double(max(m.heads, 1)),
-                                          threads: ProcessInfo.processInfo.activeProcessorCount)
+                                          threads: ProcessInfo.processInfo.activeProcessorCount,
+                                          vectorPages: m.files.first { $0.name == IndexLayout.vectorChecksumsFile }
+                                              .map { Int(($0.bytes - 64) / 4) } ?? 0)
         let ram = UInt64(serving.total)
         let tierText = compressed
             ? "LVQ-8 codes of the projected heads (\(m.router_dimension ?? m.reduced_dimension ?? 0) dims) + graph + posting table + LeanVec query matrix in RAM; postings of \(m.codec!) codes (\(m.dimension) → \(m.reduced_dimension ?? 0) dims) on SSD; full-precision vectors on SSD for re-ranking"
@@ -45,7 +47,8 @@ public enum IndexInfo {
                 "ram_to_serve_bytes": ram, "ram_per_vector_bytes": serving.perVector,
                 "ram_index_per_vector_bytes": Double(serving.total - serving.scratch) / Double(max(m.count, 1)),
                 "ram_by_part": ["heads": serving.heads, "graph": serving.graph, "table": serving.table,
-                                "codec": serving.codec, "search_scratch": serving.scratch],
+                                "codec": serving.codec, "vector_page_checksums": serving.checksums,
+                                "search_scratch": serving.scratch],
                 "disk_bytes": disk, "mean_replicas": m.stats.mean_replicas,
                 "posting_histogram": Dictionary(uniqueKeysWithValues: zip(labels, hist)),
                 "tiers": tierText, "codec": m.codec ?? "none",

@@ -18,9 +18,11 @@ struct IndexLayout {
     let directory: String
 
     static let headsMagic = "FTHMHEAD", graphMagic = "FTHMGRPH", tableMagic = "FTHMPIDX"
-    static let postingsMagic = "FTHMPDAT", vectorsMagic = "FTHMVECS"
-    /// The files an index consists of (listed in the manifest).
-    static let dataFiles = ["heads.bin", "graph.bin", "postings.idx", "postings.dat", "vectors.dat"]
+    static let postingsMagic = "FTHMPDAT", vectorsMagic = "FTHMVECS", vectorChecksumsMagic = "FTHMVCRC"
+    /// The files an index consists of (listed in the manifest). Indexes built before
+    /// vectors.crc existed lack it; they open, and their vectors.dat pages are not checked.
+    static let dataFiles = ["heads.bin", "graph.bin", "postings.idx", "postings.dat", "vectors.dat", vectorChecksumsFile]
+    static let vectorChecksumsFile = "vectors.crc"
 
     /// Build-time files that are not part of a published index (deleted before the publish).
     static func isScratch(_ name: String) -> Bool {
@@ -32,6 +34,7 @@ struct IndexLayout {
     var tablePath: String { directory + "/postings.idx" }
     var postingsPath: String { directory + "/postings.dat" }
     var vectorsPath: String { directory + "/vectors.dat" }
+    var vectorChecksumsPath: String { directory + "/" + Self.vectorChecksumsFile }
     static let codecFile = "codec.bin"
     var codecPath: String { directory + "/" + Self.codecFile }
     var statsPath: String { directory + "/stats.json" }
@@ -125,7 +128,7 @@ struct IndexLayout {
     }
 
     func createVectors(count: Int, dimension: Int, type: ElementType) throws -> SequentialFileWriter {
-        let w = try SequentialFileWriter(path: vectorsPath)
+        let w = try SequentialFileWriter(path: vectorsPath, pageChecksumsFrom: 4096)
         try w.pad(to: 4096)
         return w
     }
@@ -149,6 +152,36 @@ struct IndexLayout {
         try w.pad(to: (w.offset + 4095) / 4096 * 4096)
         try w.patch(h.encode(), at: 0)
         try w.finish()
+        try writeVectorChecksums(w.pageChecksums!)
+    }
+
+    // vectors.crc: the CRC32C of each 4 KiB page of vectors.dat's payload, checked as
+    // re-ranking reads the page (docs/format.md).
+    func writeVectorChecksums(_ crcs: [UInt32]) throws {
+        let w = try SequentialFileWriter(path: vectorChecksumsPath)
+        let h = IndexFileHeader(magic: Self.vectorChecksumsMagic, count: UInt64(crcs.count), dimension: 1,
+                                payloadBytes: UInt64(crcs.count * 4), recordBytes: 4, aux: 4096)
+        try w.write(h.encode())
+        var le = [UInt8](repeating: 0, count: crcs.count * 4)
+        le.withUnsafeMutableBytes { b in for (i, c) in crcs.enumerated() { b.baseAddress!.storeLE(c, toByteOffset: i * 4) } }
+        try w.write(le)
+        try w.finish()
+    }
+
+    /// Whole 4 KiB pages after vectors.dat's header page in a file of `size` bytes.
+    static func vectorPayloadPages(fileSize size: UInt64) -> Int { size > 4096 ? Int((size - 4096) / 4096) : 0 }
+
+    /// The page checksums of vectors.dat, whose payload spans `payloadPages` pages.
+    func readVectorChecksums(payloadPages: Int) throws -> [UInt32] {
+        let path = vectorChecksumsPath
+        let f = try RandomAccessFile(path: path)
+        let h = try f.readHeader(magic: Self.vectorChecksumsMagic)
+        guard h.aux == 4096, h.recordBytes == 4, h.count == UInt64(payloadPages), h.payloadBytes == h.count * 4 else {
+            throw FathomError(.corruptIndex, "holds \(h.count) checksums of \(h.aux)-byte pages; vectors.dat has \(payloadPages) pages of 4096 bytes", path: path, offset: 16)
+        }
+        var raw = [UInt8](repeating: 0, count: payloadPages * 4)
+        if payloadPages > 0 { try raw.withUnsafeMutableBytes { try f.read(into: $0.baseAddress!, count: $0.count, at: h.payloadOffset) } }
+        return raw.withUnsafeBytes { b in (0..<payloadPages).map { b.baseAddress!.loadLE(fromByteOffset: $0 * 4, as: UInt32.self) } }
     }
 
     // postings.idx

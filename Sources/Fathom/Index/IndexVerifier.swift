@@ -68,6 +68,9 @@ public enum IndexVerifier {
             if vh.count != UInt64(m.count) || Int(vh.dimension) != m.dimension {
                 problems.append(Problem(file: layout.vectorsPath, offset: 16, message: "holds \(vh.count) × \(vh.dimension), manifest says \(m.count) × \(m.dimension)"))
             }
+            if Set(m.files.map(\.name)).contains(IndexLayout.vectorChecksumsFile) {
+                problems += try checkVectorPages(vf, layout: layout, progress: progress)
+            }
         } catch { add(error, layout.vectorsPath) }
         // Compact codec, attributes and summaries: decoded as an open does (a file whose CRC
         // was forged along with the manifest is still caught by its structure checks).
@@ -123,5 +126,38 @@ public enum IndexVerifier {
             }
         } catch { add(error, layout.postingsPath) }
         return (problems, m)
+    }
+
+    /// Checks every payload page of vectors.dat against vectors.crc; names the first pages
+    /// that fail (a search reading one of them reports the same page).
+    static func checkVectorPages(_ vf: RandomAccessFile, layout: IndexLayout, progress: ProgressReporter) throws -> [Problem] {
+        let pages = IndexLayout.vectorPayloadPages(fileSize: vf.size)
+        let sums = try layout.readVectorChecksums(payloadPages: pages)
+        let block = 1024
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: block * 4096, alignment: 4096)
+        defer { buf.deallocate() }
+        var bad = [Problem](), failing = 0
+        progress.begin("verify: \(pages) vectors.dat pages", total: UInt64(pages))
+        var first = 0
+        while first < pages {
+            let k = min(block, pages - first)
+            try vf.read(into: buf, count: k * 4096, at: 4096 + UInt64(first) * 4096)
+            for p in 0..<k {
+                let c = crc32c(buf + p * 4096, 4096, 0)
+                guard c != sums[first + p] else { continue }
+                failing += 1
+                if bad.count < 10 {
+                    bad.append(Problem(file: layout.vectorsPath, offset: 4096 + UInt64(first + p) * 4096,
+                                       message: String(format: "page %d fails its checksum (stored %08x, computed %08x)", first + p, sums[first + p], c)))
+                }
+            }
+            first += k
+            progress.advance(UInt64(k))
+        }
+        progress.end()
+        if failing > bad.count {
+            bad.append(Problem(file: layout.vectorsPath, offset: nil, message: "\(failing) pages fail their checksums in all (the first \(bad.count) are listed)"))
+        }
+        return bad
     }
 }

@@ -184,11 +184,11 @@ public struct Manifest: Codable, Sendable, Equatable {
     }
 
     /// The files an open index reads whole into RAM.
-    static let residentFiles: Set<String> = ["heads.bin", "graph.bin", "postings.idx", "codec.bin", "attrs.bin", "summaries.bin", "labels.bin"]
+    static let residentFiles: Set<String> = ["heads.bin", "graph.bin", "postings.idx", "codec.bin", "attrs.bin", "summaries.bin", "labels.bin", "vectors.crc"]
 
     /// Checks the checksum of the files an open index keeps in RAM (heads, graph, posting
-    /// table, codec, attributes, summaries); postings are checked per read and vectors by
-    /// ``IndexVerifier``. (Each is read twice at open: here and by its reader.)
+    /// table, codec, attributes, summaries, labels, vector page checksums); postings and
+    /// vectors.dat pages are checked per read, and whole files by ``IndexVerifier``. (Each is read twice at open: here and by its reader.)
     func checkResidentFiles(directory: String) throws {
         for f in files where Self.residentFiles.contains(f.name) {
             let p = directory + "/" + f.name

@@ -205,7 +205,7 @@ public final class Searcher {
                 roundPassing += collect(records, count: count, list: h)
             }
         case .vectors:
-            e = vectors.deliver(r, result) { i, v in offerExact(i, v) }
+            e = vectors.deliver(r, result, verify: verify) { i, v in offerExact(i, v) }
         case .idle:
             e = nil
         }

@@ -27,8 +27,9 @@ public struct SearchParameters: Sendable, Hashable, Codable {
     public var maxDistRatio: Float = 8
     /// Beam width of the head-graph search (≥ probes; `nil`: max(2·probes, 64)).
     public var headListSize: Int? = nil
-    /// Check each posting's CRC32C after it is read (a corrupt posting then fails the query
-    /// instead of returning wrong neighbours).
+    /// Check each posting's CRC32C, and each vectors.dat page's (indexes with vectors.crc),
+    /// after it is read: a corrupt posting or page then fails the query instead of returning
+    /// wrong neighbours.
     public var verifyChecksums: Bool = true
     /// Compressed indexes: candidates kept from the compact codes and re-ranked with their
     /// full-precision vectors read from disk (`nil`: the codec's default, ``VectorIndex/defaultRerank(k:)``).
@@ -255,8 +256,11 @@ public final class VectorIndex: @unchecked Sendable {
             }
             postingStore = DiskPostingStore(table: table, file: file, path: layout.postingsPath, recordBytes: m.record_bytes)
         }
+        // Page checksums of vectors.dat, when the index has them (built since vectors.crc).
+        let pageChecksums = m.files.contains { $0.name == IndexLayout.vectorChecksumsFile }
+            ? try layout.readVectorChecksums(payloadPages: IndexLayout.vectorPayloadPages(fileSize: plainVectors.size)) : nil
         vectorStore = DiskVectorStore(file: engine == nil ? vfile : plainVectors, path: layout.vectorsPath,
-                                      dimension: m.dimension, elementType: m.element_type)
+                                      dimension: m.dimension, elementType: m.element_type, pageChecksums: pageChecksums)
         context = makeContext()
     }
 
@@ -291,7 +295,7 @@ public final class VectorIndex: @unchecked Sendable {
     /// RAM by part (docs/memory.md).
     public var servingMemory: ServingMemory {
         ServingMemory(heads: router.headBytes, graph: router.graphBytes, table: postingStore.residentBytes + labels.residentBytes + tombstones.residentBytes,
-                      codec: codec.servingBytes, scratch: scratchBytes, vectors: count)
+                      codec: codec.servingBytes, checksums: vectorStore.checksumBytes, scratch: scratchBytes, vectors: count)
     }
 
     /// Bytes of per-thread scratch the searchers made so far hold (IO buffers, dedup tables).

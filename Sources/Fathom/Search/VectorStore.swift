@@ -14,6 +14,8 @@ public protocol VectorStore: AnyObject, Sendable {
     var elementType: ElementType { get }
     /// Components per row.
     var dimension: Int { get }
+    /// Bytes of RAM the store's page checksums take while open.
+    var checksumBytes: Int { get }
     /// A reader for one thread (its buffers; the thread's executor does the IO).
     func makeReader() -> VectorReader
 }
@@ -34,11 +36,15 @@ public protocol VectorReader: AnyObject {
     func stage(_ ids: UnsafeBufferPointer<UInt32>) -> (requests: UnsafeBufferPointer<ReadRequest>, counts: IOCounts)
     /// Visits the staged rows held in RAM.
     func visitResident(visit: (Int, UnsafeRawPointer) throws -> Void) rethrows
-    /// Visits the rows of staged request `r`; returns its error, if any.
-    func deliver(_ r: Int, _ result: Result<Int, FathomError>, visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError?
+    /// Visits the rows of staged request `r`; returns its error (a failed read, or with
+    /// `verify` a page failing its CRC32C, naming the file and offset), if any. The rows of a
+    /// failed request are not visited.
+    func deliver(_ r: Int, _ result: Result<Int, FathomError>, verify: Bool,
+                 visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError?
 }
 
-/// vectors.dat on SSD through the thread's IO engine.
+/// vectors.dat on SSD through the thread's IO engine. With page checksums (vectors.crc),
+/// every page a read brings is checked against its CRC32C before its rows are used.
 public final class DiskVectorStore: VectorStore, @unchecked Sendable {
     // Invariant: immutable after init.
     public let elementType: ElementType
@@ -46,13 +52,37 @@ public final class DiskVectorStore: VectorStore, @unchecked Sendable {
     let placement: IndexLayout.VectorPlacement
     let file: RandomAccessFile
     let path: String
+    /// CRC32C of each 4 KiB payload page (page i starts at byte 4096 + 4096·i); nil for
+    /// files without checksums (indexes built before vectors.crc, update files).
+    let pageChecksums: [UInt32]?
 
-    init(file: RandomAccessFile, path: String, dimension: Int, elementType: ElementType) {
+    init(file: RandomAccessFile, path: String, dimension: Int, elementType: ElementType, pageChecksums: [UInt32]? = nil) {
         self.file = file; self.path = path; self.dimension = dimension; self.elementType = elementType
+        self.pageChecksums = pageChecksums
         placement = IndexLayout.VectorPlacement(rowBytes: dimension * elementType.size)
     }
 
+    public var checksumBytes: Int { (pageChecksums?.count ?? 0) * 4 }
+
     public func makeReader() -> VectorReader { DiskVectorReader(store: self) }
+
+    /// The error of the first page of `req` (whole payload pages) that fails its checksum.
+    func checksumError(_ req: ReadRequest) -> FathomError? {
+        guard let sums = pageChecksums else { return nil }
+        return sums.withUnsafeBufferPointer { s -> FathomError? in
+            let first = Int((req.offset - 4096) / 4096)
+            for p in 0..<(req.length / 4096) {
+                let page = first + p, at = req.offset + UInt64(p * 4096)
+                let c = crc32c(UnsafeRawPointer(req.buffer) + p * 4096, 4096, 0)
+                if page < s.count, c == s[page] { continue }
+                return FathomError(.corruptIndex, page < s.count
+                    ? String(format: "page %d fails its checksum (stored %08x, read %08x): vectors.dat is corrupt", page, s[page], c)
+                    : "page \(page) is past the \(s.count) pages vectors.crc covers: vectors.dat and vectors.crc disagree",
+                    path: path, offset: at, remedies: [.verifyAndRebuild])
+            }
+            return nil
+        }
+    }
 }
 
 final class DiskVectorReader: VectorReader {
@@ -87,9 +117,11 @@ final class DiskVectorReader: VectorReader {
         return (rq, IOCounts(requests: rq.count, bytes: total, roundTrips: 1, items: n))
     }
 
-    func deliver(_ r: Int, _ result: Result<Int, FathomError>, visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError? {
+    func deliver(_ r: Int, _ result: Result<Int, FathomError>, verify: Bool,
+                 visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError? {
         if case .failure(let e) = result { return e }
         let req = plan.requests[r]
+        if verify, let e = store.checksumError(req) { return e }
         let placement = store.placement
         for j in plan.items(of: r) {
             let i = Int(order[j])

@@ -258,6 +258,7 @@ final class UpdatedVectorStore: VectorStore, @unchecked Sendable {
 
     var elementType: ElementType { base.elementType }
     var dimension: Int { base.dimension }
+    var checksumBytes: Int { base.checksumBytes }
     func makeReader() -> VectorReader { UpdatedVectorReader(store: self, base: base.makeReader(), spilled: spilled?.makeReader()) }
 }
 
@@ -317,13 +318,14 @@ final class UpdatedVectorReader: VectorReader {
         for p in arenaPos { try visit(Int(p), arena.row(Int(staged[Int(p)]) - b)) }
     }
 
-    func deliver(_ r: Int, _ result: Result<Int, FathomError>, visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError? {
+    func deliver(_ r: Int, _ result: Result<Int, FathomError>, verify: Bool,
+                 visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError? {
         if r < baseRequests {
             let pos = basePos
-            return try base.deliver(r, result) { i, row in try visit(Int(pos[i]), row) }
+            return try base.deliver(r, result, verify: verify) { i, row in try visit(Int(pos[i]), row) }
         }
         let pos = spillPos
-        return try spilled!.deliver(r - baseRequests, result) { i, row in try visit(Int(pos[i]), row) }
+        return try spilled!.deliver(r - baseRequests, result, verify: verify) { i, row in try visit(Int(pos[i]), row) }
     }
 }
 
