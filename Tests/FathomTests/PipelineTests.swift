@@ -318,7 +318,9 @@ final class EngineLog: @unchecked Sendable {
         #expect(m.graph == index.headCount * index.graph.degree * 4)
         #expect(index.graph.vectors == nil, "the float heads are dropped")
         #expect(m.codec == 32 * 16 * 4 + 32 * 4, "PCA query matrix (= data matrix) and mean")
-        #expect(m.total == m.heads + m.graph + m.table + m.codec + m.scratch)
+        let pages = (try FileManager.default.attributesOfItem(atPath: dir.file("idx/vectors.dat"))[.size] as! Int) / 4096 - 1
+        #expect(m.checksums == 4 * pages, "a CRC32C per vectors.dat page")
+        #expect(m.total == m.heads + m.graph + m.table + m.codec + m.checksums + m.scratch)
     }
 }
 
