@@ -35,20 +35,94 @@ uint32_t fk_crc32c_scalar(uint32_t crc, const void *data, size_t n) {
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
+
+/* Three-way interleaved hardware CRC (after Mark Adler's crc32c.c, zlib licence): the crc32
+ * instruction has a latency of 3 cycles and a throughput of 1, so three independent streams
+ * over consecutive blocks run ~3x faster than one; the streams are joined by "shifting" a CRC
+ * over a block of zeros, a linear map applied with four 256-entry tables per block length. */
+static uint32_t gf2_times(const uint32_t *mat, uint32_t vec) {
+    uint32_t sum = 0;
+    while (vec) { if (vec & 1) sum ^= *mat; vec >>= 1; mat++; }
+    return sum;
+}
+static void gf2_square(uint32_t *square, const uint32_t *mat) {
+    for (int n = 0; n < 32; n++) square[n] = gf2_times(mat, mat[n]);
+}
+/* The operator that appends `len` zero bytes (len a power of two) to a CRC state. */
+static void zeros_op(uint32_t *even, size_t len) {
+    uint32_t odd[32], row = 1;
+    odd[0] = 0x82F63B78u;
+    for (int n = 1; n < 32; n++) { odd[n] = row; row <<= 1; }
+    gf2_square(even, odd);      /* two zero bits */
+    gf2_square(odd, even);      /* four zero bits */
+    do {
+        gf2_square(even, odd);  /* 8·2^k bits */
+        len >>= 1;
+        if (len == 0) return;
+        gf2_square(odd, even);
+        len >>= 1;
+    } while (len);
+    for (int n = 0; n < 32; n++) even[n] = odd[n];
+}
+static void zeros_tables(uint32_t zeros[4][256], size_t len) {
+    uint32_t op[32];
+    zeros_op(op, len);
+    for (uint32_t n = 0; n < 256; n++) {
+        zeros[0][n] = gf2_times(op, n);
+        zeros[1][n] = gf2_times(op, n << 8);
+        zeros[2][n] = gf2_times(op, n << 16);
+        zeros[3][n] = gf2_times(op, n << 24);
+    }
+}
+static inline uint32_t shift(uint32_t zeros[4][256], uint32_t crc) {
+    return zeros[0][crc & 0xff] ^ zeros[1][(crc >> 8) & 0xff] ^ zeros[2][(crc >> 16) & 0xff] ^ zeros[3][crc >> 24];
+}
+/* Block lengths: a 4 KiB page is one LONG triple, one SHORT triple and 256 serial bytes. */
+#define CRC_LONG 1024
+#define CRC_SHORT 256
+static uint32_t crc_long[4][256], crc_short[4][256];
+static int shift_ready = 0;
+
 __attribute__((target("sse4.2")))
 static uint32_t crc32c_hw(uint32_t crc, const void *data, size_t n) {
-    const uint8_t *p = (const uint8_t *)data;
-    uint64_t c = ~crc;
-    while (n && ((uintptr_t)p & 7)) { c = _mm_crc32_u8((uint32_t)c, *p++); n--; }
-    while (n >= 32) {
-        uint64_t a, b, d, e;
-        memcpy(&a, p, 8); memcpy(&b, p + 8, 8); memcpy(&d, p + 16, 8); memcpy(&e, p + 24, 8);
-        c = _mm_crc32_u64(c, a); c = _mm_crc32_u64(c, b); c = _mm_crc32_u64(c, d); c = _mm_crc32_u64(c, e);
-        p += 32; n -= 32;
+    if (!__atomic_load_n(&shift_ready, __ATOMIC_ACQUIRE)) {
+        /* Idempotent: racing threads write the same values. */
+        zeros_tables(crc_long, CRC_LONG);
+        zeros_tables(crc_short, CRC_SHORT);
+        __atomic_store_n(&shift_ready, 1, __ATOMIC_RELEASE);
     }
-    while (n >= 8) { uint64_t a; memcpy(&a, p, 8); c = _mm_crc32_u64(c, a); p += 8; n -= 8; }
-    while (n--) c = _mm_crc32_u8((uint32_t)c, *p++);
-    return ~(uint32_t)c;
+    const uint8_t *p = (const uint8_t *)data;
+    uint64_t c0 = ~crc, c1, c2;
+    while (n && ((uintptr_t)p & 7)) { c0 = _mm_crc32_u8((uint32_t)c0, *p++); n--; }
+    while (n >= 3 * CRC_LONG) {
+        c1 = 0; c2 = 0;
+        const uint8_t *end = p + CRC_LONG;
+        do {
+            uint64_t a, b, d;
+            memcpy(&a, p, 8); memcpy(&b, p + CRC_LONG, 8); memcpy(&d, p + 2 * CRC_LONG, 8);
+            c0 = _mm_crc32_u64(c0, a); c1 = _mm_crc32_u64(c1, b); c2 = _mm_crc32_u64(c2, d);
+            p += 8;
+        } while (p < end);
+        c0 = shift(crc_long, (uint32_t)c0) ^ (uint32_t)c1;
+        c0 = shift(crc_long, (uint32_t)c0) ^ (uint32_t)c2;
+        p += 2 * CRC_LONG; n -= 3 * CRC_LONG;
+    }
+    while (n >= 3 * CRC_SHORT) {
+        c1 = 0; c2 = 0;
+        const uint8_t *end = p + CRC_SHORT;
+        do {
+            uint64_t a, b, d;
+            memcpy(&a, p, 8); memcpy(&b, p + CRC_SHORT, 8); memcpy(&d, p + 2 * CRC_SHORT, 8);
+            c0 = _mm_crc32_u64(c0, a); c1 = _mm_crc32_u64(c1, b); c2 = _mm_crc32_u64(c2, d);
+            p += 8;
+        } while (p < end);
+        c0 = shift(crc_short, (uint32_t)c0) ^ (uint32_t)c1;
+        c0 = shift(crc_short, (uint32_t)c0) ^ (uint32_t)c2;
+        p += 2 * CRC_SHORT; n -= 3 * CRC_SHORT;
+    }
+    while (n >= 8) { uint64_t a; memcpy(&a, p, 8); c0 = _mm_crc32_u64(c0, a); p += 8; n -= 8; }
+    while (n--) c0 = _mm_crc32_u8((uint32_t)c0, *p++);
+    return ~(uint32_t)c0;
 }
 static int hw_state = -1;
 uint32_t fk_crc32c(uint32_t crc, const void *data, size_t n) {

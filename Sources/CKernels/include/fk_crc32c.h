@@ -2,8 +2,8 @@
 #define FATHOM_FK_CRC32C_H
 /*
  * CRC32C (Castagnoli), as used by iSCSI, ext4 and RocksDB. Hardware SSE4.2 `crc32`
- * instructions when the CPU has them (three-way interleaved would be faster still; the
- * simple form already runs at ~8-16 GB/s), a slicing-by-8 table otherwise.
+ * instructions when the CPU has them, three streams interleaved (a 4 KiB page in about a
+ * third of the serial time: every re-rank read checks one), a slicing-by-8 table otherwise.
  * `fk_crc32c(0, p, n)` is the CRC of n bytes; pass a previous result to continue a stream.
  */
 #include <stddef.h>
