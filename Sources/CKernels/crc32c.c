@@ -35,6 +35,7 @@ uint32_t fk_crc32c_scalar(uint32_t crc, const void *data, size_t n) {
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
+#include <pthread.h>
 
 /* Three-way interleaved hardware CRC (after Mark Adler's crc32c.c, zlib licence): the crc32
  * instruction has a latency of 3 cycles and a throughput of 1, so three independent streams
@@ -82,15 +83,16 @@ static inline uint32_t shift(uint32_t zeros[4][256], uint32_t crc) {
 #define CRC_SHORT 256
 static uint32_t crc_long[4][256], crc_short[4][256];
 static int shift_ready = 0;
+static pthread_once_t shift_once = PTHREAD_ONCE_INIT;
+static void make_shift_tables(void) {
+    zeros_tables(crc_long, CRC_LONG);
+    zeros_tables(crc_short, CRC_SHORT);
+    __atomic_store_n(&shift_ready, 1, __ATOMIC_RELEASE);
+}
 
 __attribute__((target("sse4.2")))
 static uint32_t crc32c_hw(uint32_t crc, const void *data, size_t n) {
-    if (!__atomic_load_n(&shift_ready, __ATOMIC_ACQUIRE)) {
-        /* Idempotent: racing threads write the same values. */
-        zeros_tables(crc_long, CRC_LONG);
-        zeros_tables(crc_short, CRC_SHORT);
-        __atomic_store_n(&shift_ready, 1, __ATOMIC_RELEASE);
-    }
+    if (!__atomic_load_n(&shift_ready, __ATOMIC_ACQUIRE)) pthread_once(&shift_once, make_shift_tables);
     const uint8_t *p = (const uint8_t *)data;
     uint64_t c0 = ~crc, c1, c2;
     while (n && ((uintptr_t)p & 7)) { c0 = _mm_crc32_u8((uint32_t)c0, *p++); n--; }
