@@ -236,6 +236,12 @@ struct API: Sendable {
             throw APIError(413, ServeErrorCode.bodyTooLarge, "the body is larger than the limit of \(limit) bytes",
                            APIErrorDetail(limit: limit, index: name))
         }
+        if let len = req.headers[.contentLength].flatMap({ Int($0) }), buffer.readableBytes < len {
+            // The connection closed mid-body (the client went away, or the body timeout closed it).
+            throw APIError(400, ServeErrorCode.malformedJSON,
+                           "the body ended after \(buffer.readableBytes) of the \(len) bytes its Content-Length announced (the connection closed)",
+                           APIErrorDetail(index: name))
+        }
         let depth = configuration.maxJSONDepth
         try buffer.withUnsafeReadableBytes { try JSONBodyScan.check($0, maxDepth: depth) }
         do { return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView)) }

@@ -175,7 +175,9 @@ public final class FathomServer: Sendable {
         // time; RequestBodyDeadline closes those whose body does not arrive in time.
         let bodyTimeout = configuration.bodyTimeoutMs.map { TimeAmount.milliseconds(Int64($0)) }
         let http1 = HTTP1Channel.Configuration(
-            additionalChannelHandlers: bodyTimeout.map { [RequestBodyDeadline(timeout: $0, metrics: m, logger: logger)] } ?? [],
+            additionalChannelHandlers: bodyTimeout.map { t -> [any RemovableChannelHandler] in
+                [RequestBodyDeadline(timeout: t, metrics: m, logger: logger)]
+            } ?? [],
             idleTimeout: configuration.idleTimeoutMs.map { .milliseconds(Int64($0)) })
         let app = Application(router: router, server: .http1(configuration: http1),
                               configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "fathom",

@@ -19,7 +19,7 @@ func checkJSONContentType(_ value: String?) throws {
         throw refuse("the request has no Content-Type: send the JSON body with Content-Type: application/json")
     }
     let parts = value.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
-    guard parts[0].lowercased() == "application/json" else {
+    guard let type = parts.first, type.lowercased() == "application/json" else {
         throw refuse("Content-Type is '\(value.prefix(100))': the body must be JSON sent as Content-Type: application/json")
     }
     for p in parts.dropFirst() {

@@ -30,7 +30,7 @@ import Testing
         let vec = "[" + q.map { "\($0)" }.joined(separator: ",") + "]"
         try await withServer([IndexSpec(name: "docs", directory: small.path)], configure: {
             $0.maxK = 100; $0.maxBatch = 4; $0.maxProbes = 64; $0.maxRerank = 500
-            $0.maxBodyBytes = 64 << 10; $0.maxJSONDepth = 8
+            $0.maxBodyBytes = 512 << 10; $0.maxJSONDepth = 8
         }) { s in
             // Numbers out of range: 400 naming the member and its limit.
             try await expectRefused(s, "k above max", body: "{\"vector\": \(vec), \"k\": 101}", status: 400, code: "invalidArgument", field: "k", limit: 100)
@@ -70,11 +70,11 @@ import Testing
             let (st8, o8) = try await s.json(.POST, "/v1/indexes/docs/search", body: eight)
             #expect(st8 == 400 && o8["code"] as? String != "nestingTooDeep", "\(o8)")
 
-            // Body size: 413 naming the limit (the body here is 100 KB, the limit 64 KiB).
-            let big = "{\"vector\": [" + String(repeating: "0.123456789,", count: 100_000 / 12) + "0]}"
+            // Body size: 413 naming the limit (the body here is 600 KB, the limit 512 KiB).
+            let big = "{\"vector\": [" + String(repeating: "0.123456789,", count: 600_000 / 12) + "0]}"
             let (stBig, oBig) = try await s.json(.POST, "/v1/indexes/docs/search", body: big)
             #expect(stBig == 413 && oBig["code"] as? String == "bodyTooLarge", "\(oBig)")
-            #expect((oBig["detail"] as? [String: Any])?["limit"] as? Int == 64 << 10)
+            #expect((oBig["detail"] as? [String: Any])?["limit"] as? Int == 512 << 10)
 
             // Content-Type: JSON only (415), UTF-8 only.
             let good = searchBody(q, k: 3)
@@ -166,17 +166,24 @@ import Testing
     @Test func connectionCapQueuesNewConnectionsUntilOneCloses() async throws {
         let small = try SmallIndex.build(n: 500, d: 8, nq: 1)
         try await withServer([IndexSpec(name: "docs", directory: small.path)], configure: {
-            $0.maxConnections = 4; $0.idleTimeoutMs = 700
+            $0.maxConnections = 4; $0.idleTimeoutMs = 3000
         }) { s in
             let port = s.port
-            // Four silent connections take every slot; the readiness client's own kept-alive
-            // connection closed by the idle timeout first.
-            try await Task.sleep(for: .milliseconds(1500))
-            let silent = try await blocking { try (0..<4).map { _ in try RawConnection(port: port) } }
-            // The good request waits in the backlog until the idle timeout frees a slot, then succeeds.
-            let (ok, b) = try await s.request(.POST, "/v1/indexes/docs/search", body: searchBody(small.queries[0], k: 3))
-            #expect(ok == 200, "\(b)")
-            let closed = try await blocking { silent.filter { $0.trickle([], everyMs: 50, forMs: 10_000) != nil }.count }
+            // The readiness client's kept-alive connection is closed by the idle timeout first.
+            try await Task.sleep(for: .milliseconds(3500))
+            let (answeredEarly, answer, closed) = try await blocking { () throws -> (Bool, String?, Int) in
+                // Four silent connections take every slot; a fifth with a complete request is
+                // not accepted (no answer) while they are open.
+                let silent = try (0..<4).map { _ in try RawConnection(port: port) }
+                let fifth = try RawConnection(port: port)
+                _ = fifth.send(Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+                let early = fifth.receive(withinMs: 300) != nil
+                // The idle timeout frees the slots; then the fifth is accepted and answered.
+                let answer = fifth.receive(withinMs: 20_000)
+                return (early, answer, silent.filter { $0.trickle([], everyMs: 50, forMs: 10_000) != nil }.count)
+            }
+            #expect(!answeredEarly, "a fifth connection was answered while 4 connections held the cap of 4")
+            #expect(answer?.hasPrefix("HTTP/1.1 200") == true, "\(answer ?? "no answer")")
             #expect(closed == 4)
         }
     }
@@ -185,7 +192,7 @@ import Testing
         for ok in ["application/json", "application/json; charset=utf-8", " APPLICATION/JSON ;Charset=UTF8", "application/json; foo=bar"] {
             #expect(throws: Never.self, "\(ok)") { try checkJSONContentType(ok) }
         }
-        for bad in [nil, "", "text/json", "application/jsonx", "application/json; charset=utf-16", "multipart/form-data"] as [String?] {
+        for bad in [nil, "", ";", "text/json", "application/jsonx", "application/json; charset=utf-16", "multipart/form-data"] as [String?] {
             #expect(throws: APIError.self, "\(bad ?? "nil")") { try checkJSONContentType(bad) }
         }
     }
@@ -225,6 +232,15 @@ final class RawConnection: @unchecked Sendable {
     /// Sends all of `bytes`; false once the connection is closed.
     func send(_ bytes: [UInt8]) -> Bool {
         bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) == $0.count }
+    }
+
+    /// The first bytes the server sends within `ms` (nil: none, or the connection closed).
+    func receive(withinMs ms: Int) -> String? {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&p, 1, Int32(ms)) > 0 else { return nil }
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = recv(fd, &buf, buf.count, 0)
+        return n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : nil
     }
 
     /// Sends `bytes` one at a time, `everyMs` apart, then keeps waiting, for at most `forMs`:
