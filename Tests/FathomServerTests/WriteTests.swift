@@ -424,7 +424,7 @@ extension RunningServer {
         guard let (p2, _, base2) = try Self.start(args) else { return }
         defer { if p2.isRunning { p2.terminate(); p2.waitUntilExit() } }
         let q = "{\"vector\": [" + batch[0].map { "\($0)" }.joined(separator: ",") + "], \"k\": 4, \"probes\": 65536, \"rerank\": 100}"
-        let (ss, sb) = try curl(["-X", "POST", "--data", q, base2 + "/v1/indexes/w/search"])
+        let (ss, sb) = try curl(["-X", "POST", "-H", "Content-Type: application/json", "--data", q, base2 + "/v1/indexes/w/search"])
         #expect(ss == 200, "\(sb)")
         let r = try decodeSearch(sb)
         #expect(Set(r.results[0].labels) == [41, 2_000_001, 2_000_002, 2_000_003] && r.version == 5, "\(sb)")
