@@ -2,9 +2,10 @@
 """Bad input over HTTP (issue 23): a well-behaved client's latency and the server's memory,
 alone and while attackers run.
 
-Starts `fathom serve` on a small index, then runs three phases of --duration seconds each:
+Starts `fathom serve` on a small index, then runs four phases of --duration seconds each:
   alone   one keep-alive client sending searches back to back (p50/p99 latency, statuses);
-  attack  the same client while attackers run:
+  slow    the same client while only the slow connections (slowloris, slow body, silent) are open;
+  attack  the same client while every attacker runs:
             slowloris  --slowloris connections trickling request headers a byte a second
                        (reconnecting when the server closes them),
             slow body  --slow-bodies connections trickling a request body a byte a second,
@@ -110,8 +111,8 @@ def good_client(port, bodies, seconds):
 class Attack:
     """All attackers; each counts what it did in `stats` (under `lock`)."""
 
-    def __init__(self, port, args):
-        self.port, self.args, self.stop = port, args, threading.Event()
+    def __init__(self, port, args, floods):
+        self.port, self.args, self.floods, self.stop = port, args, floods, threading.Event()
         self.lock = threading.Lock()
         self.stats = {"slowloris_opened": 0, "slowloris_closed_by_server": 0, "slowloris_lifetimes_s": [],
                       "slow_body_opened": 0, "slow_body_closed_by_server": 0, "slow_body_lifetimes_s": [],
@@ -217,7 +218,7 @@ class Attack:
             self.threads.append(threading.Thread(target=self.trickler, args=("slow_body", body_head, b"0.1,"), daemon=True))
         for _ in range(a.silent):
             self.threads.append(threading.Thread(target=self.trickler, args=("silent", b"", b""), daemon=True))
-        for kind, fn in (("huge", self.huge), ("deep", self.deep), ("nan", self.nan)):
+        for kind, fn in (("huge", self.huge), ("deep", self.deep), ("nan", self.nan)) if self.floods else ():
             self.threads.append(threading.Thread(target=self.flood, args=(kind, fn), daemon=True))
         for t in self.threads:
             t.start()
@@ -302,19 +303,21 @@ def main():
         phases = {}
         sampler.phase = "alone"
         phases["alone"] = good_client(a.port, bodies, a.duration)
-        attack = Attack(a.port, a)
-        sampler.phase = "attack"
-        attack.start()
-        time.sleep(min(2.0, a.duration / 4))  # let the attackers connect
-        phases["attack"] = good_client(a.port, bodies, a.duration)
-        sampler.phase = "stopping"
-        attackers = attack.finish()
+        attackers = {}
+        for phase, floods in (("slow", False), ("attack", True)):
+            attack = Attack(a.port, a, floods)
+            sampler.phase = phase
+            attack.start()
+            time.sleep(min(2.0, a.duration / 4))  # let the attackers connect
+            phases[phase] = good_client(a.port, bodies, a.duration)
+            sampler.phase = "stopping"
+            attackers[phase] = attack.finish()
         sampler.phase = "after"
         phases["after"] = good_client(a.port, bodies, a.duration)
         sampler.stop.set()
         sampler.join()
         mem = {}
-        for ph in ("alone", "attack", "after"):
+        for ph in ("alone", "slow", "attack", "after"):
             s = [x for x in sampler.samples if x["phase"] == ph]
             if s:
                 mem[ph] = {"rss_kib_first": s[0]["rss_kib"], "rss_kib_max": max(x["rss_kib"] for x in s),
@@ -322,14 +325,15 @@ def main():
         result = {
             "bench": "serve_badinput", "preliminary": True,
             "note": "shared machine; compare the phases of this run, not runs",
-            "fathom": fathom, "command": cmd, "index": index, "dim": a.dim,
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+            "cpus": os.cpu_count(), "fathom": fathom, "command": cmd, "index": index, "dim": a.dim,
             "duration_s_per_phase": a.duration,
             "attackers": {"slowloris": a.slowloris, "slow_bodies": a.slow_bodies, "silent": a.silent,
                           "huge_mib": a.huge_mib, "deep_body_bytes": (1 << 20) + 12, "nan": 1},
             "uptime_before": load_before, "uptime_after": uptime(),
             "client": phases, "attack_stats": attackers, "memory": mem,
-            "attack_p99_over_alone": (phases["attack"]["p99_ms"] / phases["alone"]["p99_ms"])
-            if phases["alone"]["p99_ms"] and phases["attack"]["p99_ms"] else None,
+            "p99_over_alone": {ph: phases[ph]["p99_ms"] / phases["alone"]["p99_ms"]
+                               for ph in ("slow", "attack", "after") if phases["alone"]["p99_ms"] and phases[ph]["p99_ms"]},
         }
     finally:
         server.terminate()
@@ -342,7 +346,7 @@ def main():
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
-    print(json.dumps({k: result[k] for k in ("client", "memory", "attack_p99_over_alone")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("client", "memory", "p99_over_alone")}, indent=2))
     print("wrote " + out, file=sys.stderr)
 
 

@@ -235,9 +235,15 @@ struct API: Sendable {
         do { buffer = try await req.body.collect(upTo: limit) } catch is NIOTooManyBytesError {
             throw APIError(413, ServeErrorCode.bodyTooLarge, "the body is larger than the limit of \(limit) bytes",
                            APIErrorDetail(limit: limit, index: name))
+        } catch {
+            // The HTTP decoder's error for a body cut short: the client closed its side (or the
+            // connection) before the bytes its Content-Length or chunking announced.
+            throw APIError(400, ServeErrorCode.malformedJSON,
+                           "the request body ended before its announced length (\(error)): send the whole body, then wait for the answer",
+                           APIErrorDetail(index: name))
         }
         if let len = req.headers[.contentLength].flatMap({ Int($0) }), buffer.readableBytes < len {
-            // The connection closed mid-body (the client went away, or the body timeout closed it).
+            // The stream ended early without an error (the body timeout closed the connection).
             throw APIError(400, ServeErrorCode.malformedJSON,
                            "the body ended after \(buffer.readableBytes) of the \(len) bytes its Content-Length announced (the connection closed)",
                            APIErrorDetail(index: name))

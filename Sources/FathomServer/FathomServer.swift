@@ -40,7 +40,8 @@ public struct ServerConfiguration: Sendable {
     /// head (a body trickled byte by byte; nil: never). Answering the request does not count.
     public var bodyTimeoutMs: Int? = 30_000
     /// Open connections at most; above it the server stops accepting (new connections wait
-    /// in the listen backlog) until one closes (nil: no cap).
+    /// in the listen backlog) until one closes (nil: no cap). Connections accepted in one
+    /// batch may overshoot it by a few.
     public var maxConnections: Int? = 1024
     /// Deadline applied when a request has no `timeout_ms` (nil: none).
     public var defaultTimeoutMs: Int? = nil

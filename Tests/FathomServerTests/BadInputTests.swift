@@ -127,6 +127,14 @@ import Testing
                 return c.trickle(Array(repeating: UInt8(ascii: " "), count: 1000), everyMs: 50, forMs: 10_000)
             }
             #expect(body != nil, "a connection trickling its body was still open after 10 s (body timeout 0.8 s)")
+            // A body cut short by the client closing its side: 400 naming what happened, not a 5xx.
+            let cut = try await blocking { () throws -> String? in
+                let c = try RawConnection(port: port)
+                _ = c.send(full + Array("{\"vector\": [".utf8))
+                c.shutdownWrite()
+                return c.receive(withinMs: 10_000)
+            }
+            #expect(cut?.hasPrefix("HTTP/1.1 400") == true && cut?.contains("malformedJSON") == true, "\(cut ?? "no answer")")
             let (_, metrics) = try await s.request(.GET, "/metrics")
             #expect(metrics.contains("fathom_http_body_timeouts_total 1"), "\(metrics.split(separator: "\n").filter { $0.contains("timeout") })")
             // A well-behaved client on a kept-alive connection is unaffected: a request, then another.
@@ -175,6 +183,9 @@ import Testing
                 // Four silent connections take every slot; a fifth with a complete request is
                 // not accepted (no answer) while they are open.
                 let silent = try (0..<4).map { _ in try RawConnection(port: port) }
+                // (The server accepts in batches: one batch may overshoot the cap. Let the four
+                // be accepted before the fifth arrives.)
+                usleep(500_000)
                 let fifth = try RawConnection(port: port)
                 _ = fifth.send(Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
                 let early = fifth.receive(withinMs: 300) != nil
@@ -233,6 +244,9 @@ final class RawConnection: @unchecked Sendable {
     func send(_ bytes: [UInt8]) -> Bool {
         bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) == $0.count }
     }
+
+    /// Closes the sending side (FIN); the server may still answer.
+    func shutdownWrite() { _ = shutdown(fd, Int32(SHUT_WR)) }
 
     /// The first bytes the server sends within `ms` (nil: none, or the connection closed).
     func receive(withinMs ms: Int) -> String? {
