@@ -10,7 +10,7 @@ import NIOHTTPTypes
 
 /// What a JSON body must declare: `application/json`, with no charset or `charset=utf-8`
 /// (RFC 8259: JSON exchanged between systems is UTF-8). Anything else, or no Content-Type,
-/// is a 415 naming the header.
+/// is a 415 naming the header. Pure: safe from any thread.
 func checkJSONContentType(_ value: String?) throws {
     func refuse(_ message: String) -> APIError {
         APIError(415, ServeErrorCode.unsupportedMediaType, message, APIErrorDetail(field: "Content-Type"))
@@ -40,6 +40,7 @@ func checkJSONContentType(_ value: String?) throws {
 ///
 /// Foundation's decoder itself stops at 512 levels with only "not valid JSON"; this scan
 /// gives the limit and the place instead, and a far lower limit (requests need 3 levels).
+/// Stateless: safe from any thread.
 struct JSONBodyScan {
     private struct Frame {
         var isArray: Bool
