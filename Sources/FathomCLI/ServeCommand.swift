@@ -39,6 +39,18 @@ struct ServeCommand: AsyncParsableCommand {
     var maxK: Int = 1000
     @Option(name: .customLong("max-batch"), help: "Most queries in one request (400 above).")
     var maxBatch: Int = 1024
+    @Option(name: .customLong("max-probes"), help: "Largest probes accepted (400 above).")
+    var maxProbes: Int = 65536
+    @Option(name: .customLong("max-rerank"), help: "Largest rerank accepted (400 above).")
+    var maxRerank: Int = 100_000
+    @Option(name: .customLong("max-json-depth"), help: "Deepest nesting of arrays/objects in a JSON body (400 above; requests need 3).")
+    var maxJSONDepth: Int = 32
+    @Option(name: .customLong("idle-timeout"), help: "Seconds a connection may go without sending a complete request head (idle keep-alive, nothing sent, headers trickled); 0: never close.")
+    var idleTimeout: Double = 30
+    @Option(name: .customLong("body-timeout"), help: "Seconds a request body may take to arrive after its head before the connection is closed; 0: no limit.")
+    var bodyTimeout: Double = 30
+    @Option(name: .customLong("max-connections"), help: "Open connections at most; above it new ones wait in the listen backlog; 0: no cap.")
+    var maxConnections: Int = 1024
     @Option(name: .customLong("timeout-ms"), help: "Deadline for requests without timeout_ms (default: none).")
     var timeoutMs: Int?
     @Option(help: "IO engine: aio (libaio + O_DIRECT), pread, or auto (aio, pread where O_DIRECT is refused).")
@@ -56,7 +68,14 @@ struct ServeCommand: AsyncParsableCommand {
         guard !indexes.isEmpty else { throw ValidationError("give at least one --index NAME=DIR") }
         guard maxConcurrent >= 1 else { throw ValidationError("--max-concurrent must be at least 1") }
         guard queue >= 0 else { throw ValidationError("--queue must be 0 or more") }
-        guard maxK >= 1, maxBatch >= 1 else { throw ValidationError("--max-k and --max-batch must be at least 1") }
+        guard maxK >= 1, maxBatch >= 1, maxProbes >= 1, maxRerank >= 1 else {
+            throw ValidationError("--max-k, --max-batch, --max-probes and --max-rerank must be at least 1")
+        }
+        guard maxJSONDepth >= 3 else { throw ValidationError("--max-json-depth must be at least 3 (requests nest 3 levels)") }
+        guard idleTimeout >= 0, idleTimeout <= 86400, bodyTimeout >= 0, bodyTimeout <= 86400 else {
+            throw ValidationError("--idle-timeout and --body-timeout must be 0 (none) to 86400 seconds")
+        }
+        guard maxConnections >= 0 else { throw ValidationError("--max-connections must be 0 (no cap) or more") }
         guard maxBody.bytes >= 1024, maxBody.bytes <= 1 << 30 else { throw ValidationError("--max-body must be 1KiB to 1GiB") }
         guard maxWriteBody.bytes >= 1024, maxWriteBody.bytes <= 1 << 30 else { throw ValidationError("--max-write-body must be 1KiB to 1GiB") }
         if let t = timeoutMs { guard t >= 1 else { throw ValidationError("--timeout-ms must be at least 1") } }
@@ -96,6 +115,10 @@ struct ServeCommand: AsyncParsableCommand {
             c.host = host; c.port = port
             c.maxConcurrent = maxConcurrent; c.queueLimit = queue
             c.maxBodyBytes = Int(maxBody.bytes); c.maxWriteBodyBytes = Int(maxWriteBody.bytes); c.maxK = maxK; c.maxBatch = maxBatch
+            c.maxProbes = maxProbes; c.maxRerank = maxRerank; c.maxJSONDepth = maxJSONDepth
+            c.idleTimeoutMs = idleTimeout > 0 ? max(1, Int(idleTimeout * 1000)) : nil
+            c.bodyTimeoutMs = bodyTimeout > 0 ? max(1, Int(bodyTimeout * 1000)) : nil
+            c.maxConnections = maxConnections > 0 ? maxConnections : nil
             c.defaultTimeoutMs = timeoutMs
             c.io = io == "aio" ? .aio : (io == "pread" ? .pread : .auto)
             c.verify = verify

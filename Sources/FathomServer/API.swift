@@ -221,9 +221,12 @@ struct API: Sendable {
         }
     }
 
-    /// Reads and decodes a JSON body of at most `limit` bytes: 413 above it (refused on
-    /// `Content-Length` first, then while reading), 400 for what does not decode.
+    /// Reads and decodes a JSON body of at most `limit` bytes: 415 without
+    /// `Content-Type: application/json`, 413 above the limit (refused on `Content-Length`
+    /// first, then while reading), 400 for nesting deeper than the depth limit, bare
+    /// NaN/Infinity, and what does not decode.
     func decodeBody<T: Decodable>(_ type: T.Type, _ req: Request, limit: Int, index name: String, example: String) async throws -> T {
+        try checkJSONContentType(req.headers[.contentType])
         if let len = req.headers[.contentLength].flatMap({ Int($0) }), len > limit {
             throw APIError(413, ServeErrorCode.bodyTooLarge, "the body is \(len) bytes, above the limit of \(limit)",
                            APIErrorDetail(limit: limit, index: name))
@@ -232,7 +235,21 @@ struct API: Sendable {
         do { buffer = try await req.body.collect(upTo: limit) } catch is NIOTooManyBytesError {
             throw APIError(413, ServeErrorCode.bodyTooLarge, "the body is larger than the limit of \(limit) bytes",
                            APIErrorDetail(limit: limit, index: name))
+        } catch {
+            // The HTTP decoder's error for a body cut short: the client closed its side (or the
+            // connection) before the bytes its Content-Length or chunking announced.
+            throw APIError(400, ServeErrorCode.malformedJSON,
+                           "the request body ended before its announced length (\(error)): send the whole body, then wait for the answer",
+                           APIErrorDetail(index: name))
         }
+        if let len = req.headers[.contentLength].flatMap({ Int($0) }), buffer.readableBytes < len {
+            // The stream ended early without an error (the body timeout closed the connection).
+            throw APIError(400, ServeErrorCode.malformedJSON,
+                           "the body ended after \(buffer.readableBytes) of the \(len) bytes its Content-Length announced (the connection closed)",
+                           APIErrorDetail(index: name))
+        }
+        let depth = configuration.maxJSONDepth
+        try buffer.withUnsafeReadableBytes { try JSONBodyScan.check($0, maxDepth: depth) }
         do { return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView)) }
         catch let e as APIError { throw e }
         catch let e as DecodingError { throw Self.decodingError(e, example: example) }

@@ -50,6 +50,11 @@ public enum ServeErrorCode {
     public static let malformedJSON = "malformedJSON"
     /// The body exceeds the configured limit — 413.
     public static let bodyTooLarge = "bodyTooLarge"
+    /// A JSON body sent without `Content-Type: application/json` (or with a charset other
+    /// than UTF-8) — 415.
+    public static let unsupportedMediaType = "unsupportedMediaType"
+    /// The JSON nests arrays/objects deeper than the configured limit — 400.
+    public static let nestingTooDeep = "nestingTooDeep"
     /// No index of that name is served — 404.
     public static let unknownIndex = "unknownIndex"
     /// No such route — 404.

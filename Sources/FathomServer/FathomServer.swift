@@ -1,6 +1,7 @@
 import Fathom
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -18,6 +19,9 @@ public struct ServerConfiguration: Sendable {
     public var maxBodyBytes: Int = 4 << 20
     /// Largest body of a write (`POST`/`DELETE /v1/indexes/{name}/vectors`) accepted (413 above).
     public var maxWriteBodyBytes: Int = 16 << 20
+    /// Deepest nesting of arrays and objects a JSON body may have (400 `nestingTooDeep`
+    /// above, checked by a linear scan before decoding). Requests need 3.
+    public var maxJSONDepth: Int = 32
     /// Largest `k` accepted (400 above).
     public var maxK: Int = 1000
     /// Most queries in one batch request (400 above).
@@ -28,6 +32,17 @@ public struct ServerConfiguration: Sendable {
     public var maxRerank: Int = 100_000
     /// Largest `timeout_ms` accepted (400 above).
     public var maxTimeoutMs: Int = 600_000
+    /// A connection with no request in progress is closed when no complete request head
+    /// arrives within this time: idle keep-alive connections, connections that send nothing,
+    /// and headers trickled byte by byte (nil: never).
+    public var idleTimeoutMs: Int? = 30_000
+    /// A connection is closed when a request's body has not fully arrived this long after its
+    /// head (a body trickled byte by byte; nil: never). Answering the request does not count.
+    public var bodyTimeoutMs: Int? = 30_000
+    /// Open connections at most; above it the server stops accepting (new connections wait
+    /// in the listen backlog) until one closes (nil: no cap). Connections accepted in one
+    /// batch may overshoot it by a few.
+    public var maxConnections: Int? = 1024
     /// Deadline applied when a request has no `timeout_ms` (nil: none).
     public var defaultTimeoutMs: Int? = nil
     /// Searches running at once (worker threads).
@@ -104,8 +119,16 @@ public final class FathomServer: Sendable {
         }
         guard !configuration.indexes.isEmpty else { throw FathomError(.invalidArgument, "serve needs at least one --index NAME=DIR") }
         guard configuration.maxConcurrent >= 1, configuration.queueLimit >= 0, configuration.maxBodyBytes >= 1024,
-              configuration.maxWriteBodyBytes >= 1024, configuration.maxK >= 1, configuration.maxBatch >= 1 else {
-            throw FathomError(.invalidArgument, "serve limits must be positive (concurrency ≥ 1, queue ≥ 0, bodies ≥ 1 KiB, k ≥ 1, batch ≥ 1)")
+              configuration.maxWriteBodyBytes >= 1024, configuration.maxK >= 1, configuration.maxBatch >= 1,
+              configuration.maxProbes >= 1, configuration.maxRerank >= 1, configuration.maxTimeoutMs >= 1 else {
+            throw FathomError(.invalidArgument, "serve limits must be positive (concurrency ≥ 1, queue ≥ 0, bodies ≥ 1 KiB, k, batch, probes, rerank and timeout ≥ 1)")
+        }
+        guard configuration.maxJSONDepth >= 3 else {
+            throw FathomError(.invalidArgument, "the JSON depth limit is \(configuration.maxJSONDepth): requests nest 3 levels, so it must be at least 3")
+        }
+        for (what, v) in [("idle timeout", configuration.idleTimeoutMs), ("body timeout", configuration.bodyTimeoutMs),
+                          ("connection limit", configuration.maxConnections)] {
+            if let v, v < 1 { throw FathomError(.invalidArgument, "the \(what) is \(v): it must be at least 1 (or none)") }
         }
         // Two writable names on one directory would be two writers of it: the second open
         // would fail anyway; say so before starting.
@@ -149,8 +172,19 @@ public final class FathomServer: Sendable {
 
         let portBox = port
         let reg = registry
-        let app = Application(router: router,
-                              configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "fathom"),
+        // Slow clients: the idle timeout closes connections that send no complete head in
+        // time; RequestBodyDeadline closes those whose body does not arrive in time.
+        let bodyTimeout = configuration.bodyTimeoutMs.map { TimeAmount.milliseconds(Int64($0)) }
+        let http1 = HTTP1Channel.Configuration(
+            additionalChannelHandlers: bodyTimeout.map { t -> [any RemovableChannelHandler] in
+                [RequestBodyDeadline(timeout: t, metrics: m, logger: logger)]
+            } ?? [],
+            idleTimeout: configuration.idleTimeoutMs.map { .milliseconds(Int64($0)) })
+        let app = Application(router: router, server: .http1(configuration: http1),
+                              configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "fathom",
+                                                   availableConnectionsDelegate: configuration.maxConnections.map {
+                                                       MaximumAvailableConnections($0, logger: logger)
+                                                   }),
                               onServerRunning: { channel in
                                   portBox.set(channel.localAddress?.port ?? 0)
                               },

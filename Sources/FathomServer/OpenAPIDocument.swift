@@ -12,9 +12,15 @@ info:
     `fathom serve`: Fathom indexes (disk-resident vector search) as an HTTP/JSON service.
     Every error is one JSON shape, `Error` below: `code` is the library's FathomError code
     (`invalidArgument`, `dimensionMismatch`, `nonFiniteValue`, `parse`, `io`, `corruptIndex`, …)
-    or one of the server's own (`malformedJSON`, `bodyTooLarge`, `unknownIndex`, `notFound`,
+    or one of the server's own (`malformedJSON`, `bodyTooLarge`, `unsupportedMediaType`,
+    `nestingTooDeep`, `unknownIndex`, `notFound`,
     `methodNotAllowed`, `overloaded`, `notReady`, `reloading`, `deadlineExceeded`, `reloadFailed`,
     `readOnly`, `labelExists`, `indexReplaced`, `internal`). Bad input is always a 4xx.
+    JSON bodies need `Content-Type: application/json` (UTF-8; else 415) and are limited in
+    size (413), nesting depth (400 `nestingTooDeep`), `k`, `probes`, `rerank` and batch size
+    (400 naming the member and `detail.limit`); the maxima below are the defaults, each set by
+    a `fathom serve` option (docs/serve.md, "Limits and bad input"). Connections that send
+    their request head or body too slowly are closed.
     docs/serve.md explains admission control, deadlines, reloads and writes (indexes served
     with `--writable NAME`: a 200 from a write means durable and visible to later searches).
   license:
@@ -168,11 +174,17 @@ paths:
             application/json:
               schema: {$ref: "#/components/schemas/SearchResponse"}
         "400":
-          $ref: "#/components/responses/Error"
+          description: "The request is malformed or out of range: `detail.field` names the member, `detail.limit` the limit."
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Error"}
+              example: {code: invalidArgument, message: "k = 5000 is above the server's limit of 1000", detail: {field: k, limit: 1000, index: docs}}
         "404":
           $ref: "#/components/responses/Error"
         "413":
-          $ref: "#/components/responses/Error"
+          $ref: "#/components/responses/BodyTooLarge"
+        "415":
+          $ref: "#/components/responses/UnsupportedMediaType"
         "429":
           $ref: "#/components/responses/Error"
         "500":
@@ -226,7 +238,9 @@ paths:
               schema: {$ref: "#/components/schemas/Error"}
               example: {code: labelExists, message: "labels[1] = 18 is already in the index 'docs': send \"upsert\": true to replace its vector; nothing was written", detail: {field: "labels[1]", index: docs}}
         "413":
-          $ref: "#/components/responses/Error"
+          $ref: "#/components/responses/BodyTooLarge"
+        "415":
+          $ref: "#/components/responses/UnsupportedMediaType"
         "429":
           $ref: "#/components/responses/Error"
         "500":
@@ -261,7 +275,9 @@ paths:
         "409":
           $ref: "#/components/responses/Error"
         "413":
-          $ref: "#/components/responses/Error"
+          $ref: "#/components/responses/BodyTooLarge"
+        "415":
+          $ref: "#/components/responses/UnsupportedMediaType"
         "429":
           $ref: "#/components/responses/Error"
         "500":
@@ -286,10 +302,22 @@ components:
       content:
         application/json:
           schema: {$ref: "#/components/schemas/Error"}
+    BodyTooLarge:
+      description: The body is above the server's limit (`--max-body`, 4 MiB, for searches; `--max-write-body`, 16 MiB, for writes).
+      content:
+        application/json:
+          schema: {$ref: "#/components/schemas/Error"}
+          example: {code: bodyTooLarge, message: "the body is 10000000 bytes, above the limit of 4194304", detail: {limit: 4194304, index: docs}}
+    UnsupportedMediaType:
+      description: "The JSON body was not sent as `Content-Type: application/json` (or its charset is not UTF-8)."
+      content:
+        application/json:
+          schema: {$ref: "#/components/schemas/Error"}
+          example: {code: unsupportedMediaType, message: "Content-Type is 'application/x-www-form-urlencoded': the body must be JSON sent as Content-Type: application/json", detail: {field: Content-Type}}
   schemas:
     Vector:
       type: array
-      description: Finite numbers, as many as the index's dimension. `null` or a string such as "NaN" is refused (400 nonFiniteValue).
+      description: Finite numbers, as many as the index's dimension. `null`, a string such as "NaN" or a bare `NaN`/`Infinity` token is refused (400 nonFiniteValue, `detail.field` e.g. `vectors[3][7]`).
       items: {type: number}
     SearchRequest:
       type: object

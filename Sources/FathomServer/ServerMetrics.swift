@@ -55,6 +55,11 @@ public final class ServerMetrics: Sendable {
                              labels: [("index", index)]).increment(by: Int64(count))
     }
 
+    /// One connection closed because its request body did not arrive within the body timeout.
+    func slowClientClosed() {
+        registry.makeCounter(descriptor: Self.d("http_body_timeouts", "total", "Connections closed because a request body did not fully arrive within the body timeout (slow or stalled clients).")).increment()
+    }
+
     /// Vectors written by acknowledged writes: op is insert, upsert or delete.
     func written(index: String, op: String, count: Int) {
         registry.makeCounter(descriptor: Self.d("written_vectors", "total", "Vectors inserted, upserted or deleted by acknowledged (durable) writes."),

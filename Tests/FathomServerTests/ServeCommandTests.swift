@@ -77,8 +77,11 @@ func curl(_ args: [String]) throws -> (status: Int, body: String) {
         #expect(st == 200, "\(b)")
         let r = try decodeSearch(b)
         #expect(r.results.first?.ids.count == 4)
-        let (bad, bb) = try curl(["-X", "POST", "--data", "{\"vector\": [1]}", base + "/v1/indexes/docs/search"])
+        let (bad, bb) = try curl(["-X", "POST", "-H", "Content-Type: application/json", "--data", "{\"vector\": [1]}", base + "/v1/indexes/docs/search"])
         #expect(bad == 400 && bb.contains("dimensionMismatch"))
+        // curl --data's default Content-Type (form-urlencoded) is refused, naming the header.
+        let (form, fb) = try curl(["-X", "POST", "--data", body, base + "/v1/indexes/docs/search"])
+        #expect(form == 415 && fb.contains("unsupportedMediaType") && fb.contains("Content-Type: application/json"), "\(fb)")
         // SIGHUP: every index reloads to generation 2.
         kill(p.processIdentifier, SIGHUP)
         var gen2 = false

@@ -40,18 +40,22 @@ struct RunningServer: Sendable {
     let port: Int
     var base: String { "http://127.0.0.1:\(port)" }
 
-    func request(_ method: HTTPMethod, _ path: String, body: String? = nil, bytes: [UInt8]? = nil) async throws -> (status: Int, body: String) {
+    /// Sends a request; a body goes with `contentType` (none when nil).
+    func request(_ method: HTTPMethod, _ path: String, body: String? = nil, bytes: [UInt8]? = nil,
+                 contentType: String? = "application/json") async throws -> (status: Int, body: String) {
         var r = HTTPClientRequest(url: base + path)
         r.method = method
-        if let body { r.body = .bytes(ByteBuffer(string: body)); r.headers.add(name: "Content-Type", value: "application/json") }
-        if let bytes { r.body = .bytes(ByteBuffer(bytes: bytes)); r.headers.add(name: "Content-Type", value: "application/json") }
+        if let body { r.body = .bytes(ByteBuffer(string: body)) }
+        if let bytes { r.body = .bytes(ByteBuffer(bytes: bytes)) }
+        if body != nil || bytes != nil, let contentType { r.headers.add(name: "Content-Type", value: contentType) }
         let resp = try await HTTPClient.shared.execute(r, timeout: .seconds(60))
         let b = try await resp.body.collect(upTo: 64 << 20)
         return (Int(resp.status.code), String(buffer: b))
     }
 
-    func json(_ method: HTTPMethod, _ path: String, body: String? = nil) async throws -> (status: Int, object: [String: Any]) {
-        let (s, b) = try await request(method, path, body: body)
+    func json(_ method: HTTPMethod, _ path: String, body: String? = nil,
+              contentType: String? = "application/json") async throws -> (status: Int, object: [String: Any]) {
+        let (s, b) = try await request(method, path, body: body, contentType: contentType)
         let o = (try? JSONSerialization.jsonObject(with: Data(b.utf8))) as? [String: Any]
         return (s, o ?? ["_raw": b])
     }
