@@ -10,7 +10,8 @@ matplotlib):
 
 Options: --queries-limit N (1000), --fathom-bin PATH (.build/release/fathom), --probes LIST,
 --post-probes LIST, --nprobe LIST (FAISS), --skip-faiss, --only SUBSTRING (filters whose label
-or expression contains it), --windows LIST (Fathom's queries in flight per thread, default
+or expression contains it), --search-args "ARGS" (extra `fathom search` arguments for Fathom's
+runs, e.g. "--serve-memory 8GiB --rerank 10" for the codes held in RAM), --windows LIST (Fathom's queries in flight per thread, default
 "1,4": `fathom` is window 1, one query at a time as the peers run; `fathom_window_W` the
 others, on the same single thread).
 
@@ -25,7 +26,7 @@ matches / n) beside the planner's estimate. Writes bench/results/filtered-NAME.j
 and prints per filter the best QPS at recall >= 0.90 of each system and the bars (issue 15):
 QPS >= 3x post-filter at 1% and 0.1%, >= 1x at 50%, >= 0.5x FAISS at 1%.
 """
-import argparse, csv, json, os, subprocess, sys, time
+import argparse, csv, json, os, shlex, subprocess, sys, time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -115,6 +116,8 @@ def main():
     ap.add_argument("--only", help="run only the filters whose label or expression contains this")
     ap.add_argument("--tag", default="", help="results file suffix: filtered-NAME-TAG.json (a partial run, e.g. with --only, then leaves the full results alone)")
     ap.add_argument("--windows", default="1,4", help="Fathom's queries in flight per thread; the first is reported as `fathom`")
+    ap.add_argument("--search-args", default="", help="extra `fathom search` arguments for the Fathom runs (not the post-filter baseline), "
+                    "e.g. \"--serve-memory 8GiB --rerank 10\": the codes resident, issue 23's Bi-Granular tier; recorded in the JSON")
     a = ap.parse_args()
     cfg = SETS[a.dataset]
     name = a.dataset + (f"-{a.tag}" if a.tag else "")
@@ -156,7 +159,7 @@ def main():
     filters += cfg["real"]
     if a.only:
         filters = [f for f in filters if a.only in f[0] or a.only in f[1]]
-    out = dict(dataset=a.dataset, n=n, queries=len(xq), k=10, threads=1, machine=common.machine_info(),
+    out = dict(dataset=a.dataset, n=n, queries=len(xq), k=10, threads=1, machine=common.machine_info(), search_args=a.search_args,
                build_seconds=build_s, filters=[])
     faiss_dir = os.path.join(work, "faiss")
     for expr, label, pred in filters:
@@ -170,7 +173,7 @@ def main():
         for i, w in enumerate(windows):
             key = "fathom" if i == 0 else f"fathom_window_{w}"
             rec = {"window": w}
-            entry[key] = disk_run([F, "search", *common_args, "--probes", a.probes, "--window", str(w)], rec)
+            entry[key] = disk_run([F, "search", *common_args, "--probes", a.probes, "--window", str(w), *shlex.split(a.search_args)], rec)
             entry[key + "_run"] = rec
         rec = {}
         entry["post_filter"] = disk_run([F, "search", *common_args, "--probes", a.post_probes, "--post-filter", "--window", "1"], rec)
