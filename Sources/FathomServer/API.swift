@@ -327,6 +327,9 @@ struct API: Sendable {
             defer { lease.release() }
             var out = [QueryResultBody]()
             out.reserveCapacity(queries.count)
+            // The running query stops its reads at the deadline too (SearchParameters.deadline).
+            var timed = parameters
+            timed.deadline = deadline.at.map(SearchDeadline.init)
             do {
                 return try index.withSearcher { searcher in
                     for (i, q) in queries.enumerated() {
@@ -336,7 +339,13 @@ struct API: Sendable {
                             return .abandoned
                         }
                         let t0 = DispatchTime.now()
-                        let hits = try q.withUnsafeBufferPointer { try searcher.search($0, k: k, parameters: parameters, filter: pinned) }
+                        let hits: [Neighbor]
+                        do {
+                            hits = try q.withUnsafeBufferPointer { try searcher.search($0, k: k, parameters: timed, filter: pinned) }
+                        } catch let e as FathomError where e.code == .cancelled {
+                            m.abandonedQueries(index: name, count: queries.count - i)
+                            return .abandoned
+                        }
                         let us = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e3
                         let st = searcher.stats
                         out.append(QueryResultBody(ids: hits.map(\.id), labels: hits.map(\.label), distances: hits.map(\.distance),

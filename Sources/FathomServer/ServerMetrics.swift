@@ -51,7 +51,7 @@ public final class ServerMetrics: Sendable {
 
     /// Queries of a batch left unsearched because the request's deadline passed.
     func abandonedQueries(index: String, count: Int) {
-        registry.makeCounter(descriptor: Self.d("search_queries_abandoned", "total", "Queries of a batch not searched because its deadline had passed (the request got 504)."),
+        registry.makeCounter(descriptor: Self.d("search_queries_abandoned", "total", "Queries of a batch not searched, or stopped before their next reads, because the deadline had passed (the request got 504)."),
                              labels: [("index", index)]).increment(by: Int64(count))
     }
 

@@ -31,8 +31,15 @@ final class CountingEngine: IOEngine {
         try inner.submit(requests, tag: tag, path: path)
         maxInFlight = max(maxInFlight, inner.inFlight)
     }
+    /// When set, the next reap first waits until this instant (then it is cleared): the
+    /// reads in flight complete only after it.
+    var holdUntil: DispatchTime?
     func reap(min: Int, completed: (UInt64, Result<Int, FathomError>) throws -> Void) throws -> Int {
-        try inner.reap(min: min, completed: completed)
+        if let t = holdUntil {
+            holdUntil = nil
+            while DispatchTime.now() < t { usleep(1000) }
+        }
+        return try inner.reap(min: min, completed: completed)
     }
 }
 
@@ -68,6 +75,39 @@ final class EngineLog: @unchecked Sendable {
                 guard case .success(let got) = batch[i] else { Issue.record("query \(i) failed: \(batch[i])"); continue }
                 #expect(got == one, "query \(i), \(threads) thread(s) × \(window)")
             }
+        }
+    }
+
+    /// `SearchParameters.deadline`: a query past it before it starts makes no read; one whose
+    /// deadline passes while its first round of reads is in flight makes no second round
+    /// (it fails with `cancelled` after one submit); the searcher then answers the next query
+    /// exactly as before.
+    @Test func aDeadlineStopsTheQueryBeforeItsNextRoundOfReads() throws {
+        let dir = TempDir()
+        let (_, q) = try writeSynthetic(dir: dir, n: 1500, d: 32, nq: 1)
+        var o = BuildOptions(); o.memoryBudget = 256 << 20; o.headRatio = 0.05; o.codec = .lvq8; o.reduceDims = 16
+        try IndexBuilder(input: dir.file("base.fbin"), output: dir.file("idx"), options: o).build()
+        let log = EngineLog()
+        let index = try VectorIndex.open(at: dir.file("idx"), engine: { try log.make() })
+        let query = UnsafeBufferPointer(start: q.row(0), count: q.cols)
+        let p = SearchParameters(probes: 8, rerank: 20)
+        try index.withSearcher { s in
+            let e = log.engines.first { $0 === s.engine }!
+            let expected = try s.search(query, k: 10, parameters: p)
+            #expect(e.reads == 2, "postings, then the re-rank rows: two rounds")
+            func cancelled(_ err: Error) -> Bool { (err as? FathomError)?.code == .cancelled }
+            var past = p; past.deadline = SearchDeadline(.now())
+            var before = e.reads
+            #expect(performing: { _ = try s.search(query, k: 10, parameters: past) }, throws: cancelled)
+            #expect(e.reads == before, "no read after the deadline")
+            let t = DispatchTime.now() + .milliseconds(500)
+            var soon = p; soon.deadline = SearchDeadline(t)
+            e.holdUntil = t
+            before = e.reads
+            #expect(performing: { _ = try s.search(query, k: 10, parameters: soon) }, throws: cancelled)
+            #expect(e.reads == before + 1, "the postings' round only")
+            #expect(e.inFlight == 0)
+            #expect(try s.search(query, k: 10, parameters: p) == expected)
         }
     }
 

@@ -25,7 +25,8 @@ enum QueryExecutor {
     /// time on `engine`, slot `i`'s queries on `searcher(i)`. Calls `started(id)` when a query
     /// begins and `out(id, searcher, error)` when it ends: with no error the answer is in the
     /// searcher (``Searcher/finish(into:)``, ``Searcher/stats``). A query's own failure (a bad
-    /// argument, a failed read, a checksum mismatch) ends only that query. Throws when the
+    /// argument, a failed read, a checksum mismatch, its ``SearchParameters/deadline``) ends
+    /// only that query. Throws when the
     /// engine itself fails (its completions cannot be reaped), after ending every query in
     /// flight with that error.
     static func run(engine: IOEngine, window: Int, searcher: (Int) -> Searcher,
@@ -47,7 +48,14 @@ enum QueryExecutor {
             func drive(_ slot: Int) {
                 let s = searcher(slot)
                 do {
-                    while s.phaseDone {
+                    while true {
+                        // Past its deadline a query submits no more reads; it ends once none of
+                        // its reads is in flight (their buffers are its own).
+                        if s.pending == 0, let d = p.deadline, d.hasPassed {
+                            end(slot, FathomError(.cancelled, "the query passed its deadline; stopped before its next round of reads"))
+                            return
+                        }
+                        guard s.phaseDone else { break }
                         if try !s.advance() { end(slot, nil); return }
                     }
                     if s.waitingToSubmit { try s.submit(slot: slot) }

@@ -18,6 +18,18 @@ public struct Neighbor: Sendable, Hashable, Codable {
     }
 }
 
+/// An instant of the monotonic clock (`DispatchTime`'s uptime) when a search's caller stops
+/// waiting (``SearchParameters/deadline``). A value type, `Sendable`.
+public struct SearchDeadline: Sendable, Hashable, Codable {
+    /// `DispatchTime.uptimeNanoseconds` of the instant.
+    public var uptimeNanoseconds: UInt64
+    public init(_ t: DispatchTime) { uptimeNanoseconds = t.uptimeNanoseconds }
+    /// `interval` from now.
+    public static func after(_ interval: DispatchTimeInterval) -> SearchDeadline { SearchDeadline(.now() + interval) }
+    /// Whether the instant has passed.
+    public var hasPassed: Bool { DispatchTime.now().uptimeNanoseconds >= uptimeNanoseconds }
+}
+
 /// Per-call search settings (like FAISS's `SearchParametersIVF`): they never change the index.
 public struct SearchParameters: Sendable, Hashable, Codable {
     /// Most postings read per query (SPANN's SearchInternalResultNum after pruning).
@@ -34,11 +46,17 @@ public struct SearchParameters: Sendable, Hashable, Codable {
     /// Compressed indexes: candidates kept from the compact codes and re-ranked with their
     /// full-precision vectors read from disk (`nil`: the codec's default, ``VectorIndex/defaultRerank(k:)``).
     public var rerank: Int? = nil
+    /// When the caller stops waiting (nil: never). A query still running then stops before
+    /// its next round of reads (reads already submitted complete first: their buffers are the
+    /// query's) and fails with ``FathomError/Code/cancelled``; a query not yet started fails
+    /// at once. Checked once per round of reads, never per record.
+    public var deadline: SearchDeadline? = nil
 
     public init(probes: Int = 32, maxDistRatio: Float = 8, headListSize: Int? = nil, verifyChecksums: Bool = true,
-                rerank: Int? = nil) {
+                rerank: Int? = nil, deadline: SearchDeadline? = nil) {
         self.probes = probes; self.maxDistRatio = maxDistRatio
         self.headListSize = headListSize; self.verifyChecksums = verifyChecksums; self.rerank = rerank
+        self.deadline = deadline
     }
 }
 
