@@ -25,6 +25,7 @@ struct ServeCommand: AsyncParsableCommand {
     var indexes: [String] = []
     @Option(name: .customLong("writable"), help: ArgumentHelp("Open the --index of this NAME for writing (repeatable): the server becomes the directory's one writer and takes POST/DELETE /v1/indexes/NAME/vectors. Other indexes are read-only.", valueName: "name"))
     var writable: [String] = []
+    @OptionGroup var maintenance: MaintenanceOptions
     @Option(help: ArgumentHelp("Address to listen on, HOST:PORT (port 0 picks a free one).", valueName: "host:port"))
     var listen: String = "127.0.0.1:7700"
     @Option(name: .customLong("max-concurrent"), help: "Searches running at once (default: the number of CPUs).")
@@ -122,6 +123,7 @@ struct ServeCommand: AsyncParsableCommand {
             c.defaultTimeoutMs = timeoutMs
             c.io = io == "aio" ? .aio : (io == "pread" ? .pread : .auto)
             c.verify = verify
+            c.updatePolicy = maintenance.policy
             if watch { c.watchIntervalMs = Int(watchInterval * 1000) }
             let level = Logger.Level(rawValue: logLevel) ?? .info
             LoggingSystem.bootstrap { label in

@@ -52,6 +52,15 @@ public struct ServerConfiguration: Sendable {
     public var queueLimit: Int = 64
     /// How postings are read.
     public var io: IOMode = .auto
+    /// How writable indexes keep their quality as they are written (split, merge, reassign,
+    /// the delta tier's RAM bound; docs/updates.md). The default runs maintenance on a
+    /// background thread of each writer after its flushes; searches see its work from the
+    /// next write's snapshot on.
+    public var updatePolicy: UpdatePolicy = {
+        var p = UpdatePolicy()
+        p.background = true
+        return p
+    }()
     /// Run the full `fathom verify` check on every generation before serving it.
     public var verify: Bool = false
     /// Poll every index directory this often and reload when it was republished (nil: no
@@ -152,6 +161,7 @@ public final class FathomServer: Sendable {
                 throw FathomError(.corruptIndex, "\(problems.count) problem(s) found by verify, first: \(first.message)", path: first.file, offset: first.offset)
             }
         }
+        let policy = configuration.updatePolicy
         registry = IndexRegistry(configuration.indexes, opening: IndexOpening(readOnly: { dir in
             try check(dir)
             // The built version plus the updates its log holds (written by `fathom insert`,
@@ -161,7 +171,7 @@ public final class FathomServer: Sendable {
             return try VectorIndex.open(at: dir, io: io, warn: { logger.warning("\($0)") })
         }, writer: { dir in
             try check(dir)
-            return try MutableVectorIndex.open(at: dir, io: io)
+            return try MutableVectorIndex.open(at: dir, io: io, policy: policy)
         }), onChange: {})
         executor = SearchExecutor(maxConcurrent: configuration.maxConcurrent, queueLimit: configuration.queueLimit)
 

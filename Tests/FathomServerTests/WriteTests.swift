@@ -41,6 +41,36 @@ extension RunningServer {
 }
 
 @Suite struct WriteTests {
+    /// A writable index keeps its quality as it is written: the server's writer runs
+    /// maintenance in the background (splits here, with a small split threshold), and the
+    /// next write's snapshot serves the split lists.
+    @Test func theWriterSplitsListsInTheBackground() async throws {
+        let small = try SmallIndex.build(nq: 1, attributes: false)
+        try await withServer([IndexSpec(name: "w", directory: small.path, writable: true)],
+                             configure: { $0.updatePolicy.splitAbove = 16 }) { s in
+            // 120 distinct vectors near (1000, …, 1000), far from the built data: one list takes them.
+            let batch: [[Float]] = (0..<120).map { (i: Int) -> [Float] in
+                (0..<16).map { (j: Int) -> Float in
+                    let wobble = Float((i * 31 + j * 17) % 97) * 0.01
+                    return 1000 + wobble + Float(i) * 0.0001
+                }
+            }
+            let labels = (0..<UInt64(batch.count)).map { 20_000 + $0 }
+            let (st, b) = try await s.request(.POST, "/v1/indexes/w/vectors", body: insertBody(batch, labels: labels))
+            #expect(st == 200, "\(b)")
+            let writer = s.server.registry["w"]!.currentGeneration!.writer!
+            for _ in 0..<3000 where writer.maintenanceStats.splits == 0 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(writer.maintenanceStats.splits > 0, "\(writer.maintenanceStats)")
+            // One more write publishes a snapshot with the split lists; every inserted vector is found.
+            let (st2, b2) = try await s.request(.POST, "/v1/indexes/w/vectors", body: insertBody(cluster(3000, n: 1), labels: [30_000]))
+            #expect(st2 == 200, "\(b2)")
+            for i in [0, 57, 119] {
+                let (found, _) = try await s.labels(near: batch[i], k: 1)
+                #expect(found == [labels[i]], "vector \(i): \(found)")
+            }
+        }
+    }
+
     @Test func insertThenSearchFindsTheNewLabels() async throws {
         let small = try SmallIndex.build(nq: 1, attributes: false)
         try await withServer([IndexSpec(name: "w", directory: small.path, writable: true)]) { s in
