@@ -90,38 +90,36 @@ static void make_shift_tables(void) {
     __atomic_store_n(&shift_ready, 1, __ATOMIC_RELEASE);
 }
 
+/* While at least 3·block bytes remain: three streams over consecutive blocks, joined. */
+__attribute__((target("sse4.2")))
+static inline uint64_t triples(uint64_t c0, const uint8_t **pp, size_t *np, size_t block, uint32_t zeros[4][256]) {
+    const uint8_t *p = *pp;
+    size_t n = *np;
+    while (n >= 3 * block) {
+        uint64_t c1 = 0, c2 = 0;
+        const uint8_t *end = p + block;
+        do {
+            uint64_t a, b, d;
+            memcpy(&a, p, 8); memcpy(&b, p + block, 8); memcpy(&d, p + 2 * block, 8);
+            c0 = _mm_crc32_u64(c0, a); c1 = _mm_crc32_u64(c1, b); c2 = _mm_crc32_u64(c2, d);
+            p += 8;
+        } while (p < end);
+        c0 = shift(zeros, (uint32_t)c0) ^ (uint32_t)c1;
+        c0 = shift(zeros, (uint32_t)c0) ^ (uint32_t)c2;
+        p += 2 * block; n -= 3 * block;
+    }
+    *pp = p; *np = n;
+    return c0;
+}
+
 __attribute__((target("sse4.2")))
 static uint32_t crc32c_hw(uint32_t crc, const void *data, size_t n) {
     if (!__atomic_load_n(&shift_ready, __ATOMIC_ACQUIRE)) pthread_once(&shift_once, make_shift_tables);
     const uint8_t *p = (const uint8_t *)data;
-    uint64_t c0 = ~crc, c1, c2;
+    uint64_t c0 = ~crc;
     while (n && ((uintptr_t)p & 7)) { c0 = _mm_crc32_u8((uint32_t)c0, *p++); n--; }
-    while (n >= 3 * CRC_LONG) {
-        c1 = 0; c2 = 0;
-        const uint8_t *end = p + CRC_LONG;
-        do {
-            uint64_t a, b, d;
-            memcpy(&a, p, 8); memcpy(&b, p + CRC_LONG, 8); memcpy(&d, p + 2 * CRC_LONG, 8);
-            c0 = _mm_crc32_u64(c0, a); c1 = _mm_crc32_u64(c1, b); c2 = _mm_crc32_u64(c2, d);
-            p += 8;
-        } while (p < end);
-        c0 = shift(crc_long, (uint32_t)c0) ^ (uint32_t)c1;
-        c0 = shift(crc_long, (uint32_t)c0) ^ (uint32_t)c2;
-        p += 2 * CRC_LONG; n -= 3 * CRC_LONG;
-    }
-    while (n >= 3 * CRC_SHORT) {
-        c1 = 0; c2 = 0;
-        const uint8_t *end = p + CRC_SHORT;
-        do {
-            uint64_t a, b, d;
-            memcpy(&a, p, 8); memcpy(&b, p + CRC_SHORT, 8); memcpy(&d, p + 2 * CRC_SHORT, 8);
-            c0 = _mm_crc32_u64(c0, a); c1 = _mm_crc32_u64(c1, b); c2 = _mm_crc32_u64(c2, d);
-            p += 8;
-        } while (p < end);
-        c0 = shift(crc_short, (uint32_t)c0) ^ (uint32_t)c1;
-        c0 = shift(crc_short, (uint32_t)c0) ^ (uint32_t)c2;
-        p += 2 * CRC_SHORT; n -= 3 * CRC_SHORT;
-    }
+    c0 = triples(c0, &p, &n, CRC_LONG, crc_long);
+    c0 = triples(c0, &p, &n, CRC_SHORT, crc_short);
     while (n >= 8) { uint64_t a; memcpy(&a, p, 8); c0 = _mm_crc32_u64(c0, a); p += 8; n -= 8; }
     while (n--) c0 = _mm_crc32_u8((uint32_t)c0, *p++);
     return ~(uint32_t)c0;

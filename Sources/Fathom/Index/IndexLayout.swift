@@ -158,13 +158,21 @@ struct IndexLayout {
     // vectors.crc: the CRC32C of each 4 KiB page of vectors.dat's payload, checked as
     // re-ranking reads the page (docs/format.md).
     func writeVectorChecksums(_ crcs: [UInt32]) throws {
-        let w = try SequentialFileWriter(path: vectorChecksumsPath)
-        let h = IndexFileHeader(magic: Self.vectorChecksumsMagic, count: UInt64(crcs.count), dimension: 1,
-                                payloadBytes: UInt64(crcs.count * 4), recordBytes: 4, aux: 4096)
+        try Self.writeRecords(path: vectorChecksumsPath, magic: Self.vectorChecksumsMagic, count: crcs.count, dimension: 1,
+                              recordBytes: 4, aux: 4096) { p, i in p.storeLE(crcs[i]) }
+    }
+
+    /// Writes a file of `count` fixed-size little-endian records after the common header:
+    /// `fill(p, i)` stores record i at `p`.
+    static func writeRecords(path: String, magic: String, count: Int, dimension: UInt32, recordBytes: Int, aux: UInt64,
+                             fill: (UnsafeMutableRawPointer, Int) -> Void) throws {
+        let w = try SequentialFileWriter(path: path)
+        let h = IndexFileHeader(magic: magic, count: UInt64(count), dimension: dimension,
+                                payloadBytes: UInt64(count * recordBytes), recordBytes: UInt32(recordBytes), aux: aux)
         try w.write(h.encode())
-        var le = [UInt8](repeating: 0, count: crcs.count * 4)
-        le.withUnsafeMutableBytes { b in for (i, c) in crcs.enumerated() { b.baseAddress!.storeLE(c, toByteOffset: i * 4) } }
-        try w.write(le)
+        var raw = [UInt8](repeating: 0, count: count * recordBytes)
+        raw.withUnsafeMutableBytes { b in for i in 0..<count { fill(b.baseAddress! + i * recordBytes, i) } }
+        try w.write(raw)
         try w.finish()
     }
 
@@ -186,22 +194,14 @@ struct IndexLayout {
 
     // postings.idx
     func writePostingTable(_ entries: [PostingEntry]) throws {
-        let w = try SequentialFileWriter(path: tablePath)
-        let h = IndexFileHeader(magic: Self.tableMagic, count: UInt64(entries.count), dimension: 0,
-                                payloadBytes: UInt64(entries.count * 24), recordBytes: 24, aux: 4096)
-        try w.write(h.encode())
-        var raw = [UInt8](repeating: 0, count: entries.count * 24)
-        raw.withUnsafeMutableBytes { b in
-            for (i, e) in entries.enumerated() {
-                let p = b.baseAddress! + i * 24
-                p.storeBytes(of: e.offset.littleEndian, toByteOffset: 0, as: UInt64.self)
-                p.storeBytes(of: e.count.littleEndian, toByteOffset: 8, as: UInt32.self)
-                p.storeBytes(of: e.pages.littleEndian, toByteOffset: 12, as: UInt32.self)
-                p.storeBytes(of: e.crc.littleEndian, toByteOffset: 16, as: UInt32.self)
-            }
+        try Self.writeRecords(path: tablePath, magic: Self.tableMagic, count: entries.count, dimension: 0,
+                              recordBytes: 24, aux: 4096) { p, i in
+            let e = entries[i]
+            p.storeLE(e.offset, toByteOffset: 0)
+            p.storeLE(e.count, toByteOffset: 8)
+            p.storeLE(e.pages, toByteOffset: 12)
+            p.storeLE(e.crc, toByteOffset: 16)
         }
-        try w.write(raw)
-        try w.finish()
     }
 
     /// Reads the posting table and checks every entry against the postings file's size.
