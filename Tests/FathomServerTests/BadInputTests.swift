@@ -106,11 +106,23 @@ import Testing
         }
     }
 
-    @Test func slowClientsAreDisconnected() async throws {
+    /// A server of a small index "docs" with the given slow-client settings.
+    func withSlowClientServer(_ configure: (inout ServerConfiguration) -> Void,
+                              _ body: (RunningServer, SmallIndex) async throws -> Void) async throws {
         let small = try SmallIndex.build(n: 500, d: 8, nq: 1)
-        try await withServer([IndexSpec(name: "docs", directory: small.path)], configure: {
-            $0.idleTimeoutMs = 500; $0.bodyTimeoutMs = 800
-        }) { s in
+        try await withServer([IndexSpec(name: "docs", directory: small.path)], configure: configure) { s in try await body(s, small) }
+    }
+
+    /// `times` well-behaved searches, each answered 200.
+    func expectGoodSearches(_ s: RunningServer, _ small: SmallIndex, times: Int) async throws {
+        for _ in 0..<times {
+            let (ok, b) = try await s.request(.POST, "/v1/indexes/docs/search", body: searchBody(small.queries[0], k: 3))
+            #expect(ok == 200, "\(b)")
+        }
+    }
+
+    @Test func slowClientsAreDisconnected() async throws {
+        try await withSlowClientServer({ $0.idleTimeoutMs = 500; $0.bodyTimeoutMs = 800 }) { s, small in
             let port = s.port
             // Sends nothing: closed by the idle timeout.
             let silent = try await blocking { try RawConnection(port: port).trickle([], everyMs: 50, forMs: 30_000) }
@@ -141,18 +153,12 @@ import Testing
             let (_, metrics) = try await s.request(.GET, "/metrics")
             #expect(metrics.contains("fathom_http_body_timeouts_total 1"), "\(metrics.split(separator: "\n").filter { $0.contains("timeout") })")
             // A well-behaved client on a kept-alive connection is unaffected: a request, then another.
-            for _ in 0..<2 {
-                let (ok, b) = try await s.request(.POST, "/v1/indexes/docs/search", body: searchBody(small.queries[0], k: 3))
-                #expect(ok == 200, "\(b)")
-            }
+            try await expectGoodSearches(s, small, times: 2)
         }
     }
 
     @Test func goodRequestsSucceedWhileSlowConnectionsAreOpen() async throws {
-        let small = try SmallIndex.build(n: 500, d: 8, nq: 1)
-        try await withServer([IndexSpec(name: "docs", directory: small.path)], configure: {
-            $0.idleTimeoutMs = 3000; $0.bodyTimeoutMs = 3000
-        }) { s in
+        try await withSlowClientServer({ $0.idleTimeoutMs = 3000; $0.bodyTimeoutMs = 3000 }) { s, small in
             let port = s.port
             // 200 connections: half stuck in their headers, half in their bodies.
             let partialHead = Array("POST /v1/indexes/docs/search HTTP/1.1\r\nHost: x\r\n".utf8)
@@ -164,10 +170,7 @@ import Testing
                     return c
                 }
             }
-            for _ in 0..<5 {
-                let (ok, b) = try await s.request(.POST, "/v1/indexes/docs/search", body: searchBody(small.queries[0], k: 3))
-                #expect(ok == 200, "\(b)")
-            }
+            try await expectGoodSearches(s, small, times: 5)
             // Every slow connection is closed by the server within a generous bound.
             let closed = try await blocking { slow.filter { $0.trickle([], everyMs: 50, forMs: 30_000) != nil }.count }
             #expect(closed == 200, "\(200 - closed) of 200 slow connections still open 30 s after the 3 s timeouts")
@@ -175,10 +178,7 @@ import Testing
     }
 
     @Test func connectionCapQueuesNewConnectionsUntilOneCloses() async throws {
-        let small = try SmallIndex.build(n: 500, d: 8, nq: 1)
-        try await withServer([IndexSpec(name: "docs", directory: small.path)], configure: {
-            $0.maxConnections = 4; $0.idleTimeoutMs = 3000
-        }) { s in
+        try await withSlowClientServer({ $0.maxConnections = 4; $0.idleTimeoutMs = 3000 }) { s, _ in
             let port = s.port
             // The readiness client's kept-alive connection is closed by the idle timeout first.
             try await Task.sleep(for: .milliseconds(3500))
