@@ -1,0 +1,196 @@
+import FathomCodecs
+import FathomTestSupport
+import Foundation
+import Testing
+@testable import Fathom
+import FathomCore
+import FathomMath
+import FathomStorage
+
+/// Attributes on insert (docs/updates.md, "Attributes"): filtered searches of an updated index
+/// equal a brute-force filtered scan of the live rows — after inserts (values outside the
+/// built ranges included), deletes, replay, maintenance's splits and moves, and a checkpoint —
+/// and a bad attribute row is refused whole, naming the row and the column.
+@Suite struct AttributeUpdateTests {
+    /// One row's attributes, as the reference evaluates them.
+    struct Row {
+        var price: Double, color: Int, n: Int64, tags: [Int]
+        var values: [String: AttributeValue] {
+            ["price": .float(price), "color": .category("c\(color)"), "n": .int(n), "tags": .tags(tags.map { "t\($0)" })]
+        }
+    }
+
+    /// The filters checked, with their reference predicates. `n = 4`, `n >= 4` and
+    /// `price > 120` match inserted rows only (values the build never saw: the int column's
+    /// cells were narrowed to 0…3 at build, the float column's to 0…100).
+    static let filters: [(String, (Row) -> Bool)] = [
+        ("price < 5", { $0.price < 5 }),
+        ("color = 'c1' AND price < 20", { $0.color == 1 && $0.price < 20 }),
+        ("n = 4", { $0.n == 4 }),
+        ("n >= 4 OR price > 120", { $0.n >= 4 || $0.price > 120 }),
+        ("n = 3 AND tags HAS 't1'", { $0.n == 3 && $0.tags.contains(1) }),
+        ("NOT color IN ('c0','c2') AND price BETWEEN 10 AND 60", { ![0, 2].contains($0.color) && $0.price >= 10 && $0.price <= 60 }),
+        ("price < -1", { $0.price < -1 }),
+    ]
+
+    static let everything = SearchParameters(probes: 100_000, maxDistRatio: .infinity, headListSize: 100_000)
+
+    static func row(_ m: Matrix, _ i: Int) -> [Float] { Array(UnsafeBufferPointer(start: m.row(i), count: m.cols)) }
+
+    /// Base rows draw from the built ranges; inserted rows (`inserted`) go past them.
+    static func attributes(_ count: Int, seed: UInt64, inserted: Bool) -> [Row] {
+        var rng = SeededRandom(seed: seed)
+        return (0..<count).map { _ in
+            Row(price: inserted ? rng.uniform() * 200 - 50 : rng.uniform() * 100, color: rng.below(5),
+                n: Int64(rng.below(inserted ? 6 : 4)), tags: [rng.below(3), 3 + rng.below(3)])
+        }
+    }
+
+    /// The live rows by label: vector and attributes.
+    struct Live {
+        var rows: [UInt64: (UnsafeMutablePointer<Float>, Row)] = [:]
+    }
+
+    /// Every filter, every query: the labels returned at exhaustive probes equal the exact
+    /// filtered top 10 of the live rows (min(10, matches) of them, every one matching).
+    static func expectExact(_ index: VectorIndex, _ live: Live, queries q: Matrix, _ when: String) throws {
+        let d = q.cols
+        for (text, pred) in filters {
+            let f = try index.prepareFilter(text)
+            let matching = live.rows.filter { pred($0.value.1) }
+            for i in 0..<q.rows {
+                var scored = matching.map { (Distance.l2sq(q.row(i), $0.value.0, d), $0.key) }
+                scored.sort { (a: (Float, UInt64), b: (Float, UInt64)) -> Bool in a.0 < b.0 || (a.0 == b.0 && a.1 < b.1) }
+                let truth = Set(scored.prefix(10).map(\.1))
+                let got = try index.search(row(q, i), k: 10, parameters: everything, filter: f)
+                #expect(got.count == min(10, matching.count), "\(when), \(text): \(got.count) results for \(matching.count) matches")
+                #expect(Set(got.map(\.label)) == truth, "\(when), \(text), query \(i)")
+            }
+        }
+    }
+
+    /// A built index over 3,000 vectors with attributes, and 3,000 vectors of another mixture
+    /// (the data drifts to it, so maintenance splits) with their attributes.
+    static func setUp(_ dir: TempDir) throws -> (base: Matrix, drift: Matrix, queries: Matrix, baseRows: [Row], driftRows: [Row]) {
+        let (b, _) = try writeSynthetic(dir: dir, n: 3000, d: 16, clusters: 12, seed: 7, base: "base.fbin")
+        let (x, q) = try writeSynthetic(dir: dir, n: 3000, d: 16, nq: 12, clusters: 12, seed: 11, base: "drift.fbin", queries: "dq.fbin")
+        let baseRows = attributes(3000, seed: 5, inserted: false), driftRows = attributes(3000, seed: 6, inserted: true)
+        try buildWithAttributes(dir, header: "price:float,color:category,n:int,tags:tags",
+                                rows: baseRows.map { "\($0.price),c\($0.color),\($0.n),\($0.tags.map { "t\($0)" }.joined(separator: ";"))" },
+                                codec: .none)
+        return (b, x, q, baseRows, driftRows)
+    }
+
+    static func manual() -> UpdatePolicy { var p = UpdatePolicy(); p.background = false; return p }
+    static let firstLabel: UInt64 = 100_000
+
+    static func insert(_ w: MutableVectorIndex, _ m: Matrix, _ rows: Range<Int>, attributes: [Row], live: inout Live) throws {
+        try w.insert(labels: rows.map { firstLabel + UInt64($0) }, vectors: UnsafeBufferPointer(start: m.row(rows.lowerBound), count: rows.count * m.cols),
+                     attributes: rows.map { attributes[$0].values })
+        for i in rows { live.rows[firstLabel + UInt64(i)] = (m.row(i), attributes[i]) }
+    }
+
+    @Test func filtersAreExactOnInsertedRowsThroughReplayMaintenanceAndCheckpoint() throws {
+        let dir = TempDir()
+        let s = try Self.setUp(dir)
+        var live = Live()
+        for i in 0..<3000 { live.rows[UInt64(i)] = (s.base.row(i), s.baseRows[i]) }
+        do {
+            let w = try MutableVectorIndex.open(at: dir.file("idx"), policy: Self.manual())
+            defer { w.close() }
+            #expect(w.attributeSchema?.names == ["price", "color", "n", "tags"])
+            let before = w.snapshot()
+            let stale = try before.prepareFilter("n = 4")
+            try Self.insert(w, s.drift, 0..<1500, attributes: s.driftRows, live: &live)
+            try Self.expectExact(w.snapshot(), live, queries: s.queries, "after inserts")
+            // A filter prepared on the snapshot before the inserts still finds them.
+            let want = live.rows.filter { $0.value.1.n == 4 }.count
+            #expect(try w.snapshot().search(Self.row(s.queries, 0), k: 10_000, parameters: Self.everything, filter: stale).count == want)
+            // Deleted rows never come back: inserted matching rows and base rows.
+            var deleted = 0
+            for i in 0..<1500 where s.driftRows[i].n == 4 && i % 3 == 0 {
+                #expect(try w.delete(label: Self.firstLabel + UInt64(i))); live.rows[Self.firstLabel + UInt64(i)] = nil; deleted += 1
+            }
+            for i in stride(from: 0, to: 3000, by: 11) { try w.delete(label: UInt64(i)); live.rows[UInt64(i)] = nil }
+            // An upsert replaces the attributes with the vector.
+            var moved = s.driftRows[1]; moved.n = 5; moved.price = 150
+            try w.upsert(label: Self.firstLabel + 1, vector: Self.row(s.drift, 1), attributes: moved.values)
+            live.rows[Self.firstLabel + 1] = (s.drift.row(1), moved)
+            try w.flush()
+            #expect(deleted > 10)
+            try Self.expectExact(w.snapshot(), live, queries: s.queries, "after deletes")
+        }
+        do {
+            // Replay rebuilds the inserted rows' attributes and the widened summaries.
+            let w = try MutableVectorIndex.open(at: dir.file("idx"), policy: Self.manual())
+            defer { w.close() }
+            #expect(w.replayedRecords > 1500)
+            try Self.expectExact(w.snapshot(), live, queries: s.queries, "after replay")
+            try Self.insert(w, s.drift, 1500..<3000, attributes: s.driftRows, live: &live)
+            let stats = try w.maintain()
+            #expect(stats.splits > 0 && stats.reassigned > 0, "\(stats)")
+            try Self.expectExact(w.snapshot(), live, queries: s.queries, "after maintenance")
+        }
+        do {
+            // Replay of the splits, attaches and moved vectors (new ids carrying their rows).
+            let w = try MutableVectorIndex.open(at: dir.file("idx"), policy: Self.manual())
+            defer { w.close() }
+            try Self.expectExact(w.snapshot(), live, queries: s.queries, "after maintenance and replay")
+            try w.checkpoint()
+            try Self.expectExact(w.snapshot(), live, queries: s.queries, "after checkpoint")
+        }
+        // The checkpointed version keeps every live row's attributes in attrs.bin.
+        let index = try VectorIndex.open(at: dir.file("idx"))
+        #expect(index.count == live.rows.count)
+        try Self.expectExact(index, live, queries: s.queries, "checkpointed index")
+        #expect(IndexVerifier.verify(directory: dir.file("idx")).isEmpty)
+    }
+
+    @Test func badAttributeRowsAreRefusedWholeNamingTheRowAndColumn() throws {
+        let dir = TempDir()
+        let s = try Self.setUp(dir)
+        let w = try MutableVectorIndex.open(at: dir.file("idx"), policy: Self.manual())
+        defer { w.close() }
+        func refuse(_ bad: [String: AttributeValue]?, _ needles: [String]) {
+            var rows: [[String: AttributeValue]?] = (0..<4).map { s.driftRows[$0].values }
+            rows[2] = bad
+            do {
+                if rows.allSatisfy({ $0 != nil }) {
+                    try w.insert(labels: (0..<4).map { Self.firstLabel + UInt64($0) },
+                                 vectors: UnsafeBufferPointer(start: s.drift.row(0), count: 4 * s.drift.cols), attributes: rows.map { $0! })
+                } else {
+                    try w.insert(label: Self.firstLabel + 2, vector: Self.row(s.drift, 2), attributes: bad)
+                }
+                Issue.record("accepted \(String(describing: bad))")
+            } catch let e as FathomError {
+                #expect(e.code == .invalidArgument)
+                for n in needles { #expect(e.message.contains(n), "\(e.message)") }
+            } catch { Issue.record("\(error)") }
+            #expect(w.pendingUpdates == 0 && w.count == 3000 && !w.contains(Self.firstLabel))
+        }
+        var row = s.driftRows[2].values
+        row["weight"] = .float(1)
+        refuse(row, ["row 2", "\"weight\"", "price, color, n, tags"])
+        row = s.driftRows[2].values; row["price"] = .float(.nan)
+        refuse(row, ["row 2", "\"price\"", "finite"])
+        row = s.driftRows[2].values; row["color"] = .category("c9")
+        refuse(row, ["row 2", "\"color\"", "\"c9\"", "rebuild"])
+        row = s.driftRows[2].values; row["tags"] = .tags(["t1", "t99"])
+        refuse(row, ["row 2", "\"tags\"", "\"t99\""])
+        row = s.driftRows[2].values; row["n"] = .float(1.5)
+        refuse(row, ["row 2", "\"n\"", "int"])
+        row = s.driftRows[2].values; row["n"] = nil
+        refuse(row, ["row 2", "\"n\"", "missing"])
+        refuse(nil, ["attributes missing", "price, color, n, tags"])
+        // An index without attributes refuses them.
+        let plain = TempDir()
+        _ = try writeSynthetic(dir: plain, n: 500, d: 8)
+        var o = BuildOptions(); o.memoryBudget = 256 << 20; o.headRatio = 0.05
+        try IndexBuilder(input: plain.file("base.fbin"), output: plain.file("idx"), options: o).build()
+        let p = try MutableVectorIndex.open(at: plain.file("idx"), policy: Self.manual())
+        defer { p.close() }
+        #expect(p.attributeSchema == nil)
+        #expect(throws: FathomError.self) { try p.insert(label: 9999, vector: [Float](repeating: 1, count: 8), attributes: ["price": .float(1)]) }
+        #expect(p.pendingUpdates == 0)
+    }
+}
