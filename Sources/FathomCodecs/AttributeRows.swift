@@ -73,7 +73,7 @@ public struct AttributeRowCodec: Sendable {
             case .int(let v): w.i64(v[row])
             case .float(let v): w.f64(v[row])
             case .category(let codes, _): w.u32(codes[row])
-            case .tags(let o, let ids, _):
+            case .tags(let o, _, _):
                 w.u32(o[row + 1] - o[row]); w.u32s(Array(table.tagIDs(row: row, column: i)))
             }
         }

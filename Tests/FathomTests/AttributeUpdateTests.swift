@@ -23,7 +23,7 @@ import FathomStorage
     /// The filters checked, with their reference predicates. `n = 4`, `n >= 4` and
     /// `price > 120` match inserted rows only (values the build never saw: the int column's
     /// cells were narrowed to 0…3 at build, the float column's to 0…100).
-    static let filters: [(String, (Row) -> Bool)] = [
+    static var filters: [(String, (Row) -> Bool)] { [
         ("price < 5", { $0.price < 5 }),
         ("color = 'c1' AND price < 20", { $0.color == 1 && $0.price < 20 }),
         ("n = 4", { $0.n == 4 }),
@@ -31,7 +31,7 @@ import FathomStorage
         ("n = 3 AND tags HAS 't1'", { $0.n == 3 && $0.tags.contains(1) }),
         ("NOT color IN ('c0','c2') AND price BETWEEN 10 AND 60", { ![0, 2].contains($0.color) && $0.price >= 10 && $0.price <= 60 }),
         ("price < -1", { $0.price < -1 }),
-    ]
+    ] }
 
     static let everything = SearchParameters(probes: 100_000, maxDistRatio: .infinity, headListSize: 100_000)
 
