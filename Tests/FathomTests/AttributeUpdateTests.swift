@@ -105,7 +105,7 @@ import FathomStorage
             try Self.expectExact(w.snapshot(), live, queries: s.queries, "after inserts")
             // A filter prepared on the snapshot before the inserts still finds them.
             let want = live.rows.filter { $0.value.1.n == 4 }.count
-            #expect(try w.snapshot().search(Self.row(s.queries, 0), k: 10_000, parameters: Self.everything, filter: stale).count == want)
+            #expect(try w.snapshot().search(Self.row(s.queries, 0), k: 1000, parameters: Self.everything, filter: stale).count == want)
             // Deleted rows never come back: inserted matching rows and base rows.
             var deleted = 0
             for i in 0..<1500 where s.driftRows[i].n == 4 && i % 3 == 0 {
