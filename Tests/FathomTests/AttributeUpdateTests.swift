@@ -22,8 +22,13 @@ import FathomStorage
 
     /// The filters checked, with their reference predicates. `n = 4`, `n >= 4` and
     /// `price > 120` match inserted rows only (values the build never saw: the int column's
-    /// cells were narrowed to 0…3 at build, the float column's to 0…100).
+    /// cells were narrowed to 0…3 at build, the float column's to 0…100). The built `n` is
+    /// the vector's quadrant (so each list's summary holds few of its values) and the
+    /// inserted `n` is random: `n = 1` is walked (not ranked exactly), and a list whose summary
+    /// was not widened by an inserted row would be skipped.
     static var filters: [(String, (Row) -> Bool)] { [
+        ("n = 1", { $0.n == 1 }),
+        ("n <= 1 AND price < 50", { $0.n <= 1 && $0.price < 50 }),
         ("price < 5", { $0.price < 5 }),
         ("color = 'c1' AND price < 20", { $0.color == 1 && $0.price < 20 }),
         ("n = 4", { $0.n == 4 }),
@@ -37,12 +42,18 @@ import FathomStorage
 
     static func row(_ m: Matrix, _ i: Int) -> [Float] { Array(UnsafeBufferPointer(start: m.row(i), count: m.cols)) }
 
-    /// Base rows draw from the built ranges; inserted rows (`inserted`) go past them.
-    static func attributes(_ count: Int, seed: UInt64, inserted: Bool) -> [Row] {
+    /// Base rows (`vectors` given) draw from the built ranges, `n` the vector's quadrant
+    /// around the medians of its first two components; inserted rows go past the ranges.
+    static func attributes(_ count: Int, seed: UInt64, vectors: Matrix?) -> [Row] {
         var rng = SeededRandom(seed: seed)
-        return (0..<count).map { _ in
-            Row(price: inserted ? rng.uniform() * 200 - 50 : rng.uniform() * 100, color: rng.below(5),
-                n: Int64(rng.below(inserted ? 6 : 4)), tags: [rng.below(3), 3 + rng.below(3)])
+        var quadrant: (Int) -> Int64 = { _ in Int64(rng.below(6)) }
+        if let v = vectors {
+            let m0 = (0..<count).map { v.row($0)[0] }.sorted()[count / 2], m1 = (0..<count).map { v.row($0)[1] }.sorted()[count / 2]
+            quadrant = { i in (v.row(i)[0] > m0 ? 2 : 0) + (v.row(i)[1] > m1 ? 1 : 0) }
+        }
+        return (0..<count).map { i in
+            Row(price: vectors == nil ? rng.uniform() * 200 - 50 : rng.uniform() * 100, color: rng.below(5),
+                n: quadrant(i), tags: [rng.below(3), 3 + rng.below(3)])
         }
     }
 
@@ -55,6 +66,7 @@ import FathomStorage
     /// filtered top 10 of the live rows (min(10, matches) of them, every one matching).
     static func expectExact(_ index: VectorIndex, _ live: Live, queries q: Matrix, _ when: String) throws {
         let d = q.cols
+        var walked = 0
         for (text, pred) in filters {
             let f = try index.prepareFilter(text)
             let matching = live.rows.filter { pred($0.value.1) }
@@ -62,11 +74,15 @@ import FathomStorage
                 var scored = matching.map { (Distance.l2sq(q.row(i), $0.value.0, d), $0.key) }
                 scored.sort { (a: (Float, UInt64), b: (Float, UInt64)) -> Bool in a.0 < b.0 || (a.0 == b.0 && a.1 < b.1) }
                 let truth = Set(scored.prefix(10).map(\.1))
-                let got = try index.search(row(q, i), k: 10, parameters: everything, filter: f)
+                let (got, exact) = try index.withSearcher { s in
+                    (try s.search(UnsafeBufferPointer(start: q.row(i), count: d), k: 10, parameters: everything, filter: f), s.stats.exactPath)
+                }
+                if text == "n = 1" && !exact { walked += 1 }
                 #expect(got.count == min(10, matching.count), "\(when), \(text): \(got.count) results for \(matching.count) matches")
                 #expect(Set(got.map(\.label)) == truth, "\(when), \(text), query \(i)")
             }
         }
+        #expect(walked == q.rows, "\(when): n = 1 walked \(walked) of \(q.rows) queries")
     }
 
     /// A built index over 3,000 vectors with attributes, and 3,000 vectors of another mixture
@@ -74,7 +90,7 @@ import FathomStorage
     static func setUp(_ dir: TempDir) throws -> (base: Matrix, drift: Matrix, queries: Matrix, baseRows: [Row], driftRows: [Row]) {
         let (b, _) = try writeSynthetic(dir: dir, n: 3000, d: 16, clusters: 12, seed: 7, base: "base.fbin")
         let (x, q) = try writeSynthetic(dir: dir, n: 3000, d: 16, nq: 12, clusters: 12, seed: 11, base: "drift.fbin", queries: "dq.fbin")
-        let baseRows = attributes(3000, seed: 5, inserted: false), driftRows = attributes(3000, seed: 6, inserted: true)
+        let baseRows = attributes(3000, seed: 5, vectors: b), driftRows = attributes(3000, seed: 6, vectors: nil)
         try buildWithAttributes(dir, header: "price:float,color:category,n:int,tags:tags",
                                 rows: baseRows.map { "\($0.price),c\($0.color),\($0.n),\($0.tags.map { "t\($0)" }.joined(separator: ";"))" },
                                 codec: .none)
