@@ -162,6 +162,52 @@ import FathomStorage
         #expect(IndexVerifier.verify(directory: dir.file("idx")).isEmpty)
     }
 
+    /// `fathom insert --attributes` (CSV and JSON lines): the rows reach the filters; a bad
+    /// row is refused naming the attributes file, the row and the column, nothing applied;
+    /// an attributed index refuses an insert without them.
+    @Test func cliInsertTakesAttributeFiles() throws {
+        let dir = TempDir()
+        let s = try Self.setUp(dir)
+        var live = Live()
+        for i in 0..<3000 { live.rows[UInt64(i)] = (s.base.row(i), s.baseRows[i]) }
+        try UpdateTests.write(s.drift, 0..<300, to: dir.file("a.fbin"))
+        try UpdateTests.write(s.drift, 300..<600, to: dir.file("b.fbin"))
+        func csv(badRow: Int?) -> String {
+            "price:float,color,n,tags\n" + (0..<300).map { i -> String in
+                let r = s.driftRows[i]
+                return "\(r.price),\(i == badRow ? "purple" : "c\(r.color)"),\(r.n),\(r.tags.map { "t\($0)" }.joined(separator: ";"))"
+            }.joined(separator: "\n") + "\n"
+        }
+        try csv(badRow: nil).write(toFile: dir.file("a.csv"), atomically: true, encoding: .utf8)
+        let jsonl = (300..<600).map { i -> String in
+            let r = s.driftRows[i]
+            return "{\"price\": \(r.price), \"color\": \"c\(r.color)\", \"n\": \(r.n), \"tags\": [\(r.tags.map { "\"t\($0)\"" }.joined(separator: ", "))]}"
+        }.joined(separator: "\n") + "\n"
+        try jsonl.write(toFile: dir.file("b.jsonl"), atomically: true, encoding: .utf8)
+        // Without attributes, and with a bad row: refused, nothing applied.
+        var r = try runFathom(["insert", "--index", dir.file("idx"), "--input", dir.file("a.fbin"), "--quiet"])
+        #expect(r.status != 0 && r.stderr.contains("--attributes") && r.stderr.contains("price, color, n, tags"), "\(r.stderr)")
+        try csv(badRow: 7).write(toFile: dir.file("bad.csv"), atomically: true, encoding: .utf8)
+        r = try runFathom(["insert", "--index", dir.file("idx"), "--input", dir.file("a.fbin"), "--attributes", dir.file("bad.csv"), "--quiet"])
+        #expect(r.status != 0, "\(r.stderr)")
+        for n in ["bad.csv", "input row 7", "\"color\"", "\"purple\""] { #expect(r.stderr.contains(n), "\(r.stderr)") }
+        #expect(try VectorIndex.openCurrent(at: dir.file("idx")).liveCount == 3000)
+        r = try runFathom(["insert", "--index", dir.file("idx"), "--input", dir.file("a.fbin"), "--attributes", dir.file("a.csv"),
+                           "--labels", try Self.labels(dir, 0..<300), "--quiet"])
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try runFathom(["insert", "--index", dir.file("idx"), "--input", dir.file("b.fbin"), "--attributes", dir.file("b.jsonl"),
+                           "--labels", try Self.labels(dir, 300..<600), "--quiet"])
+        #expect(r.status == 0, "\(r.stderr)")
+        for i in 0..<600 { live.rows[Self.firstLabel + UInt64(i)] = (s.drift.row(i), s.driftRows[i]) }
+        try Self.expectExact(try VectorIndex.openCurrent(at: dir.file("idx")), live, queries: s.queries, "after fathom insert")
+    }
+
+    static func labels(_ dir: TempDir, _ rows: Range<Int>) throws -> String {
+        let path = dir.file("labels-\(rows.lowerBound).txt")
+        try rows.map { String(firstLabel + UInt64($0)) }.joined(separator: "\n").appending("\n").write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
     @Test func badAttributeRowsAreRefusedWholeNamingTheRowAndColumn() throws {
         let dir = TempDir()
         let s = try Self.setUp(dir)
