@@ -229,7 +229,8 @@ extension AttributeSummary {
 extension AttributeTable {
     /// Appends row `row` as one JSON-lines object (column name → number, string or array of
     /// strings) and a newline to `out`: the form ``loadJSONLines(path:schema:expectedRows:)``
-    /// reads back (with this schema's types, so no value is re-inferred).
+    /// reads back (with this schema's types, so no value is re-inferred). Thread-safe (the
+    /// table is immutable).
     public func appendJSONLine(row: Int, to out: inout String) {
         out += "{"
         for (i, c) in schema.columns.enumerated() {

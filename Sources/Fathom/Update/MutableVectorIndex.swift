@@ -316,8 +316,9 @@ public final class MutableVectorIndex: @unchecked Sendable {
         if w.needsMaintenance { signalMaintenance() }
     }
 
-    /// Folds every update into a new index version: flushes, writes the live vectors and
-    /// their labels (deleted ones dropped) next to the index, rebuilds it with the manifest's
+    /// Folds every update into a new index version: flushes, writes the live vectors, their
+    /// labels and their attribute rows (deleted ones dropped) next to the index, rebuilds it
+    /// (attributes with the index's column types; new codes, dictionaries and summaries) with the manifest's
     /// parameters and publishes it atomically as ``IndexBuilder/build()`` does (the new directory has
     /// no log: the log is truncated by the same rename). A crash at any point leaves the old
     /// version with its log, or the new one. Internal ids change; labels do not. Searches
