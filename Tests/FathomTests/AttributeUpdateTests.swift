@@ -203,6 +203,42 @@ import FathomStorage
         try Self.expectExact(try VectorIndex.openCurrent(at: dir.file("idx")), live, queries: s.queries, "after fathom insert")
     }
 
+    /// An attributed insert record whose row is damaged but whose checksum was recomputed
+    /// (a bug, not a torn write) fails the open naming updates.wal, the record's offset and
+    /// the column; the log is not cut.
+    @Test func aDamagedAttributeRowInTheLogIsReported() throws {
+        let dir = TempDir()
+        let s = try Self.setUp(dir)
+        do {
+            let w = try MutableVectorIndex.open(at: dir.file("idx"), policy: Self.manual())
+            defer { w.close() }
+            var live = Live()
+            try Self.insert(w, s.drift, 0..<3, attributes: s.driftRows, live: &live)
+        }
+        let log = dir.file("idx/updates.wal")
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: log)))
+        let size = bytes.count
+        // The first record (after the 64-byte header): op 10, m heads, 16 floats, then the row
+        // (f64 price, u32 color code, …): make the color code one the dictionary lacks.
+        let at = 64
+        #expect(bytes[at + 8] == 10)
+        let m = Int(bytes[at + 17])
+        let color = at + 18 + 4 * m + 4 * 16 + 4 + 8
+        for k in 0..<4 { bytes[color + k] = 0xFF }
+        let len = bytes.withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt32.self))) }
+        let crc = bytes.withUnsafeBytes { crc32c($0.baseAddress! + at + 8, len, 0) }
+        withUnsafeBytes(of: crc.littleEndian) { for k in 0..<4 { bytes[at + 4 + k] = $0[k] } }
+        try Data(bytes).write(to: URL(fileURLWithPath: log))
+        do {
+            _ = try MutableVectorIndex.open(at: dir.file("idx"), policy: Self.manual())
+            Issue.record("a damaged attribute row was replayed")
+        } catch let e as FathomError {
+            #expect(e.code == .corruptIndex && e.path == log && e.offset == UInt64(at), "\(e)")
+            #expect(e.message.contains("\"color\"") && e.message.contains("attribute row"), "\(e.message)")
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: log)).count == size)
+    }
+
     static func labels(_ dir: TempDir, _ rows: Range<Int>) throws -> String {
         let path = dir.file("labels-\(rows.lowerBound).txt")
         try rows.map { String(firstLabel + UInt64($0)) }.joined(separator: "\n").appending("\n").write(toFile: path, atomically: true, encoding: .utf8)
