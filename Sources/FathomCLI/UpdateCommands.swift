@@ -1,5 +1,6 @@
 import ArgumentParser
 import Fathom
+import FathomCodecs
 import Foundation
 
 /// How `insert` and `delete` keep the index good (docs/updates.md, "Keeping quality").
@@ -47,7 +48,9 @@ struct InsertCommand: ParsableCommand {
         in DIR/updates.wal; each batch of --batch vectors is made durable with one fsync (group
         commit) before the next starts, so a batch acknowledged on stdout survives a crash.
         Labels: one decimal per line (--labels), else continuing after the largest label in the
-        index. A bad row (dimension, NaN, a label already present without --upsert) rejects its
+        index. An index built with attributes needs --attributes: one row per inserted vector, in
+        the formats and with the columns of `build --attributes`; a category or tag value the
+        index was not built with is refused (rebuild to add it). A bad row (dimension, NaN, a label already present without --upsert) rejects its
         batch, naming file and offset; earlier batches stay. One writer at a time per index
         (DIR.fathom-write.lock). Searches (`fathom search`) see the updates. docs/updates.md.
         """
@@ -55,6 +58,7 @@ struct InsertCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Index directory.", valueName: "dir")) var index: String
     @Option(help: ArgumentHelp("Vectors to insert (.fbin, .fvecs, .npy …), float32.", valueName: "path")) var input: String
     @Option(help: ArgumentHelp("Their labels, one decimal per line (default: after the largest label).", valueName: "path")) var labels: String?
+    @Option(help: ArgumentHelp("Their attributes (CSV with a header, or JSON lines .jsonl), one row per vector, the index's columns; required when the index has attributes.", valueName: "path")) var attributes: String?
     @Flag(help: "Replace the vector of a label already in the index instead of failing.") var upsert = false
     @Option(help: "Vectors per durable batch (one fsync each).") var batch: Int = 10_000
     @Flag(name: .customLong("print-acks"), help: "After each durable batch print `ack ROWS LOGBYTES` on stdout: rows acknowledged so far and the log bytes known durable (for crash tests).") var printAcks = false
@@ -80,6 +84,21 @@ struct InsertCommand: ParsableCommand {
             }
             let n = header.count
             let given = try labels.map { try LabelsFile.parseText(path: $0, expected: n) }
+            let attributeRows = try attributes.map { path -> [[String: AttributeValue]] in
+                guard let schema = idx.attributeSchema else {
+                    throw FathomError(.invalidArgument, "the index \(index) has no attributes; insert without --attributes (or rebuild it with them)", path: path)
+                }
+                let t = path.hasSuffix(".jsonl") || path.hasSuffix(".json")
+                    ? try AttributeTable.loadJSONLines(path: path, schema: schema.withoutDictionaries, expectedRows: n)
+                    : try AttributeTable.loadCSV(path: path, schema: schema.withoutDictionaries, expectedRows: n)
+                let names = t.schema.names
+                return (0..<t.count).map { r in
+                    Dictionary(uniqueKeysWithValues: names.indices.map { (names[$0], t.value(row: r, column: $0)) })
+                }
+            }
+            if attributeRows == nil, let schema = idx.attributeSchema {
+                throw FathomError(.invalidArgument, "the index \(index) has attributes (\(schema.names.joined(separator: ", "))): give each inserted vector its row with --attributes", path: index)
+            }
             let first = idx.maxLabel.map { $0 &+ 1 } ?? 0
             if given == nil, n > 0, idx.maxLabel == UInt64.max { throw FathomError(.invalidArgument, "the largest label is 2^64 − 1: give --labels", path: index) }
             let reader = try VectorFileReader(path: input)
@@ -97,11 +116,14 @@ struct InsertCommand: ParsableCommand {
                 let ls = given.map { Array($0[done..<done + k]) } ?? (0..<k).map { first + UInt64(done + $0) }
                 let b0 = Date()
                 do {
-                    try idx.insert(labels: ls, vectors: UnsafeBufferPointer(start: view.data, count: k * m.cols), replace: upsert)
+                    try idx.insert(labels: ls, vectors: UnsafeBufferPointer(start: view.data, count: k * m.cols), replace: upsert,
+                                   attributes: attributeRows.map { Array($0[done..<done + k]) })
                 } catch var e as FathomError {
                     if let r = Self.row(in: e.message) {
+                        let attributeError = e.message.drop { $0 != ":" }.dropFirst(2).hasPrefix("attribute")
                         e.message = "input row \(done + r) (label \(ls[r])): " + e.message
-                        if e.code == .invalidArgument, let lp = labels { e.path = lp } else {
+                        if attributeError, let ap = attributes { e.path = ap; e.offset = nil }
+                        else if e.code == .invalidArgument, let lp = labels { e.path = lp } else {
                             e.path = input
                             e.offset = UInt64(header.dataOffset) + UInt64(done + r) * UInt64(header.recordStride)
                         }

@@ -250,6 +250,11 @@ public final class AttributeTable: Sendable {
         })
     }
 
+    /// A table from parts already consistent (``AttributeRowStore/table(after:)``): not checked.
+    init(schema: AttributeSchema, count: Int, columns: [AttributeColumn], codeCounts: [[UInt32]]) {
+        self.schema = schema; self.count = count; self.columns = columns; self.codeCounts = codeCounts
+    }
+
     /// Index of the column called `name`, or nil.
     public func columnIndex(_ name: String) -> Int? { schema.index(of: name) }
 

@@ -1,4 +1,5 @@
 import Fathom
+import FathomCodecs
 import Foundation
 
 // Hand-written Codable types of the HTTP API; docs/openapi.yaml is the contract they follow.
@@ -342,14 +343,16 @@ func refuseUnknownMembers(_ c: KeyedDecodingContainer<SearchRequest.Key>, _ know
 }
 
 /// `POST /v1/indexes/{name}/vectors` body: `vectors` (required), `labels` (one per vector;
-/// optional for a plain insert), `upsert` (default false). Unknown members are refused.
-/// A value type, `Sendable`.
+/// optional for a plain insert), `upsert` (default false), `attributes` (one object per
+/// vector, column name → number, string or array of strings; required by an index with
+/// attributes). Unknown members are refused. A value type, `Sendable`.
 public struct InsertRequest: Decodable, Sendable {
     public var vectors: [[Float]]
     public var labels: [UInt64]?
     public var upsert: Bool
+    public var attributes: [[String: AttributeValue]]?
 
-    static let members = ["vectors", "labels", "upsert"]
+    static let members = ["vectors", "labels", "upsert", "attributes"]
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: SearchRequest.Key.self)
@@ -368,6 +371,38 @@ public struct InsertRequest: Decodable, Sendable {
                            APIErrorDetail(field: "vectors"))
         }
         vectors = try SearchRequest.rows(c, "vectors")
+        if c.contains(.init("attributes")), try !c.decodeNil(forKey: .init("attributes")) {
+            attributes = try Self.attributeRows(c)
+        }
+    }
+
+    /// `attributes`: an array of objects whose values are numbers (an integer → int, else
+    /// float), strings (category) or arrays of strings (tags); booleans are the strings
+    /// "true"/"false", as `fathom build --attributes` reads JSON lines.
+    static func attributeRows(_ c: KeyedDecodingContainer<SearchRequest.Key>) throws -> [[String: AttributeValue]] {
+        func bad(_ field: String, _ what: String) -> APIError {
+            APIError(400, FathomError.Code.invalidArgument.rawValue, "\(field) \(what)", APIErrorDetail(field: field))
+        }
+        guard var u = try? c.nestedUnkeyedContainer(forKey: .init("attributes")) else {
+            throw bad("attributes", "must be an array of objects, one per vector, e.g. [{\"price\": 9.5, \"color\": \"red\"}]")
+        }
+        var out = [[String: AttributeValue]]()
+        while !u.isAtEnd {
+            let at = "attributes[\(out.count)]"
+            guard let o = try? u.nestedContainer(keyedBy: SearchRequest.Key.self) else { throw bad(at, "is not an object") }
+            var row = [String: AttributeValue]()
+            for key in o.allKeys {
+                let k = key.stringValue, field = "\(at).\(k)"
+                if let v = try? o.decode(Int64.self, forKey: key) { row[k] = .int(v) }
+                else if let v = try? o.decode(Double.self, forKey: key) { row[k] = .float(v) }
+                else if let v = try? o.decode(String.self, forKey: key) { row[k] = .category(v) }
+                else if let v = try? o.decode(Bool.self, forKey: key) { row[k] = .category(v ? "true" : "false") }
+                else if let v = try? o.decode([String].self, forKey: key) { row[k] = .tags(v) }
+                else { throw bad(field, "is not a number, a string or an array of strings") }
+            }
+            out.append(row)
+        }
+        return out
     }
 }
 

@@ -384,6 +384,17 @@ components:
           type: boolean
           default: false
           description: Replace the vector of a label already in the index (else 409 labelExists).
+        attributes:
+          type: array
+          items:
+            type: object
+            additionalProperties:
+              oneOf:
+                - {type: number}
+                - {type: string}
+                - {type: boolean}
+                - {type: array, items: {type: string}}
+          description: "One object per vector, required by an index built with attributes: every column of the index (name → value: a number for int/float columns, a string for category, an array of strings for tags). A category or tag value the index was not built with, a missing or unknown column, a value of the wrong type is 400 naming `attributes[i]`; nothing is written."
     InsertResponse:
       type: object
       required: [index, generation, version, count, labels, upsert]

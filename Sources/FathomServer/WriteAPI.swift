@@ -40,6 +40,9 @@ extension API {
         } else if r.upsert {
             throw bad("labels", "an upsert needs 'labels': the labels whose vectors are replaced (or inserted)")
         }
+        if let a = r.attributes, a.count != r.vectors.count {
+            throw bad("attributes", "\(a.count) attribute objects for \(r.vectors.count) vectors: give one per vector")
+        }
         let request = r
         let m = metrics
         let answer = try await s.write(queueLimit: c.queueLimit) { g, w -> InsertResponse in
@@ -82,7 +85,15 @@ extension API {
             flat.reserveCapacity(request.vectors.count * d)
             for v in request.vectors { flat.append(contentsOf: v) }
             do {
-                try flat.withUnsafeBufferPointer { try w.insert(labels: labels, vectors: $0, replace: request.upsert) }
+                try flat.withUnsafeBufferPointer { try w.insert(labels: labels, vectors: $0, replace: request.upsert, attributes: request.attributes) }
+            } catch let e as FathomError where e.code == .invalidArgument && e.message.contains("attribute") {
+                // The attributes are checked by the library (the index's columns and values):
+                // "row 3: attribute column …" names attributes[3].
+                let row = e.message.hasPrefix("row ") ? Int(e.message.dropFirst(4).prefix { $0.isNumber }) : nil
+                let field = row.map { "attributes[\($0)]" } ?? "attributes"
+                let message = row == nil ? e.message : String(e.message.drop { $0 != ":" }.dropFirst(2))
+                throw APIError(400, FathomError.Code.invalidArgument.rawValue, "\(field): \(message); nothing was written",
+                               APIErrorDetail(field: field, index: name))
             } catch let e as FathomError where ServedIndex.inputErrors.contains(e.code) {
                 // The checks above cover what the library checks; this keeps its word if they differ.
                 throw APIError(e, index: name)

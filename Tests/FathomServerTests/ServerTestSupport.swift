@@ -9,8 +9,8 @@ import NIOHTTP1
 import Testing
 
 /// A small index built in the test: `n × d` seeded vectors with attributes `price` (float in
-/// [0, 100)) and `color` (c0…c4) unless `attributes` is false (updates need an index without
-/// attributes), plus `nq` queries.
+/// [0, 100)) and `color` (c0…c4) unless `attributes` is false (inserts into an index with
+/// attributes then need a row of them), plus `nq` queries.
 struct SmallIndex: @unchecked Sendable {
     let dir: TempDir
     let queries: [[Float]]

@@ -71,6 +71,35 @@ extension RunningServer {
         }
     }
 
+    /// An index with attributes takes a row with every vector (`attributes`): filters see the
+    /// inserted rows at once, values outside the built ranges included; a bad row is a 400
+    /// naming `attributes[i]` and nothing is written.
+    @Test func insertWithAttributesIsFiltered() async throws {
+        let small = try SmallIndex.build(nq: 1)
+        try await withServer([IndexSpec(name: "w", directory: small.path, writable: true)]) { s in
+            let batch = cluster(1000, n: 4)
+            func body(_ colors: [String]) -> String {
+                let rows = colors.enumerated().map { "{\"price\": \(500 + $0.offset), \"color\": \"\($0.element)\"}" }
+                return "{\"vectors\": \(vectorsJSON(batch)), \"labels\": [10000, 10001, 10002, 10003], \"attributes\": [" + rows.joined(separator: ",") + "]}"
+            }
+            for (b, field, needle) in [(body(["c1", "purple", "c2", "c3"]), "attributes[1]", "purple"),
+                                       (insertBody(batch, labels: [10_000, 10_001, 10_002, 10_003]), "attributes[0]", "price, color"),
+                                       (body(["c1", "c2"]), "attributes", "2 attribute objects for 4 vectors")] {
+                let (st, o) = try await s.json(.POST, "/v1/indexes/w/vectors", body: b)
+                #expect(st == 400, "\(o)")
+                #expect((o["detail"] as? [String: Any])?["field"] as? String == field, "\(o)")
+                #expect((o["message"] as? String)?.contains(needle) == true, "\(o)")
+            }
+            var (st, b) = try await s.request(.POST, "/v1/indexes/w/vectors", body: body(["c1", "c2", "c1", "c3"]))
+            #expect(st == 200, "\(b)")
+            #expect(try decodeInsert(b).version == 4)
+            // price > 400 only holds for the inserted rows (the built prices are below 100).
+            (st, b) = try await s.request(.POST, "/v1/indexes/w/search", body: searchBody(batch[0], k: 10, filter: "price > 400 AND color = 'c1'"))
+            #expect(st == 200, "\(b)")
+            #expect(Set(try decodeSearch(b).results[0].labels) == [10_000, 10_002], "\(b)")
+        }
+    }
+
     @Test func insertThenSearchFindsTheNewLabels() async throws {
         let small = try SmallIndex.build(nq: 1, attributes: false)
         try await withServer([IndexSpec(name: "w", directory: small.path, writable: true)]) { s in

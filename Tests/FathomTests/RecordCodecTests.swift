@@ -101,7 +101,7 @@ import FathomStorage
         let w = try WriterState(directory: dir.file("idx"), writable: false, io: .pread, serveMemory: nil)
         for i in [0, 17, 599, rows.rows - 1] {
             let heads = w.assign(raw.row(i))
-            try w.apply(insert: 1_000_000 + UInt64(i), vector: raw.row(i), replace: false, heads: heads)
+            try w.apply(insert: 1_000_000 + UInt64(i), vector: raw.row(i), replace: false, heads: heads, attributes: nil)
             let code = Array(UnsafeRawBufferPointer(start: w.record + 4, count: w.base.codec.codeBytes))
             #expect(code == built[UInt32(i)], "\(kind) \(metric) vector \(i)")
         }

@@ -64,6 +64,9 @@ public struct BuildOptions: Sendable, Equatable {
     public var trainQueries: String? = nil
     /// Attributes per vector (CSV with a header, or JSON lines `.jsonl`) for filtered search.
     public var attributes: String? = nil
+    /// The attribute columns' types, when known (a checkpoint rebuilding an index passes its
+    /// schema, so no column's type is re-inferred from the values).
+    var attributeSchema: AttributeSchema? = nil
     /// External labels, one decimal UInt64 per line in input order (labels.bin; default: row numbers).
     public var labels: String? = nil
     /// Cap on the assignment's sort buffer in bytes (`nil`: what the budget leaves). Smaller
@@ -427,8 +430,8 @@ public final class IndexBuilder {
         if let apath = options.attributes {
             let t0 = Date()
             let table = apath.hasSuffix(".jsonl") || apath.hasSuffix(".json")
-                ? try AttributeTable.loadJSONLines(path: apath, expectedRows: n)
-                : try AttributeTable.loadCSV(path: apath, expectedRows: n)
+                ? try AttributeTable.loadJSONLines(path: apath, schema: options.attributeSchema, expectedRows: n)
+                : try AttributeTable.loadCSV(path: apath, schema: options.attributeSchema, expectedRows: n)
             progress.note("train: attributes \(table.describeSchema())")
             let quantized = try QuantizedAttributes(table: table)
             try AttributeStore.writeAttributes(table: table, quantized: quantized, path: buildDirectory + "/" + AttributeStore.attrsFile)

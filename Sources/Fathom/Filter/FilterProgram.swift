@@ -324,16 +324,25 @@ public final class FilterScratch {
 extension CodeFilter {
     /// Keeps, in place and in order, the ids whose codes may match (and the same entries of
     /// `aux`, when given); returns how many were kept. `quantized` must be the codes this
-    /// filter was built for.
+    /// filter was built for. Ids past its rows (vectors inserted after the build, which have
+    /// no codes) are kept: the exact predicate decides them.
     public func select(_ ids: UnsafeMutablePointer<UInt32>, aux: UnsafeMutablePointer<Int32>?, count: Int,
                        quantized: QuantizedAttributes) -> Int {
         if passesEverything { return count }
-        if rejectsEverything { return 0 }
-        let bpv = bytesPerVector
+        let bpv = bytesPerVector, coded = quantized.count
+        if rejectsEverything {
+            var kept = 0
+            for i in 0..<count where Int(ids[i]) >= coded {
+                ids[kept] = ids[i]
+                if let aux { aux[kept] = aux[i] }
+                kept += 1
+            }
+            return kept
+        }
         return quantized.codes.withUnsafeBytes { buf -> Int in
             guard let base = buf.baseAddress else { return count }   // no codes: nothing to test
             var kept = 0
-            for i in 0..<count where mayMatch(codes: base + Int(ids[i]) * bpv) {
+            for i in 0..<count where Int(ids[i]) >= coded || mayMatch(codes: base + Int(ids[i]) * bpv) {
                 ids[kept] = ids[i]
                 if let aux { aux[kept] = aux[i] }
                 kept += 1

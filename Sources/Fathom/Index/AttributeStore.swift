@@ -6,10 +6,20 @@ import Foundation
 /// The attributes of an index (attrs.bin) and the per-posting summaries (summaries.bin):
 /// raw values for exact checks, OSQ codes for the cheap per-record test, and for every
 /// posting what values it holds, so postings that cannot match are never read.
+///
+/// An updated index's snapshot layers the rows of inserted vectors under the built table
+/// (`table.count` > `quantized.count`): those rows have no codes, so the code test passes
+/// them and the exact predicate decides (``hasUncodedRows``).
 struct AttributeStore: Sendable {
     let table: AttributeTable
     let quantized: QuantizedAttributes
     let summaries: [AttributeSummary]
+    /// Identifies this store: a filter prepared against another one (an earlier snapshot)
+    /// is prepared again (its per-posting bits are this store's summaries).
+    let token = Token()
+    final class Token: Sendable {}
+    /// Rows past the codes (inserted after the build): the exact predicate checks them.
+    var hasUncodedRows: Bool { table.count > quantized.count }
 
     static let attrsMagic = "FTHMATTR", summariesMagic = "FTHMSUMM"
     static let attrsFile = "attrs.bin", summariesFile = "summaries.bin"
@@ -109,11 +119,14 @@ public struct PreparedFilter: Sendable {
     /// then ranks them directly instead of routing through the head graph).
     let postingList: [UInt32]?
     static let listedPostingsLimit = 2048
+    /// The attribute store this filter was prepared against.
+    let store: AttributeStore.Token
 
     /// Prepares `bound` for an index whose attributes are `a` and whose postings hold
     /// `postingCounts(h)` records each (`heads` of them).
     init(bound: BoundFilter, store a: AttributeStore, heads: Int, postingCount: (Int) -> Int, text: String) {
         self.bound = bound
+        store = a.token
         codes = bound.cellMask(quantized: a.quantized)
         program = FilterProgram(bound, table: a.table)
         selectivity = bound.estimateSelectivity(quantized: a.quantized, table: a.table)

@@ -115,6 +115,11 @@ extension Searcher {
         guard let attrs = context.attributes else {
             throw FathomError(.invalidArgument, "this index has no attributes to filter on", path: context.path, remedies: [.rebuildWithAttributes])
         }
+        // A filter prepared on another snapshot of an updated index: its posting bits are that
+        // snapshot's summaries (heads split since, rows inserted since): prepare it again here.
+        let f = f.store === attrs.token ? f
+            : PreparedFilter(bound: f.bound, store: attrs, heads: self.context.headCount,
+                             postingCount: { [postingStore = self.context.postingStore] in postingStore.count(of: $0) }, text: f.text)
         stats.selectivity = f.selectivity
         let context = FilterContext(filter: f, attrs: attrs, scratch: filterScratch)
         filter = context
@@ -310,7 +315,9 @@ extension Searcher {
             let m0 = min(block, n - start)
             for i in 0..<m0 { sc.ids[i] = UInt32(start + i) }
             var m = f.filter.codes.select(sc.ids, aux: nil, count: m0, quantized: f.attrs.quantized)
-            if !f.filter.codes.decides { m = f.filter.program.select(sc.ids, aux: nil, count: m, table: f.attrs.table, scratch: sc) }
+            if !f.filter.codes.decides || start + m0 > f.attrs.quantized.count {
+                m = f.filter.program.select(sc.ids, aux: nil, count: m, table: f.attrs.table, scratch: sc)
+            }
             for i in 0..<m where !tombstones.contains(sc.ids[i]) { out.append(sc.ids[i]) }
             start += m0
         }

@@ -415,7 +415,7 @@ public final class Searcher {
         }
         sc.records += m
         m = f.filter.codes.select(ids, aux: slots, count: m, quantized: f.attrs.quantized)
-        if m > 0 && !f.filter.codes.decides {
+        if m > 0 && (!f.filter.codes.decides || f.attrs.hasUncodedRows) {
             m = f.filter.program.select(ids, aux: slots, count: m, table: f.attrs.table, scratch: sc)
         }
         sc.matched += m

@@ -283,14 +283,14 @@ public final class VectorIndex: @unchecked Sendable {
     }
 
     /// A version of `base` with another router (heads split or retired), other stores, more
-    /// rows, labels and tombstones: a snapshot of a ``MutableVectorIndex`` (same codec and
-    /// built files).
-    init(deriving base: VectorIndex, router: any HeadRouter, postingStore: PostingStore, vectorStore: VectorStore,
+    /// rows, labels, tombstones and attributes (inserted rows, widened summaries): a snapshot
+    /// of a ``MutableVectorIndex`` (same codec and built files).
+    init(deriving base: VectorIndex, attributes: AttributeStore?, router: any HeadRouter, postingStore: PostingStore, vectorStore: VectorStore,
          count: Int, labels: LabelMap, tombstones: Tombstones) {
         path = base.path; manifest = base.manifest; metric = base.metric; dimension = base.dimension
         elementType = base.elementType; self.router = router; table = base.table
         self.postingStore = postingStore; self.vectorStore = vectorStore
-        codec = base.codec; attributes = base.attributes; ioMode = base.ioMode
+        codec = base.codec; self.attributes = attributes; ioMode = base.ioMode
         ioEngineName = base.ioEngineName; engineFactory = base.engineFactory
         self.count = count; self.labels = labels; self.tombstones = tombstones
         context = makeContext()
@@ -359,7 +359,9 @@ public final class VectorIndex: @unchecked Sendable {
     /// Number of vectors matching `filter` exactly (for reports and ground truth).
     public func matchingIds(_ filter: PreparedFilter) -> [UInt32] {
         guard let a = attributes else { return [] }
-        return filter.bound.matchingRows(in: a.table, quantized: a.quantized)
+        // Rows inserted since the build have no codes: check every row exactly then.
+        return a.table.count == a.quantized.count ? filter.bound.matchingRows(in: a.table, quantized: a.quantized)
+            : filter.bound.matchingRows(in: a.table)
     }
 
     // MARK: searcher pool

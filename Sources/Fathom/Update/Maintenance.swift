@@ -202,7 +202,7 @@ extension WriterState {
         // The movers go where the build's rule puts them (a head search, as an insert).
         for (i, id) in zip(moves, moverIds) {
             try checkRoom(1)
-            try logAndApply(.upsert, label: label(of: id), vector: X.row(i))
+            try logAndApply(.upsert, label: label(of: id), vector: X.row(i), attributes: attributeRow(of: id))
             stats.reassigned += 1
         }
         for x in [h, g] where count(x) > splitAbove && count(x) < n { oversized.insert(x) }
@@ -230,7 +230,7 @@ extension WriterState {
         for id in ids where !tombstones.contains(id) && done.insert(id).inserted {
             try readVector(id, into: v)
             try checkRoom(1)
-            try logAndApply(.upsert, label: label(of: id), vector: v)
+            try logAndApply(.upsert, label: label(of: id), vector: v, attributes: attributeRow(of: id))
             stats.reassigned += 1
         }
     }
@@ -399,6 +399,8 @@ extension WriterState {
         graph.link(node: h, entries: pivots.nearest(hv, scratch: a.pivotDist, out: a.entries), alpha2: 1.2 * 1.2, work: linkWork)
         graph.link(node: g, entries: pivots.nearest(gv, scratch: a.pivotDist, out: a.entries), alpha2: 1.2 * 1.2, work: linkWork)
         delta.addList()
+        // g's lists hold records of h's list (its summary covered them) and what joins later.
+        if !summaries.isEmpty { summaries.append(summaries[h]); attributeSnapshot = nil }
         relocated.append(PostingEntry(offset: 0, count: 0, pages: 0, crc: 0))
         moved.append(true)
         movedHeads.append(h)
@@ -436,6 +438,7 @@ extension WriterState {
     /// A copy of `record` joins head h's delta.
     func applyAttach(head h: Int, record: UnsafeRawPointer) {
         delta.append(head: h, record: record)
+        widenSummary(h, id: UInt32(littleEndian: record.loadUnaligned(as: UInt32.self)))
         if count(h) > splitAbove { oversized.insert(h) }
     }
 

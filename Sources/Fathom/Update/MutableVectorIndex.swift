@@ -1,3 +1,4 @@
+import FathomCodecs
 import FathomCore
 import FathomMath
 import FathomStorage
@@ -54,7 +55,7 @@ public final class MutableVectorIndex: @unchecked Sendable {
     /// ``maintain()`` is called, and with `policy.background` also on a thread of its own
     /// after each flush.
     /// - Throws: `.io` if another writer holds the directory (naming its pid); `.invalidArgument`
-    ///   for an index these updates do not support yet (attributes; uint8/int8 vectors).
+    ///   for an index these updates do not support yet (uint8/int8 vectors).
     public static func open(at directory: String, io: IOMode = .auto, serveMemory: UInt64? = nil,
                             policy: UpdatePolicy = UpdatePolicy()) throws -> MutableVectorIndex {
         let w = try MutableVectorIndex(directory: directory, writable: true, io: io, serveMemory: serveMemory, policy: policy)
@@ -201,6 +202,9 @@ public final class MutableVectorIndex: @unchecked Sendable {
         try snapshot().search(query, k: k, parameters: parameters)
     }
 
+    /// The index's attribute columns (with the dictionaries of its category and tags columns),
+    /// nil if it has none: what ``insert(label:vector:attributes:)`` expects. Thread-safe.
+    public var attributeSchema: AttributeSchema? { writeLock.lock(); defer { writeLock.unlock() }; return w.attributeCodec?.schema }
     /// Live vectors (flushed inserts included, deleted excluded) in the current snapshot.
     public var count: Int { snapshot().liveCount }
     public var dimension: Int { snapshot().dimension }
@@ -217,17 +221,23 @@ public final class MutableVectorIndex: @unchecked Sendable {
 
     // MARK: updates
 
-    /// Inserts `vector` under `label`. Takes effect for searches at the next ``flush()``,
-    /// which also makes it durable.
+    /// Inserts `vector` under `label`, with its attribute row when the index has attributes
+    /// (column name → value, every column of the index; filters see it at once, docs/updates.md
+    /// "Attributes"). Takes effect for searches at the next ``flush()``, which also makes it
+    /// durable. Thread-safe (serialized with the other updates).
     /// - Throws: `.dimensionMismatch`, `.nonFiniteValue`, `.invalidArgument` (a label already in
-    ///   the index: use ``upsert(label:vector:)`` to replace it; a zero vector under cosine).
-    public func insert(label: UInt64, vector: [Float]) throws {
-        try vector.withUnsafeBufferPointer { try update(.insert, label: label, vector: $0) }
+    ///   the index: use ``upsert(label:vector:attributes:)`` to replace it; a zero vector under
+    ///   cosine; attributes missing for an index that has them, given for one that has none, or
+    ///   not fitting its columns — the error names the column and value). Nothing is applied
+    ///   on error.
+    public func insert(label: UInt64, vector: [Float], attributes: [String: AttributeValue]? = nil) throws {
+        try vector.withUnsafeBufferPointer { try update(.insert, label: label, vector: $0, attributes: attributes) }
     }
 
-    /// Inserts `vector` under `label`, replacing the vector the label had, if any.
-    public func upsert(label: UInt64, vector: [Float]) throws {
-        try vector.withUnsafeBufferPointer { try update(.upsert, label: label, vector: $0) }
+    /// Inserts `vector` (and its attribute row) under `label`, replacing what the label had,
+    /// if any. Errors and thread safety as ``insert(label:vector:attributes:)``.
+    public func upsert(label: UInt64, vector: [Float], attributes: [String: AttributeValue]? = nil) throws {
+        try vector.withUnsafeBufferPointer { try update(.upsert, label: label, vector: $0, attributes: attributes) }
     }
 
     /// Deletes the vector with `label`; returns false (and logs nothing) for a label not in
@@ -243,10 +253,13 @@ public final class MutableVectorIndex: @unchecked Sendable {
     }
 
     /// Inserts (or with `replace`, upserts) `count` vectors stored row-major in `vectors`
-    /// under `labels`, then flushes: all of them are checked first (a bad row or a label
-    /// already present rejects the whole batch, naming the row), then logged, applied, and
-    /// made durable with one fsync.
-    public func insert(labels: [UInt64], vectors v: UnsafeBufferPointer<Float>, replace: Bool = false) throws {
+    /// under `labels`, with `attributes[i]` the attribute row of vector i when the index has
+    /// attributes, then flushes: all of them are checked first (a bad row, a bad attribute row
+    /// or a label already present rejects the whole batch, naming the row — "row 3: attribute
+    /// column …" — and the column), then logged, applied, and made durable with one fsync.
+    /// Thread-safe (serialized with the other updates).
+    public func insert(labels: [UInt64], vectors v: UnsafeBufferPointer<Float>, replace: Bool = false,
+                       attributes: [[String: AttributeValue]]? = nil) throws {
         writeLock.lock()
         do {
             defer { writeLock.unlock() }
@@ -255,31 +268,39 @@ public final class MutableVectorIndex: @unchecked Sendable {
             guard v.count == labels.count * d else {
                 throw FathomError(.dimensionMismatch, "\(v.count) values for \(labels.count) vectors of dimension \(d)")
             }
+            if let attributes, attributes.count != labels.count {
+                throw FathomError(.invalidArgument, "\(attributes.count) attribute rows for \(labels.count) vectors (one row per vector)")
+            }
             var seen = Set<UInt64>()
+            var rows = [[UInt8]?]()
+            rows.reserveCapacity(labels.count)
             for (i, l) in labels.enumerated() {
-                do { try w.check(UnsafeBufferPointer(rebasing: v[i * d ..< (i + 1) * d])) }
-                catch var e as FathomError { e.message = "row \(i): " + e.message; throw e }
+                do {
+                    try w.check(UnsafeBufferPointer(rebasing: v[i * d ..< (i + 1) * d]))
+                    rows.append(try w.encodeAttributes(attributes?[i]))
+                } catch var e as FathomError { e.message = "row \(i): " + e.message; throw e }
                 if !replace, w.idOf[l] != nil { throw FathomError(.invalidArgument, "row \(i): label \(l) is already in the index; upsert replaces it") }
                 guard seen.insert(l).inserted else { throw FathomError(.invalidArgument, "row \(i): label \(l) appears twice in the batch") }
             }
             try w.checkRoom(labels.count)
             for (i, l) in labels.enumerated() {
-                try w.logAndApply(replace ? .upsert : .insert, label: l, vector: v.baseAddress! + i * d)
+                try w.logAndApply(replace ? .upsert : .insert, label: l, vector: v.baseAddress! + i * d, attributes: rows[i])
             }
             w.unpublished = true
         }
         try flush()
     }
 
-    func update(_ op: WriteAheadLog.Op, label: UInt64, vector: UnsafeBufferPointer<Float>) throws {
+    func update(_ op: WriteAheadLog.Op, label: UInt64, vector: UnsafeBufferPointer<Float>, attributes: [String: AttributeValue]?) throws {
         writeLock.lock(); defer { writeLock.unlock() }
         try checkWritable()
         try w.check(vector)
+        let row = try w.encodeAttributes(attributes)
         if op == .insert, w.idOf[label] != nil {
             throw FathomError(.invalidArgument, "label \(label) is already in the index; upsert replaces it")
         }
         try w.checkRoom(1)
-        try w.logAndApply(op, label: label, vector: vector.baseAddress!)
+        try w.logAndApply(op, label: label, vector: vector.baseAddress!, attributes: row)
         w.unpublished = true
     }
 
@@ -295,8 +316,9 @@ public final class MutableVectorIndex: @unchecked Sendable {
         if w.needsMaintenance { signalMaintenance() }
     }
 
-    /// Folds every update into a new index version: flushes, writes the live vectors and
-    /// their labels (deleted ones dropped) next to the index, rebuilds it with the manifest's
+    /// Folds every update into a new index version: flushes, writes the live vectors, their
+    /// labels and their attribute rows (deleted ones dropped) next to the index, rebuilds it
+    /// (attributes with the index's column types; new codes, dictionaries and summaries) with the manifest's
     /// parameters and publishes it atomically as ``IndexBuilder/build()`` does (the new directory has
     /// no log: the log is truncated by the same rename). A crash at any point leaves the old
     /// version with its log, or the new one. Internal ids change; labels do not. Searches
@@ -310,8 +332,12 @@ public final class MutableVectorIndex: @unchecked Sendable {
         try w.wal.commit()
         if w.unpublished { publish(w.makeSnapshot()); w.unpublished = false }
         let input = path + ".fathom-checkpoint.fbin", labelsPath = path + ".fathom-checkpoint.labels"
-        defer { try? FileManager.default.removeItem(atPath: input); try? FileManager.default.removeItem(atPath: labelsPath) }
-        try w.writeLive(vectors: input, labels: labelsPath)
+        let attributesPath = path + ".fathom-checkpoint.attributes.jsonl"
+        defer {
+            for p in [input, labelsPath, attributesPath] { try? FileManager.default.removeItem(atPath: p) }
+        }
+        let schema = w.base.attributes?.table.schema
+        try w.writeLive(vectors: input, labels: labelsPath, attributes: schema == nil ? nil : attributesPath)
         let m = w.base.manifest
         var o = BuildOptions()
         o.metric = m.metric; o.memoryBudget = memoryBudget; o.headRatio = m.parameters.head_ratio
@@ -322,6 +348,7 @@ public final class MutableVectorIndex: @unchecked Sendable {
         o.rngFactor = Float(m.parameters.rng_factor); o.seed = m.parameters.seed
         o.codec = PostingCodec(rawValue: m.codec ?? "none") ?? .none
         o.reduceDims = m.reduced_dimension; o.routerDims = m.router_dimension; o.labels = labelsPath
+        if let schema { o.attributes = attributesPath; o.attributeSchema = schema.withoutDictionaries }
         try IndexBuilder(input: input, output: path, options: o, progress: progress).build()
         w = try WriterState(directory: path, writable: true, io: io, serveMemory: serveMemory, policy: policy)
         publish(w.makeSnapshot())
@@ -406,6 +433,17 @@ final class WriterState {
     var localSeen = Set<UInt32>()
     /// Splits since the graph's reachability was last repaired.
     var splitsSinceRepair = 0
+    /// Attributes (nil / empty when the index has none): the row form of the built table, the
+    /// rows of inserted ids (id `base.count + i` is row i), and one summary per head, widened
+    /// by every record a list receives (an insert, a split's copy, an attach), so the summaries
+    /// never skip a list holding a matching row.
+    let attributeCodec: AttributeRowCodec?
+    let attributeRows: AttributeRowStore?
+    var summaries: [AttributeSummary]
+    /// The attribute store of the last snapshot (nil once rows or summaries changed) and the
+    /// built-plus-inserted table with the number of inserted rows it holds.
+    var attributeSnapshot: AttributeStore?
+    var attributeTable: (table: AttributeTable, rows: Int)?
     /// Posting size thresholds: a list over `splitAbove` records splits, a list whose live
     /// records fall under `mergeBelow` merges.
     let splitAbove: Int
@@ -416,8 +454,14 @@ final class WriterState {
         base = b
         self.directory = directory
         self.policy = policy
-        guard b.attributes == nil else {
-            throw FathomError(.invalidArgument, "the index has attributes: updates of attributed indexes are not supported yet (rebuild with the new vectors)", path: directory)
+        if let a = b.attributes {
+            attributeCodec = AttributeRowCodec(schema: a.table.schema)
+            attributeRows = AttributeRowStore(schema: a.table.schema)
+            summaries = a.summaries
+            attributeSnapshot = a
+            attributeTable = (a.table, 0)
+        } else {
+            attributeCodec = nil; attributeRows = nil; summaries = []; attributeSnapshot = nil; attributeTable = nil
         }
         guard b.elementType == .float32 else {
             throw FathomError(.invalidArgument, "the index stores \(b.elementType.rawValue) vectors: updates support float32 indexes only so far", path: directory)
@@ -509,8 +553,8 @@ final class WriterState {
     /// Applies one replayed record (inserts, deletes, and what maintenance decided).
     func replay(_ rec: WriteAheadLog.Record) throws {
         switch rec {
-        case .insert(let label, let v, let heads, let upsert):
-            try apply(insert: label, vector: v, replace: upsert, heads: heads)
+        case .insert(let label, let v, let heads, let upsert, let attributes):
+            try apply(insert: label, vector: v, replace: upsert, heads: heads, attributes: attributes)
         case .delete(let label):
             _ = apply(delete: label)
         case .split(let h, let g, let hv, let gv):
@@ -595,22 +639,65 @@ final class WriterState {
         return UnsafeBufferPointer(start: assigned, count: m)
     }
 
-    /// Logs and applies an insert or upsert (the caller checked it).
-    func logAndApply(_ op: WriteAheadLog.Op, label: UInt64, vector v: UnsafePointer<Float>) throws {
-        let h = assign(v)
-        wal.append(op, label: label, vector: v, heads: h)
-        try apply(insert: label, vector: v, replace: op == .upsert, heads: h)
+    /// The attribute row of an update in the log's form: nil for an index without attributes.
+    /// - Throws: `.invalidArgument` for a row missing (the index has attributes), given (it has
+    ///   none), or not fitting the index's columns (naming the column and value).
+    func encodeAttributes(_ values: [String: AttributeValue]?) throws -> [UInt8]? {
+        guard let codec = attributeCodec else {
+            guard values == nil else {
+                throw FathomError(.invalidArgument, "attributes were given but the index has none to filter on (rebuild it with attributes)", path: directory)
+            }
+            return nil
+        }
+        guard let values else {
+            throw FathomError(.invalidArgument, "attributes missing: the index has attribute columns (\(codec.schema.names.joined(separator: ", "))) and every inserted vector needs its row of them", path: directory)
+        }
+        return try codec.encode(values)
     }
 
-    /// Applies an insert or upsert assigned to `postings` (shared by updates and replay).
-    func apply(insert label: UInt64, vector v: UnsafePointer<Float>, replace: Bool, heads postings: UnsafeBufferPointer<UInt32>) throws {
+    /// The attribute row of id `id` in the log's form (nil without attributes): what a vector
+    /// maintenance moves to a new id carries along.
+    func attributeRow(of id: UInt32) -> [UInt8]? {
+        guard let codec = attributeCodec, let rows = attributeRows, let a = base.attributes else { return nil }
+        return Int(id) < base.count ? codec.encode(row: Int(id), of: a.table) : rows.encode(row: Int(id) - base.count)
+    }
+
+    /// Widens head h's summary by id `id`'s attributes (a record joined h's list).
+    func widenSummary(_ h: Int, id: UInt32) {
+        guard let rows = attributeRows, let a = base.attributes else { return }
+        if Int(id) < base.count { summaries[h].add(row: Int(id), table: a.table) }
+        else { summaries[h].add(row: Int(id) - base.count, of: rows) }
+        attributeSnapshot = nil
+    }
+
+    /// Logs and applies an insert or upsert (the caller checked it, and encoded its attributes).
+    func logAndApply(_ op: WriteAheadLog.Op, label: UInt64, vector v: UnsafePointer<Float>, attributes: [UInt8]?) throws {
+        let h = assign(v)
+        wal.append(op, label: label, vector: v, heads: h, attributes: attributes)
+        try (attributes ?? []).withUnsafeBytes { a in
+            try apply(insert: label, vector: v, replace: op == .upsert, heads: h, attributes: attributes == nil ? nil : a)
+        }
+    }
+
+    /// Applies an insert or upsert assigned to `postings` with its attribute row (shared by
+    /// updates and replay; nothing is applied when it throws).
+    func apply(insert label: UInt64, vector v: UnsafePointer<Float>, replace: Bool, heads postings: UnsafeBufferPointer<UInt32>,
+               attributes: UnsafeRawBufferPointer?) throws {
         for h in postings where Int(h) >= headCount {
             throw FathomError(.corruptIndex, "an insert of label \(label) names posting \(h), but the index has \(headCount)")
         }
-        if let old = idOf[label] {
-            guard replace else { throw FathomError(.invalidArgument, "label \(label) is already in the index; upsert replaces it") }
-            markDeleted(old)
+        if (attributes == nil) != (attributeRows == nil) {
+            throw FathomError(.corruptIndex, attributes == nil ? "an insert of label \(label) carries no attributes, but the index has them"
+                                                              : "an insert of label \(label) carries attributes, but the index has none")
         }
+        if replace == false, idOf[label] != nil {
+            throw FathomError(.invalidArgument, "label \(label) is already in the index; upsert replaces it")
+        }
+        if let rows = attributeRows, let attributes {
+            do { try rows.append(attributes) }
+            catch let e as FathomError { throw FathomError(.corruptIndex, "an insert of label \(label): " + e.message) }
+        }
+        if let old = idOf[label] { markDeleted(old) }
         let d = base.dimension
         let id = UInt32(base.count + vectors.count)
         if postings.baseAddress != UnsafePointer(assigned) {   // replay: `work` does not hold it yet
@@ -622,6 +709,7 @@ final class WriterState {
         for h in postings {
             delta.append(head: Int(h), record: record)
             if count(Int(h)) > splitAbove { oversized.insert(Int(h)) }
+            widenSummary(Int(h), id: id)
         }
         vectors.append(work)
         var l = label.littleEndian
@@ -661,8 +749,17 @@ final class WriterState {
         }
         let searchRouter: any HeadRouter = retired.deleted > 0
             ? RetiredHeadsRouter(inner: router, retired: retired.copy(capacity: retired.wordCount * 64)) : router
+        var attributes: AttributeStore? = nil
+        if let a = base.attributes, let rows = attributeRows {
+            if attributeSnapshot == nil {
+                if attributeTable?.rows != rows.count { attributeTable = (rows.table(after: a.table), rows.count) }
+                attributeSnapshot = AttributeStore(table: attributeTable!.table, quantized: a.quantized, summaries: summaries)
+            }
+            attributes = attributeSnapshot
+        }
         return VectorIndex(
             deriving: base,
+            attributes: attributes,
             router: searchRouter,
             postingStore: UpdatedPostingStore(base: base.postingStore, relocated: relocated, moved: moved,
                                               file: files.postingsReader, delta: delta.snapshot()),
@@ -684,8 +781,9 @@ final class WriterState {
         }
     }
 
-    /// Writes the live vectors (id order) as .fbin and their labels as text (for a checkpoint).
-    func writeLive(vectors path: String, labels labelsPath: String) throws {
+    /// Writes the live vectors (id order) as .fbin, their labels as text and, with
+    /// `attributesPath`, their attribute rows as JSON lines (for a checkpoint).
+    func writeLive(vectors path: String, labels labelsPath: String, attributes attributesPath: String? = nil) throws {
         let d = base.dimension
         let out = try VectorFileWriter(path: path, format: .fbin, elementType: .float32, dimension: d)
         var text = ""
@@ -699,6 +797,17 @@ final class WriterState {
         try out.close()
         let w = try SequentialFileWriter(path: labelsPath, bufferBytes: 1 << 20)
         try w.write([UInt8](text.utf8)); try w.finish()
+        if let attributesPath, let a = base.attributes, let rows = attributeRows {
+            let table = attributeTable?.rows == rows.count ? attributeTable!.table : rows.table(after: a.table)
+            let j = try SequentialFileWriter(path: attributesPath, bufferBytes: 1 << 20)
+            var line = ""
+            for id in 0..<idCount where !tombstones.contains(UInt32(id)) {
+                line.removeAll(keepingCapacity: true)
+                table.appendJSONLine(row: id, to: &line)
+                try j.write([UInt8](line.utf8))
+            }
+            try j.finish()
+        }
     }
 }
 

@@ -1,3 +1,4 @@
+import FathomCodecs
 import FathomCore
 import FathomStorage
 import Foundation
@@ -19,6 +20,16 @@ import Foundation
 /// | 17 | 1 | insert/upsert: m, the number of postings the vector was assigned to (≤ 8) |
 /// | 18 | 4·m | insert/upsert: those postings' heads (UInt32) |
 /// | 18 + 4·m | 4·d | insert/upsert: the vector as given, float32 |
+///
+/// An index with attributes logs its inserts and upserts as ops 10 (insert) and 11 (upsert):
+/// the same fields, then the row's attributes, so replay rebuilds them:
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 18 + 4·m + 4·d | 4 | A, the attribute row's length (UInt32, at most 65,536) |
+/// | 22 + 4·m + 4·d | A | the row in the built table's binary row form (``AttributeRowCodec``: per column i64, f64, u32 code, or u32 count + u32 tag ids) |
+///
+/// (Ops 1 and 3 stay as they were, so logs of indexes without attributes are unchanged.)
 ///
 /// The index's own maintenance (SPFresh's split, merge and reassign; docs/updates.md) logs
 /// what it decided, so that replay repeats it without recomputing it:
@@ -42,11 +53,15 @@ final class WriteAheadLog {
     static let magic = "FTHMWLOG"
     static let headerBytes = 64
 
-    enum Op: UInt8 { case insert = 1, delete = 2, upsert = 3, split = 4, retire = 5, relocate = 6, spill = 7, attach = 8, repair = 9 }
+    enum Op: UInt8 {
+        case insert = 1, delete = 2, upsert = 3, split = 4, retire = 5, relocate = 6, spill = 7, attach = 8, repair = 9
+        /// Insert and upsert carrying the row's attributes.
+        case insertAttributed = 10, upsertAttributed = 11
+    }
 
     /// One replayed record; its pointers are valid only during the replay callback.
     enum Record {
-        case insert(label: UInt64, vector: UnsafePointer<Float>, heads: UnsafeBufferPointer<UInt32>, upsert: Bool)
+        case insert(label: UInt64, vector: UnsafePointer<Float>, heads: UnsafeBufferPointer<UInt32>, upsert: Bool, attributes: UnsafeRawBufferPointer?)
         case delete(label: UInt64)
         case split(head: UInt32, newHead: UInt32, headVector: UnsafePointer<Float>, newVector: UnsafePointer<Float>)
         case retire(head: UInt32)
@@ -72,7 +87,7 @@ final class WriteAheadLog {
     private var dirtyTail = false
 
     static let maxHeads = 8
-    var maxPayload: Int { max(10 + 4 * Self.maxHeads + 4 * dimension, 9 + 8 * dimension, 25, 5 + recordBytes) }
+    var maxPayload: Int { max(14 + 4 * Self.maxHeads + 4 * dimension + AttributeRowCodec.maxRowBytes, 9 + 8 * dimension, 25, 5 + recordBytes) }
 
     /// Opens the log of `directory` (creating it, writable only, when missing). `identity`
     /// ties the log to one index version. Read-only with no log: an empty log.
@@ -155,7 +170,18 @@ final class WriteAheadLog {
                 guard m <= Self.maxHeads, len == 10 + 4 * m + 4 * dimension else { break }
                 for j in 0..<m { heads[j] = u32(18 + 4 * j) }
                 floats(18 + 4 * m, dimension, into: vec)
-                parsed = .insert(label: u64(9), vector: vec, heads: UnsafeBufferPointer(start: heads, count: m), upsert: op == .upsert)
+                parsed = .insert(label: u64(9), vector: vec, heads: UnsafeBufferPointer(start: heads, count: m), upsert: op == .upsert, attributes: nil)
+            case .insertAttributed, .upsertAttributed:
+                guard len >= 10 else { break }
+                let m = Int(q.load(fromByteOffset: 17, as: UInt8.self))
+                let at = 18 + 4 * m + 4 * dimension
+                guard m <= Self.maxHeads, len >= at + 4 - 8 else { break }
+                let a = Int(u32(at))
+                guard a <= AttributeRowCodec.maxRowBytes, len == at + 4 + a - 8 else { break }
+                for j in 0..<m { heads[j] = u32(18 + 4 * j) }
+                floats(18 + 4 * m, dimension, into: vec)
+                parsed = .insert(label: u64(9), vector: vec, heads: UnsafeBufferPointer(start: heads, count: m), upsert: op == .upsertAttributed,
+                                 attributes: UnsafeRawBufferPointer(start: q + at + 4, count: a))
             case .delete:
                 guard len == 9 else { break }
                 parsed = .delete(label: u64(9))
@@ -195,17 +221,24 @@ final class WriteAheadLog {
     }
 
     /// Appends a record to the pending group (not yet durable).
-    /// `heads`: the postings an insert or upsert was assigned to (replay reuses them).
-    func append(_ op: Op, label: UInt64, vector: UnsafePointer<Float>?, heads: UnsafeBufferPointer<UInt32> = .init(start: nil, count: 0)) {
+    /// `heads`: the postings an insert or upsert was assigned to (replay reuses them);
+    /// `attributes`: its attribute row (an insert or upsert is then logged as op 10 or 11).
+    func append(_ op: Op, label: UInt64, vector: UnsafePointer<Float>?, heads: UnsafeBufferPointer<UInt32> = .init(start: nil, count: 0),
+                attributes: [UInt8]? = nil) {
         precondition(heads.count <= Self.maxHeads)
         let d = dimension
-        appendRecord(op, body: op == .delete ? 8 : 9 + 4 * heads.count + 4 * d) { p in
+        let op = attributes == nil ? op : (op == .upsert ? .upsertAttributed : .insertAttributed)
+        let a = attributes.map { 4 + $0.count } ?? 0
+        appendRecord(op, body: op == .delete ? 8 : 9 + 4 * heads.count + 4 * d + a) { p in
             p.storeBytes(of: label.littleEndian, toByteOffset: 0, as: UInt64.self)
             guard let vector else { return }
             p.storeBytes(of: UInt8(heads.count), toByteOffset: 8, as: UInt8.self)
             for (j, h) in heads.enumerated() { p.storeBytes(of: h.littleEndian, toByteOffset: 9 + 4 * j, as: UInt32.self) }
             let vo = 9 + 4 * heads.count
             for j in 0..<d { p.storeBytes(of: vector[j].bitPattern.littleEndian, toByteOffset: vo + 4 * j, as: UInt32.self) }
+            guard let attributes else { return }
+            p.storeBytes(of: UInt32(attributes.count).littleEndian, toByteOffset: vo + 4 * d, as: UInt32.self)
+            attributes.withUnsafeBytes { if let b = $0.baseAddress { (p + vo + 4 * d + 4).copyMemory(from: b, byteCount: $0.count) } }
         }
     }
 
