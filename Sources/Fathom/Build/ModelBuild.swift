@@ -76,7 +76,7 @@ extension IndexBuilder {
         o.graphDegree = m.parameters.graph_degree
         o.seed = m.parameters.seed
         o.postingPages = m.parameters.posting_pages
-        o.headRatio = min(1, max(Double(m.heads) / Double(m.count), Double.leastNonzeroMagnitude))
+        o.headRatio = m.planned_head_ratio ?? m.parameters.head_ratio
         o.sampleSize = m.parameters.sample_size
     }
 
@@ -109,7 +109,8 @@ extension IndexBuilder {
                               router_dimension: codec == .none ? nil : plan.routerDimension,
                               parameters: parameters(plan: plan, heads: heads), posting_slack: plan.postingSlack,
                               input: inputInfo(fingerprint: fingerprint), files: files,
-                              leanvec: try leanVecInfo(layout: layout), attributes: try attributeInfo(), train_seconds: seconds)
+                              leanvec: try leanVecInfo(layout: layout), attributes: try attributeInfo(), train_seconds: seconds,
+                              planned_head_ratio: plan.headRatio)
         m.fingerprint = m.computeFingerprint()
         return m
     }

@@ -45,6 +45,9 @@ public struct ModelManifest: Codable, Sendable, Equatable {
     public var attributes: Manifest.AttributeInfo? = nil
     /// Seconds of the train stage.
     public var train_seconds: Double? = nil
+    /// The head ratio the training planned with (k-means may make fewer heads than planned):
+    /// a build with the model plans with it too, so its plan and checks are the training's.
+    public var planned_head_ratio: Double? = nil
 
     /// The text the fingerprint hashes (stable: the files sorted by name).
     public var fingerprintText: String {
