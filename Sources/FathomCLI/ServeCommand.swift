@@ -68,13 +68,15 @@ struct ServeCommand: AsyncParsableCommand {
     var routerName: String = "sharded"
     @Option(name: .customLong("shard-timeout-ms"), help: "With --router: deadline of one request to a shard replica; past it the next replica is tried.")
     var shardTimeoutMs: Int = 30_000
+    @Option(name: .customLong("shard-connect-timeout-ms"), help: "With --router: deadline of connecting to a shard replica; a refused or timed-out connection moves on to the next replica at once.")
+    var shardConnectTimeoutMs: Int = 1_000
 
     func validate() throws {
         if router {
             guard indexes.isEmpty, writable.isEmpty else { throw ValidationError("--router serves no --index or --writable of its own") }
             guard model != nil else { throw ValidationError("--router needs --model DIR (the model the shards were built with)") }
             guard !shardURLs.isEmpty else { throw ValidationError("--router needs at least one --shard-url i=URL") }
-            guard shardTimeoutMs >= 1 else { throw ValidationError("--shard-timeout-ms must be at least 1") }
+            guard shardTimeoutMs >= 1, shardConnectTimeoutMs >= 1 else { throw ValidationError("--shard-timeout-ms and --shard-connect-timeout-ms must be at least 1") }
         } else {
             guard indexes.isEmpty == false else { throw ValidationError("give at least one --index NAME=DIR (or --router)") }
             guard model == nil, shardURLs.isEmpty else { throw ValidationError("--model and --shard-url go with --router") }
@@ -117,6 +119,7 @@ struct ServeCommand: AsyncParsableCommand {
                 for u in shardURLs { try rc.add(parsing: u) }
                 rc.name = routerName
                 rc.shardTimeoutMs = shardTimeoutMs
+                rc.shardConnectTimeoutMs = shardConnectTimeoutMs
                 c.router = rc
             }
             for s in c.indexes {

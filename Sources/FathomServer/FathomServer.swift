@@ -97,6 +97,8 @@ public final class FathomServer: Sendable {
     let logger: Logger
     private let port = PortBox()
     private let group: ServiceGroup
+    /// The router's state (`configuration.router`), nil for a server of indexes.
+    private let routerState: RouterState?
 
     /// Prepares the server; nothing listens or opens until ``run()``.
     public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "fathom.serve")) throws {
@@ -161,6 +163,7 @@ public final class FathomServer: Sendable {
             let api = API(registry: registry, executor: executor, metrics: m, configuration: configuration, logger: logger)
             api.register(on: router)
         }
+        self.routerState = routerState
 
         let portBox = port
         let reg = registry
@@ -189,9 +192,11 @@ public final class FathomServer: Sendable {
         BLAS.setThreads(1)
         do { try await group.run() } catch {
             await stopWorkers()
+            await routerState?.shutdown()
             throw error
         }
         await stopWorkers()
+        await routerState?.shutdown()
     }
 
     /// Joins the search workers and lets go of the writers' locks.

@@ -22,6 +22,9 @@ public struct RouterConfiguration: Sendable {
     public var name: String = "sharded"
     /// Deadline of one request to a shard replica; past it the next replica is tried.
     public var shardTimeoutMs: Int = 30_000
+    /// Deadline of connecting to a shard replica. A refused or timed-out connection fails the
+    /// request at once (no reconnect backoff), so the next replica is tried.
+    public var shardConnectTimeoutMs: Int = 1_000
 
     public init(model: String, shards: [Int: [String]]) { self.model = model; self.shards = shards }
 
@@ -46,12 +49,14 @@ final class HTTPShardClient: ShardClient, @unchecked Sendable {
     let base: String
     let shard: Int
     let timeout: TimeAmount
+    let client: HTTPClient
     private let lock = NSLock()
     private var indexName: String?
 
-    init(url: String, shard: Int, timeoutMs: Int) {
+    init(url: String, shard: Int, timeoutMs: Int, client: HTTPClient) {
         name = url
         self.shard = shard
+        self.client = client
         timeout = .milliseconds(Int64(timeoutMs))
         if let r = url.range(of: "/v1/indexes/") {
             base = String(url[..<r.lowerBound])
@@ -72,7 +77,7 @@ final class HTTPShardClient: ShardClient, @unchecked Sendable {
             r.headers.add(name: "Content-Type", value: "application/json")
         }
         let resp: HTTPClientResponse
-        do { resp = try await HTTPClient.shared.execute(r, timeout: timeout) } catch {
+        do { resp = try await client.execute(r, timeout: timeout) } catch {
             throw FathomError(.io, "\(name): \(method.rawValue) \(path) failed: \(error)", cause: error)
         }
         let b = try await resp.body.collect(upTo: 256 << 20)
@@ -136,6 +141,9 @@ final class RouterState: @unchecked Sendable {
     let configuration: RouterConfiguration
     let model: ModelRouter
     let clients: [Int: [any ShardClient]]
+    /// The router's own HTTP client (shut down with the server): connections that fail are
+    /// not retried by the client (the router retries on another replica instead).
+    let http: HTTPClient
     private let lock = NSLock()
     private var sharded: ShardedSearch?
     private var lastError: String? = "connecting to the shards"
@@ -143,10 +151,18 @@ final class RouterState: @unchecked Sendable {
     init(_ c: RouterConfiguration) throws {
         configuration = c
         model = try ModelRouter(modelDirectory: c.model)
+        var hc = HTTPClient.Configuration()
+        hc.connectionPool.retryConnectionEstablishment = false
+        hc.timeout = .init(connect: .milliseconds(Int64(c.shardConnectTimeoutMs)))
+        let http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: hc)
+        self.http = http
         var clients = [Int: [any ShardClient]]()
-        for (i, urls) in c.shards { clients[i] = urls.map { HTTPShardClient(url: $0, shard: i, timeoutMs: c.shardTimeoutMs) } }
+        for (i, urls) in c.shards { clients[i] = urls.map { HTTPShardClient(url: $0, shard: i, timeoutMs: c.shardTimeoutMs, client: http) } }
         self.clients = clients
     }
+
+    /// Closes the HTTP client's connections (once the server stopped).
+    func shutdown() async { try? await http.shutdown().get() }
 
     var connected: ShardedSearch? { lock.lock(); defer { lock.unlock() }; return sharded }
     var failure: String? { lock.lock(); defer { lock.unlock() }; return lastError }
