@@ -134,8 +134,6 @@ public final class SequentialFileWriter {
     var used = 0
     /// Bytes written so far (the offset of the next byte).
     public private(set) var offset: UInt64 = 0
-    /// Whether ``skip(to:)`` left a hole (``finish()`` then sets the size).
-    var skipped = false
 
     public init(path: String, bufferBytes: Int = 8 << 20) throws {
         self.path = path
@@ -180,16 +178,6 @@ public final class SequentialFileWriter {
         }
     }
 
-    /// Moves the end of the file to absolute offset `target` without writing the bytes in
-    /// between: a hole that reads as zeros and takes no disk (sparse files: a shard's
-    /// vectors.dat keeps only its own rows).
-    public func skip(to target: UInt64) throws {
-        precondition(target >= offset)
-        try flush()
-        offset = target
-        skipped = true
-    }
-
     func flush() throws {
         try file.write(buffer, count: used, at: Int(offset) - used)
         used = 0
@@ -204,7 +192,6 @@ public final class SequentialFileWriter {
     /// Flushes and fsyncs the file.
     public func finish() throws {
         try flush()
-        if skipped { try file.truncate(to: Int(offset)) }
         try file.sync()
     }
 }

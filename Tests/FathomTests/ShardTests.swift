@@ -80,10 +80,14 @@ import FathomStorage
                 }
             }
             #expect(s.vectors == ids.count)
-            // The full vectors of every record it holds, as the unsharded build stores them.
+            // The full vectors of every record it holds, as the unsharded build stores them,
+            // densely (its vectors.dat holds its members only).
+            let rows = try ShardRows.read(path: dir.file("shard\(i)") + "/rows.bin", count: model.count, members: s.vectors)
+            #expect(ids.allSatisfy { rows.contains($0) })
+            #expect(vectors.size == 4096 + (placement.payloadBytes(count: s.vectors) + 4095) / 4096 * 4096)
             var a = [UInt8](repeating: 0, count: rowBytes), b = a
             for id in ids {
-                try a.withUnsafeMutableBytes { try vectors.read(into: $0.baseAddress!, count: rowBytes, at: placement.offset(Int(id))) }
+                try a.withUnsafeMutableBytes { try vectors.read(into: $0.baseAddress!, count: rowBytes, at: placement.offset(rows.row(of: id))) }
                 try b.withUnsafeMutableBytes { try fullVectors.read(into: $0.baseAddress!, count: rowBytes, at: placement.offset(Int(id))) }
                 #expect(a == b, "vector \(id)")
             }

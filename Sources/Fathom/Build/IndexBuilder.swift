@@ -669,7 +669,7 @@ public final class IndexBuilder {
         var files = [Manifest.FileEntry]()
         for name in IndexLayout.dataFiles + (codec == .none ? [] : [IndexLayout.codecFile])
             + (withAttributes ? [AttributeStore.attrsFile, AttributeStore.summariesFile] : [])
-            + (withLabels ? [LabelsFile.name] : []) {
+            + (withLabels ? [LabelsFile.name] : []) + (shard == nil ? [] : [ShardRows.fileName]) {
             let (bytes, crc) = try fileCRC32C(buildDirectory + "/" + name)
             files.append(.init(name: name, bytes: bytes, crc32c: String(format: "%08x", crc)))
         }

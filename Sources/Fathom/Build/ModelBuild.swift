@@ -149,29 +149,28 @@ extension IndexBuilder {
         return m
     }
 
-    /// A shard's vectors.dat: the full file assign wrote, rewritten with only the rows of
-    /// `members` (ascending ids); every other row is a hole (zeros, no disk). Replaces
-    /// vectors.dat and records the member count for the manifest.
+    /// A shard's vectors.dat: only the rows of `members` (ascending ids), densely in id order
+    /// (row r is the r-th member), replacing the full file assign wrote; rows.bin marks the
+    /// members (``ShardRows``) and shard-vectors.tmp records their count for the manifest.
     func writeShardVectors(layout: IndexLayout, members: [UInt32], count n: Int) throws {
         let d = header.dimension
         let rowBytes = d * storedType.size
-        let placement = IndexLayout.VectorPlacement(rowBytes: rowBytes)
-        let source = try RowChunkReader(path: layout.vectorsPath, rowBytes: rowBytes, placement: placement)
+        let full = IndexLayout.VectorPlacement(rowBytes: rowBytes)
+        let source = try RowChunkReader(path: layout.vectorsPath, rowBytes: rowBytes, placement: full)
         let tmp = layout.directory + "/vectors-shard.tmp"
         let w = try SequentialFileWriter(path: tmp)
         try w.pad(to: 4096)
         progress.begin("pack: shard \(shard.map(\.description) ?? "") keeps \(members.count) of \(n) vectors", total: UInt64(members.count))
-        for id in members {
+        for (r, id) in members.enumerated() {
             let i = Int(id)
             if i < source.first || i >= source.end { try source.load(from: i, count: n) }
-            let at = placement.offset(i)
-            if at > w.offset { try w.skip(to: at) }
+            try w.pad(to: full.offset(r))
             try w.write(source.row(i), count: rowBytes)
             progress.advance()
         }
         progress.end()
-        try w.skip(to: 4096 + placement.payloadBytes(count: n))
-        try layout.finishVectors(w, count: n, dimension: d, type: storedType)
+        try layout.finishVectors(w, count: members.count, dimension: d, type: storedType)
+        try ShardRows.write(members: members, count: n, path: layout.directory + "/" + ShardRows.fileName)
         try renamePath(tmp, layout.vectorsPath)
         let cw = try SequentialFileWriter(path: layout.shardVectorsPath, bufferBytes: 4096)
         try cw.write([UInt8](String(members.count).utf8)); try cw.finish()

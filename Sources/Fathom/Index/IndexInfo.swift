@@ -72,7 +72,7 @@ public enum IndexInfo {
         """
         if let fp = m.model_fingerprint { s += "\nmodel:            fingerprint \(fp)" }
         if let sh = m.shard {
-            s += "\nshard:            \(sh.index)/\(sh.count): postings of heads \(sh.head_begin)..<\(sh.head_end), \(sh.vectors) of the \(m.count) vectors (the others' rows in vectors.dat are holes)"
+            s += "\nshard:            \(sh.index)/\(sh.count): postings of heads \(sh.head_begin)..<\(sh.head_end), \(sh.vectors) of the \(m.count) vectors (their rows in vectors.dat, rows.bin maps ids to them)"
         }
         let maxCount = max(1, hist.max() ?? 1)
         for (l, c) in zip(labels, hist) {

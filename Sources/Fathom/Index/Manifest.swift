@@ -94,8 +94,8 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// models existed.
     public var model_fingerprint: String? = nil
     /// Set in a shard (`build --model M --shard i/N`): which heads' postings it holds. A
-    /// shard's `count` is the model's (ids are global); vectors.dat holds only the rows its
-    /// postings reference (the others are holes read as zeros).
+    /// shard's `count` is the model's (ids are global); vectors.dat holds only the vectors its
+    /// postings reference, densely in id order, and rows.bin marks them (``ShardRows``).
     public var shard: ShardInfo? = nil
     /// CRC32C of this manifest's own JSON encoding with this field absent (detects edits and
     /// corruption of the manifest itself).
@@ -198,7 +198,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     }
 
     /// The files an open index reads whole into RAM.
-    static let residentFiles: Set<String> = ["heads.bin", "graph.bin", "postings.idx", "codec.bin", "attrs.bin", "summaries.bin", "labels.bin"]
+    static let residentFiles: Set<String> = ["heads.bin", "graph.bin", "postings.idx", "codec.bin", "attrs.bin", "summaries.bin", "labels.bin", "rows.bin"]
 
     /// Checks the checksum of the files an open index keeps in RAM (heads, graph, posting
     /// table, codec, attributes, summaries); postings are checked per read and vectors by

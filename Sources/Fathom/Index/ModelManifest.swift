@@ -147,3 +147,76 @@ public struct ShardInfo: Codable, Sendable, Equatable {
     /// Whether posting `h` is this shard's.
     @inline(__always) public func owns(_ h: Int) -> Bool { h >= head_begin && h < head_end }
 }
+
+/// A shard's rows.bin: which of the model's vectors the shard holds (a bit per global id),
+/// and each one's row in the shard's dense vectors.dat (its rank: members keep id order).
+///
+/// Format (docs/format.md): the 64-byte header (magic `FTHMROWS`, count = the model's vector
+/// count, payload = ⌈count/64⌉ little-endian u64 words, bit `id % 64` of word `id / 64`).
+/// RAM: 12 bytes per 64 global ids (the words and a rank per word).
+///
+/// Thread safety: immutable after init; shared by every reader.
+public final class ShardRows: Sendable {
+    public static let fileName = "rows.bin"
+    static let magic = "FTHMROWS"
+    /// Bits per global id.
+    let words: [UInt64]
+    /// Members before each word.
+    let ranks: [UInt32]
+    /// The model's vector count (ids below it).
+    public let count: Int
+    /// Members (rows of the shard's vectors.dat).
+    public let members: Int
+
+    init(words: [UInt64], count: Int) {
+        self.words = words
+        self.count = count
+        var r = [UInt32](), total = 0
+        r.reserveCapacity(words.count)
+        for w in words { r.append(UInt32(total)); total += w.nonzeroBitCount }
+        ranks = r
+        members = total
+    }
+
+    /// Whether the shard holds vector `id`.
+    @inline(__always) public func contains(_ id: UInt32) -> Bool {
+        Int(id) < count && words[Int(id) >> 6] & (1 << UInt64(id & 63)) != 0
+    }
+
+    /// The row of member `id` in the shard's vectors.dat.
+    @inline(__always) public func row(of id: UInt32) -> Int {
+        let w = Int(id) >> 6
+        return Int(ranks[w]) + (words[w] & ((1 << UInt64(id & 63)) &- 1)).nonzeroBitCount
+    }
+
+    /// Writes the members (ascending ids below `count`).
+    static func write(members ids: [UInt32], count: Int, path: String) throws {
+        var words = [UInt64](repeating: 0, count: (count + 63) / 64)
+        for id in ids { words[Int(id) >> 6] |= 1 << UInt64(id & 63) }
+        let w = try SequentialFileWriter(path: path, bufferBytes: 1 << 20)
+        try w.write(IndexFileHeader(magic: magic, count: UInt64(count), dimension: 0, payloadBytes: UInt64(words.count * 8), recordBytes: 8).encode())
+        try w.write(array: words.map { $0.littleEndian })
+        try w.finish()
+    }
+
+    /// Reads rows.bin, checking that it covers `count` ids and holds `members` of them.
+    static func read(path: String, count: Int, members: Int) throws -> ShardRows {
+        let f = try RandomAccessFile(path: path)
+        let h = try f.readHeader(magic: magic)
+        let nw = (count + 63) / 64
+        guard h.count == UInt64(count), h.payloadBytes == UInt64(nw * 8) else {
+            throw FathomError(.corruptIndex, "rows.bin covers \(h.count) ids in \(h.payloadBytes) bytes, the manifest says \(count) vectors — rebuild the shard", path: path, offset: 16)
+        }
+        var words = [UInt64](repeating: 0, count: nw)
+        try words.withUnsafeMutableBytes { if nw > 0 { try f.read(into: $0.baseAddress!, count: nw * 8, at: 64) } }
+        for i in 0..<nw { words[i] = UInt64(littleEndian: words[i]) }
+        if count % 64 != 0, nw > 0, words[nw - 1] >> UInt64(count % 64) != 0 {
+            throw FathomError(.corruptIndex, "rows.bin has bits past the \(count) vectors — rebuild the shard", path: path, offset: 64 + UInt64(nw - 1) * 8)
+        }
+        let rows = ShardRows(words: words, count: count)
+        guard rows.members == members else {
+            throw FathomError(.corruptIndex, "rows.bin marks \(rows.members) vectors, the manifest's shard says \(members) — rebuild the shard", path: path)
+        }
+        return rows
+    }
+}

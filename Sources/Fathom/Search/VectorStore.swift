@@ -38,7 +38,8 @@ public protocol VectorReader: AnyObject {
     func deliver(_ r: Int, _ result: Result<Int, FathomError>, visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError?
 }
 
-/// vectors.dat on SSD through the thread's IO engine.
+/// vectors.dat on SSD through the thread's IO engine. A shard's vectors.dat holds only its
+/// members, densely in id order: `rows` maps a global id to its row (``ShardRows``).
 public final class DiskVectorStore: VectorStore, @unchecked Sendable {
     // Invariant: immutable after init.
     public let elementType: ElementType
@@ -46,10 +47,17 @@ public final class DiskVectorStore: VectorStore, @unchecked Sendable {
     let placement: IndexLayout.VectorPlacement
     let file: RandomAccessFile
     let path: String
+    let rows: ShardRows?
 
-    init(file: RandomAccessFile, path: String, dimension: Int, elementType: ElementType) {
+    init(file: RandomAccessFile, path: String, dimension: Int, elementType: ElementType, rows: ShardRows? = nil) {
         self.file = file; self.path = path; self.dimension = dimension; self.elementType = elementType
+        self.rows = rows
         placement = IndexLayout.VectorPlacement(rowBytes: dimension * elementType.size)
+    }
+
+    /// Where vector `id`'s row starts in vectors.dat.
+    @inline(__always) func offset(of id: UInt32) -> UInt64 {
+        placement.offset(rows.map { $0.row(of: id) } ?? Int(id))
     }
 
     public func makeReader() -> VectorReader { DiskVectorReader(store: self) }
@@ -76,10 +84,10 @@ final class DiskVectorReader: VectorReader {
         let rowBytes = UInt64(placement.rowBytes)
         order.removeAll(keepingCapacity: true)
         for i in 0..<n { order.append(Int32(i)) }
-        order.sort { ids[Int($0)] < ids[Int($1)] }   // row offsets grow with the id
+        order.sort { ids[Int($0)] < ids[Int($1)] }   // row offsets grow with the id (a shard's rows too)
         let fd = store.file.fd
         for i in order {
-            let off = placement.offset(Int(ids[Int(i)]))
+            let off = store.offset(of: ids[Int(i)])
             // Rows on the same page share a request; a gap would cost a whole extra page.
             plan.add(fd: fd, start: off & ~4095, end: (off + rowBytes + 4095) & ~4095, gap: 0, maxBytes: .max)
         }
@@ -90,10 +98,9 @@ final class DiskVectorReader: VectorReader {
     func deliver(_ r: Int, _ result: Result<Int, FathomError>, visit: (Int, UnsafeRawPointer) throws -> Void) rethrows -> FathomError? {
         if case .failure(let e) = result { return e }
         let req = plan.requests[r]
-        let placement = store.placement
         for j in plan.items(of: r) {
             let i = Int(order[j])
-            let off = placement.offset(Int(staged[i]))
+            let off = store.offset(of: staged[i])
             try visit(i, UnsafeRawPointer(req.buffer) + Int(off - req.offset))
         }
         return nil
