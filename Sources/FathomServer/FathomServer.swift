@@ -156,6 +156,7 @@ public final class FathomServer: Sendable {
         var routerState: RouterState? = nil
         if let rc = configuration.router {
             guard !rc.shards.isEmpty else { throw FathomError(.invalidArgument, "a router needs at least one --shard-url i=URL") }
+            guard IndexSpec.isValidName(rc.name) else { throw FathomError(.invalidArgument, "router name '\(rc.name)': use 1 to 64 of A-Z a-z 0-9 . _ -") }
             let state = try RouterState(rc)
             RouterAPI(state: state, metrics: m, configuration: configuration, logger: logger).register(on: router)
             routerState = state

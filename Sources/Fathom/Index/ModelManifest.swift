@@ -110,15 +110,20 @@ public struct ModelManifest: Codable, Sendable, Equatable {
     }
 
     /// Refuses an index built from another model: `index` must record this model's
-    /// fingerprint (a shard, or any index built with `--model` or since models exist).
+    /// fingerprint (a shard, or any index built with this model or by a plain build since
+    /// models exist).
     public func checkBuiltWith(_ index: Manifest, indexPath: String, modelPath: String) throws {
-        guard let fp = index.model_fingerprint else {
-            throw FathomError(.incompatibleIndex, "the index records no model fingerprint (built before models existed); rebuild it with this model (model \(fingerprint) at \(modelPath))",
-                              path: indexPath)
+        try checkBuiltWith(fingerprint: index.model_fingerprint, what: "the index at \(indexPath)", shard: index.shard?.index, modelPath: modelPath)
+    }
+
+    /// The same check on a fingerprint a shard reported (`what` names it in the error).
+    public func checkBuiltWith(fingerprint fp: String?, what: String, shard: Int?, modelPath: String) throws {
+        let rebuild = "rebuild it with this model (fathom build --model \(modelPath)\(shard.map { " --shard \($0)/N" } ?? "")) or use the model it was built with"
+        guard let fp else {
+            throw FathomError(.incompatibleIndex, "\(what) records no model fingerprint (built before models existed), the model at \(modelPath) has fingerprint \(fingerprint): \(rebuild)")
         }
         guard fp == fingerprint else {
-            throw FathomError(.incompatibleIndex, "the index was built with model \(fp), but the model at \(modelPath) has fingerprint \(fingerprint): rebuild the shard with this model (build --model), or use the model it was built with",
-                              path: indexPath)
+            throw FathomError(.incompatibleIndex, "\(what) was built with model \(fp), but the model at \(modelPath) has fingerprint \(fingerprint): \(rebuild)")
         }
     }
 }

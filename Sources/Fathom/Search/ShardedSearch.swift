@@ -240,7 +240,6 @@ public final class ShardedSearch: @unchecked Sendable {
     /// router's model, each built with its fingerprint. A replica that does not answer is
     /// kept (it is retried per query) as long as another replica of its shard answers.
     public static func connect(router: ModelRouter, replicas given: [Int: [any ShardClient]]) async throws -> ShardedSearch {
-        let fp = router.model.fingerprint
         var described = [Int: ShardInfo]()
         var count: Int? = nil
         for (i, clients) in given.sorted(by: { $0.key < $1.key }) {
@@ -248,9 +247,7 @@ public final class ShardedSearch: @unchecked Sendable {
             for c in clients {
                 let d: ShardDescription
                 do { d = try await c.describe() } catch { lastError = error; continue }
-                guard let got = d.model_fingerprint, got == fp else {
-                    throw FathomError(.incompatibleIndex, "shard \(i) at \(c.name) was built with model \(d.model_fingerprint ?? "(none recorded)"), the router's model at \(router.path) has fingerprint \(fp): rebuild the shard with this model (build --model \(router.path) --shard \(i)/N) or give the router the model it was built with")
-                }
+                try router.model.checkBuiltWith(fingerprint: d.model_fingerprint, what: "shard \(i) at \(c.name)", shard: i, modelPath: router.path)
                 guard let s = d.shard, s.index == i else {
                     throw FathomError(.invalidArgument, "\(c.name) is \(d.shard.map { "shard \($0.index)/\($0.count)" } ?? "not a shard"), not shard \(i): give each shard's URL under its own number")
                 }
