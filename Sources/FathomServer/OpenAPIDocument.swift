@@ -185,6 +185,11 @@ paths:
           $ref: "#/components/responses/Error"
         "500":
           $ref: "#/components/responses/Error"
+        "502":
+          description: "Router only: every replica of a shard the query needed failed (code io, naming each failure)."
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Error"}
         "503":
           $ref: "#/components/responses/Error"
         "504":

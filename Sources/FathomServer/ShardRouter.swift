@@ -278,9 +278,17 @@ struct RouterAPI: Sendable {
         var results = [QueryResultBody]()
         for q in queries {
             let t0 = DispatchTime.now()
-            let hits = try await sharded.search(q, k: request.k, parameters: p, observe: { call in
-                m.shardCall(shard: call.shard, replica: call.replica, seconds: call.seconds, succeeded: call.succeeded)
-            })
+            let hits: [Neighbor]
+            do {
+                hits = try await sharded.search(q, k: request.k, parameters: p, observe: { call in
+                    m.shardCall(shard: call.shard, replica: call.replica, seconds: call.seconds, succeeded: call.succeeded)
+                })
+            } catch let e as FathomError where e.code == .io {
+                // Every replica of a shard failed: the shards' condition, not the router's.
+                var api = APIError(e, index: name)
+                api.status = 502
+                throw api
+            }
             let us = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e3
             results.append(QueryResultBody(ids: hits.map(\.id), labels: hits.map(\.label), distances: hits.map(\.distance),
                                            stats: QueryStatsBody(ios: 0, kib: 0, us: us)))

@@ -96,7 +96,17 @@ import Testing
         }
         #expect(refusal.contains(model.fingerprint) && refusal.contains(otherModel.fingerprint), "\(refusal)")
         await wrong.shutdown(); _ = try? await wrongTask.value
+        // With both replicas of shard 0 stopped, a query that needs shard 0 fails with 502.
+        try await replicas[0][1].stop()
+        var gateway = 0
+        for i in 0..<q.rows {
+            let v = Array(UnsafeBufferPointer(start: q.row(i), count: d))
+            let (status, body) = try await router.running.request(.POST, "/v1/indexes/sharded/search", body: searchBody(v, k: 10, probes: 12))
+            if status == 502 { gateway += 1; #expect(body.contains("every replica of shard 0 failed"), "\(body)") }
+            else { #expect(status == 200) }
+        }
+        #expect(gateway > 0, "some query needs shard 0")
         try await router.stop()
-        for i in 0..<2 { for (j, r) in replicas[i].enumerated() where !(i == 0 && j == 0) { try await r.stop() } }
+        for r in replicas[1] { try await r.stop() }
     }
 }

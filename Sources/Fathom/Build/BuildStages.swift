@@ -474,14 +474,17 @@ extension IndexBuilder {
         try layout.writePostingTable(entries)
         if attrs != nil { try AttributeStore.writeSummaries(summaries, path: buildDirectory + "/" + AttributeStore.summariesFile) }
         progress.end("\(records) records, \(empty) empty postings, \(passes) bucket(s)\(shard == nil ? "" : " (heads \(owned.lowerBound)..<\(owned.upperBound) of \(H))")")
+        var vectorsKept = plan.count
         if let members {
             var ids = [UInt32]()
             for (w, word) in members.enumerated() where word != 0 {
                 for b in 0..<64 where word & (1 << UInt64(b)) != 0 { ids.append(UInt32(w * 64 + b)) }
             }
             try writeShardVectors(layout: layout, members: ids, count: n)
+            vectorsKept = ids.count
         }
-        return Manifest.Stats(records: records, mean_replicas: Double(records) / Double(plan.count),
+        // A shard's replicas per vector are over the vectors it holds.
+        return Manifest.Stats(records: records, mean_replicas: Double(records) / Double(max(vectorsKept, 1)),
                               cut_records: cutRecords, orphans_fixed: orphansFixed,
                               orphans_outside_nearest: meta["orphans_outside_nearest"], empty_postings: empty,
                               max_posting_records: maxRecords, posting_bytes: end)

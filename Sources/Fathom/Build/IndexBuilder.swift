@@ -393,7 +393,7 @@ public final class IndexBuilder {
         }
         let fp = try fingerprint(plan: plan)
         let fm = FileManager.default
-        let lock = try openBuildDirectory(fingerprint: fp, marker: "manifest.json")
+        let lock = try openBuildDirectory(fingerprint: fp)
         defer { lock.release() }
         // Disk: the new index and every temporary must fit beside what is already there
         // (files a resumed build already wrote count as made).
@@ -435,9 +435,8 @@ public final class IndexBuilder {
     }
 
     /// Takes the build lock, removes leftovers of a crashed publish, and makes (or keeps, for a
-    /// resume with the same fingerprint) the build directory. `marker` names what an existing
-    /// destination must hold to be replaced (``Publisher``).
-    func openBuildDirectory(fingerprint fp: String, marker: String) throws -> FileLock {
+    /// resume with the same fingerprint) the build directory.
+    func openBuildDirectory(fingerprint fp: String) throws -> FileLock {
         let fm = FileManager.default
         let lock = try lockBuild()
         do {

@@ -129,7 +129,7 @@ extension IndexBuilder {
         if let codecReason { progress.note(codecReason) }
         progress.note(plan.description)
         let fp = try fingerprint(plan: plan) + "-model"
-        let lock = try openBuildDirectory(fingerprint: fp, marker: ModelManifest.fileName)
+        let lock = try openBuildDirectory(fingerprint: fp)
         defer { lock.release() }
         var seconds: [String: Double] = [:]
         try runTrainStage(plan: plan, fingerprint: fp, seconds: &seconds)
