@@ -211,3 +211,30 @@ import FathomStorage
         await #expect(throws: FathomError.self) { try await broken.search(q, k: 10) }
     }
 }
+
+/// The commands the scale-out driver runs (docs/scale-out.md), through the `fathom` binary.
+@Suite struct ShardCLITests {
+    @Test func trainBuildShardsInfoVerify() throws {
+        let dir = TempDir()
+        try writeSynthetic(dir: dir, n: 3000, d: 16)
+        var r = try runFathom(["train", "--input", dir.file("base.fbin"), "--output", dir.file("model"), "--codec", "lvq8",
+                               "--head-ratio", "0.05", "--posting-pages", "1", "--quiet", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let model = try JSONDecoder().decode(ModelManifest.self, from: Data(r.stdout.utf8))
+        for i in 0..<2 {
+            r = try runFathom(["build", "--input", dir.file("base.fbin"), "--model", dir.file("model"), "--shard", "\(i)/2",
+                               "--output", dir.file("shard\(i)"), "--quiet"])
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(r.stdout.contains("shard \(i)/2"), "\(r.stdout)")
+            r = try runFathom(["info", dir.file("shard\(i)"), "--json"])
+            #expect(r.status == 0 && r.stdout.contains("\"model_fingerprint\" : \"\(model.fingerprint)\""), "\(r.stdout)")
+            r = try runFathom(["verify", dir.file("shard\(i)"), "--quiet"])
+            #expect(r.status == 0, "\(r.stdout)")
+        }
+        // --shard without --model, and a shard number out of range, are refused.
+        r = try runFathom(["build", "--input", dir.file("base.fbin"), "--shard", "0/2", "--output", dir.file("x"), "--quiet"])
+        #expect(r.status != 0 && r.stderr.contains("--shard needs --model"), "\(r.stderr)")
+        r = try runFathom(["build", "--input", dir.file("base.fbin"), "--model", dir.file("model"), "--shard", "2/2", "--output", dir.file("x"), "--quiet"])
+        #expect(r.status == 2, "\(r.status) \(r.stderr)")
+    }
+}
