@@ -21,7 +21,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        // fathom serve (FathomServer): HTTP, lifecycle, logs, Prometheus metrics; AsyncHTTPClient for its tests only.
+        // fathom serve (FathomServer): HTTP, lifecycle, logs, Prometheus metrics; AsyncHTTPClient for the router's
+        // requests to shards (and the server tests).
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -50,7 +51,7 @@ let package = Package(
         // Datasets (synthetic data, exact ground truth, conversion) and the search benchmark:
         // the CLI's tools, kept out of the library.
         .target(name: "FathomTools", dependencies: ["Fathom", "FathomCodecs"], path: "Sources/FathomTools"),
-        // fathom serve: the index as an HTTP/JSON service; uses only Fathom's public API.
+        // fathom serve: the index as an HTTP/JSON service, or the router of a sharded one; uses only Fathom's public API.
         .target(name: "FathomServer",
                 dependencies: ["Fathom",
                                .product(name: "Hummingbird", package: "hummingbird"),
@@ -60,7 +61,9 @@ let package = Package(
                                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "Prometheus", package: "swift-prometheus"),
-                               .product(name: "NIOCore", package: "swift-nio")],
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "NIOHTTP1", package: "swift-nio"),
+                               .product(name: "AsyncHTTPClient", package: "async-http-client")],
                 path: "Sources/FathomServer"),
         .executableTarget(name: "FathomCLI",
                           dependencies: ["Fathom", "FathomTools", "FathomServer",

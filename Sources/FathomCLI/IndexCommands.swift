@@ -3,33 +3,9 @@ import Fathom
 import FathomTools
 import Foundation
 
-struct BuildCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "build",
-        abstract: "Build a SPANN index directory from a vector file, out of core, within a memory budget.",
-        discussion: """
-        Stages: train (sample → balanced k-means heads → head graph), assign (stream the input;
-        each vector joins ≤ --replicas postings by the RNG closure rule over its nearest heads),
-        pack (page-aligned postings). Out of core: the assignment is spilled as sorted runs and
-        merged, pack fills postings bucket by bucket from one ordered pass over the codes. The
-        plan (heads, posting size, per stage RAM, temporary and final disk, estimated time) is
-        printed first; a budget or disk that cannot hold the build is refused with the numbers.
-        --plan-only prints the plan and stops (with --n/--dim/--type, no input is read); see
-        docs/build.md. A build killed midway and
-        rerun with the same arguments resumes after its last finished stage. The index is
-        published atomically: DIR holds the previous complete index or the new one, never a mix
-        and never none. While a build runs it holds DIR.fathom-build.lock: a second build of the
-        same DIR fails at once (exit 11). Format: docs/format.md.
-        """
-    )
-
-    @Option(help: ArgumentHelp("Input vectors (.fbin/.u8bin/.i8bin, .fvecs/.bvecs, .npy). Not needed with --plan-only --n --dim.", valueName: "path")) var input: String?
-    @Option(help: ArgumentHelp("Index directory to create or replace.", valueName: "dir")) var output: String?
-    @Flag(name: .customLong("plan-only"), help: "Print the plan (per stage RAM, temporary and final disk, estimated time) and stop; with --n, --dim and --type no input is needed.")
-    var planOnly = false
-    @Option(name: .customLong("n"), help: "Vector count to plan for (with --dim and --type). A real build checks the input matches, after the plan.") var planCount: Int?
-    @Option(name: .customLong("dim"), help: "Dimension to plan for (with --n).") var planDim: Int?
-    @Option(name: .customLong("type"), help: "Element type to plan for: f32, u8 or i8 (default f32).") var planType: String = "f32"
+/// The flags that decide a model (`fathom train`, and `fathom build`, which trains one unless
+/// given --model).
+struct TrainingFlags: ParsableArguments {
     @Option(help: "Distance: l2 (squared Euclidean), ip (inner product) or cosine.") var metric: Metric = .l2
     @Option(name: .customLong("memory-budget"), help: "Peak memory (RSS) the build stays within, e.g. 512MiB, 2GiB.")
     var memoryBudget: ByteSize = ByteSize(bytes: 2 << 30)
@@ -59,6 +35,87 @@ struct BuildCommand: ParsableCommand {
     var labels: String?
     @Option(help: "Random seed (same seed and input: same index).") var seed: UInt64 = 42
     @Option(help: "Worker threads for k-means and the assignment (head search, closure rule, encoding). The index is byte-identical for any count; the head graph build and pack run on one thread.") var threads: Int = 1
+
+    /// The library's options these flags set (the serving RAM per vector needs the input's count).
+    func options(vectors: Int?) throws -> BuildOptions {
+        var o = BuildOptions()
+        o.metric = metric; o.memoryBudget = memoryBudget.bytes; o.headRatio = headRatio; o.replicas = replicas
+        o.postingPages = postingPages; o.graphDegree = graphDegree; o.candidateHeads = candidateHeads
+        o.sampleSize = sampleSize; o.seed = seed; o.threads = threads
+        o.targetRecall = targetRecall; o.targetProbes = targetProbes
+        o.codec = codec; o.reduceDims = reduceDims; o.routerDims = routerDims; o.trainQueries = trainQueries
+        o.attributes = attributes
+        o.labels = labels
+        if let vectors { o.serveMemoryPerVector = try ServeMemory.perVector(serveMemory, vectors: vectors, flag: "--serve-memory") }
+        return o
+    }
+}
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train the model many shards share: heads, head graph, LeanVec + LVQ codec, attributes, labels (model.json with its fingerprint).",
+        discussion: """
+        The train stage of `fathom build` alone, with the same flags: sample → balanced k-means
+        heads → head graph, the codec, the attribute table and its quantizer, the labels. The
+        model directory is published atomically; `fathom build --model DIR [--shard i/N]` then
+        assigns and packs with it. model.json records a fingerprint over the model's files and
+        the parameters that decide an assignment; a shard records it. See docs/scale-out.md.
+        """
+    )
+    @Option(help: ArgumentHelp("Input vectors (.fbin/.u8bin/.i8bin, .fvecs/.bvecs, .npy).", valueName: "path")) var input: String
+    @Option(help: ArgumentHelp("Model directory to create or replace.", valueName: "dir")) var output: String
+    @OptionGroup(title: "Training") var training: TrainingFlags
+    @Flag(help: "Do not print progress on stderr.") var quiet = false
+    @Flag(help: "Print model.json on stdout when done.") var json = false
+
+    func run() throws {
+        try runReportingErrors {
+            let header = try VectorFileHeader.inspect(path: input, format: nil)
+            let o = try training.options(vectors: header.count)
+            let builder = try IndexBuilder(input: input, output: output, options: o, progress: ProgressReporter(enabled: !quiet))
+            let m = try builder.train()
+            if json {
+                print(String(decoding: try m.encoded(), as: UTF8.self))
+            } else {
+                print("trained \(output): \(m.heads) heads for \(m.count) × \(m.dimension) vectors, codec \(m.codec), fingerprint \(m.fingerprint), train \(String(format: "%.1f", m.train_seconds ?? 0)) s")
+            }
+        }
+    }
+}
+
+struct BuildCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build",
+        abstract: "Build a SPANN index directory from a vector file, out of core, within a memory budget.",
+        discussion: """
+        Stages: train (sample → balanced k-means heads → head graph), assign (stream the input;
+        each vector joins ≤ --replicas postings by the RNG closure rule over its nearest heads),
+        pack (page-aligned postings). Out of core: the assignment is spilled as sorted runs and
+        merged, pack fills postings bucket by bucket from one ordered pass over the codes. The
+        plan (heads, posting size, per stage RAM, temporary and final disk, estimated time) is
+        printed first; a budget or disk that cannot hold the build is refused with the numbers.
+        --plan-only prints the plan and stops (with --n/--dim/--type, no input is read); see
+        docs/build.md. A build killed midway and
+        rerun with the same arguments resumes after its last finished stage. The index is
+        published atomically: DIR holds the previous complete index or the new one, never a mix
+        and never none. While a build runs it holds DIR.fathom-build.lock: a second build of the
+        same DIR fails at once (exit 11). Format: docs/format.md.
+        """
+    )
+
+    @Option(help: ArgumentHelp("Input vectors (.fbin/.u8bin/.i8bin, .fvecs/.bvecs, .npy). Not needed with --plan-only --n --dim.", valueName: "path")) var input: String?
+    @Option(help: ArgumentHelp("Index directory to create or replace.", valueName: "dir")) var output: String?
+    @Flag(name: .customLong("plan-only"), help: "Print the plan (per stage RAM, temporary and final disk, estimated time) and stop; with --n, --dim and --type no input is needed.")
+    var planOnly = false
+    @Option(name: .customLong("n"), help: "Vector count to plan for (with --dim and --type). A real build checks the input matches, after the plan.") var planCount: Int?
+    @Option(name: .customLong("dim"), help: "Dimension to plan for (with --n).") var planDim: Int?
+    @Option(name: .customLong("type"), help: "Element type to plan for: f32, u8 or i8 (default f32).") var planType: String = "f32"
+    @OptionGroup(title: "Training (with --model: the model's apply)") var training: TrainingFlags
+    @Option(help: ArgumentHelp("A model directory (fathom train): install its heads, graph, codec, attributes and labels instead of training; the assignment's parameters are the model's (docs/scale-out.md).", valueName: "dir"))
+    var model: String?
+    @Option(help: ArgumentHelp("With --model: build only shard i of N, the postings of heads [i·H/N, (i+1)·H/N) and the vectors they reference (docs/scale-out.md).", valueName: "i/N"))
+    var shard: String?
     @Option(name: .customLong("sort-buffer"), help: "Cap on the assignment's sort buffer (default: what the budget leaves); smaller spills more runs, the index is the same.")
     var sortBuffer: ByteSize?
     @Option(name: .customLong("pack-bucket"), help: "Cap on the posting bytes pack fills per pass (default: what the budget leaves); the index is the same.")
@@ -75,6 +132,8 @@ struct BuildCommand: ParsableCommand {
             throw ValidationError("--plan-only without --input needs --n and --dim (and --type)")
         }
         if (planCount == nil) != (planDim == nil) { throw ValidationError("--n and --dim go together") }
+        if shard != nil && model == nil { throw ValidationError("--shard needs --model (train one with fathom train)") }
+        if model != nil && planOnly && input == nil { throw ValidationError("--plan-only with --model needs --input") }
     }
 
     static func elementType(_ t: String) throws -> ElementType {
@@ -88,14 +147,7 @@ struct BuildCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            var o = BuildOptions()
-            o.metric = metric; o.memoryBudget = memoryBudget.bytes; o.headRatio = headRatio; o.replicas = replicas
-            o.postingPages = postingPages; o.graphDegree = graphDegree; o.candidateHeads = candidateHeads
-            o.sampleSize = sampleSize; o.seed = seed; o.threads = threads
-            o.targetRecall = targetRecall; o.targetProbes = targetProbes
-            o.codec = codec; o.reduceDims = reduceDims; o.routerDims = routerDims; o.trainQueries = trainQueries
-            o.attributes = attributes
-            o.labels = labels
+            var o = try training.options(vectors: nil)
             o.sortBufferBytes = sortBuffer?.bytes; o.packBucketBytes = packBucket?.bytes
             // Given n and d, plan (and refuse) before the input is touched.
             var given: BuildShape? = nil
@@ -104,9 +156,9 @@ struct BuildCommand: ParsableCommand {
             }
             if let shape = given {
                 var po = o
-                po.serveMemoryPerVector = try ServeMemory.perVector(serveMemory, vectors: shape.count, flag: "--serve-memory")
+                po.serveMemoryPerVector = try ServeMemory.perVector(training.serveMemory, vectors: shape.count, flag: "--serve-memory")
                 let codec = o.codec == .auto ? PostingCodec.lvq8 : o.codec
-                let plan = try BuildPlanner.plan(shape: shape, codec: codec, storedType: metric == .cosine ? .float32 : shape.inputType, options: po)
+                let plan = try BuildPlanner.plan(shape: shape, codec: codec, storedType: training.metric == .cosine ? .float32 : shape.inputType, options: po)
                 if planOnly {
                     if o.codec == .auto { FileHandle.standardError.write(Data("plan: codec auto plans as lvq8 (the larger code it may pick); give --codec to plan another\n".utf8)) }
                     print(json ? planJSON(plan) : plan.description)
@@ -118,9 +170,11 @@ struct BuildCommand: ParsableCommand {
             if let s = given, s.count != header.count || s.dimension != header.dimension {
                 throw FathomError(.invalidArgument, "the input holds \(header.count) × \(header.dimension) vectors, not the --n \(s.count) × --dim \(s.dimension) planned", path: input)
             }
-            o.serveMemoryPerVector = try ServeMemory.perVector(serveMemory, vectors: header.count, flag: "--serve-memory")
+            o.serveMemoryPerVector = try ServeMemory.perVector(training.serveMemory, vectors: header.count, flag: "--serve-memory")
             let progress = ProgressReporter(enabled: !quiet)
-            let builder = try IndexBuilder(input: input, output: output ?? input + ".index", options: o, progress: progress)
+            let shardSpec = try shard.map { try ShardSpec(parsing: $0) }
+            if model != nil { progress.note("build: the model's training parameters apply (metric, codec, heads, replicas, posting size, …)") }
+            let builder = try IndexBuilder(input: input, output: output ?? input + ".index", options: o, model: model, shard: shardSpec, progress: progress)
             if planOnly {
                 let plan = try builder.plan()
                 if let r = builder.codecReason { FileHandle.standardError.write(Data((r + "\n").utf8)) }
@@ -132,7 +186,8 @@ struct BuildCommand: ParsableCommand {
                 print(String(decoding: try m.encoded(), as: UTF8.self))
             } else {
                 let secs = m.build.seconds
-                print("built \(output!): \(m.count) vectors, \(m.heads) heads, \(String(format: "%.2f", m.stats.mean_replicas)) replicas/vector, " +
+                let part = m.shard.map { " (shard \($0.index)/\($0.count): heads \($0.head_begin)..<\($0.head_end), \($0.vectors) vectors, \(m.stats.records) records)" } ?? ""
+                print("built \(output!)\(part): \(m.count) vectors, \(m.heads) heads, \(String(format: "%.2f", m.stats.mean_replicas)) replicas/vector, " +
                       "train \(String(format: "%.1f", secs["train"] ?? 0)) s, assign \(String(format: "%.1f", secs["assign"] ?? 0)) s, pack \(String(format: "%.1f", secs["pack"] ?? 0)) s, " +
                       "peak RSS \(formatBytes(m.build.peak_rss_bytes))")
             }

@@ -18,6 +18,13 @@ struct ServeCommand: AsyncParsableCommand {
         a writable index is re-opened: writes wait, its log is replayed);
         --watch reloads an index by itself when its directory is republished.
         One log line per request on stderr at info. Exit codes: docs/errors.md.
+
+        --router --model DIR --shard-url i=URL …: serve the router of a sharded index instead
+        (docs/scale-out.md): it holds the model's heads, routes each query as a single index
+        would, asks each shard (an ordinary fathom serve of `build --model DIR --shard i/N`)
+        for exactly the postings it owns, retries a failed request on another replica of that
+        shard (repeat --shard-url with the same i), and merges. Its index answers as
+        POST /v1/indexes/NAME/search (NAME: --router-name); /metrics has per-shard latency.
         """
     )
 
@@ -64,9 +71,29 @@ struct ServeCommand: AsyncParsableCommand {
     var watchInterval: Double = 1
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
+    @Flag(help: "Serve the router of a sharded index (with --model and --shard-url) instead of --index.")
+    var router = false
+    @Option(help: ArgumentHelp("With --router: the model directory (fathom train) the shards were built with.", valueName: "dir"))
+    var model: String?
+    @Option(name: .customLong("shard-url"), help: ArgumentHelp("With --router: a replica of shard i, as i=http://host:port (the server's index that is shard i) or i=http://host:port/v1/indexes/NAME (repeatable; several URLs for one i are replicas).", valueName: "i=url"))
+    var shardURLs: [String] = []
+    @Option(name: .customLong("router-name"), help: "With --router: the name the sharded index answers under (POST /v1/indexes/NAME/search).")
+    var routerName: String = "sharded"
+    @Option(name: .customLong("shard-timeout-ms"), help: "With --router: deadline of one request to a shard replica; past it the next replica is tried.")
+    var shardTimeoutMs: Int = 30_000
+    @Option(name: .customLong("shard-connect-timeout-ms"), help: "With --router: deadline of connecting to a shard replica; a refused or timed-out connection moves on to the next replica at once.")
+    var shardConnectTimeoutMs: Int = 1_000
 
     func validate() throws {
-        guard !indexes.isEmpty else { throw ValidationError("give at least one --index NAME=DIR") }
+        if router {
+            guard indexes.isEmpty, writable.isEmpty else { throw ValidationError("--router serves no --index or --writable of its own") }
+            guard model != nil else { throw ValidationError("--router needs --model DIR (the model the shards were built with)") }
+            guard !shardURLs.isEmpty else { throw ValidationError("--router needs at least one --shard-url i=URL") }
+            guard shardTimeoutMs >= 1, shardConnectTimeoutMs >= 1 else { throw ValidationError("--shard-timeout-ms and --shard-connect-timeout-ms must be at least 1") }
+        } else {
+            guard indexes.isEmpty == false else { throw ValidationError("give at least one --index NAME=DIR (or --router)") }
+            guard model == nil, shardURLs.isEmpty else { throw ValidationError("--model and --shard-url go with --router") }
+        }
         guard maxConcurrent >= 1 else { throw ValidationError("--max-concurrent must be at least 1") }
         guard queue >= 0 else { throw ValidationError("--queue must be 0 or more") }
         guard maxK >= 1, maxBatch >= 1, maxProbes >= 1, maxRerank >= 1 else {
@@ -107,6 +134,14 @@ struct ServeCommand: AsyncParsableCommand {
                 specs[i].writable = true
             }
             var c = ServerConfiguration(indexes: specs)
+            if router, let model {
+                var rc = RouterConfiguration(model: model, shards: [:])
+                for u in shardURLs { try rc.add(parsing: u) }
+                rc.name = routerName
+                rc.shardTimeoutMs = shardTimeoutMs
+                rc.shardConnectTimeoutMs = shardConnectTimeoutMs
+                c.router = rc
+            }
             for s in c.indexes {
                 var isDir: ObjCBool = false
                 guard FileManager.default.fileExists(atPath: s.directory, isDirectory: &isDir), isDir.boolValue else {

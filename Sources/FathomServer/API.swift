@@ -153,6 +153,8 @@ struct API: Sendable {
             b.count = l.index.liveCount; b.dimension = l.index.dimension; b.metric = l.index.metric.rawValue
             b.heads = l.index.headCount; b.io_engine = l.index.ioEngineName
             b.has_attributes = l.index.manifest.attributes != nil
+            b.model_fingerprint = l.index.manifest.model_fingerprint
+            b.shard = l.index.manifest.shard
         }
         return b
     }
@@ -291,6 +293,13 @@ struct API: Sendable {
         if let t = timeout {
             guard t >= 1, t <= c.maxTimeoutMs else { throw bad("timeout_ms", "timeout_ms = \(t): use 1 to \(c.maxTimeoutMs)", limit: c.maxTimeoutMs) }
         }
+        if let postings = request.postings {
+            guard request.vector != nil else { throw bad("postings", "a search of named postings takes one 'vector'") }
+            guard request.filter == nil else { throw bad("postings", "a search of named postings takes no filter") }
+            guard postings.count <= c.maxProbes else {
+                throw bad("postings", "\(postings.count) postings, above the limit of \(c.maxProbes)", limit: c.maxProbes)
+            }
+        }
 
         // Pin one generation from here to the end of the search (filters bind to it).
         let lease = try s.lease()
@@ -317,9 +326,14 @@ struct API: Sendable {
         if let p = request.probes { params0.probes = min(p, max(1, index.headCount)) }
         params0.rerank = request.rerank
         let parameters = params0
-        log.probes = parameters.probes
+        log.probes = request.postings?.count ?? parameters.probes
         let k = request.k
         let pinned = filter
+        if let postings = request.postings, let bad = postings.first(where: { Int($0) >= index.headCount }) {
+            throw APIError(400, FathomError.Code.invalidArgument.rawValue, "posting \(bad) does not exist: index '\(name)' has \(index.headCount) heads",
+                           APIErrorDetail(field: "postings", limit: index.headCount, index: name))
+        }
+        let listed = request.postings
 
         handedOver = true
         let m = metrics
@@ -339,6 +353,18 @@ struct API: Sendable {
                             return .abandoned
                         }
                         let t0 = DispatchTime.now()
+                        if let listed {
+                            // A shard's part of a routed query: its candidates, for the router's merge.
+                            let cands = try searcher.search(q, k: k, parameters: timed, postings: listed)
+                            let us = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e3
+                            let st = searcher.stats
+                            let estimates = cands.first?.estimate == nil ? nil : cands.map { $0.estimate ?? .infinity }
+                            out.append(QueryResultBody(ids: cands.map(\.id), labels: cands.map(\.label), distances: cands.map(\.distance),
+                                                       estimates: estimates,
+                                                       stats: QueryStatsBody(ios: st.postingsRead + st.vectorsReranked,
+                                                                             kib: Double(st.bytesRead) / 1024, us: us)))
+                            continue
+                        }
                         let hits: [Neighbor]
                         do {
                             hits = try q.withUnsafeBufferPointer { try searcher.search($0, k: k, parameters: timed, filter: pinned) }

@@ -134,8 +134,13 @@ public struct SearchRequest: Decodable, Sendable {
     public var rerank: Int?
     public var filter: String?
     public var timeoutMs: Int?
+    /// A shard's part of a routed query (docs/scale-out.md): read exactly these postings
+    /// (head ids), no routing; one `vector`, no filter. The answer holds the shard's
+    /// candidates: the k best for uncompressed postings; for compressed ones the `rerank`
+    /// best by code estimate, with `estimates`.
+    public var postings: [UInt32]?
 
-    static let members = ["vector", "vectors", "k", "probes", "rerank", "filter", "timeout_ms"]
+    static let members = ["vector", "vectors", "k", "probes", "rerank", "filter", "timeout_ms", "postings"]
 
     struct Key: CodingKey {
         var stringValue: String
@@ -178,6 +183,12 @@ public struct SearchRequest: Decodable, Sendable {
         }
         if c.contains(Key("vectors")), try !c.decodeNil(forKey: Key("vectors")) {
             vectors = try Self.rows(c, "vectors")
+        }
+        if c.contains(Key("postings")), try !c.decodeNil(forKey: Key("postings")) {
+            do { postings = try c.decode([UInt32].self, forKey: Key("postings")) } catch {
+                throw APIError(400, FathomError.Code.invalidArgument.rawValue, "'postings' must be an array of head ids (integers ≥ 0)",
+                               APIErrorDetail(field: "postings"))
+            }
         }
     }
 
@@ -261,9 +272,12 @@ public struct QueryResultBody: Codable, Sendable, Equatable {
     /// External labels (given at build or insert; the row number by default).
     public var labels: [UInt64]
     public var distances: [Float]
+    /// Searches of named postings over compressed postings: each candidate's code estimate
+    /// (the router keeps the query's re-rank set by them). Absent otherwise.
+    public var estimates: [Float]? = nil
     public var stats: QueryStatsBody
-    public init(ids: [UInt32], labels: [UInt64], distances: [Float], stats: QueryStatsBody) {
-        self.ids = ids; self.labels = labels; self.distances = distances; self.stats = stats
+    public init(ids: [UInt32], labels: [UInt64], distances: [Float], estimates: [Float]? = nil, stats: QueryStatsBody) {
+        self.ids = ids; self.labels = labels; self.distances = distances; self.estimates = estimates; self.stats = stats
     }
 }
 
@@ -301,6 +315,10 @@ public struct IndexSummaryBody: Codable, Sendable, Equatable {
     public var version: Int?
     /// Writable indexes: writes waiting for the writer or running.
     public var queued_writes: Int?
+    /// The model the index was built with (its manifest's `model_fingerprint`).
+    public var model_fingerprint: String?
+    /// Shards: which heads the index holds (its manifest's `shard`).
+    public var shard: ShardInfo?
 }
 
 /// `GET /v1/indexes` answer. A value type, `Sendable`.

@@ -68,6 +68,9 @@ public struct ServerConfiguration: Sendable {
     public var watchIntervalMs: Int? = nil
     /// Graceful shutdown on SIGTERM/SIGINT and reload on SIGHUP (off in tests).
     public var handleSignals: Bool = true
+    /// Serve as the router of a sharded index (`--router`) instead of serving indexes:
+    /// ``indexes`` must then be empty.
+    public var router: RouterConfiguration? = nil
 
     public init(indexes: [IndexSpec]) { self.indexes = indexes }
 }
@@ -118,6 +121,8 @@ public final class FathomServer: Sendable {
     let logger: Logger
     private let port = PortBox()
     private let group: ServiceGroup
+    /// The router's state (`configuration.router`), nil for a server of indexes.
+    private let routerState: RouterState?
 
     /// Prepares the server; nothing listens or opens until ``run()``.
     public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "fathom.serve")) throws {
@@ -126,7 +131,11 @@ public final class FathomServer: Sendable {
             guard IndexSpec.isValidName(s.name) else { throw FathomError(.invalidArgument, "index name '\(s.name)': use 1 to 64 of A-Z a-z 0-9 . _ -") }
             guard names.insert(s.name).inserted else { throw FathomError(.invalidArgument, "index name '\(s.name)' is given twice") }
         }
-        guard !configuration.indexes.isEmpty else { throw FathomError(.invalidArgument, "serve needs at least one --index NAME=DIR") }
+        if configuration.router != nil {
+            guard configuration.indexes.isEmpty else { throw FathomError(.invalidArgument, "a router serves no --index of its own: give either --router or --index") }
+        } else {
+            guard !configuration.indexes.isEmpty else { throw FathomError(.invalidArgument, "serve needs at least one --index NAME=DIR") }
+        }
         guard configuration.maxConcurrent >= 1, configuration.queueLimit >= 0, configuration.maxBodyBytes >= 1024,
               configuration.maxWriteBodyBytes >= 1024, configuration.maxK >= 1, configuration.maxBatch >= 1,
               configuration.maxProbes >= 1, configuration.maxRerank >= 1, configuration.maxTimeoutMs >= 1 else {
@@ -177,8 +186,18 @@ public final class FathomServer: Sendable {
 
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: JSONErrorMiddleware(metrics: m, logger: logger))
-        let api = API(registry: registry, executor: executor, metrics: m, configuration: configuration, logger: logger)
-        api.register(on: router)
+        var routerState: RouterState? = nil
+        if let rc = configuration.router {
+            guard !rc.shards.isEmpty else { throw FathomError(.invalidArgument, "a router needs at least one --shard-url i=URL") }
+            guard IndexSpec.isValidName(rc.name) else { throw FathomError(.invalidArgument, "router name '\(rc.name)': use 1 to 64 of A-Z a-z 0-9 . _ -") }
+            let state = try RouterState(rc)
+            RouterAPI(state: state, metrics: m, configuration: configuration, logger: logger).register(on: router)
+            routerState = state
+        } else {
+            let api = API(registry: registry, executor: executor, metrics: m, configuration: configuration, logger: logger)
+            api.register(on: router)
+        }
+        self.routerState = routerState
 
         let portBox = port
         let reg = registry
@@ -199,7 +218,7 @@ public final class FathomServer: Sendable {
                                   portBox.set(channel.localAddress?.port ?? 0)
                               },
                               logger: logger)
-        var services: [any Service] = [app, IndexOpener(registry: reg, logger: logger)]
+        var services: [any Service] = [app, routerState.map { RouterConnector(state: $0, logger: logger) as any Service } ?? IndexOpener(registry: reg, logger: logger)]
         if configuration.handleSignals { services.append(ReloadOnHangup(registry: reg, logger: logger)) }
         if let ms = configuration.watchIntervalMs { services.append(WatchDirectories(registry: reg, intervalMs: max(10, ms), logger: logger)) }
         group = ServiceGroup(services: services,
@@ -218,9 +237,11 @@ public final class FathomServer: Sendable {
         BLAS.setThreads(1)
         do { try await group.run() } catch {
             await stopWorkers()
+            await routerState?.shutdown()
             throw error
         }
         await stopWorkers()
+        await routerState?.shutdown()
     }
 
     /// Joins the search workers and lets go of the writers' locks.

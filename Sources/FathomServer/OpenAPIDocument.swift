@@ -162,6 +162,14 @@ paths:
     post:
       operationId: search
       summary: The k nearest neighbours of one query or a batch.
+      description: |
+        With `postings` (one `vector`, no filter): a shard's part of a query a router planned
+        (`fathom serve --router`, docs/scale-out.md). The index reads exactly those postings
+        (head ids), with no routing of its own, and answers its candidates for the router's
+        merge: uncompressed postings, its k best by exact distance; compressed ones, its
+        `rerank` best by code estimate, each with its exact distance and its `estimates`.
+        A router serves the sharded index under its `--router-name` with this same request
+        (without `postings` or `filter`).
       requestBody:
         required: true
         content:
@@ -189,6 +197,11 @@ paths:
           $ref: "#/components/responses/Error"
         "500":
           $ref: "#/components/responses/Error"
+        "502":
+          description: "Router only: every replica of a shard the query needed failed (code io, naming each failure)."
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Error"}
         "503":
           $ref: "#/components/responses/Error"
         "504":
@@ -354,6 +367,11 @@ components:
           minimum: 1
           maximum: 600000
           description: Answer 504 if the result is not there within this many milliseconds (queueing included).
+        postings:
+          type: array
+          maxItems: 65536
+          items: {type: integer, minimum: 0}
+          description: "Shards: read exactly these postings (head ids below the index's head count), no routing; with one `vector` and no `filter` (see the operation's description)."
     QueryStats:
       type: object
       required: [ios, kib, us]
@@ -448,6 +466,10 @@ components:
           type: array
           items: {type: number}
           description: Smaller is nearer (squared L2, −inner product, 1 − cosine).
+        estimates:
+          type: array
+          items: {type: number}
+          description: "Searches of named `postings` over compressed postings only: each candidate's code estimate, in the order of `ids` (best estimate first)."
         stats: {$ref: "#/components/schemas/QueryStats"}
     SearchResponse:
       type: object
@@ -478,6 +500,17 @@ components:
         heads: {type: integer}
         io_engine: {type: string}
         has_attributes: {type: boolean}
+        model_fingerprint: {type: string, description: The fingerprint of the model the index was built with (docs/scale-out.md).}
+        shard:
+          type: object
+          description: "Shards only: which of the model's heads the index holds."
+          required: [index, count, head_begin, head_end, vectors]
+          properties:
+            index: {type: integer, minimum: 0}
+            count: {type: integer, minimum: 1}
+            head_begin: {type: integer, minimum: 0}
+            head_end: {type: integer, minimum: 0}
+            vectors: {type: integer, minimum: 0, description: Distinct vectors the shard's postings reference.}
     Error:
       type: object
       required: [code, message, detail]

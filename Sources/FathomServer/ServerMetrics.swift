@@ -66,6 +66,19 @@ public final class ServerMetrics: Sendable {
                              labels: [("index", index), ("op", op)]).increment(by: Int64(count))
     }
 
+    /// Router: one request to a shard replica (answered or failed; a failure is retried on
+    /// the next replica of the shard).
+    func shardCall(shard: Int, replica: String, seconds: Double, succeeded: Bool) {
+        registry.makeDurationHistogram(descriptor: Self.d("shard_request_duration", "seconds", "Router: latency of requests to shard replicas."),
+                                       labels: [("shard", String(shard)), ("replica", replica), ("outcome", succeeded ? "ok" : "failed")],
+                                       buckets: Self.latencyBuckets)
+            .recordNanoseconds(Int64(seconds * 1e9))
+        if !succeeded {
+            registry.makeCounter(descriptor: Self.d("shard_request_failures", "total", "Router: failed requests to shard replicas (each retried on the next replica)."),
+                                 labels: [("shard", String(shard)), ("replica", replica)]).increment()
+        }
+    }
+
     /// Refreshes the gauges read at scrape time.
     func refresh(executor: SearchExecutor, registry r: IndexRegistry) {
         queueDepth.set(Double(executor.queueDepth))

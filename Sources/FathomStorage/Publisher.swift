@@ -23,7 +23,10 @@ public enum Publisher {
     ///
     /// The caller has fsynced every file and the build directory itself. `exchange` swaps two
     /// paths (tests pass one that fails, to take the path of a file system without it).
-    public static func publish(buildDirectory: String, destination: String,
+    ///
+    /// `marker` is the file that makes an existing destination one Fathom may replace
+    /// (`manifest.json` for an index, `model.json` for a model).
+    public static func publish(buildDirectory: String, destination: String, marker: String = "manifest.json",
                                exchange: (String, String) throws -> Bool = exchangePaths) throws {
         let fm = FileManager.default
         let parent = URL(fileURLWithPath: destination).deletingLastPathComponent().path
@@ -36,10 +39,10 @@ public enum Publisher {
         guard isDir.boolValue else {
             throw FathomError(.invalidArgument, "the destination exists and is not a directory", path: destination, remedies: [.chooseAnotherDestination])
         }
-        let hasManifest = fm.fileExists(atPath: destination + "/manifest.json")
+        let hasManifest = fm.fileExists(atPath: destination + "/" + marker)
         let entries = (try? fm.contentsOfDirectory(atPath: destination)) ?? []
         guard hasManifest || entries.isEmpty else {
-            throw FathomError(.invalidArgument, "the destination is a non-empty directory that is not a Fathom index; refusing to replace it", path: destination,
+            throw FathomError(.invalidArgument, "the destination is a non-empty directory that is not a Fathom \(marker == "manifest.json" ? "index" : "model"); refusing to replace it", path: destination,
                               remedies: [.chooseAnotherDestination])
         }
         if try exchange(buildDirectory, destination) {

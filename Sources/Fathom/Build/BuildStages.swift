@@ -350,6 +350,11 @@ extension IndexBuilder {
             try counts.withUnsafeMutableBytes { if H > 0 { try f.read(into: $0.baseAddress!, count: H * 4, at: 0) } }
             for i in 0..<H { counts[i] = UInt32(littleEndian: counts[i]) }
         }
+        // A shard packs only its heads' records: the others are read from the runs and dropped.
+        let owned = packedHeads(H)
+        let all = counts
+        for i in 0..<H where !owned.contains(i) { counts[i] = 0 }
+        var members: [UInt64]? = shard == nil ? nil : [UInt64](repeating: 0, count: (n + 63) / 64)
         guard let metaData = FileManager.default.contents(atPath: layout.assignMetaPath),
               let meta = try? JSONSerialization.jsonObject(with: metaData) as? [String: Int],
               let cutRecords = meta["cut_records"], let orphansFixed = meta["orphans_fixed"] else {
@@ -376,7 +381,7 @@ extension IndexBuilder {
         var entries = [PostingEntry](repeating: PostingEntry(offset: 0, count: 0, pages: 0, crc: 0), count: H)
         var cursor: UInt64 = 4096
         var records = 0, empty = 0, maxRecords = 0
-        let attrs = options.attributes == nil ? nil : try AttributeStore.readAttributes(path: buildDirectory + "/" + AttributeStore.attrsFile)
+        let attrs = !withAttributes ? nil : try AttributeStore.readAttributes(path: buildDirectory + "/" + AttributeStore.attrsFile)
         var summaries = [AttributeSummary]()
         var pending = try merger.next()
         var passes = 0
@@ -394,23 +399,28 @@ extension IndexBuilder {
             // Members, in posting order (the merge's order: distance, then id).
             var slot = 0
             for hh in h..<h1 {
-                var kept = 0
+                var kept = 0, found = 0
                 let start = slot
+                let mine = owned.contains(hh)
                 while let r = pending, r.head == hh {
                     let orphan = r.aux & SortRecord.orphanFlag != 0
                     if orphan || kept < cap {
                         if !orphan { kept += 1 }
-                        guard slot < slots, Int(r.id) < n else {
-                            throw FathomError(.corruptIndex, "posting \(hh) holds more records than counts.tmp says (\(counts[hh])) or an id ≥ \(n); delete the build directory and rebuild", path: buildDirectory)
+                        found += 1
+                        if mine {
+                            guard slot < slots, Int(r.id) < n else {
+                                throw FathomError(.corruptIndex, "posting \(hh) holds more records than counts.tmp says (\(counts[hh])) or an id ≥ \(n); delete the build directory and rebuild", path: buildDirectory)
+                            }
+                            (buf + slot * recordBytes).storeBytes(of: r.id.littleEndian, as: UInt32.self)
+                            pairs[slot] = UInt64(r.id) << 32 | UInt64(slot)
+                            members?[Int(r.id) >> 6] |= 1 << UInt64(r.id & 63)
+                            slot += 1
                         }
-                        (buf + slot * recordBytes).storeBytes(of: r.id.littleEndian, as: UInt32.self)
-                        pairs[slot] = UInt64(r.id) << 32 | UInt64(slot)
-                        slot += 1
                     }
                     pending = try merger.next()
                 }
-                guard slot - start == Int(counts[hh]) else {
-                    throw FathomError(.corruptIndex, "posting \(hh) has \(slot - start) records in the runs but \(counts[hh]) in counts.tmp; delete the build directory and rebuild", path: buildDirectory)
+                guard found == Int(all[hh]) else {
+                    throw FathomError(.corruptIndex, "posting \(hh) has \(found) records in the runs but \(all[hh]) in counts.tmp; delete the build directory and rebuild", path: buildDirectory)
                 }
             }
             // One forward pass over the codes fills every record of the bucket.
@@ -435,7 +445,7 @@ extension IndexBuilder {
                     for k in 0..<c { ids[k] = UInt32(littleEndian: (buf + (off + k) * recordBytes).loadUnaligned(as: UInt32.self)) }
                     summaries.append(AttributeSummary.summarize(ids: ids, table: attrs.0, quantized: attrs.1))
                 }
-                if c == 0 { empty += 1; entries[hh] = PostingEntry(offset: cursor, count: 0, pages: 0, crc: 0); progress.advance(); continue }
+                if c == 0 { if owned.contains(hh) { empty += 1 }; entries[hh] = PostingEntry(offset: cursor, count: 0, pages: 0, crc: 0); progress.advance(); continue }
                 let bytes = UInt64(c * recordBytes)
                 let rem = bytes % 4096
                 let inPage = cursor % 4096
@@ -463,8 +473,18 @@ extension IndexBuilder {
         try out.finish()
         try layout.writePostingTable(entries)
         if attrs != nil { try AttributeStore.writeSummaries(summaries, path: buildDirectory + "/" + AttributeStore.summariesFile) }
-        progress.end("\(records) records, \(empty) empty postings, \(passes) bucket(s)")
-        return Manifest.Stats(records: records, mean_replicas: Double(records) / Double(plan.count),
+        progress.end("\(records) records, \(empty) empty postings, \(passes) bucket(s)\(shard == nil ? "" : " (heads \(owned.lowerBound)..<\(owned.upperBound) of \(H))")")
+        var vectorsKept = plan.count
+        if let members {
+            var ids = [UInt32]()
+            for (w, word) in members.enumerated() where word != 0 {
+                for b in 0..<64 where word & (1 << UInt64(b)) != 0 { ids.append(UInt32(w * 64 + b)) }
+            }
+            try writeShardVectors(layout: layout, members: ids, count: n)
+            vectorsKept = ids.count
+        }
+        // A shard's replicas per vector are over the vectors it holds.
+        return Manifest.Stats(records: records, mean_replicas: Double(records) / Double(max(vectorsKept, 1)),
                               cut_records: cutRecords, orphans_fixed: orphansFixed,
                               orphans_outside_nearest: meta["orphans_outside_nearest"], empty_postings: empty,
                               max_posting_records: maxRecords, posting_bytes: end)

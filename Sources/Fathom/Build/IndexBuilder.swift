@@ -85,6 +85,12 @@ public struct BuildOptions: Sendable, Equatable {
 /// `assign` (stream the input; RNG closure over the 64 nearest heads; bounded postings),
 /// `pack` (page-aligned postings + posting table), then atomic publish.
 ///
+/// The stages separate (docs/scale-out.md): ``train()`` runs only `train` and publishes a
+/// model directory (``ModelManifest``); a builder given that model (`model:`) replaces
+/// `train` by installing the model's files, and with a ``ShardSpec`` packs only the postings
+/// of its range of heads (a shard). A plain ``build()`` is `train` then assign and pack, and
+/// records the fingerprint of the model it trained, so it equals `train` + build with that model.
+///
 /// Each stage records its completion with the build fingerprint in the build directory
 /// (`OUTPUT.fathom-build`), so a killed build rerun with the same arguments resumes after
 /// its last finished stage.
@@ -108,14 +114,29 @@ public final class IndexBuilder {
     public let codecReason: String?
     /// The recall calibration of the head count (nil with a given head ratio or a tiny input).
     public let calibration: HeadCalibration?
+    /// The model this build assigns with (nil: it trains its own).
+    public let model: ModelManifest?
+    /// Where ``model`` lives.
+    public let modelPath: String?
+    /// The shard this build makes (nil: every posting).
+    public let shard: ShardSpec?
 
+    /// - Parameters:
+    ///   - model: a model directory (``train()``'s output): the build installs its heads,
+    ///     graph, codec, attributes and labels instead of training, and takes every parameter
+    ///     that decides an assignment from it (those of `options` are replaced; attributes,
+    ///     labels and training queries must not be given: they are the model's).
+    ///   - shard: with `model`, pack only the postings of this shard's heads (and the vectors
+    ///     they reference).
     public init(input: String, output: String, options given: BuildOptions = BuildOptions(),
+                model modelDirectory: String? = nil, shard: ShardSpec? = nil,
                 progress: ProgressReporter = .silent) throws {
         self.inputPath = input
         self.outputPath = output
         var options = given
         self.progress = progress
-        try Self.validate(options)
+        self.shard = shard
+        self.modelPath = modelDirectory
         self.header = try VectorFileHeader.inspect(path: input, format: nil)
         guard header.count > 0 else {
             throw FathomError(.malformedFile, "the input holds no vectors", path: input)
@@ -123,6 +144,27 @@ public final class IndexBuilder {
         guard header.count < Int(UInt32.max) else {
             throw FathomError(.invalidArgument, "\(header.count) vectors exceed the 2^32 − 1 ids of one index; split the input into shards", path: input)
         }
+        if let modelDirectory {
+            let m = try ModelManifest.load(directory: modelDirectory)
+            try Self.adopt(model: m, path: modelDirectory, into: &options, header: header, input: input)
+            if let shard {
+                guard shard.count <= m.heads else {
+                    throw FathomError(.invalidArgument, "\(shard.count) shards exceed the model's \(m.heads) heads (a shard holds at least one)", path: modelDirectory)
+                }
+            }
+            try Self.validate(options)
+            model = m
+            codec = PostingCodec(rawValue: m.codec) ?? .none
+            codecReason = nil
+            calibration = nil
+            self.options = options
+            return
+        }
+        guard shard == nil else {
+            throw FathomError(.invalidArgument, "a shard is built with a model: train one first (the model decides which heads each shard holds)")
+        }
+        model = nil
+        try Self.validate(options)
         // Refuse a plan that cannot fit before reading any vector (`.auto` plans as lvq8,
         // the larger of the codes it may pick).
         let stored: ElementType = options.metric == .cosine ? .float32 : header.elementType
@@ -245,6 +287,16 @@ public final class IndexBuilder {
 
     var storedType: ElementType { options.metric == .cosine ? .float32 : header.elementType }
 
+    /// Whether the index carries attributes (given, or the model's) and labels.
+    var withAttributes: Bool { options.attributes != nil || model?.attributes != nil }
+    var withLabels: Bool { options.labels != nil || model?.files.contains { $0.name == LabelsFile.name } == true }
+
+    /// The heads whose postings this build packs (all without a shard).
+    func packedHeads(_ H: Int) -> Range<Int> {
+        guard let shard else { return 0..<H }
+        return ShardInfo.headRange(index: shard.index, count: shard.count, heads: H)
+    }
+
     /// The postings' record codec: flat rows of ``storedType``, or LeanVec + LVQ over the
     /// codec.bin the train stage wrote to `layout`.
     func recordCodec(layout: IndexLayout) throws -> any RecordCodec {
@@ -258,8 +310,18 @@ public final class IndexBuilder {
     /// Plans every stage from n, d and the budget (``BuildPlanner``). Throws `memoryBudget`
     /// or `invalidArgument` with the numbers when an invariant cannot hold.
     public func plan() throws -> BuildPlan {
-        try BuildPlanner.plan(shape: BuildShape(count: header.count, dimension: header.dimension, inputType: header.elementType),
-                              codec: codec, storedType: storedType, options: options, calibration: calibration)
+        var plan = try BuildPlanner.plan(shape: BuildShape(count: header.count, dimension: header.dimension, inputType: header.elementType),
+                                         codec: codec, storedType: storedType, options: options, calibration: calibration)
+        if let m = model {
+            // The model's, not re-derived: the same cap and slack as every other shard.
+            plan.heads = m.heads
+            plan.headChoice = m.parameters.head_choice ?? "the model's \(m.heads) heads"
+            plan.postingPages = m.parameters.posting_pages
+            plan.postingCapacity = m.parameters.posting_capacity
+            plan.postingSlack = m.posting_slack
+            plan.sampleSize = m.parameters.sample_size
+        }
+        return plan
     }
 
     // MARK: fingerprint / resume
@@ -282,6 +344,7 @@ public final class IndexBuilder {
         o.packBucketBytes = nil
         o.stopAfterStage = nil
         let text = "\(f.size)|\(mtime)|\(crc)|\(header.count)x\(header.dimension)|\(o)|H=\(plan.heads)|S=\(plan.sampleSize)|cap=\(plan.postingCapacity)|pages=\(plan.postingPages)"
+            + "|model=\(model?.fingerprint ?? "-")|shard=\(shard.map { "\($0.index)/\($0.count)" } ?? "-")"
         return String(format: "%08x", crc32c(text, seed: 0)) + String(format: "%08x", crc32c(String(text.reversed()), seed: 0x5bd1e995))
     }
 
@@ -333,43 +396,16 @@ public final class IndexBuilder {
         }
         let fp = try fingerprint(plan: plan)
         let fm = FileManager.default
-        let lock = try lockBuild()
+        let lock = try openBuildDirectory(fingerprint: fp)
         defer { lock.release() }
-        try Publisher.cleanLeftovers(destination: outputPath)
-        // Resume only a build directory made with the same fingerprint.
-        let fpPath = buildDirectory + "/fingerprint"
-        if fm.fileExists(atPath: buildDirectory) {
-            let old = fm.contents(atPath: fpPath).map { String(decoding: $0, as: UTF8.self) }
-            if old != fp {
-                progress.note("build: discarding \(buildDirectory) (made with other input or parameters, or an old generation left by a crash)")
-                try removeTree(buildDirectory)
-                try fsyncDirectory(parentDirectory)
-            }
-        }
-        if !fm.fileExists(atPath: buildDirectory) {
-            do { try createDirectories(buildDirectory) }
-            catch { throw FathomError(.io, "cannot create the build directory; is the destination's parent writable?", path: buildDirectory, cause: error) }
-            let w = try SequentialFileWriter(path: fpPath, bufferBytes: 4096)
-            try w.write([UInt8](fp.utf8)); try w.finish()
-            try fsyncDirectory(buildDirectory)
-        }
         // Disk: the new index and every temporary must fit beside what is already there
         // (files a resumed build already wrote count as made).
         try BuildPlanner.checkDisk(plan: plan, directory: parentDirectory, reclaimable: directoryBytes(buildDirectory),
                                    oldIndex: fm.fileExists(atPath: outputPath) ? directoryBytes(outputPath) : 0)
 
         var seconds: [String: Double] = [:]
-        // train
-        if stageDone("train", fingerprint: fp) {
-            progress.note("train: already done (resumed)")
-            seconds["train"] = stageSeconds("train")
-        } else {
-            let t0 = Date()
-            try trainStage(plan: plan)
-            seconds["train"] = Date().timeIntervalSince(t0)
-            try markDone("train", fingerprint: fp, seconds: seconds["train"]!)
-            try stopIfAsked("train")
-        }
+        // train, or install the model
+        try runTrainStage(plan: plan, fingerprint: fp, seconds: &seconds)
         // assign
         let layout = IndexLayout(directory: buildDirectory)
         if stageDone("assign", fingerprint: fp) {
@@ -399,6 +435,49 @@ public final class IndexBuilder {
         // publish
         let manifest = try publish(plan: plan, stats: stats, seconds: seconds, fingerprint: fp)
         return manifest
+    }
+
+    /// Takes the build lock, removes leftovers of a crashed publish, and makes (or keeps, for a
+    /// resume with the same fingerprint) the build directory.
+    func openBuildDirectory(fingerprint fp: String) throws -> FileLock {
+        let fm = FileManager.default
+        let lock = try lockBuild()
+        do {
+            try Publisher.cleanLeftovers(destination: outputPath)
+            // Resume only a build directory made with the same fingerprint.
+            let fpPath = buildDirectory + "/fingerprint"
+            if fm.fileExists(atPath: buildDirectory) {
+                let old = fm.contents(atPath: fpPath).map { String(decoding: $0, as: UTF8.self) }
+                if old != fp {
+                    progress.note("build: discarding \(buildDirectory) (made with other input or parameters, or an old generation left by a crash)")
+                    try removeTree(buildDirectory)
+                    try fsyncDirectory(parentDirectory)
+                }
+            }
+            if !fm.fileExists(atPath: buildDirectory) {
+                do { try createDirectories(buildDirectory) }
+                catch { throw FathomError(.io, "cannot create the build directory; is the destination's parent writable?", path: buildDirectory, cause: error) }
+                let w = try SequentialFileWriter(path: fpPath, bufferBytes: 4096)
+                try w.write([UInt8](fp.utf8)); try w.finish()
+                try fsyncDirectory(buildDirectory)
+            }
+        } catch { lock.release(); throw error }
+        return lock
+    }
+
+    /// The first stage: `train` (sample, heads, graph, codec, attributes, labels), or with a
+    /// model, its files installed in the build directory; resumed when already done.
+    func runTrainStage(plan: BuildPlan, fingerprint fp: String, seconds: inout [String: Double]) throws {
+        if stageDone("train", fingerprint: fp) {
+            progress.note("train: already done (resumed)")
+            seconds["train"] = stageSeconds("train")
+            return
+        }
+        let t0 = Date()
+        if let model, let modelPath { try installModel(model, from: modelPath) } else { try trainStage(plan: plan) }
+        seconds["train"] = Date().timeIntervalSince(t0)
+        try markDone("train", fingerprint: fp, seconds: seconds["train"]!)
+        try stopIfAsked("train")
     }
 
     var lockPath: String { outputPath + ".fathom-build.lock" }
@@ -556,7 +635,7 @@ public final class IndexBuilder {
     // MARK: publish
 
     func attributeInfo() throws -> Manifest.AttributeInfo? {
-        guard options.attributes != nil else { return nil }
+        guard withAttributes else { return nil }
         let (t, q) = try AttributeStore.readAttributes(path: buildDirectory + "/" + AttributeStore.attrsFile)
         return Manifest.AttributeInfo(columns: t.schema.columns.map { "\($0.name):\($0.type.rawValue)" }, code_bytes: q.bytesPerVector)
     }
@@ -569,37 +648,53 @@ public final class IndexBuilder {
                                     explained_variance: c.projection.explainedVariance.isFinite ? Double(c.projection.explainedVariance) : nil)
     }
 
+    /// The manifest's parameters (the model's, for a build with a model).
+    func parameters(plan: BuildPlan, heads: Int) -> Manifest.Parameters {
+        if let model { return model.parameters }
+        return .init(head_ratio: Double(heads) / Double(plan.count), replicas: options.replicas,
+                     posting_pages: plan.postingPages, posting_capacity: plan.postingCapacity,
+                     graph_degree: options.graphDegree, candidate_heads: options.candidateHeads,
+                     rng_factor: Double(options.rngFactor), seed: options.seed, sample_size: plan.sampleSize,
+                     head_choice: plan.headChoice)
+    }
+
+    func inputInfo(fingerprint: String) -> Manifest.Input {
+        let absInput = URL(fileURLWithPath: inputPath).standardizedFileURL.path
+        let size = (try? FileManager.default.attributesOfItem(atPath: inputPath)[.size] as? UInt64) ?? 0
+        return .init(path: absInput, bytes: size, format: header.format.rawValue, fingerprint: fingerprint)
+    }
+
     func publish(plan: BuildPlan, stats: Manifest.Stats, seconds: [String: Double], fingerprint: String) throws -> Manifest {
         progress.note("publish: manifest, then exchange into \(outputPath)")
         CrashTestPause.point("publish.begin")
         let layout = IndexLayout(directory: buildDirectory)
         var files = [Manifest.FileEntry]()
         for name in IndexLayout.dataFiles + (codec == .none ? [] : [IndexLayout.codecFile])
-            + (options.attributes == nil ? [] : [AttributeStore.attrsFile, AttributeStore.summariesFile])
-            + (options.labels == nil ? [] : [LabelsFile.name]) {
+            + (withAttributes ? [AttributeStore.attrsFile, AttributeStore.summariesFile] : [])
+            + (withLabels ? [LabelsFile.name] : []) + (shard == nil ? [] : [ShardRows.fileName]) {
             let (bytes, crc) = try fileCRC32C(buildDirectory + "/" + name)
             files.append(.init(name: name, bytes: bytes, crc32c: String(format: "%08x", crc)))
         }
         let heads = try layout.headCount()
-        let absInput = URL(fileURLWithPath: inputPath).standardizedFileURL.path
-        let size = (try? FileManager.default.attributesOfItem(atPath: inputPath)[.size] as? UInt64) ?? 0
-        let manifest = try Manifest(
+        var manifest = try Manifest(
             metric: options.metric, element_type: storedType, dimension: plan.dimension, count: plan.count,
             heads: heads, record_bytes: plan.recordBytes,
-            parameters: .init(head_ratio: Double(heads) / Double(plan.count), replicas: options.replicas,
-                              posting_pages: plan.postingPages, posting_capacity: plan.postingCapacity,
-                              graph_degree: options.graphDegree, candidate_heads: options.candidateHeads,
-                              rng_factor: Double(options.rngFactor), seed: options.seed, sample_size: plan.sampleSize,
-                              head_choice: plan.headChoice),
+            parameters: parameters(plan: plan, heads: heads),
             stats: stats,
-            input: .init(path: absInput, bytes: size, format: header.format.rawValue, fingerprint: fingerprint),
+            input: inputInfo(fingerprint: fingerprint),
             build: .init(seconds: seconds, peak_rss_bytes: buildPeakRSS(), fathom_version: "0.1.0"),
             files: files,
             codec: codec.rawValue,
             reduced_dimension: codec == .none ? nil : plan.reducedDimension,
             router_dimension: codec == .none ? nil : plan.routerDimension,
             leanvec: try leanVecInfo(layout: layout),
-            attributes: try attributeInfo()).sealed()
+            attributes: try attributeInfo())
+        manifest.model_fingerprint = try model?.fingerprint ?? modelManifest(plan: plan, fingerprint: fingerprint).fingerprint
+        if let shard {
+            manifest.shard = ShardInfo(index: shard.index, count: shard.count, head_begin: packedHeads(heads).lowerBound,
+                                       head_end: packedHeads(heads).upperBound, vectors: try layout.readShardVectorCount())
+        }
+        manifest = try manifest.sealed()
         let mpath = buildDirectory + "/manifest.json"
         let w = try SequentialFileWriter(path: mpath, bufferBytes: 1 << 16)
         try w.write([UInt8](try manifest.sealedData()))

@@ -53,6 +53,8 @@ public enum IndexInfo {
                 "posting_histogram": Dictionary(uniqueKeysWithValues: zip(labels, hist)),
                 "tiers": tierText, "codec": m.codec ?? "none",
                 "posting_bytes_per_vector": recordVectorBytes, "float32_bytes_per_vector": fullBytes,
+                "model_fingerprint": m.model_fingerprint ?? NSNull(),
+                "shard": m.shard.map { ["index": $0.index, "count": $0.count, "head_begin": $0.head_begin, "head_end": $0.head_end, "vectors": $0.vectors] as [String: Any] } ?? NSNull(),
             ]
             let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
             let manifest = String(decoding: try m.encoded(), as: UTF8.self)
@@ -71,6 +73,10 @@ public enum IndexInfo {
         build:            seed \(m.parameters.seed), degree \(m.parameters.graph_degree), candidates \(m.parameters.candidate_heads), RNG factor \(m.parameters.rng_factor), sample \(m.parameters.sample_size); \(m.build.seconds.sorted { $0.key < $1.key }.map { "\($0.key) \(String(format: "%.1f", $0.value)) s" }.joined(separator: ", ")); peak RSS \(formatBytes(m.build.peak_rss_bytes))
         posting lengths:
         """
+        if let fp = m.model_fingerprint { s += "\nmodel:            fingerprint \(fp)" }
+        if let sh = m.shard {
+            s += "\nshard:            \(sh.index)/\(sh.count): postings of heads \(sh.head_begin)..<\(sh.head_end), \(sh.vectors) of the \(m.count) vectors (their rows in vectors.dat, rows.bin maps ids to them)"
+        }
         let maxCount = max(1, hist.max() ?? 1)
         for (l, c) in zip(labels, hist) {
             s += "\n  \(l.padding(toLength: 10, withPad: " ", startingAt: 0)) \(String(c).padding(toLength: 8, withPad: " ", startingAt: 0)) " + String(repeating: "#", count: c * 40 / maxCount)

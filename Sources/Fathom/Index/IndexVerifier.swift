@@ -65,8 +65,9 @@ public enum IndexVerifier {
         do {
             let vf = try RandomAccessFile(path: layout.vectorsPath)
             let vh = try vf.readHeader(magic: IndexLayout.vectorsMagic)
-            if vh.count != UInt64(m.count) || Int(vh.dimension) != m.dimension {
-                problems.append(Problem(file: layout.vectorsPath, offset: 16, message: "holds \(vh.count) × \(vh.dimension), manifest says \(m.count) × \(m.dimension)"))
+            let rowCount = m.shard?.vectors ?? m.count
+            if vh.count != UInt64(rowCount) || Int(vh.dimension) != m.dimension {
+                problems.append(Problem(file: layout.vectorsPath, offset: 16, message: "holds \(vh.count) × \(vh.dimension), manifest says \(rowCount) × \(m.dimension)"))
             }
             if Set(m.files.map(\.name)).contains(IndexLayout.vectorChecksumsFile) {
                 problems += try checkVectorPages(vf, layout: layout, progress: progress)
@@ -90,6 +91,12 @@ public enum IndexVerifier {
         if listed.contains(AttributeStore.summariesFile) {
             let path = directory + "/" + AttributeStore.summariesFile
             do { _ = try AttributeStore.readSummaries(path: path, heads: m.heads) } catch { add(error, path) }
+        }
+        // A shard: every id its postings hold must be one of its rows.
+        var shardRows: ShardRows? = nil
+        if let sh = m.shard {
+            let path = directory + "/" + ShardRows.fileName
+            do { shardRows = try ShardRows.read(path: path, count: m.count, members: sh.vectors) } catch { add(error, path) }
         }
         do {
             let pf = try RandomAccessFile(path: layout.postingsPath)
@@ -116,11 +123,14 @@ public enum IndexVerifier {
                     let id = Int(buf.loadUnaligned(fromByteOffset: r * m.record_bytes, as: UInt32.self))
                     if id >= m.count {
                         problems.append(Problem(file: layout.postingsPath, offset: e.offset + UInt64(r * m.record_bytes), message: "posting \(h) holds id \(id) ≥ \(m.count) vectors"))
+                    } else if let rows = shardRows, !rows.contains(UInt32(id)) {
+                        problems.append(Problem(file: layout.postingsPath, offset: e.offset + UInt64(r * m.record_bytes), message: "posting \(h) holds id \(id), which rows.bin does not mark: the shard has no vector for it"))
                     } else { covered[id] = true }
                 }
             }
             progress.end()
-            if let missing = covered.firstIndex(of: false) {
+            // A shard holds only its heads' postings: most vectors are in another shard's.
+            if m.shard == nil, let missing = covered.firstIndex(of: false) {
                 let count = covered.filter { !$0 }.count
                 problems.append(Problem(file: layout.postingsPath, offset: nil, message: "\(count) vectors are in no posting (first: \(missing))"))
             }

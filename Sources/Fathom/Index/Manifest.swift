@@ -89,6 +89,14 @@ public struct Manifest: Codable, Sendable, Equatable {
     public var leanvec: LeanVecInfo? = nil
     /// Filterable attributes (attrs.bin, summaries.bin), when built with attributes (`BuildOptions.attributes`).
     public var attributes: AttributeInfo? = nil
+    /// Fingerprint of the model the index was built with (``ModelManifest``: `fathom train`'s
+    /// output, or the model a plain build trains for itself); absent in indexes built before
+    /// models existed.
+    public var model_fingerprint: String? = nil
+    /// Set in a shard (`build --model M --shard i/N`): which heads' postings it holds. A
+    /// shard's `count` is the model's (ids are global); vectors.dat holds only the vectors its
+    /// postings reference, densely in id order, and rows.bin marks them (``ShardRows``).
+    public var shard: ShardInfo? = nil
     /// CRC32C of this manifest's own JSON encoding with this field absent (detects edits and
     /// corruption of the manifest itself).
     public var manifest_crc32c: String? = nil
@@ -143,6 +151,12 @@ public struct Manifest: Codable, Sendable, Equatable {
             guard record_bytes > 4, record_bytes <= 64 + 4 * dimension else { throw bad("record size \(record_bytes) of a \(codec ?? "") index is out of range") }
         }
         if let r = reduced_dimension, !(1...dimension).contains(r) { throw bad("reduced dimension \(r) is not between 1 and \(dimension)") }
+        if let s = shard {
+            guard s.count >= 1, s.index >= 0, s.index < s.count, s.head_begin >= 0, s.head_begin <= s.head_end, s.head_end <= heads,
+                  s.vectors >= 0, s.vectors <= count else {
+                throw bad("shard \(s.index)/\(s.count) with heads \(s.head_begin)..<\(s.head_end) and \(s.vectors) vectors does not fit \(heads) heads and \(count) vectors")
+            }
+        }
         if let h = router_dimension {
             guard let r = reduced_dimension, (1...r).contains(h) else {
                 throw bad("router dimension \(h) is not between 1 and the reduced dimension \(reduced_dimension.map(String.init) ?? "(none)")")
@@ -184,7 +198,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     }
 
     /// The files an open index reads whole into RAM.
-    static let residentFiles: Set<String> = ["heads.bin", "graph.bin", "postings.idx", "codec.bin", "attrs.bin", "summaries.bin", "labels.bin", "vectors.crc"]
+    static let residentFiles: Set<String> = ["heads.bin", "graph.bin", "postings.idx", "codec.bin", "attrs.bin", "summaries.bin", "labels.bin", "rows.bin", "vectors.crc"]
 
     /// Checks the checksum of the files an open index keeps in RAM (heads, graph, posting
     /// table, codec, attributes, summaries, labels, vector page checksums); postings and

@@ -45,6 +45,12 @@ protocol HeadRouter: AnyObject, Sendable {
 extension HeadRouter {
     /// The scratch type every form uses (`HeadRouter.Scratch` in the searcher).
     typealias Scratch = RouteScratch
+    /// A plain query's routing: how many heads it asks for (`probes`, at most the heads) and
+    /// the beam width of the graph search.
+    func routeWidth(_ p: SearchParameters) -> (probes: Int, list: Int) {
+        let probes = min(p.probes, count)
+        return (probes, max(p.headListSize ?? max(2 * probes, 64), probes))
+    }
     /// Number of heads (postings).
     var count: Int { graph.count }
     /// RAM of the graph topology.
@@ -272,5 +278,20 @@ final class RetiredHeadsRouter: HeadRouter, @unchecked Sendable {
 
     func grown(graph: HeadGraph, heads: Matrix, changed: [Int]) -> any HeadRouter {
         inner.grown(graph: graph, heads: heads, changed: changed)
+    }
+}
+
+/// Query-aware pruning of routed heads (nearest first): keeps those within `ratio` × the
+/// nearest non-zero distance, into `lists` (the plan of a plain query, in a single index and
+/// in a router alike).
+func routePrune(found: Int, ids: UnsafePointer<UInt32>, distances: UnsafePointer<Float>, ratio: Float, into lists: inout [UInt32]) {
+    lists.removeAll(keepingCapacity: true)
+    guard found > 0 else { return }
+    var ref = distances[0]
+    if ref <= 0 { for i in 1..<max(found, 1) where distances[i] > 0 { ref = distances[i]; break } }
+    let limit = ref > 0 ? ref * ratio : Float.infinity
+    for i in 0..<found {
+        if distances[i] > limit { break }
+        lists.append(ids[i])
     }
 }

@@ -19,6 +19,8 @@ enum QueryExecutor {
         var id: Int
         var vector: UnsafeBufferPointer<Float>
         var filter: PreparedFilter?
+        /// Postings to read instead of routing (a shard's part of a routed query).
+        var postings: [UInt32]? = nil
     }
 
     /// Answers the queries `next()` hands out (until it returns nil), up to `window` at a
@@ -70,7 +72,7 @@ enum QueryExecutor {
                         slots[slot] = q.id
                         active += 1
                         started(q.id)
-                        do { try searcher(slot).start(q.vector, k: k, parameters: p, filter: q.filter) } catch { end(slot, error); continue }
+                        do { try searcher(slot).start(q.vector, k: k, parameters: p, filter: q.filter, postings: q.postings) } catch { end(slot, error); continue }
                         drive(slot)
                     }
                 }

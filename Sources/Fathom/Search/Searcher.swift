@@ -50,6 +50,11 @@ public final class Searcher {
     var rerankIds: UnsafeMutablePointer<UInt32>
     var rerankDist: UnsafeMutablePointer<Float>
     var rerankCapacity = 0
+    /// Listed queries (a shard's part of a routed query): the re-ranked rows' exact distances
+    /// and how many rows were re-ranked, kept for ``finishCandidates()``.
+    var rerankExact: UnsafeMutablePointer<Float>
+    var rerankCount = 0
+    var keepRerank = false
     var outDist: UnsafeMutablePointer<Float>
     var outIds: UnsafeMutablePointer<UInt32>
     var seenKeys: [UInt32] = []
@@ -107,6 +112,7 @@ public final class Searcher {
         candidates = TopK(capacity: 100)
         rerankIds = .allocate(capacity: 1)
         rerankDist = .allocate(capacity: 1)
+        rerankExact = .allocate(capacity: 1)
         outDist = .allocate(capacity: 10)
         outIds = .allocate(capacity: 10)
     }
@@ -114,14 +120,16 @@ public final class Searcher {
     deinit {
         candIds.deallocate(); candDist.deallocate(); query.deallocate(); scores.deallocate()
         outDist.deallocate(); outIds.deallocate(); rerankIds.deallocate(); rerankDist.deallocate()
+        rerankExact.deallocate()
     }
 
     func ensureRerank(_ r: Int) {
         guard r > rerankCapacity else { return }
-        rerankIds.deallocate(); rerankDist.deallocate()
+        rerankIds.deallocate(); rerankDist.deallocate(); rerankExact.deallocate()
         rerankCapacity = r
         rerankIds = .allocate(capacity: r)
         rerankDist = .allocate(capacity: r)
+        rerankExact = .allocate(capacity: r)
     }
 
     func ensureRouteCapacity(_ list: Int) {
@@ -167,16 +175,45 @@ public final class Searcher {
 
     /// Validates and plans a query and stages its first phase (``staged``; possibly no
     /// requests, or ``step`` `.idle` when the plan needs no reads at all).
-    func start(_ q: UnsafeBufferPointer<Float>, k: Int, parameters p: SearchParameters, filter f: PreparedFilter?) throws {
+    /// With `postings`, the query reads exactly those postings (a shard's part of a query a
+    /// router planned: no routing here) and keeps its re-ranked candidates for
+    /// ``finishCandidates()``.
+    func start(_ q: UnsafeBufferPointer<Float>, k: Int, parameters p: SearchParameters, filter f: PreparedFilter?,
+               postings: [UInt32]? = nil) throws {
         step = .idle
         staged = UnsafeBufferPointer(start: nil, count: 0)
         submitted = 0; pending = 0; phaseError = nil
+        keepRerank = false; rerankCount = 0
         try prepare(q, k: k, parameters: p)
+        if let postings {
+            guard f == nil else { throw FathomError(.invalidArgument, "a search of named postings takes no filter") }
+            filter = nil
+            kind = .plain
+            keepRerank = true
+            try planListed(postings)
+            stagePostings()
+            return
+        }
         if let f { try startFiltered(parameters: p, filter: f); return }
         filter = nil
         kind = .plain
         routeAndPlan(parameters: p)
         stagePostings()
+    }
+
+    /// The plan of a listed query: the given postings, each checked to be a head of this index.
+    func planListed(_ postings: [UInt32]) throws {
+        lists.removeAll(keepingCapacity: true)
+        var records = 0
+        let H = context.headCount
+        for h in postings {
+            guard Int(h) < H else {
+                throw FathomError(.invalidArgument, "posting \(h) does not exist: the index has \(H) heads")
+            }
+            lists.append(h)
+            records += context.postingStore.count(of: Int(h))
+        }
+        resetSeen(expected: records)
     }
 
     /// Whether staged requests still wait for room on the engine.
@@ -239,7 +276,8 @@ public final class Searcher {
     func afterPostings() throws -> Bool {
         if !scorer.exact {
             ensureRerank(candidates.capacity)
-            stageVectors(candidates.drainSorted(distances: rerankDist, ids: rerankIds))
+            rerankCount = candidates.drainSorted(distances: rerankDist, ids: rerankIds)
+            stageVectors(rerankCount)
             return true
         }
         return try endRanking()
@@ -310,18 +348,11 @@ public final class Searcher {
     /// Route and plan of a plain query: the `probes` nearest heads, pruned to those within
     /// `maxDistRatio` × the nearest non-zero head distance, into `lists`; sizes the dedup set.
     func routeAndPlan(parameters p: SearchParameters) {
-        let probes = min(p.probes, context.headCount)
-        let found = route(count: probes, listSize: max(p.headListSize ?? max(2 * probes, 64), probes))
-        var ref = candDist[0]
-        if ref <= 0 { for i in 1..<max(found, 1) where candDist[i] > 0 { ref = candDist[i]; break } }
-        let limit = ref > 0 ? ref * p.maxDistRatio : Float.infinity
-        lists.removeAll(keepingCapacity: true)
+        let (probes, list) = context.router.routeWidth(p)
+        let found = route(count: probes, listSize: list)
+        routePrune(found: found, ids: candIds, distances: candDist, ratio: p.maxDistRatio, into: &lists)
         var records = 0
-        for i in 0..<found {
-            if candDist[i] > limit { break }
-            lists.append(candIds[i])
-            records += context.postingStore.count(of: Int(candIds[i]))
-        }
+        for h in lists { records += context.postingStore.count(of: Int(h)) }
         resetSeen(expected: records)
     }
 
@@ -444,7 +475,9 @@ public final class Searcher {
     /// Offers row `rerankIds[i]`'s exact distance to the heap.
     @inline(__always)
     func offerExact(_ i: Int, _ v: UnsafeRawPointer) {
-        heap.push(Distance.one(context.metric, context.vectorStore.elementType, query: query, vector: v, d: context.dimension), rerankIds[i])
+        let dist = Distance.one(context.metric, context.vectorStore.elementType, query: query, vector: v, d: context.dimension)
+        heap.push(dist, rerankIds[i])
+        if keepRerank { rerankExact[i] = dist }
     }
 
     /// Bytes of scratch this searcher holds (IO buffers, dedup table, heaps, routing state).
@@ -461,6 +494,23 @@ public final class Searcher {
         let labels = context.labels
         for i in 0..<r { out[i] = Neighbor(id: outIds[i], distance: cos ? 1 + outDist[i] : outDist[i], label: labels.label(of: outIds[i])) }
         return r
+    }
+
+    /// A listed query's answer: uncompressed postings, its k best (exact distances); compressed
+    /// ones, every re-ranked candidate with its code estimate and exact distance (a router
+    /// picks the query's re-rank set from all shards' estimates: ``ShardMerge``).
+    func finishCandidates() -> [ShardCandidate] {
+        let cos = context.metric == .cosine
+        let labels = context.labels
+        func shown(_ d: Float) -> Float { cos ? 1 + d : d }
+        if scorer.exact {
+            let r = heap.drainSorted(distances: outDist, ids: outIds)
+            return (0..<r).map { ShardCandidate(id: outIds[$0], label: labels.label(of: outIds[$0]), distance: shown(outDist[$0]), estimate: nil) }
+        }
+        heap.reset()
+        return (0..<rerankCount).map {
+            ShardCandidate(id: rerankIds[$0], label: labels.label(of: rerankIds[$0]), distance: shown(rerankExact[$0]), estimate: rerankDist[$0])
+        }
     }
 
     /// Doubles the dedup table, keeping its members (rare: only when a query meets more

@@ -223,9 +223,12 @@ public final class VectorIndex: @unchecked Sendable {
         let plainVectors = try RandomAccessFile(path: layout.vectorsPath)
         let vh = try plainVectors.readHeader(magic: IndexLayout.vectorsMagic)
         let vectorPlacement = IndexLayout.VectorPlacement(rowBytes: m.dimension * m.element_type.size)
-        guard vh.count == UInt64(m.count), Int(vh.dimension) == m.dimension, vh.payloadOffset == 4096,
-              vh.aux == UInt64(vectorPlacement.rowsPerPage), vh.payloadBytes == vectorPlacement.payloadBytes(count: m.count) else {
-            throw FathomError(.corruptIndex, "vectors.dat holds \(vh.count) × \(vh.dimension) (\(vh.aux) rows per page, \(vh.payloadBytes) bytes), manifest says \(m.count) × \(m.dimension)", path: layout.vectorsPath, offset: 16)
+        // A shard holds only its members' rows (rows.bin maps ids to them).
+        let shardRows = try m.shard.map { try ShardRows.read(path: path + "/" + ShardRows.fileName, count: m.count, members: $0.vectors) }
+        let rowCount = m.shard?.vectors ?? m.count
+        guard vh.count == UInt64(rowCount), Int(vh.dimension) == m.dimension, vh.payloadOffset == 4096,
+              vh.aux == UInt64(vectorPlacement.rowsPerPage), vh.payloadBytes == vectorPlacement.payloadBytes(count: rowCount) else {
+            throw FathomError(.corruptIndex, "vectors.dat holds \(vh.count) × \(vh.dimension) (\(vh.aux) rows per page, \(vh.payloadBytes) bytes), manifest says \(rowCount) × \(m.dimension)", path: layout.vectorsPath, offset: 16)
         }
         table = try layout.readPostingTable(postingsBytes: plain.size, recordBytes: m.record_bytes)
         guard table.count == m.heads else {
@@ -278,7 +281,7 @@ public final class VectorIndex: @unchecked Sendable {
         let pageChecksums = m.files.contains { $0.name == IndexLayout.vectorChecksumsFile }
             ? try layout.readVectorChecksums(payloadPages: IndexLayout.vectorPayloadPages(fileSize: plainVectors.size)) : nil
         vectorStore = DiskVectorStore(file: engine == nil ? vfile : plainVectors, path: layout.vectorsPath,
-                                      dimension: m.dimension, elementType: m.element_type, pageChecksums: pageChecksums)
+                                      dimension: m.dimension, elementType: m.element_type, pageChecksums: pageChecksums, rows: shardRows)
         context = makeContext()
     }
 

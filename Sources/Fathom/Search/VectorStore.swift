@@ -44,7 +44,9 @@ public protocol VectorReader: AnyObject {
 }
 
 /// vectors.dat on SSD through the thread's IO engine. With page checksums (vectors.crc),
-/// every page a read brings is checked against its CRC32C before its rows are used.
+/// every page a read brings is checked against its CRC32C before its rows are used. A shard's
+/// vectors.dat holds only its members, densely in id order: `rows` maps a global id to its
+/// row (``ShardRows``).
 public final class DiskVectorStore: VectorStore, @unchecked Sendable {
     // Invariant: immutable after init.
     public let elementType: ElementType
@@ -55,14 +57,21 @@ public final class DiskVectorStore: VectorStore, @unchecked Sendable {
     /// CRC32C of each 4 KiB payload page (page i starts at byte 4096 + 4096·i); nil for
     /// files without checksums (indexes built before vectors.crc, update files).
     let pageChecksums: [UInt32]?
+    let rows: ShardRows?
 
-    init(file: RandomAccessFile, path: String, dimension: Int, elementType: ElementType, pageChecksums: [UInt32]? = nil) {
+    init(file: RandomAccessFile, path: String, dimension: Int, elementType: ElementType,
+         pageChecksums: [UInt32]? = nil, rows: ShardRows? = nil) {
         self.file = file; self.path = path; self.dimension = dimension; self.elementType = elementType
-        self.pageChecksums = pageChecksums
+        self.pageChecksums = pageChecksums; self.rows = rows
         placement = IndexLayout.VectorPlacement(rowBytes: dimension * elementType.size)
     }
 
     public var checksumBytes: Int { (pageChecksums?.count ?? 0) * 4 }
+
+    /// Where vector `id`'s row starts in vectors.dat.
+    @inline(__always) func offset(of id: UInt32) -> UInt64 {
+        placement.offset(rows.map { $0.row(of: id) } ?? Int(id))
+    }
 
     public func makeReader() -> VectorReader { DiskVectorReader(store: self) }
 
@@ -106,10 +115,10 @@ final class DiskVectorReader: VectorReader {
         let rowBytes = UInt64(placement.rowBytes)
         order.removeAll(keepingCapacity: true)
         for i in 0..<n { order.append(Int32(i)) }
-        order.sort { ids[Int($0)] < ids[Int($1)] }   // row offsets grow with the id
+        order.sort { ids[Int($0)] < ids[Int($1)] }   // row offsets grow with the id (a shard's rows too)
         let fd = store.file.fd
         for i in order {
-            let off = placement.offset(Int(ids[Int(i)]))
+            let off = store.offset(of: ids[Int(i)])
             // Rows on the same page share a request; a gap would cost a whole extra page.
             plan.add(fd: fd, start: off & ~4095, end: (off + rowBytes + 4095) & ~4095, gap: 0, maxBytes: .max)
         }
@@ -122,10 +131,9 @@ final class DiskVectorReader: VectorReader {
         if case .failure(let e) = result { return e }
         let req = plan.requests[r]
         if verify, let e = store.checksumError(req) { return e }
-        let placement = store.placement
         for j in plan.items(of: r) {
             let i = Int(order[j])
-            let off = placement.offset(Int(staged[i]))
+            let off = store.offset(of: staged[i])
             try visit(i, UnsafeRawPointer(req.buffer) + Int(off - req.offset))
         }
         return nil

@@ -67,7 +67,10 @@ public final class MutableVectorIndex: @unchecked Sendable {
         path = directory
         self.writable = writable; self.io = io; self.serveMemory = serveMemory; self.policy = policy
         if writable {
-            _ = try Manifest.load(directory: directory)   // a clear error before creating a lock file
+            let m = try Manifest.load(directory: directory)   // a clear error before creating a lock file
+            if let sh = m.shard {
+                throw FathomError(.invalidArgument, "the index is shard \(sh.index)/\(sh.count) of a model: shards are read-only (rebuild the shards from the updated input)", path: directory)
+            }
             let (l, holder) = try FileLock.tryLock(Self.lockPath(directory))
             guard let l else {
                 throw FathomError(.io, "the index \(directory) is open for writing by another process (pid \(holder.map(String.init) ?? "unknown")); one writer at a time — its lock is \(Self.lockPath(directory))", path: directory)
