@@ -158,8 +158,7 @@ extension IndexBuilder {
         let full = IndexLayout.VectorPlacement(rowBytes: rowBytes)
         let source = try RowChunkReader(path: layout.vectorsPath, rowBytes: rowBytes, placement: full)
         let tmp = layout.directory + "/vectors-shard.tmp"
-        let w = try SequentialFileWriter(path: tmp)
-        try w.pad(to: 4096)
+        let w = try layout.createVectors(count: members.count, dimension: d, type: storedType, path: tmp)
         progress.begin("pack: shard \(shard.map(\.description) ?? "") keeps \(members.count) of \(n) vectors", total: UInt64(members.count))
         for (r, id) in members.enumerated() {
             let i = Int(id)

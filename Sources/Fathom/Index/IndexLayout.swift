@@ -127,8 +127,10 @@ struct IndexLayout {
         }
     }
 
-    func createVectors(count: Int, dimension: Int, type: ElementType) throws -> SequentialFileWriter {
-        let w = try SequentialFileWriter(path: vectorsPath, pageChecksumsFrom: 4096)
+    /// A writer of vectors.dat (or of `path`, renamed to it later) that keeps its page checksums
+    /// for ``finishVectors(_:count:dimension:type:)``.
+    func createVectors(count: Int, dimension: Int, type: ElementType, path: String? = nil) throws -> SequentialFileWriter {
+        let w = try SequentialFileWriter(path: path ?? vectorsPath, pageChecksumsFrom: 4096)
         try w.pad(to: 4096)
         return w
     }
