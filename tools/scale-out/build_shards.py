@@ -21,6 +21,7 @@ docs/scale-out.md, "Building shards with Ray".
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -31,8 +32,10 @@ DEFAULT_PUSH = "{fathom} push --index {index} --to {to} --endpoint {endpoint} --
 
 
 def fill(template, values):
-    """Splits the template like a shell line, then fills each word."""
-    return [word.format(**values) for word in shlex.split(template)]
+    """Splits the template like a shell line, then fills each word's {placeholders} (other
+    braces, e.g. a shell's { ...; }, are left alone)."""
+    sub = lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0)
+    return [re.sub(r"\{(\w+)\}", sub, word) for word in shlex.split(template)]
 
 
 def run_shard(spec):
@@ -110,6 +113,10 @@ def main(argv=None):
             spec["push"] = fill(args.push_command, dict(values, index=output, to=to, endpoint=args.endpoint))
         specs.append(spec)
 
+    if not args.address:
+        # A local instance of one node: keep every Ray port on loopback (Ray otherwise binds
+        # the machine's routable address; this switch is the one Ray reads for that).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray  # imported here so that --help works without Ray
 
     # The tasks see the driver's object-store credentials whichever node runs them.

@@ -38,7 +38,9 @@ setsid "$weed" mini -dir="$work/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.por
 pids+=($!)
 export AWS_ENDPOINT_URL="http://127.0.0.1:${p[6]}"
 
-# Ray head on loopback (--block keeps it in our process group, stopped by cleanup).
+# Ray head on loopback (--block keeps it in our process group, stopped by cleanup). Ray binds
+# the machine's routable address unless this switch says single-machine (then 127.0.0.1).
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 rport=$(port)
 setsid "$ray" start --head --block --node-ip-address=127.0.0.1 --port="$rport" --num-cpus=2 \
   --include-dashboard=false --disable-usage-stats --temp-dir="$work/ray" > "$work/ray.log" 2>&1 &
