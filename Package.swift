@@ -57,7 +57,8 @@ let package = Package(
                 dependencies: ["FathomCore", "FathomStorage",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                               .product(name: "NIOCore", package: "swift-nio")],
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "NIOHTTP1", package: "swift-nio")],
                 path: "Sources/FathomObjectStore"),
         // fathom serve: the index as an HTTP/JSON service; uses only Fathom's public API.
         .target(name: "FathomServer",

@@ -9,10 +9,8 @@ struct ObjectStoreOptions: ParsableArguments {
     var endpoint: String?
     @Option(help: ArgumentHelp("Local cache directory for s3:// indexes (downloaded, verified, reused while their checksums match): CACHE/BUCKET/PREFIX.", valueName: "dir"))
     var cache: String?
-    @Option(name: .customLong("part-size"), help: "Files larger than this are uploaded in parts of this size (5MiB to 5GiB).")
-    var partSize: ByteSize = ByteSize(bytes: 64 << 20)
 
-    func client() throws -> S3Client {
+    func client(partSize: ByteSize = ByteSize(bytes: 64 << 20)) throws -> S3Client {
         guard let url = endpoint ?? ProcessInfo.processInfo.environment["AWS_ENDPOINT_URL"].flatMap({ $0.isEmpty ? nil : $0 }) else {
             throw FathomError(.invalidArgument, "no object-store endpoint: give --endpoint URL (or set AWS_ENDPOINT_URL)")
         }
@@ -64,13 +62,15 @@ struct PushCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Index directory (from `fathom build`).", valueName: "dir")) var index: String
     @Option(help: ArgumentHelp("Destination, s3://BUCKET/PREFIX.", valueName: "s3-url")) var to: String
     @OptionGroup var store: ObjectStoreOptions
+    @Option(name: .customLong("part-size"), help: "Files larger than this are uploaded in parts of this size (5MiB to 5GiB).")
+    var partSize: ByteSize = ByteSize(bytes: 64 << 20)
     @Flag(help: "Do not print progress on stderr.") var quiet = false
     @Flag(help: "Print the result as JSON on stdout.") var json = false
 
     func run() async throws {
         try await runReportingErrorsAsync {
             let location = try S3Location(to)
-            let r = try await IndexTransfer.push(directory: index, to: location, client: try store.client(),
+            let r = try await IndexTransfer.push(directory: index, to: location, client: try store.client(partSize: partSize),
                                                  progress: ProgressReporter(enabled: !quiet))
             if json {
                 let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]

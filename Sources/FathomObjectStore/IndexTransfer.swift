@@ -197,7 +197,7 @@ public enum IndexTransfer {
         var fetch = [ManifestFileList.File]()
         for f in manifest.files {
             let cached = destination + "/" + f.name
-            if let (size, crc) = try? fileCRC32C(cached), size == f.bytes, hex32(crc) == f.crc32c {
+            if let c = try? fileCRC32C(cached), c.bytes == f.bytes, hex32(c.crc) == f.crc32c {
                 guard link(cached, staging + "/" + f.name) == 0 else {
                     throw FathomError.system("link into \(staging)", path: cached, errno: errno)
                 }

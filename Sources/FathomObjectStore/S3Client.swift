@@ -4,6 +4,7 @@ import FathomCore
 import FathomStorage
 import Foundation
 import NIOCore
+import NIOHTTP1
 
 /// Where an index lives in a store: `s3://BUCKET/PREFIX` (objects `PREFIX/NAME`).
 ///

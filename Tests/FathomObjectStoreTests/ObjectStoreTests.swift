@@ -112,12 +112,11 @@ func corruptObject(_ client: S3Client, bucket: String, key: String) async throws
         h[h.count - 1] ^= 0x01
         try Data(h).write(to: URL(fileURLWithPath: damaged + "/heads.bin"))
         let other = try S3Location("s3://\(bucket)/indexes/damaged")
-        await #expect {
+        let pushError = await #expect(throws: FathomError.self) {
             _ = try await IndexTransfer.push(directory: damaged, to: other, client: client)
-        } throws: { e in
-            let e = e as! FathomError
-            return e.code == .corruptIndex && e.path == damaged + "/heads.bin" && e.message.contains("differs from")
         }
+        #expect(pushError?.code == .corruptIndex && pushError?.path == damaged + "/heads.bin" && pushError?.message.contains("differs from") == true,
+                "\(String(describing: pushError))")
         #expect(try await client.headObject(bucket: bucket, key: other.key("manifest.json")) == nil)
         #expect(try await client.headObject(bucket: bucket, key: other.key("heads.bin")) == nil)
 
@@ -128,13 +127,12 @@ func corruptObject(_ client: S3Client, bucket: String, key: String) async throws
         let expected = try ManifestFileList(data: bytes(index + "/manifest.json"), source: "test").files.first { $0.name == "postings.dat" }!.crc32c
         let actual = String(format: "%08x", bad.withUnsafeBytes { crc32c($0.baseAddress!, $0.count, 0) })
         let cache2 = work.file("cache2")
-        await #expect {
+        let pullError = await #expect(throws: FathomError.self) {
             _ = try await IndexTransfer.pull(from: location, client: client, cache: cache2)
-        } throws: { e in
-            let e = e as! FathomError
-            return e.code == .corruptIndex && e.message.contains("s3://\(bucket)/\(key)") && e.message.contains(expected) && e.message.contains(actual)
-                && e.message.contains("push the index again")
         }
+        let m = pullError?.message ?? ""
+        #expect(pullError?.code == .corruptIndex && m.contains("s3://\(bucket)/\(key)") && m.contains(expected) && m.contains(actual)
+                && m.contains("push the index again"), "\(String(describing: pullError))")
         #expect(!FileManager.default.fileExists(atPath: IndexTransfer.cacheDirectory(cache: cache2, location: location)))
         #expect(!FileManager.default.fileExists(atPath: IndexTransfer.cacheDirectory(cache: cache2, location: location) + ".fathom-pull"))
         // The first cache still holds the good copy, which verifies: nothing is read from the store.
@@ -144,11 +142,10 @@ func corruptObject(_ client: S3Client, bucket: String, key: String) async throws
 
         // A damaged manifest in the store is refused by its self-checksum.
         _ = try await corruptObject(client, bucket: bucket, key: location.key("manifest.json"))
-        await #expect {
+        let manifestError = await #expect(throws: FathomError.self) {
             _ = try await IndexTransfer.pull(from: location, client: client, cache: work.file("cache3"))
-        } throws: { e in
-            (e as? FathomError)?.code == .corruptIndex
         }
+        #expect(manifestError?.code == .corruptIndex && manifestError?.message.contains("manifest") == true, "\(String(describing: manifestError))")
     }
 
     /// Multipart upload (5 MiB parts, a short last part), streamed download, listing, and the
@@ -189,17 +186,14 @@ func corruptObject(_ client: S3Client, bucket: String, key: String) async throws
         #expect(listed.map(\.key) == ["blobs/big.bin"])
 
         let wrong = try server.client(secret: "not-the-secret")
-        await #expect {
+        let authError = await #expect(throws: FathomError.self) {
             _ = try await wrong.listObjects(bucket: bucket, prefix: "blobs/")
-        } throws: { e in
-            let e = e as! FathomError
-            return e.message.contains("403") && e.message.contains("AWS_SECRET_ACCESS_KEY")
         }
-        await #expect {
+        #expect(authError?.message.contains("403") == true && authError?.message.contains("AWS_SECRET_ACCESS_KEY") == true, "\(String(describing: authError))")
+        let missing = await #expect(throws: FathomError.self) {
             _ = try await client.downloadFile(bucket: bucket, key: "blobs/none", to: work.file("none"))
-        } throws: { e in
-            (e as? FathomError)?.code == .fileNotFound
         }
+        #expect(missing?.code == .fileNotFound, "\(String(describing: missing))")
     }
 }
 
