@@ -271,7 +271,7 @@ public final class S3Client: Sendable {
         if file.size <= UInt64(partSize) {
             let d = try Self.digest(file, at: 0, count: file.size, crc: 0)
             try check?(d.crc)
-            try await putPart(file: file, at: 0, count: file.size, digest: d, what: Self.what(.PUT, bucket, key), progress: progress) { hash, extra in
+            _ = try await putPart(file: file, at: 0, count: file.size, digest: d, what: Self.what(.PUT, bucket, key), progress: progress) { hash, extra in
                 signedRequest(method: .PUT, bucket: bucket, key: key, headers: extra + meta, payloadHash: hash)
             }
             return
@@ -457,7 +457,7 @@ struct FileChunks: AsyncSequence, Sendable {
         var off: UInt64 = 0
         mutating func next() async throws -> ByteBuffer? {
             guard off < chunks.count else { return nil }
-            let k = Int(min(UInt64(1 << 20), chunks.count - off))
+            let k = Int(Swift.min(UInt64(1 << 20), chunks.count - off))
             var buf = ByteBufferAllocator().buffer(capacity: k)
             let at = chunks.start + off
             let file = chunks.file

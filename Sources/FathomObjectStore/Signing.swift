@@ -47,15 +47,17 @@ public enum SigV4 {
     public static func uriEncode(_ s: String, keepSlash: Bool) -> String {
         var out = ""
         out.reserveCapacity(s.utf8.count)
+        let hexDigits: [Character] = Array("0123456789ABCDEF")
         for b in s.utf8 {
+            let unreserved: Bool
             switch b {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-                 UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "~"):
+            case 0x41...0x5A, 0x61...0x7A, 0x30...0x39, 0x2D, 0x5F, 0x2E, 0x7E: unreserved = true   // A-Z a-z 0-9 - _ . ~
+            default: unreserved = false
+            }
+            if unreserved || (keepSlash && b == 0x2F) {
                 out.unicodeScalars.append(UnicodeScalar(b))
-            case UInt8(ascii: "/") where keepSlash:
-                out.append("/")
-            default:
-                out += String(format: "%%%02X", b)
+            } else {
+                out.append("%"); out.append(hexDigits[Int(b >> 4)]); out.append(hexDigits[Int(b & 15)])
             }
         }
         return out
@@ -63,9 +65,12 @@ public enum SigV4 {
 
     /// The canonical query string: pairs sorted by encoded name, both parts encoded.
     public static func canonicalQuery(_ query: [(String, String)]) -> String {
-        query.map { (uriEncode($0.0, keepSlash: false), uriEncode($0.1, keepSlash: false)) }
-            .sorted { $0.0 == $1.0 ? $0.1 < $1.1 : $0.0 < $1.0 }
-            .map { "\($0.0)=\($0.1)" }.joined(separator: "&")
+        var pairs: [(name: String, value: String)] = []
+        for (n, v) in query { pairs.append((uriEncode(n, keepSlash: false), uriEncode(v, keepSlash: false))) }
+        pairs.sort { (a, b) -> Bool in a.name == b.name ? a.value < b.value : a.name < b.name }
+        var parts: [String] = []
+        for p in pairs { parts.append(p.name + "=" + p.value) }
+        return parts.joined(separator: "&")
     }
 
     /// `YYYYMMDD'T'HHMMSS'Z'` in UTC.

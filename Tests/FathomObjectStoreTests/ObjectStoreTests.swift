@@ -203,3 +203,74 @@ final class ByteTally: @unchecked Sendable {
     func add(_ k: UInt64) { lock.lock(); n += k; lock.unlock() }
     var total: UInt64 { lock.lock(); defer { lock.unlock() }; return n }
 }
+
+/// The `fathom` executable built next to the test bundle.
+func fathomExecutable() -> URL {
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("fathom").path) && dir.path != "/" {
+        dir = dir.deletingLastPathComponent()
+    }
+    return dir.appendingPathComponent("fathom")
+}
+
+/// Runs `fathom ARGS` with the store's credentials; returns its status, stdout and stderr.
+func fathom(_ args: [String], server: S3TestServer) throws -> (status: Int32, out: String, err: String) {
+    let p = Process()
+    p.executableURL = fathomExecutable()
+    p.arguments = args
+    var env = ProcessInfo.processInfo.environment
+    env["AWS_ACCESS_KEY_ID"] = server.credentials.accessKeyId
+    env["AWS_SECRET_ACCESS_KEY"] = server.credentials.secretAccessKey
+    env["AWS_REGION"] = server.credentials.region
+    env["AWS_ENDPOINT_URL"] = server.endpoint
+    p.environment = env
+    let dir = TempDir("fathom-cli-out")
+    FileManager.default.createFile(atPath: dir.file("out"), contents: nil)
+    FileManager.default.createFile(atPath: dir.file("err"), contents: nil)
+    p.standardOutput = FileHandle(forWritingAtPath: dir.file("out"))!
+    p.standardError = FileHandle(forWritingAtPath: dir.file("err"))!
+    try p.run()
+    p.waitUntilExit()
+    return (p.terminationStatus, (try? String(contentsOfFile: dir.file("out"), encoding: .utf8)) ?? "",
+            (try? String(contentsOfFile: dir.file("err"), encoding: .utf8)) ?? "")
+}
+
+@Suite(.serialized) struct ObjectStoreCLITests {
+    /// `fathom push`, `fathom search --index s3://… --cache`, `fathom pull` against the real
+    /// server: the search of the pulled index writes the same results as the local one, and a
+    /// damaged object makes `fathom pull` exit 8 naming it.
+    @Test func pushSearchPullCommands() async throws {
+        let bucket = "fathom-cli"
+        let server = try await S3TestServer(bucket: bucket)
+        defer { server.stop() }
+        let work = TempDir("fathom-s3-cli")
+        let (index, _) = try buildSmallIndex(work)
+        let url = "s3://\(bucket)/cli/idx"
+
+        let push = try fathom(["push", "--index", index, "--to", url, "--json", "--quiet"], server: server)
+        #expect(push.status == 0, "\(push.err)")
+        #expect(push.out.contains("\"manifest.json\"]"), "manifest last: \(push.out)")
+
+        let local = try fathom(["search", "--index", index, "--queries", work.file("query.fbin"), "--probes", "8", "--threads", "1",
+                                "--output", work.file("local.ibin"), "--quiet", "--json"], server: server)
+        #expect(local.status == 0, "\(local.err)")
+        let remote = try fathom(["search", "--index", url, "--cache", work.file("cache"), "--queries", work.file("query.fbin"), "--probes", "8",
+                                 "--threads", "1", "--output", work.file("remote.ibin"), "--json"], server: server)
+        #expect(remote.status == 0, "\(remote.err)")
+        #expect(remote.err.contains("pull: \(url)"), "\(remote.err)")
+        #expect(bytes(work.file("remote.ibin")) == bytes(work.file("local.ibin")) && !bytes(work.file("local.ibin")).isEmpty)
+
+        let pull = try fathom(["pull", "--from", url, "--cache", work.file("cache")], server: server)
+        #expect(pull.status == 0 && pull.out == work.file("cache") + "/\(bucket)/cli/idx\n", "\(pull.out) \(pull.err)")
+        #expect(pull.err.contains("cache up to date"), "\(pull.err)")
+
+        let client = try server.client()
+        _ = try await corruptObject(client, bucket: bucket, key: "cli/idx/graph.bin")
+        let bad = try fathom(["pull", "--from", url, "--cache", work.file("cache2"), "--quiet"], server: server)
+        #expect(bad.status == 8, "\(bad.err)")
+        #expect(bad.err.contains("s3://\(bucket)/cli/idx/graph.bin") && bad.err.contains("push the index again"), "\(bad.err)")
+
+        let noCache = try fathom(["search", "--index", url, "--queries", work.file("query.fbin")], server: server)
+        #expect(noCache.status == 2 && noCache.err.contains("--cache"), "\(noCache.err)")
+    }
+}
