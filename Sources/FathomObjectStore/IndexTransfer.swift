@@ -187,7 +187,11 @@ public enum IndexTransfer {
 
         let manifestKey = location.key("manifest.json")
         let source = "s3://\(location.bucket)/\(manifestKey)"
-        let (_, manifestBytes) = try await client.getObject(bucket: location.bucket, key: manifestKey)
+        let manifestBytes: [UInt8]
+        do { manifestBytes = try await client.getObject(bucket: location.bucket, key: manifestKey).data }
+        catch let e as FathomError where e.code == .fileNotFound {
+            throw FathomError(.fileNotFound, "no index at \(location): there is no manifest.json under the prefix (never pushed, or its push did not finish: the manifest goes last) — check the location, or push the index", cause: e)
+        }
         let manifest = try ManifestFileList(data: manifestBytes, source: source)
 
         let staging = destination + ".fathom-pull"
@@ -207,7 +211,7 @@ public enum IndexTransfer {
             }
         }
         let total = fetch.reduce(UInt64(0)) { $0 + $1.bytes }
-        progress.begin("pull \(location)", total: total)
+        if !fetch.isEmpty { progress.begin("pull \(location)", total: total) }
         for f in fetch {
             let key = location.key(f.name)
             let tmp = staging + "/" + f.name + ".part"
@@ -222,7 +226,7 @@ public enum IndexTransfer {
             try renamePath(tmp, staging + "/" + f.name)
             downloaded.append(f.name)
         }
-        progress.end("\(downloaded.count) downloaded, \(reused.count) reused")
+        if !fetch.isEmpty { progress.end("\(downloaded.count) downloaded, \(reused.count) reused") }
         let cachedManifest = FileManager.default.contents(atPath: destination + "/manifest.json").map { [UInt8]($0) }
         if fetch.isEmpty, cachedManifest == manifestBytes {
             try removeTree(staging)

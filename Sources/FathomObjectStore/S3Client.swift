@@ -158,7 +158,7 @@ public final class S3Client: Sendable {
                     try await Task.sleep(nanoseconds: UInt64(200_000_000) << (attempt - 1))
                     continue
                 }
-                throw FathomError(.io, "\(what) at \(endpoint.absoluteString) failed after \(attempt) tries: \(error); check that the endpoint is right and the store is up", cause: error)
+                throw FathomError(.io, "\(what) at \(endpoint.absoluteString) failed after \(attempt) tries; check that the endpoint is right and the store is up", cause: error)
             }
         }
     }
@@ -372,7 +372,7 @@ public final class S3Client: Sendable {
             } catch {
                 if attempt == 1 { sent = counter.value }
                 if attempt < maxAttempts { try await Task.sleep(nanoseconds: UInt64(200_000_000) << (attempt - 1)); continue }
-                throw FathomError(.io, "\(what) at \(endpoint.absoluteString) failed after \(attempt) tries: \(error); check that the endpoint is right and the store is up", path: file.path, cause: error)
+                throw FathomError(.io, "\(what) at \(endpoint.absoluteString) failed after \(attempt) tries; check that the endpoint is right and the store is up", path: file.path, cause: error)
             }
         }
     }
@@ -420,7 +420,7 @@ public final class S3Client: Sendable {
                 throw e
             } catch {
                 if attempt < maxAttempts { try await Task.sleep(nanoseconds: UInt64(200_000_000) << (attempt - 1)); continue }
-                throw FathomError(.io, "\(what) at \(endpoint.absoluteString) failed after \(attempt) tries: \(error); check that the endpoint is right and the store is up", path: path, cause: error)
+                throw FathomError(.io, "\(what) at \(endpoint.absoluteString) failed after \(attempt) tries; check that the endpoint is right and the store is up", path: path, cause: error)
             }
         }
     }
