@@ -117,6 +117,11 @@ def main(argv=None):
         # A local instance of one node: keep every Ray port on loopback (Ray otherwise binds
         # the machine's routable address; this switch is the one Ray reads for that).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # stdout is for the result only: Ray prints task-failure notes on the driver's stdout, so
+    # while Ray runs, file descriptor 1 points at stderr.
+    sys.stdout.flush()
+    result_fd = os.dup(1)
+    os.dup2(2, 1)
     import ray  # imported here so that --help works without Ray
 
     # The tasks see the driver's object-store credentials whichever node runs them.
@@ -145,8 +150,10 @@ def main(argv=None):
             sys.stderr.write("build_shards: shard %d FAILED after %d tries\n" % (spec["i"], args.max_retries + 1))
     ray.shutdown()
     results.sort(key=lambda r: r["shard"])
-    print(json.dumps({"shards": args.shards, "built": results, "failed": failures,
-                      "seconds": round(time.time() - started, 3)}, indent=None, sort_keys=True))
+    sys.stdout.flush()
+    with os.fdopen(result_fd, "w") as out:
+        out.write(json.dumps({"shards": args.shards, "built": results, "failed": failures,
+                              "seconds": round(time.time() - started, 3)}, sort_keys=True) + "\n")
     return 0 if not failures else 1
 
 

@@ -19,8 +19,13 @@ weed=${FATHOM_WEED:-$(command -v weed || echo "$(python3 -c 'import sysconfig; p
 work=$(mktemp -d /tmp/fathom-scale-out-smoke.XXXXXX)
 pids=()
 cleanup() {
+  # Our process groups only: TERM, then KILL what is left after 15 s (a busy `ray start
+  # --block` may not act on TERM).
   for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do while kill -0 -- "-$p" 2>/dev/null; do sleep 0.2; done; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 75); do kill -0 -- "-$p" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$p" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -41,11 +46,14 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:${p[6]}"
 # Ray head on loopback (--block keeps it in our process group, stopped by cleanup). Ray binds
 # the machine's routable address unless this switch says single-machine (then 127.0.0.1).
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+# Ray 2.60's `ray start` turns token authentication on (token in ~/.ray/auth_token); its
+# clients (ray status, the driver) must say so to send it.
+export RAY_AUTH_MODE=token
 rport=$(port)
 setsid "$ray" start --head --block --node-ip-address=127.0.0.1 --port="$rport" --num-cpus=2 \
   --include-dashboard=false --disable-usage-stats --temp-dir="$work/ray" > "$work/ray.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 120); do "$ray" status --address "127.0.0.1:$rport" >/dev/null 2>&1 && break; sleep 1; done
+for _ in $(seq 60); do "$ray" status --address "127.0.0.1:$rport" >/dev/null 2>&1 && break; sleep 1; done
 "$ray" status --address "127.0.0.1:$rport" >/dev/null || { cat "$work/ray.log" >&2; exit 1; }
 
 "$fathom" gen --n 3000 --dim 16 --out "$work/base.fbin" --seed 3 2>/dev/null
@@ -53,9 +61,10 @@ for _ in $(seq 120); do "$ray" status --address "127.0.0.1:$rport" >/dev/null 2>
 for _ in $(seq 120); do "$fathom" pull --from s3://shards/none --cache "$work/probe" --quiet 2>&1 | grep -q NoSuchKey && break; sleep 0.5; done
 
 # Shard 1's first try fails; Ray retries it.
-FAIL_ONCE_SHARD=1 RAY_ADDRESS="127.0.0.1:$rport" "$py" "$here/build_shards.py" --fathom "$fathom" --input "$work/base.fbin" \
+# (The variable is set in the command: Ray workers do not inherit the driver's environment.)
+RAY_ADDRESS="127.0.0.1:$rport" "$py" "$here/build_shards.py" --fathom "$fathom" --input "$work/base.fbin" \
   --shards 3 --output-dir "$work/out" --upload s3://shards/smoke --max-retries 2 \
-  --build-command "$here/standin_shard.sh {fathom} {input} {output} {i} {n}" > "$work/result.json"
+  --build-command "env FAIL_ONCE_SHARD=1 $here/standin_shard.sh {fathom} {input} {output} {i} {n}" > "$work/result.json"
 cat "$work/result.json"
 python3 - "$work/result.json" <<'EOF'
 import json, sys
