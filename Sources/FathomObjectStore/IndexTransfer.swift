@@ -221,7 +221,7 @@ public enum IndexTransfer {
                 try? removeTree(staging)
                 let what = size != f.bytes ? "is \(size) bytes, the manifest says \(f.bytes) (CRC32C \(hex32(crc)), expected \(f.crc32c))"
                                            : "has CRC32C \(hex32(crc)), the manifest says \(f.crc32c)"
-                throw FathomError(.corruptIndex, "object s3://\(location.bucket)/\(key) \(what)\(info.metadata[checksumMetadata].map { " (stored with \($0))" } ?? ""): the copy in the store is damaged or was replaced; the cached index was not changed — push the index again from a good copy (fathom push) and pull again", path: destination + "/" + f.name)
+                throw FathomError(.corruptIndex, "object s3://\(location.bucket)/\(key) \(what)\(info.metadata[checksumMetadata].map { " (stored with \($0))" } ?? ""): the copy in the store is damaged or was replaced; the cached index was not changed — push the index again from a good copy and pull again", path: destination + "/" + f.name)
             }
             try renamePath(tmp, staging + "/" + f.name)
             downloaded.append(f.name)

@@ -77,6 +77,8 @@ public final class S3Client: Sendable {
     public let requestTimeout: TimeAmount
     private let http: HTTPClient
     private let hostHeader: String
+    /// `scheme://host[:port]`, without the endpoint's path (requests add it).
+    private let origin: String
     private let basePath: String
 
     /// A client of `endpoint` (`http://` or `https://HOST[:PORT]`, path-style addressing).
@@ -93,7 +95,9 @@ public final class S3Client: Sendable {
         self.maxAttempts = max(1, maxAttempts)
         self.requestTimeout = requestTimeout
         let defaultPort = scheme == "https" ? 443 : 80
-        hostHeader = (u.port.map { $0 == defaultPort ? host : "\(host):\($0)" } ?? host)
+        let h = host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host   // an IPv6 literal
+        hostHeader = (u.port.map { $0 == defaultPort ? h : "\(h):\($0)" } ?? h)
+        origin = "\(scheme)://" + h + (u.port.map { ":\($0)" } ?? "")
         let p = u.path.hasSuffix("/") ? String(u.path.dropLast()) : u.path
         basePath = p
         http = HTTPClient.shared
@@ -117,8 +121,7 @@ public final class S3Client: Sendable {
                        headers extra: [(String, String)] = [], payloadHash: String) -> HTTPClientRequest {
         let canonicalURI = path(bucket: bucket, key: key)
         let q = SigV4.canonicalQuery(query)
-        var req = HTTPClientRequest(url: endpoint.absoluteString.split(separator: "/", maxSplits: 2, omittingEmptySubsequences: false).prefix(3).joined(separator: "/")
-                                    + canonicalURI + (q.isEmpty ? "" : "?" + q))
+        var req = HTTPClientRequest(url: origin + canonicalURI + (q.isEmpty ? "" : "?" + q))
         req.method = method
         let date = SigV4.amzDate(Date())
         var h: [(String, String)] = [("host", hostHeader), ("x-amz-date", date), ("x-amz-content-sha256", payloadHash)]
@@ -349,13 +352,13 @@ public final class S3Client: Sendable {
                  progress: (@Sendable (UInt64) -> Void)?,
                  _ request: (String, [(String, String)]) -> HTTPClientRequest) async throws -> Response {
         let extra = [("content-md5", d.md5), ("content-length", String(count))]
-        var sent: UInt64 = 0
+        let firstTry = ByteCounter()   // what the first try reported; a later success reports the rest
         var attempt = 0
         while true {
             attempt += 1
             var req = request(d.sha256, extra)
-            let counter = ByteCounter()
-            req.body = .stream(FileChunks(file: file, start: at, count: count, counter: counter, progress: attempt == 1 ? progress : nil),
+            req.body = .stream(FileChunks(file: file, start: at, count: count, counter: attempt == 1 ? firstTry : ByteCounter(),
+                                          progress: attempt == 1 ? progress : nil),
                                length: .known(Int64(count)))
             do {
                 let r = try await http.execute(req, timeout: requestTimeout)
@@ -365,12 +368,11 @@ public final class S3Client: Sendable {
                     try await Task.sleep(nanoseconds: UInt64(200_000_000) << (attempt - 1)); continue
                 }
                 guard (200..<300).contains(resp.status) else { throw failure(what, resp) }
-                if attempt > 1, let progress { progress(count - sent) }
+                if attempt > 1, let progress { progress(count - Swift.min(count, firstTry.value)) }
                 return resp
             } catch let e as FathomError {
                 throw e
             } catch {
-                if attempt == 1 { sent = counter.value }
                 if attempt < maxAttempts { try await Task.sleep(nanoseconds: UInt64(200_000_000) << (attempt - 1)); continue }
                 throw FathomError(.io, "\(what) at \(endpoint.absoluteString) failed after \(attempt) tries; check that the endpoint is right and the store is up", path: file.path, cause: error)
             }

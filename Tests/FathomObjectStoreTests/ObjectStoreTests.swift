@@ -225,8 +225,8 @@ func fathom(_ args: [String], server: S3TestServer) throws -> (status: Int32, ou
     env["AWS_ENDPOINT_URL"] = server.endpoint
     p.environment = env
     let dir = TempDir("fathom-cli-out")
-    FileManager.default.createFile(atPath: dir.file("out"), contents: nil)
-    FileManager.default.createFile(atPath: dir.file("err"), contents: nil)
+    _ = FileManager.default.createFile(atPath: dir.file("out"), contents: nil)
+    _ = FileManager.default.createFile(atPath: dir.file("err"), contents: nil)
     p.standardOutput = FileHandle(forWritingAtPath: dir.file("out"))!
     p.standardError = FileHandle(forWritingAtPath: dir.file("err"))!
     try p.run()

@@ -78,7 +78,7 @@ final class S3TestServer: @unchecked Sendable {
         let p = try Self.freePorts(13)
         endpoint = "http://127.0.0.1:\(p[6])"
         log = dir.file("weed.log")
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         process = Process()
         process.executableURL = URL(fileURLWithPath: exe)
         process.arguments = ["mini", "-dir=\(dir.file("data"))", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
