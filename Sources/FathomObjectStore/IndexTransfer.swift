@@ -113,7 +113,8 @@ public enum IndexTransfer {
 
     /// Uploads the index at `directory` under `location`. Refuses (before anything is
     /// uploaded for that file) a local file whose size or CRC32C differs from the manifest:
-    /// `corruptIndex` naming it. The manifest goes last, so a reader that finds a manifest
+    /// `corruptIndex` naming it. A file sent in one PUT also declares the manifest's CRC32C
+    /// (`x-amz-checksum-crc32c`), which the store checks against the bytes it received. The manifest goes last, so a reader that finds a manifest
     /// under the prefix finds every file it lists (objects of an older push under the same
     /// prefix are overwritten file by file: readers of a prefix being re-pushed may see the
     /// old manifest with new files and then refuse them — push each version to its own prefix).
@@ -141,6 +142,7 @@ public enum IndexTransfer {
             let expected = f.crc32c
             try await client.uploadFile(path: p, bucket: location.bucket, key: location.key(f.name),
                                         metadata: [checksumMetadata: f.crc32c],
+                                        declaredCRC32C: UInt32(f.crc32c, radix: 16),
                                         check: { crc in
                                             guard hex32(crc) == expected else {
                                                 throw FathomError(.corruptIndex, "CRC32C \(hex32(crc)) differs from \(expected) in manifest.json: the local index is damaged — rebuild it before pushing (nothing of this file was stored)", path: p)

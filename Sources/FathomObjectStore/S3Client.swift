@@ -266,7 +266,12 @@ public final class S3Client: Sendable {
     /// and signed SHA-256 of its bytes, computed in a first read of them, so the store
     /// verifies what arrives. `check` sees the CRC32C of the whole file (after the first
     /// read, before the upload completes) and throws to refuse it. `progress` gets byte counts.
+    ///
+    /// `declaredCRC32C`, for a single PUT, is sent as `x-amz-checksum-crc32c` (the checksum
+    /// the caller expects, e.g. the manifest's): a store that supports additional checksums
+    /// then refuses bytes that do not have it.
     public func uploadFile(path: String, bucket: String, key: String, metadata: [String: String] = [:],
+                           declaredCRC32C: UInt32? = nil,
                            check: (@Sendable (UInt32) throws -> Void)? = nil,
                            progress: (@Sendable (UInt64) -> Void)? = nil) async throws {
         let file = try RandomAccessFile(path: path)
@@ -274,8 +279,12 @@ public final class S3Client: Sendable {
         if file.size <= UInt64(partSize) {
             let d = try Self.digest(file, at: 0, count: file.size, crc: 0)
             try check?(d.crc)
+            let declared = declaredCRC32C.map { c -> [(String, String)] in
+                let be = [UInt8(c >> 24), UInt8((c >> 16) & 0xff), UInt8((c >> 8) & 0xff), UInt8(c & 0xff)]
+                return [("x-amz-checksum-crc32c", Data(be).base64EncodedString())]
+            } ?? []
             _ = try await putPart(file: file, at: 0, count: file.size, digest: d, what: Self.what(.PUT, bucket, key), progress: progress) { hash, extra in
-                signedRequest(method: .PUT, bucket: bucket, key: key, headers: extra + meta, payloadHash: hash)
+                signedRequest(method: .PUT, bucket: bucket, key: key, headers: extra + declared + meta, payloadHash: hash)
             }
             return
         }

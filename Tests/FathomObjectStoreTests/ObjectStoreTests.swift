@@ -182,6 +182,15 @@ func corruptObject(_ client: S3Client, bucket: String, key: String) async throws
                                         check: { _ in throw FathomError(.corruptIndex, "refused") })
         }
         #expect(try await client.headObject(bucket: bucket, key: "blobs/refused.bin") == nil)
+        // The store checks a declared CRC32C (x-amz-checksum-crc32c) of a single PUT.
+        let small = work.write("small.bin", Array(data[0..<1000]))
+        let smallCRC = data.withUnsafeBytes { crc32c($0.baseAddress!, 1000, 0) }
+        try await client.uploadFile(path: small, bucket: bucket, key: "crc/good.bin", declaredCRC32C: smallCRC)
+        let declaredError = await #expect(throws: FathomError.self) {
+            try await client.uploadFile(path: small, bucket: bucket, key: "crc/bad.bin", declaredCRC32C: smallCRC ^ 1)
+        }
+        #expect(declaredError?.message.contains("HTTP 400") == true, "\(String(describing: declaredError))")
+        #expect(try await client.headObject(bucket: bucket, key: "crc/bad.bin") == nil)
         let listed = try await client.listObjects(bucket: bucket, prefix: "blobs/")
         #expect(listed.map(\.key) == ["blobs/big.bin"])
 
