@@ -86,6 +86,11 @@ final class S3TestServer: @unchecked Sendable {
                              "-filer.port=\(p[4])", "-filer.port.grpc=\(p[5])", "-s3.port=\(p[6])", "-s3.port.grpc=\(p[7])",
                              "-s3.port.iceberg=\(p[8])", "-s3.port.lance=\(p[9])", "-admin.port=\(p[10])", "-admin.port.grpc=\(p[11])",
                              "-metricsPort=\(p[12])", "-webdav=false", "-admin.ui=false", "-s3.config=\(dir.file("s3.json"))"]
+        // weed puts its log files and unix sockets in the temporary directory: ours, not /tmp.
+        try FileManager.default.createDirectory(atPath: dir.file("tmp"), withIntermediateDirectories: true)
+        var env = ProcessInfo.processInfo.environment
+        env["TMPDIR"] = dir.file("tmp")
+        process.environment = env
         let h = FileHandle(forWritingAtPath: log)!
         process.standardOutput = h; process.standardError = h
         try process.run()

@@ -34,9 +34,9 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 # S3 server.
 export AWS_ACCESS_KEY_ID=smoke AWS_SECRET_ACCESS_KEY=smoke-secret AWS_REGION=us-east-1
 printf '{"identities":[{"name":"smoke","credentials":[{"accessKey":"smoke","secretKey":"smoke-secret"}],"actions":["Admin","Read","Write","List"]}]}' > "$work/s3.json"
-mkdir -p "$work/s3"
+mkdir -p "$work/s3" "$work/tmp"   # weed's logs and unix sockets go to TMPDIR
 p=(); for _ in $(seq 13); do p+=("$(port)"); done
-setsid "$weed" mini -dir="$work/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port="${p[0]}" -master.port.grpc="${p[1]}" \
+TMPDIR="$work/tmp" setsid "$weed" mini -dir="$work/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port="${p[0]}" -master.port.grpc="${p[1]}" \
   -volume.port="${p[2]}" -volume.port.grpc="${p[3]}" -filer.port="${p[4]}" -filer.port.grpc="${p[5]}" -s3.port="${p[6]}" \
   -s3.port.grpc="${p[7]}" -s3.port.iceberg="${p[8]}" -s3.port.lance="${p[9]}" -admin.port="${p[10]}" -admin.port.grpc="${p[11]}" \
   -metricsPort="${p[12]}" -webdav=false -admin.ui=false -s3.config="$work/s3.json" -bucket=shards > "$work/weed.log" 2>&1 &
