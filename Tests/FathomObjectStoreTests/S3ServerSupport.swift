@@ -85,7 +85,8 @@ final class S3TestServer: @unchecked Sendable {
                              "-master.port=\(p[0])", "-master.port.grpc=\(p[1])", "-volume.port=\(p[2])", "-volume.port.grpc=\(p[3])",
                              "-filer.port=\(p[4])", "-filer.port.grpc=\(p[5])", "-s3.port=\(p[6])", "-s3.port.grpc=\(p[7])",
                              "-s3.port.iceberg=\(p[8])", "-s3.port.lance=\(p[9])", "-admin.port=\(p[10])", "-admin.port.grpc=\(p[11])",
-                             "-metricsPort=\(p[12])", "-webdav=false", "-admin.ui=false", "-s3.config=\(dir.file("s3.json"))"]
+                             "-metricsPort=\(p[12])", "-webdav=false", "-admin.ui=false", "-s3.config=\(dir.file("s3.json"))",
+                             "-s3.localSocket=\(dir.file("tmp/s3.sock"))", "-filer.localSocket=\(dir.file("tmp/filer.sock"))"]
         // weed puts its log files and unix sockets in the temporary directory: ours, not /tmp.
         try FileManager.default.createDirectory(atPath: dir.file("tmp"), withIntermediateDirectories: true)
         var env = ProcessInfo.processInfo.environment

@@ -39,7 +39,8 @@ p=(); for _ in $(seq 13); do p+=("$(port)"); done
 TMPDIR="$work/tmp" setsid "$weed" mini -dir="$work/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port="${p[0]}" -master.port.grpc="${p[1]}" \
   -volume.port="${p[2]}" -volume.port.grpc="${p[3]}" -filer.port="${p[4]}" -filer.port.grpc="${p[5]}" -s3.port="${p[6]}" \
   -s3.port.grpc="${p[7]}" -s3.port.iceberg="${p[8]}" -s3.port.lance="${p[9]}" -admin.port="${p[10]}" -admin.port.grpc="${p[11]}" \
-  -metricsPort="${p[12]}" -webdav=false -admin.ui=false -s3.config="$work/s3.json" -bucket=shards > "$work/weed.log" 2>&1 &
+  -metricsPort="${p[12]}" -webdav=false -admin.ui=false -s3.config="$work/s3.json" -bucket=shards \
+  -s3.localSocket="$work/tmp/s3.sock" -filer.localSocket="$work/tmp/filer.sock" > "$work/weed.log" 2>&1 &
 pids+=($!)
 export AWS_ENDPOINT_URL="http://127.0.0.1:${p[6]}"
 
