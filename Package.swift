@@ -4,6 +4,7 @@
 //   FathomCLI (fathom) -> FathomServer, FathomTools -> Fathom
 //   Fathom -> FathomCodecs -> FathomMath -> FathomCore
 //   Fathom -> FathomStorage -> FathomCore
+//   FathomCLI -> FathomObjectStore -> FathomStorage, FathomCore (S3 push/pull of index directories)
 //   C below them: CKernels (SIMD kernels, CRC32C; used by FathomMath, FathomCodecs,
 //   FathomStorage), CBLAS (OpenBLAS + LAPACK; FathomMath, FathomCodecs), CAIO (libaio;
 //   FathomStorage). Each target declares exactly the modules it imports.
@@ -30,7 +31,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         // NIOHTTPTypes: the request parts seen by the server's body-deadline channel handler.
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.26.0"),
+        // FathomObjectStore: its S3 client (streamed PUT/GET of index files) and SigV4 signing;
+        // the router's shard client (FathomServer).
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // C layer
@@ -51,6 +55,15 @@ let package = Package(
         // Datasets (synthetic data, exact ground truth, conversion) and the search benchmark:
         // the CLI's tools, kept out of the library.
         .target(name: "FathomTools", dependencies: ["Fathom", "FathomCodecs"], path: "Sources/FathomTools"),
+        // Index directories in an S3-compatible object store: SigV4 client, push (manifest last),
+        // pull into a local cache (verified, atomically published). docs/scale-out.md.
+        .target(name: "FathomObjectStore",
+                dependencies: ["FathomCore", "FathomStorage",
+                               .product(name: "Crypto", package: "swift-crypto"),
+                               .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "NIOHTTP1", package: "swift-nio")],
+                path: "Sources/FathomObjectStore"),
         // fathom serve: the index as an HTTP/JSON service, or the router of a sharded one; uses only Fathom's public API.
         .target(name: "FathomServer",
                 dependencies: ["Fathom",
@@ -66,7 +79,7 @@ let package = Package(
                                .product(name: "AsyncHTTPClient", package: "async-http-client")],
                 path: "Sources/FathomServer"),
         .executableTarget(name: "FathomCLI",
-                          dependencies: ["Fathom", "FathomTools", "FathomServer",
+                          dependencies: ["Fathom", "FathomTools", "FathomServer", "FathomObjectStore",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           path: "Sources/FathomCLI"),
@@ -83,6 +96,9 @@ let package = Package(
         .testTarget(name: "FathomCodecsTests", dependencies: ["FathomCodecs", "FathomMath", "FathomCore", "CKernels"]),
         .testTarget(name: "FathomTests", dependencies: ["Fathom", "FathomCore", "FathomMath", "FathomStorage", "FathomCodecs",
                                                 "FathomTools", "FathomTestSupport"]),
+        // Starts a real S3 server (SeaweedFS `weed`, installed by tools/bootstrap).
+        .testTarget(name: "FathomObjectStoreTests",
+                    dependencies: ["FathomObjectStore", "Fathom", "FathomStorage", "FathomCore", "FathomTestSupport"]),
         .testTarget(name: "FathomServerTests",
                     dependencies: ["FathomServer", "Fathom", "FathomTestSupport",
                                    .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -12,7 +12,7 @@ struct FathomCommand: AsyncParsableCommand {
         Sizes accept units: 512MiB, 2GiB, 1.5G (powers of 1024). Exit codes: docs/errors.md.
         """,
         version: "0.1.0",
-        subcommands: [TrainCommand.self, BuildCommand.self, SearchCommand.self, InfoCommand.self, VerifyCommand.self, GenCommand.self, GroundTruthCommand.self, ConvertCommand.self, ServeCommand.self, InsertCommand.self, DeleteCommand.self, CheckpointCommand.self]
+        subcommands: [TrainCommand.self, BuildCommand.self, SearchCommand.self, InfoCommand.self, VerifyCommand.self, GenCommand.self, GroundTruthCommand.self, ConvertCommand.self, ServeCommand.self, InsertCommand.self, DeleteCommand.self, CheckpointCommand.self, PushCommand.self, PullCommand.self]
     )
 
     /// The process's start: one OpenBLAS thread for every command (the library expects it:

@@ -217,7 +217,7 @@ struct BuildCommand: ParsableCommand {
     }
 }
 
-struct SearchCommand: ParsableCommand {
+struct SearchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "search",
         abstract: "Search an index with a query file; one row per --probes setting.",
@@ -230,7 +230,8 @@ struct SearchCommand: ParsableCommand {
         """
     )
 
-    @Option(help: ArgumentHelp("Index directory (from `fathom build`).", valueName: "dir")) var index: String
+    @Option(help: ArgumentHelp("Index directory (from `fathom build`), or s3://BUCKET/PREFIX (pulled into --cache first, verified: docs/scale-out.md).", valueName: "dir")) var index: String
+    @OptionGroup var store: ObjectStoreOptions
     @Option(help: ArgumentHelp("Query vectors (any supported format).", valueName: "path")) var queries: String
     @Option(help: ArgumentHelp("Ground truth (.ibin or .ivecs) for recall.", valueName: "path")) var gt: String?
     @Option(name: .short, help: "Neighbours per query.") var k: Int = 10
@@ -269,8 +270,9 @@ struct SearchCommand: ParsableCommand {
 
     var probeList: [Int] { probes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
-    func run() throws {
-        try runReportingErrors {
+    func run() async throws {
+        try await runReportingErrorsAsync {
+            let index = try await store.localIndex(self.index, flag: "--index", quiet: quiet)
             let progress = ProgressReporter(enabled: !quiet)
             let mode: IOMode = io == "aio" ? .aio : (io == "pread" ? .pread : .auto)
             let budget = try serveMemory.map { text -> UInt64 in

@@ -28,8 +28,9 @@ struct ServeCommand: AsyncParsableCommand {
         """
     )
 
-    @Option(name: .customLong("index"), help: ArgumentHelp("An index to serve, as NAME=DIR (repeatable).", valueName: "name=dir"))
+    @Option(name: .customLong("index"), help: ArgumentHelp("An index to serve, as NAME=DIR (repeatable); DIR may be s3://BUCKET/PREFIX, pulled into --cache at start (verified: docs/scale-out.md).", valueName: "name=dir"))
     var indexes: [String] = []
+    @OptionGroup var store: ObjectStoreOptions
     @Option(name: .customLong("writable"), help: ArgumentHelp("Open the --index of this NAME for writing (repeatable): the server becomes the directory's one writer and takes POST/DELETE /v1/indexes/NAME/vectors. Other indexes are read-only.", valueName: "name"))
     var writable: [String] = []
     @OptionGroup var maintenance: MaintenanceOptions
@@ -132,6 +133,12 @@ struct ServeCommand: AsyncParsableCommand {
                     throw FathomError(.invalidArgument, "--writable \(w): no --index named \(w) (names: \(specs.map(\.name).joined(separator: ", ")))")
                 }
                 specs[i].writable = true
+            }
+            for i in specs.indices where specs[i].directory.hasPrefix("s3://") {
+                guard !specs[i].writable else {
+                    throw FathomError(.invalidArgument, "--writable \(specs[i].name): an index in an object store is served read-only (pull it, then serve the local copy writable)")
+                }
+                specs[i].directory = try await store.localIndex(specs[i].directory, flag: "--index \(specs[i].name)=", quiet: false)
             }
             var c = ServerConfiguration(indexes: specs)
             if router, let model {
