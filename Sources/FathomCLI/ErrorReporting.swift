@@ -47,6 +47,8 @@ extension FathomError.Remedy {
         case .freeDiskSpace: return "free space on the device or choose another --output"
         case .useFewerThreads: return "use fewer \(threadsFlag)"
         case .raiseSystemLimit(let name, let v): return "raise it: sysctl -w \(name)=\(v)"
+        case .rebuildWithModel(let path, let shard):
+            return "rebuild it with this model (fathom build --model \(path)\(shard.map { " --shard \($0)/N" } ?? "")) or use the model it was built with"
         }
     }
 }

@@ -94,6 +94,9 @@ public struct FathomError: Error, CustomStringConvertible, Sendable, Equatable {
         case useFewerThreads
         /// An operating-system limit: raise the sysctl `name` to at least `atLeast`.
         case raiseSystemLimit(name: String, atLeast: Int)
+        /// The index (or shard `shard`) was built from another model: rebuild it with the model
+        /// at `path` (``IndexBuilder``'s `model`), or serve it with the model it was built with.
+        case rebuildWithModel(path: String, shard: Int?)
 
         /// The remedy in library terms, e.g. "raise the memory budget to at least 1.5 GiB".
         public var description: String {
@@ -111,6 +114,8 @@ public struct FathomError: Error, CustomStringConvertible, Sendable, Equatable {
             case .freeDiskSpace: return "free space on the device or choose another destination"
             case .useFewerThreads: return "use fewer threads at once"
             case .raiseSystemLimit(let name, let v): return "raise the system limit: sysctl -w \(name)=\(v)"
+            case .rebuildWithModel(let path, let shard):
+                return "rebuild \(shard.map { "shard \($0)" } ?? "it") with the model at \(path), or use the model it was built with"
             }
         }
     }

@@ -118,12 +118,12 @@ public struct ModelManifest: Codable, Sendable, Equatable {
 
     /// The same check on a fingerprint a shard reported (`what` names it in the error).
     public func checkBuiltWith(fingerprint fp: String?, what: String, shard: Int?, modelPath: String) throws {
-        let rebuild = "rebuild it with this model (fathom build --model \(modelPath)\(shard.map { " --shard \($0)/N" } ?? "")) or use the model it was built with"
+        let rebuild: [FathomError.Remedy] = [.rebuildWithModel(path: modelPath, shard: shard)]
         guard let fp else {
-            throw FathomError(.incompatibleIndex, "\(what) records no model fingerprint (built before models existed), the model at \(modelPath) has fingerprint \(fingerprint): \(rebuild)")
+            throw FathomError(.incompatibleIndex, "\(what) records no model fingerprint (built before models existed), the model at \(modelPath) has fingerprint \(fingerprint)", remedies: rebuild)
         }
         guard fp == fingerprint else {
-            throw FathomError(.incompatibleIndex, "\(what) was built with model \(fp), but the model at \(modelPath) has fingerprint \(fingerprint): \(rebuild)")
+            throw FathomError(.incompatibleIndex, "\(what) was built with model \(fp), but the model at \(modelPath) has fingerprint \(fingerprint)", remedies: rebuild)
         }
     }
 }
