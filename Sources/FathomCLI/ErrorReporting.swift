@@ -69,3 +69,15 @@ func runReportingErrors(_ body: () throws -> Void) throws {
         throw report(e)
     }
 }
+
+/// Prints a command's result on stdout: `value` as JSON (sorted keys, pretty) with `--json`,
+/// else the line `text`.
+func printResult<T: Encodable>(_ value: T, json: Bool, text: @autoclosure () -> String) throws {
+    if json {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        print(String(decoding: try enc.encode(value), as: UTF8.self))
+    } else {
+        print(text())
+    }
+}

@@ -75,11 +75,7 @@ struct TrainCommand: ParsableCommand {
             let o = try training.options(vectors: header.count)
             let builder = try IndexBuilder(input: input, output: output, options: o, progress: ProgressReporter(enabled: !quiet))
             let m = try builder.train()
-            if json {
-                print(String(decoding: try m.encoded(), as: UTF8.self))
-            } else {
-                print("trained \(output): \(m.heads) heads for \(m.count) × \(m.dimension) vectors, codec \(m.codec), fingerprint \(m.fingerprint), train \(String(format: "%.1f", m.train_seconds ?? 0)) s")
-            }
+            try printResult(m, json: json, text: "trained \(output): \(m.heads) heads for \(m.count) × \(m.dimension) vectors, codec \(m.codec), fingerprint \(m.fingerprint), train \(String(format: "%.1f", m.train_seconds ?? 0)) s")
         }
     }
 }

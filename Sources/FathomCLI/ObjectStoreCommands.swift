@@ -72,12 +72,7 @@ struct PushCommand: AsyncParsableCommand {
             let location = try S3Location(to)
             let r = try await IndexTransfer.push(directory: index, to: location, client: try store.client(partSize: partSize),
                                                  progress: ProgressReporter(enabled: !quiet))
-            if json {
-                let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
-                print(String(decoding: try enc.encode(r), as: UTF8.self))
-            } else {
-                print("pushed \(index) to \(r.location): \(r.files.count) files, \(formatBytes(r.bytes)) in \(String(format: "%.1f", r.seconds)) s")
-            }
+            try printResult(r, json: json, text: "pushed \(index) to \(r.location): \(r.files.count) files, \(formatBytes(r.bytes)) in \(String(format: "%.1f", r.seconds)) s")
         }
     }
 }

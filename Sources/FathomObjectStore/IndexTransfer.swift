@@ -52,16 +52,7 @@ public struct ManifestFileList: Sendable, Equatable {
 
     /// The manifest's self-checksum: CRC32C of its bytes with the value of
     /// `manifest_crc32c` replaced by eight `0`s (as the builder seals it).
-    static func selfChecksum(_ data: [UInt8]) -> String? {
-        var bytes = data
-        let key = Array("\"manifest_crc32c\"".utf8)
-        guard let k = bytes.firstRange(of: key) else { return nil }
-        var i = k.upperBound
-        while i < bytes.count && bytes[i] != UInt8(ascii: "\"") { i += 1 }
-        guard i + 9 < bytes.count, bytes[i + 9] == UInt8(ascii: "\"") else { return nil }
-        for j in 0..<8 { bytes[i + 1 + j] = UInt8(ascii: "0") }
-        return hex32(bytes.withUnsafeBytes { crc32c($0.baseAddress!, $0.count, 0) })
-    }
+    static func selfChecksum(_ data: [UInt8]) -> String? { manifestSelfChecksum(data) }
 }
 
 func hex32(_ v: UInt32) -> String { String(format: "%08x", v) }

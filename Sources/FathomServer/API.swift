@@ -269,13 +269,7 @@ struct API: Sendable {
         func bad(_ field: String, _ message: String, limit: Int? = nil) -> APIError {
             APIError(400, FathomError.Code.invalidArgument.rawValue, message, APIErrorDetail(field: field, limit: limit, index: name))
         }
-        let queries: [[Float]]
-        switch (request.vector, request.vectors) {
-        case (let v?, nil): queries = [v]
-        case (nil, let vs?): queries = vs
-        case (nil, nil): throw bad("vector", "give one query as 'vector' or a batch as 'vectors'")
-        default: throw bad("vectors", "give either 'vector' or 'vectors', not both")
-        }
+        let queries = try request.queries { bad($0, $1) }
         guard !queries.isEmpty else { throw bad("vectors", "'vectors' is empty") }
         guard queries.count <= c.maxBatch else {
             throw bad("vectors", "\(queries.count) queries in one request, above the limit of \(c.maxBatch)", limit: c.maxBatch)

@@ -465,3 +465,16 @@ public struct DeleteResponse: Codable, Sendable, Equatable {
     /// Labels that were not in the index (nothing to do; not an error).
     public var unknown: [UInt64]
 }
+
+extension SearchRequest {
+    /// The request's queries: its `vector`, or its `vectors` (exactly one of the two given);
+    /// `bad(field, message)` makes the 400 otherwise.
+    func queries(_ bad: (String, String) -> APIError) throws -> [[Float]] {
+        switch (vector, vectors) {
+        case (let v?, nil): return [v]
+        case (nil, let vs?): return vs
+        case (nil, nil): throw bad("vector", "give one query as 'vector' or a batch as 'vectors'")
+        default: throw bad("vectors", "give either 'vector' or 'vectors', not both")
+        }
+    }
+}

@@ -256,13 +256,7 @@ struct RouterAPI: Sendable {
         }
         guard request.filter == nil else { throw bad("filter", "the router does not route filtered queries yet: search a shard's index directly") }
         guard request.postings == nil else { throw bad("postings", "the router plans the postings itself") }
-        let queries: [[Float]]
-        switch (request.vector, request.vectors) {
-        case (let v?, nil): queries = [v]
-        case (nil, let vs?): queries = vs
-        case (nil, nil): throw bad("vector", "give one query as 'vector' or a batch as 'vectors'")
-        default: throw bad("vectors", "give either 'vector' or 'vectors', not both")
-        }
+        let queries = try request.queries(bad)
         guard !queries.isEmpty, queries.count <= configuration.maxBatch else { throw bad("vectors", "1 to \(configuration.maxBatch) queries per request") }
         guard request.k >= 1, request.k <= configuration.maxK else { throw bad("k", "k = \(request.k): use 1 to \(configuration.maxK)") }
         var p = SearchParameters()

@@ -92,34 +92,32 @@ public struct SystemFileOperations: FileOperations {
     public init() {}
 
     public func read(_ file: OpenFile, into buffer: UnsafeMutableRawPointer, count: Int, at offset: Int) throws -> Int {
+        try Self.transfer("read", file, count: count, at: offset) { pread(file.descriptor, buffer + $0, count - $0, off_t(offset + $0)) }
+    }
+
+    public func write(_ file: OpenFile, _ buffer: UnsafeRawPointer, count: Int, at offset: Int) throws {
+        let done = try Self.transfer("write", file, count: count, at: offset) { pwrite(file.descriptor, buffer + $0, count - $0, off_t(offset + $0)) }
+        if done < count {  // pwrite returned 0: should not happen for regular files; do not spin forever
+            throw FathomError.system("write", path: file.path, errno: EIO, offset: UInt64(offset + done))
+        }
+    }
+
+    /// Calls `io(done)` (one pread or pwrite of the bytes from `done` on) until `count` bytes
+    /// moved or it returns 0, retrying EINTR; returns the bytes moved. Other errors are thrown
+    /// naming `what`, the file and the offset.
+    private static func transfer(_ what: String, _ file: OpenFile, count: Int, at offset: Int, _ io: (Int) -> Int) throws -> Int {
         var done = 0
         while done < count {
-            let r = pread(file.descriptor, buffer + done, count - done, off_t(offset + done))
+            let r = io(done)
             if r < 0 {
                 let e = errno
                 if e == EINTR { continue }
-                throw FathomError.system("read", path: file.path, errno: e, offset: UInt64(offset + done))
+                throw FathomError.system(what, path: file.path, errno: e, offset: UInt64(offset + done))
             }
             if r == 0 { break }
             done += r
         }
         return done
-    }
-
-    public func write(_ file: OpenFile, _ buffer: UnsafeRawPointer, count: Int, at offset: Int) throws {
-        var done = 0
-        while done < count {
-            let r = pwrite(file.descriptor, buffer + done, count - done, off_t(offset + done))
-            if r < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                throw FathomError.system("write", path: file.path, errno: e, offset: UInt64(offset + done))
-            }
-            if r == 0 {  // should not happen for regular files; avoid spinning forever
-                throw FathomError.system("write", path: file.path, errno: EIO, offset: UInt64(offset + done))
-            }
-            done += r
-        }
     }
 
     public func sync(_ file: OpenFile) throws {

@@ -268,3 +268,19 @@ public func crc32c(_ s: String, seed: UInt32) -> UInt32 {
     var s = s
     return s.withUTF8 { fk_crc32c(seed, $0.baseAddress, $0.count) }
 }
+
+/// The self-checksum of manifest.json's bytes: the CRC32C (8 hex digits) of the bytes with the
+/// 8 characters of `manifest_crc32c`'s value replaced by `0`s (as the builder seals it), so
+/// that any change to any byte is detected; nil when the key or a value of that shape is
+/// missing. Thread safety: a pure function.
+public func manifestSelfChecksum(_ data: [UInt8]) -> String? {
+    var bytes = data
+    let key = Array("\"manifest_crc32c\"".utf8)
+    guard let k = bytes.firstRange(of: key) else { return nil }
+    // The value: the 8 bytes after the next quote following the key.
+    var i = k.upperBound
+    while i < bytes.count && bytes[i] != UInt8(ascii: "\"") { i += 1 }
+    guard i + 9 < bytes.count, bytes[i + 9] == UInt8(ascii: "\"") else { return nil }
+    for j in 0..<8 { bytes[i + 1 + j] = UInt8(ascii: "0") }
+    return String(format: "%08x", bytes.withUnsafeBytes { fk_crc32c(0, $0.baseAddress, $0.count) })
+}

@@ -258,7 +258,8 @@ func fathom(_ args: [String], server: S3TestServer) throws -> (status: Int32, ou
 
         let push = try fathom(["push", "--index", index, "--to", url, "--json", "--quiet"], server: server)
         #expect(push.status == 0, "\(push.err)")
-        #expect(push.out.contains("\"manifest.json\"]"), "manifest last: \(push.out)")
+        let pushed = (try? JSONSerialization.jsonObject(with: Data(push.out.utf8))) as? [String: Any]
+        #expect((pushed?["files"] as? [String])?.last == "manifest.json", "manifest last: \(push.out)")
 
         let local = try fathom(["search", "--index", index, "--queries", work.file("query.fbin"), "--probes", "8", "--threads", "1",
                                 "--output", work.file("local.ibin"), "--quiet", "--json"], server: server)

@@ -93,7 +93,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// output, or the model a plain build trains for itself); absent in indexes built before
     /// models existed.
     public var model_fingerprint: String? = nil
-    /// Set in a shard (`build --model M --shard i/N`): which heads' postings it holds. A
+    /// Set in a shard (a build from a model, shard i of N): which heads' postings it holds. A
     /// shard's `count` is the model's (ids are global); vectors.dat holds only the vectors its
     /// postings reference, densely in id order, and rows.bin marks them (``ShardRows``).
     public var shard: ShardInfo? = nil
@@ -168,17 +168,7 @@ public struct Manifest: Codable, Sendable, Equatable {
 
     /// CRC32C of the manifest's raw bytes with its own checksum value replaced by zeros, so
     /// that any change to any byte of the file is detected.
-    static func rawChecksum(_ data: Data) -> String? {
-        var bytes = [UInt8](data)
-        let key = Array("\"manifest_crc32c\"".utf8)
-        guard let k = bytes.firstRange(of: key) else { return nil }
-        // The value: the first 8 bytes after the next quote following the key.
-        var i = k.upperBound
-        while i < bytes.count && bytes[i] != UInt8(ascii: "\"") { i += 1 }
-        guard i + 9 < bytes.count, bytes[i + 9] == UInt8(ascii: "\"") else { return nil }
-        for j in 0..<8 { bytes[i + 1 + j] = UInt8(ascii: "0") }
-        return String(format: "%08x", bytes.withUnsafeBytes { crc32c($0.baseAddress!, $0.count, 0) })
-    }
+    static func rawChecksum(_ data: Data) -> String? { manifestSelfChecksum([UInt8](data)) }
 
     /// The bytes of manifest.json, with the self-checksum filled in (what the builder writes).
     public func sealedData() throws -> Data {
