@@ -60,12 +60,18 @@ final class Gate: @unchecked Sendable {
             // (Its search, if it started, runs to its end; wait for the worker to be free.)
             for _ in 0..<2000 where s.server.executor.inFlight > 0 { try await Task.sleep(for: .milliseconds(5)) }
             #expect(s.server.executor.inFlight == 0)
-            // While a slow batch runs on the only worker (queue 0), another search gets 429.
-            let slow = Task { try await s.request(.POST, "/v1/indexes/docs/search", body: slowBatch) }
+            // While a job holds the only worker (queue 0), a search gets 429. (A job held by a
+            // gate, not a large batch: a batch may finish before the second request arrives.)
+            let gate = Gate()
+            let executor = s.server.executor
+            let held = Task { try await executor.run(timeoutMs: nil) { gate.wait(); return 1 } }
             while s.server.executor.inFlight == 0 { try await Task.sleep(for: .milliseconds(1)) }
             let (busy, bo) = try await s.json(.POST, "/v1/indexes/docs/search", body: searchBody(q, k: 1))
             #expect(busy == 429 && bo["code"] as? String == "overloaded", "\(bo)")
-            #expect(try await slow.value.status == 200)
+            gate.open()
+            #expect(try await held.value == 1)
+            let (after, ab) = try await s.request(.POST, "/v1/indexes/docs/search", body: slowBatch)
+            #expect(after == 200, "\(ab.prefix(200))")
             // Nothing stays pinned: the generation's users drop back to 0.
             let served = s.server.registry["docs"]!
             for _ in 0..<1000 where served.currentGeneration!.activeQueries > 0 || s.server.executor.inFlight > 0 {
