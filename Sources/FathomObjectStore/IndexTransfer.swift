@@ -34,7 +34,7 @@ public struct ManifestFileList: Sendable, Equatable {
         catch {
             throw FathomError(.corruptIndex, "manifest.json cannot be parsed: it is corrupt or not a Fathom manifest — push the index again from a good copy", path: source, cause: error)
         }
-        guard let stored = raw.manifest_crc32c, let actual = Self.selfChecksum(data) else {
+        guard let stored = raw.manifest_crc32c, let actual = manifestSelfChecksum(data) else {
             throw FathomError(.corruptIndex, "manifest.json has no checksum: corrupt or not written by Fathom — push the index again from a good copy", path: source)
         }
         guard stored == actual else {
@@ -50,9 +50,6 @@ public struct ManifestFileList: Sendable, Equatable {
         files = raw.files
     }
 
-    /// The manifest's self-checksum: CRC32C of its bytes with the value of
-    /// `manifest_crc32c` replaced by eight `0`s (as the builder seals it).
-    static func selfChecksum(_ data: [UInt8]) -> String? { manifestSelfChecksum(data) }
 }
 
 func hex32(_ v: UInt32) -> String { String(format: "%08x", v) }

@@ -124,7 +124,7 @@ public struct Manifest: Codable, Sendable, Equatable {
         guard m.format_version == currentVersion else {
             throw FathomError(.incompatibleIndex, "index format version \(m.format_version); this Fathom reads version \(currentVersion) — rebuild the index", path: path)
         }
-        guard let stored = m.manifest_crc32c, let expected = Manifest.rawChecksum(data) else {
+        guard let stored = m.manifest_crc32c, let expected = manifestSelfChecksum([UInt8](data)) else {
             throw FathomError(.corruptIndex, "manifest.json has no checksum: corrupt or not written by Fathom — rebuild the index", path: path)
         }
         guard stored == expected else {
@@ -166,16 +166,13 @@ public struct Manifest: Codable, Sendable, Equatable {
 
     static let checksumPlaceholder = "00000000"
 
-    /// CRC32C of the manifest's raw bytes with its own checksum value replaced by zeros, so
-    /// that any change to any byte of the file is detected.
-    static func rawChecksum(_ data: Data) -> String? { manifestSelfChecksum([UInt8](data)) }
 
     /// The bytes of manifest.json, with the self-checksum filled in (what the builder writes).
     public func sealedData() throws -> Data {
         var copy = self
         copy.manifest_crc32c = Manifest.checksumPlaceholder
         let data = try copy.encoded()
-        guard let crc = Manifest.rawChecksum(data) else {
+        guard let crc = manifestSelfChecksum([UInt8](data)) else {
             throw FathomError(.io, "cannot seal the manifest")
         }
         copy.manifest_crc32c = crc
